@@ -1,0 +1,37 @@
+# The two commands a new user needs are `make serve` and `make test`; the
+# rest are the steps behind them and the longer jobs (models, benchmarks).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 3000
+
+.PHONY: serve test setup setup-test models bench-models clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+setup: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[cpu]'
+
+setup-test: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[cpu,train,test]'
+
+serve: setup
+	$(BIN)/bentoml serve service.app:Gateway --host 127.0.0.1 --port $(PORT)
+
+test: setup-test
+	$(BIN)/python -m pytest
+
+# Retrain and re-export the three committed models (about 40 minutes on 2 cores).
+models: setup-test
+	for recipe in lenet5-digits resnet18-digits vgg11-digits; do \
+		$(BIN)/python -m training train --recipe $$recipe || exit 1; \
+	done
+
+# Untrained ImageNet-shaped exports for throughput benchmarks (git-ignored).
+bench-models: setup-test
+	$(BIN)/python -m training bench-models --out models-bench
+
+clean:
+	rm -rf $(VENV) models-bench runs .pytest_cache

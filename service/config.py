@@ -1,0 +1,119 @@
+"""Configuration has one home: this module.
+
+Settings come from defaults, then an optional YAML file (``CNNSERVE_CONFIG``,
+default ``cnnserve.yaml`` in the working directory if present), then
+``CNNSERVE_*`` environment variables, each overriding the one before. Per-model
+batching lives under ``models:`` in the YAML file::
+
+    models_dir: models
+    serve: [resnet18-digits, lenet5-digits]   # default: every model found
+    providers: auto                            # or e.g. [CUDAExecutionProvider, CPUExecutionProvider]
+    precision: auto                            # auto | fp32 | fp16 | int8
+    workers: auto                              # inference worker processes
+    threads: auto                              # ONNX Runtime intra-op threads per worker
+    max_batch_size: 64                         # images
+    max_latency_ms: 20
+    models:
+      lenet5-digits: {max_batch_size: 256, max_latency_ms: 5}
+
+Every key is documented in ``docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ENV_PREFIX = "CNNSERVE_"
+DEFAULT_CONFIG_FILE = "cnnserve.yaml"
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class Batching:
+    max_batch_size: int = 64
+    max_latency_ms: int = 20
+
+
+@dataclass(frozen=True)
+class Settings:
+    models_dir: Path = Path("models")
+    serve: tuple[str, ...] = ()  # empty: every model in models_dir
+    providers: tuple[str, ...] = ("auto",)
+    precision: str = "auto"
+    workers: int = 0  # 0: chosen from the core count
+    threads: int = 0  # 0: chosen from the core count
+    gateway_workers: int = 1
+    batching: bool = True
+    max_batch_size: int = Batching.max_batch_size
+    max_latency_ms: int = Batching.max_latency_ms
+    per_model: dict[str, Batching] = field(default_factory=dict)
+    default_top_k: int = 5
+    max_images_per_request: int = 64
+    max_image_pixels: int = 40_000_000
+    max_body_bytes: int = 32 * 1024 * 1024
+    warmup: bool = True
+    access_log: bool = False
+
+    def batching_for(self, model: str) -> Batching:
+        return self.per_model.get(model, Batching(self.max_batch_size, self.max_latency_ms))
+
+    def inference_workers(self, cores: int | None = None) -> int:
+        """Worker processes for inference; with ``threads`` their product fits the cores."""
+        if self.workers > 0:
+            return self.workers
+        return max(1, (cores or os.cpu_count() or 1) // max(1, self.threads or 1))
+
+    def session_threads(self, cores: int | None = None) -> int:
+        if self.threads > 0:
+            return self.threads
+        return max(1, (cores or os.cpu_count() or 1) // self.inference_workers(cores))
+
+
+def _parse(name: str, raw: Any, current: Any) -> Any:
+    """Coerce a YAML or environment value to the type of the field's default."""
+    if isinstance(current, bool):
+        return raw if isinstance(raw, bool) else str(raw).strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(current, int):
+        return 0 if raw == "auto" else int(raw)
+    if isinstance(current, Path):
+        return Path(raw)
+    if isinstance(current, tuple):
+        items = raw if isinstance(raw, list) else [s for s in str(raw).split(",")]
+        return tuple(str(s).strip() for s in items if str(s).strip())
+    if name == "precision" and raw not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {raw!r}")
+    return type(current)(raw)
+
+
+def load_settings(environ: dict[str, str] | None = None, config_file: Path | None = None) -> Settings:
+    environ = dict(os.environ if environ is None else environ)
+    settings = Settings()
+    path = config_file or Path(environ.get(f"{ENV_PREFIX}CONFIG", DEFAULT_CONFIG_FILE))
+    values: dict[str, Any] = {}
+    if path.exists():
+        values = yaml.safe_load(path.read_text()) or {}
+    elif f"{ENV_PREFIX}CONFIG" in environ:
+        raise FileNotFoundError(f"{ENV_PREFIX}CONFIG names {path}, which does not exist")
+    known = {f.name for f in fields(Settings)} - {"per_model"}
+    unknown = set(values) - known - {"models"}
+    if unknown:
+        raise ValueError(f"unknown configuration key(s) in {path}: {', '.join(sorted(unknown))}")
+    updates = {k: _parse(k, v, getattr(settings, k)) for k, v in values.items() if k in known}
+    for name in known:
+        key = ENV_PREFIX + name.upper()
+        if key in environ:
+            updates[name] = _parse(name, environ[key], getattr(settings, name))
+    settings = replace(settings, **updates)
+    per_model = {
+        model: Batching(
+            int(options.get("max_batch_size", settings.max_batch_size)),
+            int(options.get("max_latency_ms", settings.max_latency_ms)),
+        )
+        for model, options in (values.get("models") or {}).items()
+    }
+    return replace(settings, per_model=per_model)

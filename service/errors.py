@@ -1,0 +1,48 @@
+"""Errors a client can cause or meet, each with its HTTP status and gRPC code.
+
+Protocol adapters catch ``ServiceError`` and encode it for their wire; nothing
+else needs to know which protocol a request came in on.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+
+class ServiceError(Exception):
+    status: HTTPStatus = HTTPStatus.BAD_REQUEST
+    grpc_code: str = "INVALID_ARGUMENT"
+    outcome: str = "client_error"  # the `outcome` label in the requests metric
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def to_json(self) -> dict:
+        return {"error": self.message, "code": self.status.value}
+
+
+class InvalidInput(ServiceError):
+    """The request is malformed: not an image, a wrong shape, a bad parameter."""
+
+
+class UnsupportedImage(InvalidInput):
+    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+
+
+class TooLarge(ServiceError):
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class ModelNotFound(ServiceError):
+    status = HTTPStatus.NOT_FOUND
+    grpc_code = "NOT_FOUND"
+
+
+class ModelUnavailable(ServiceError):
+    """The model exists but failed validation or loading; the reason is in the message."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    grpc_code = "UNAVAILABLE"
+    outcome = "server_error"

@@ -1,0 +1,90 @@
+"""The digits task is deterministic, split by source digit, and its boxes are
+the tight boxes around the ink; the folder format reads a user's own data."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from training.data import digits_task, folder_task
+from training.data.digits import CanvasSpec, ink_box, load_source_digits, render_sample, split_indices
+
+
+def test_splits_are_disjoint_and_cover_every_source_digit():
+    splits = split_indices(1797, seed=0)
+    train, val, test = (set(splits[k].tolist()) for k in ("train", "val", "test"))
+    assert not (train & val) and not (train & test) and not (val & test)
+    assert len(train | val | test) == 1797
+
+
+def test_rendering_is_deterministic_from_the_seed():
+    a = digits_task(3, 64, seed=5, copies_per_epoch=1, limit=10)
+    b = digits_task(3, 64, seed=5, copies_per_epoch=1, limit=10)
+    for x, y in zip(a.train_epoch(2), b.train_epoch(2)):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a.train_epoch(2)[0], a.train_epoch(3)[0]), "each epoch renders new placements"
+
+
+@pytest.mark.parametrize(("channels", "size"), [(1, 32), (3, 64)])
+def test_samples_are_in_range_with_the_right_shape(channels, size):
+    images, classes, boxes = digits_task(channels, size, seed=0, copies_per_epoch=1, limit=30).split("test")
+    assert images.shape == (len(classes), channels, size, size) and images.dtype == np.float32
+    assert images.min() >= 0 and images.max() <= 1
+    assert ((boxes >= 0) & (boxes <= 1)).all()
+    assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+
+
+def test_box_is_the_tight_box_of_ink_above_a_quarter():
+    ink = np.zeros((10, 10), np.float32)
+    ink[2:5, 3:8] = 1.0
+    ink[8, 8] = 0.2  # faint ink below the threshold is not part of the digit
+    assert ink_box(ink) == (3, 2, 8, 5)
+
+
+def test_rendered_box_encloses_the_bright_digit():
+    digits, _ = load_source_digits()
+    rng = np.random.default_rng(0)
+    spec = CanvasSpec(64, 1)
+    for digit in digits[:20]:
+        image, box = render_sample(digit, spec, rng)
+        x1, y1, x2, y2 = (box * 64).round().astype(int)
+        inside = image[0, y1:y2, x1:x2].max()
+        outside = image[0].copy()
+        outside[y1:y2, x1:x2] = 0
+        assert inside > outside.max() - 0.05, "the brightest ink lies inside the box"
+
+
+def write_folder(root, rows, as_json=False):
+    for row in rows:
+        Image.new("RGB", (40, 20), (200, 10, 10)).save(root / row["file"])
+    if as_json:
+        (root / "labels.json").write_text(json.dumps(rows))
+    else:
+        with (root / "labels.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_folder_format_normalizes_boxes_and_uses_the_split_column(tmp_path, as_json):
+    rows = [
+        {"file": f"{i}.png", "label": "cat" if i % 2 else "dog", "x1": 4, "y1": 2, "x2": 20, "y2": 10,
+         "split": ["train", "val", "test"][i % 3]}
+        for i in range(6)
+    ]
+    write_folder(tmp_path, rows, as_json)
+    task = folder_task(tmp_path, channels=3, input_size=16, seed=0)
+    assert task.labels == ["cat", "dog"]
+    images, classes, boxes = task.split("test")
+    assert images.shape == (2, 3, 16, 16)
+    np.testing.assert_allclose(boxes[0], [0.1, 0.1, 0.5, 0.5])
+    assert task.train_epoch(0)[0].shape[0] == 2
+
+
+def test_folder_without_box_columns_is_refused_with_the_column_named(tmp_path):
+    (tmp_path / "labels.csv").write_text("file,label\na.png,cat\n")
+    with pytest.raises(ValueError, match="x1"):
+        folder_task(tmp_path, channels=1, input_size=16, seed=0)

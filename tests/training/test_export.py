@@ -1,0 +1,71 @@
+"""Exports follow the model contract and match torch through ONNX Runtime;
+the dry-run pipeline produces a complete, servable version folder."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from service.contract import CARD_FILE, MODEL_FILE, VARIANT_FILES
+from training.architectures import create_model, list_models
+from training.export import PARITY_TOLERANCE, check_parity, cpu_session, export_onnx, sha256
+from training.train import Normalized
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_architecture_exports_with_torch_parity(tmp_path, name):
+    torch.manual_seed(0)
+    net = create_model(name, num_classes=10, in_channels=3, input_size=32)
+    model = Normalized(net, [0.2] * 3, [0.3] * 3).eval()
+    path = tmp_path / "model.onnx"
+    export_onnx(model, path, channels=3, size=32)
+    report = check_parity(model, path, channels=3, size=32)
+    diffs = [d for batch in report["max_abs_diff"].values() for d in batch.values()]
+    assert len(diffs) == 4 and max(diffs) <= PARITY_TOLERANCE
+
+
+def test_exported_graph_has_named_io_and_a_dynamic_batch_axis(tmp_path):
+    model = Normalized(create_model("lenet5", num_classes=10, in_channels=1, input_size=32), [0.5], [0.5]).eval()
+    path = tmp_path / "model.onnx"
+    export_onnx(model, path, channels=1, size=32)
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == ["images"]
+    assert [o.name for o in graph.output] == ["probabilities", "boxes"]
+    batch_dim = graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.dim_value
+    probs, boxes = cpu_session(path).run(None, {"images": np.random.rand(5, 1, 32, 32).astype(np.float32)})
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    assert boxes.shape == (5, 4)
+
+
+def test_classification_only_model_exports_probabilities_alone(tmp_path):
+    net = create_model("lenet5", num_classes=3, in_channels=1, input_size=32, box_head=False)
+    path = tmp_path / "model.onnx"
+    export_onnx(Normalized(net, [0.5], [0.5]).eval(), path, channels=1, size=32)
+    assert [o.name for o in onnx.load(str(path)).graph.output] == ["probabilities"]
+
+
+def test_dry_run_writes_a_complete_version_folder(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "train", "--recipe", "lenet5-digits", "--dry-run", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "parity ONNX Runtime vs torch" in result.stdout
+    folder = tmp_path / "lenet5-digits" / "1"
+    card = json.loads((folder / CARD_FILE).read_text())
+    assert card["name"] == "lenet5-digits" and card["version"] == 1 and card["trained"]
+    assert card["input"]["shape"] == [-1, 1, 32, 32]
+    assert card["training"]["seed"] == 0 and "--dry-run" in card["training"]["command"]
+    assert set(card["files"]) == set(VARIANT_FILES)
+    for entry in card["files"].values():
+        assert entry["sha256"] == sha256(folder / entry["file"])
+        assert 0 <= entry["metrics"]["accuracy"] <= 1
+    assert card["files"]["fp32"]["file"] == MODEL_FILE
+    assert (folder / "training.png").stat().st_size > 0

@@ -1,0 +1,118 @@
+"""cnnserve training: train, export and card models for the model repository.
+
+Usage:
+    python -m training train --recipe resnet18-digits           # one committed model
+    python -m training train --recipe lenet5-digits --dry-run   # tiny smoke run
+    python -m training train --arch vgg11_bn --name my-vgg --channels 3 --input-size 64 \\
+        --epochs 10 --data-dir path/to/folder                   # your own data
+    python -m training bench-models                              # untrained ImageNet-shaped exports
+    python -m training list                                      # architectures and recipes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .architectures import list_models
+from .data import digits_task, folder_task
+from .pipeline import build_untrained, build_version
+from .recipes import RECIPES, Recipe
+from .train import TrainConfig
+
+DRY_RUN_DIGITS = 24
+BENCH_MODELS = (("resnet50", 224), ("vgg16", 224))
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tr = sub.add_parser("train", help="train one model and export it to the model repository")
+    tr.add_argument("--recipe", choices=sorted(RECIPES), help="start from a committed model's settings")
+    tr.add_argument("--arch", choices=list_models())
+    tr.add_argument("--name", help="model name in the repository (default: the recipe name)")
+    tr.add_argument("--version", type=int, default=1)
+    tr.add_argument("--channels", type=int, choices=(1, 3))
+    tr.add_argument("--input-size", type=int)
+    tr.add_argument("--epochs", type=int)
+    tr.add_argument("--batch-size", type=int)
+    tr.add_argument("--lr", type=float)
+    tr.add_argument("--box-weight", type=float, help="weight of the box loss against cross-entropy")
+    tr.add_argument("--copies-per-epoch", type=int, help="renderings of each training digit per epoch")
+    tr.add_argument("--option", action="append", default=[], metavar="KEY=JSON", help="architecture option")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--data-dir", type=Path, help="a folder with images and labels.csv/json (default: digits)")
+    tr.add_argument("--out", type=Path, default=Path("models"), help="model repository root")
+    tr.add_argument("--threads", type=int, default=os.cpu_count())
+    tr.add_argument("--dry-run", action="store_true", help="tiny subset, one short epoch: a smoke test")
+
+    bench = sub.add_parser("bench-models", help="export untrained ImageNet-shaped models for benchmarks")
+    bench.add_argument("--out", type=Path, default=Path("models-bench"))
+    bench.add_argument("--classes", type=int, default=1000)
+
+    sub.add_parser("list", help="list architectures and recipes")
+    return parser.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    recipe = RECIPES[args.recipe] if args.recipe else None
+    base = asdict(recipe) if recipe else {}
+    options = dict(base.get("options", {}))
+    for item in args.option:
+        key, _, value = item.partition("=")
+        options[key] = json.loads(value)
+    settings = {
+        "arch": args.arch or base.get("arch"),
+        "channels": args.channels or base.get("channels"),
+        "input_size": args.input_size or base.get("input_size"),
+        "epochs": args.epochs or base.get("epochs"),
+        "batch_size": args.batch_size or base.get("batch_size", Recipe.batch_size),
+        "lr": args.lr or base.get("lr", Recipe.lr),
+        "box_weight": args.box_weight or base.get("box_weight", Recipe.box_weight),
+        "copies_per_epoch": args.copies_per_epoch or base.get("copies_per_epoch", Recipe.copies_per_epoch),
+    }
+    missing = [k for k, v in settings.items() if v is None]
+    if missing:
+        sys.exit(f"error: give --recipe or all of: {', '.join('--' + k.replace('_', '-') for k in missing)}")
+    name = args.name or args.recipe
+    if not name:
+        sys.exit("error: --name is required without --recipe")
+    if args.dry_run:
+        settings.update(epochs=1, copies_per_epoch=1)
+    return TrainConfig(name=name, seed=args.seed, options=options, **settings)
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    if args.command == "list":
+        print("architectures:", ", ".join(list_models()))
+        for name, recipe in RECIPES.items():
+            print(f"recipe {name}: {recipe}")
+        return
+    if args.command == "bench-models":
+        for arch, size in BENCH_MODELS:
+            build_untrained(arch, size, args.classes, args.out)
+        return
+
+    config = resolve_config(args)
+    torch.set_num_threads(args.threads)
+    if args.data_dir:
+        task = folder_task(args.data_dir, config.channels, config.input_size, config.seed)
+    else:
+        limit = DRY_RUN_DIGITS if args.dry_run else None
+        task = digits_task(config.channels, config.input_size, config.seed, config.copies_per_epoch, limit)
+    command = "python -m training " + shlex.join(argv)
+    print(f"training {config.name} ({config.arch}) on {task.description}")
+    build_version(config, task, args.out, args.version, command)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,7 @@
+"""Architectures: every backbone registers itself here on import."""
+
+from . import lenet, resnet, vgg  # noqa: F401  (registration side effect)
+from .heads import TwoHeadNet
+from .registry import create_model, list_models
+
+__all__ = ["TwoHeadNet", "create_model", "list_models"]

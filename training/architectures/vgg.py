@@ -1,0 +1,71 @@
+"""VGG (Simonyan & Zisserman 2014): configurations A, B, D, E as data, one builder.
+
+Each configuration lists the output channels of its 3x3 convolutions (padding
+1) with "M" for a 2x2 max-pool. The classic classifier (7x7 pooled features,
+two 4096-wide layers with dropout) is the default; ``pool_size=1`` and a
+smaller ``classifier_width`` give the slim head used for small inputs.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from torch import nn
+
+from .heads import TwoHeadNet, mlp_head
+from .registry import register_model
+
+VGG_CONFIGS: dict[str, list[int | str]] = {
+    "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "B": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+}
+VGG_VARIANTS = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}
+
+
+def make_layers(config: list[int | str], in_channels: int, batch_norm: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for item in config:
+        if item == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            continue
+        layers.append(nn.Conv2d(channels, item, kernel_size=3, padding=1))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(item))
+        layers.append(nn.ReLU(inplace=True))
+        channels = item
+    return nn.Sequential(*layers)
+
+
+def build_vgg(
+    config: str,
+    batch_norm: bool,
+    *,
+    num_classes: int,
+    in_channels: int,
+    input_size: int,
+    box_head: bool,
+    pool_size: int = 7,
+    classifier_width: int = 4096,
+    dropout: float = 0.5,
+) -> TwoHeadNet:
+    del input_size  # adaptive pooling makes the heads independent of it
+    layers = VGG_CONFIGS[config]
+    out_channels = [c for c in layers if c != "M"][-1]
+    backbone = nn.Sequential(
+        make_layers(layers, in_channels, batch_norm),
+        nn.AdaptiveAvgPool2d(pool_size),
+        nn.Flatten(),
+    )
+    features = out_channels * pool_size * pool_size
+    hidden = [classifier_width, classifier_width]
+    classifier = mlp_head(features, hidden, num_classes, dropout)
+    boxes = mlp_head(features, hidden, 4, dropout) if box_head else None
+    return TwoHeadNet(backbone, classifier, boxes)
+
+
+for _name, _config in VGG_VARIANTS.items():
+    register_model(_name, partial(build_vgg, _config, False))
+    register_model(f"{_name}_bn", partial(build_vgg, _config, True))

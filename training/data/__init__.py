@@ -1,0 +1,73 @@
+"""Training data sources behind one interface, ``TaskData``.
+
+The training loop asks for a fresh training set each epoch (the digits task
+renders new placements every epoch; a folder returns the same images) and for
+the fixed validation and test splits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .digits import LABELS, CanvasSpec, load_source_digits, render_split, split_indices
+from .folder import load_folder
+
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]  # images, class ids, normalized boxes
+TRAIN_STREAM_BASE, VAL_STREAM, TEST_STREAM = 1000, 1, 2
+TRAIN_ROTATION = 10.0  # degrees of random rotation in training renderings only
+
+
+@dataclass
+class TaskData:
+    labels: list[str]
+    channels: int
+    input_size: int
+    description: str
+    _digits: tuple | None = None
+    _fixed: dict[str, Arrays] = field(default_factory=dict)
+    seed: int = 0
+    copies_per_epoch: int = 4
+
+    def train_epoch(self, epoch: int) -> Arrays:
+        if self._digits is None:
+            return self._fixed["train"]
+        return self._render("train", TRAIN_STREAM_BASE + epoch, self.copies_per_epoch, TRAIN_ROTATION)
+
+    def split(self, name: str) -> Arrays:
+        if name not in self._fixed:
+            stream = VAL_STREAM if name == "val" else TEST_STREAM
+            self._fixed[name] = self._render(name, stream, copies=3)
+        return self._fixed[name]
+
+    def _render(self, split: str, stream: int, copies: int, rotation: float = 0.0) -> Arrays:
+        digits, targets, indices = self._digits
+        spec = CanvasSpec(self.input_size, self.channels, max_rotation=rotation)
+        images, boxes, order = render_split(digits, indices[split], spec, self.seed, stream, copies)
+        return images, targets[order], boxes
+
+
+def digits_task(channels: int, input_size: int, seed: int, copies_per_epoch: int, limit: int | None = None) -> TaskData:
+    """The default task; ``limit`` keeps only the first digits of each split (dry runs)."""
+    digits, targets = load_source_digits()
+    indices = split_indices(len(digits), seed)
+    if limit is not None:
+        indices = {name: idx[:limit] for name, idx in indices.items()}
+    description = (
+        f"scikit-learn digits ({len(indices['train'])}/{len(indices['val'])}/{len(indices['test'])} "
+        f"source digits train/val/test, split by source digit) rendered on {input_size}x{input_size} "
+        f"{'grayscale' if channels == 1 else 'tinted RGB'} canvases; {copies_per_epoch} new renderings "
+        f"of each training digit per epoch (rotated up to {TRAIN_ROTATION:g} degrees), 3 fixed renderings per val/test digit"
+    )
+    return TaskData(
+        LABELS, channels, input_size, description, (digits, targets, indices), seed=seed,
+        copies_per_epoch=copies_per_epoch,
+    )
+
+
+def folder_task(root: Path, channels: int, input_size: int, seed: int) -> TaskData:
+    labels, splits = load_folder(root, channels, input_size, seed)
+    sizes = "/".join(str(len(splits[s][0])) for s in ("train", "val", "test"))
+    return TaskData(labels, channels, input_size, f"folder {root} ({sizes} images train/val/test)", _fixed=splits, seed=seed)
