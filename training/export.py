@@ -121,6 +121,8 @@ def quantize_int8(source: Path, target: Path, calibration: np.ndarray) -> None:
     prepared = target.with_suffix(".prep.onnx")
     try:
         quant_pre_process(str(source), str(prepared))
+        # The output activations stay float, so probabilities still sum to one.
+        heads = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type in ("Softmax", "Sigmoid")]
         quantize_static(
             str(prepared),
             str(target),
@@ -129,6 +131,7 @@ def quantize_int8(source: Path, target: Path, calibration: np.ndarray) -> None:
             per_channel=True,
             weight_type=QuantType.QInt8,
             activation_type=QuantType.QUInt8,
+            nodes_to_exclude=heads,
         )
     finally:
         prepared.unlink(missing_ok=True)

@@ -1,0 +1,183 @@
+"""The inference core: protocol-neutral, shared by every adapter.
+
+An adapter hands it image files or a decoded tensor plus the model it wants;
+the core resolves the model, decodes, sends the images to the batcher (the
+inference service's batchable API, where requests from every protocol meet),
+and turns the outputs into answers. It records the request metrics, so every
+protocol is counted the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+import numpy as np
+
+from .config import Settings
+from .errors import InvalidInput, ModelUnavailable, ServiceError, TooLarge
+from .metrics import GatewayMetrics
+from .postprocess import describe
+from .preprocess import decode_image
+from .repository import ModelVersion, Repository
+
+# The batcher answers with one row per image: probabilities, box (if any), then
+# the compute time of the batch it rode in (ms) and that batch's size.
+STATS_COLUMNS = 2
+INLINE_DECODE_BYTES = 256 * 1024  # larger payloads are decoded in a worker thread
+
+Backend = Callable[[ModelVersion, np.ndarray], Awaitable[np.ndarray]]
+StatusSource = Callable[[], Awaitable[dict]]
+
+
+def pack_outputs(probabilities: np.ndarray, boxes: np.ndarray | None, compute_ms: float) -> np.ndarray:
+    n = len(probabilities)
+    stats = np.tile(np.array([[compute_ms, n]], np.float32), (n, 1))
+    parts = [probabilities, boxes, stats] if boxes is not None else [probabilities, stats]
+    return np.concatenate(parts, axis=1).astype(np.float32, copy=False)
+
+
+def unpack_outputs(rows: np.ndarray, model: ModelVersion) -> tuple[np.ndarray, np.ndarray | None, float, int]:
+    classes = len(model.labels)
+    probabilities = rows[:, :classes]
+    boxes = rows[:, classes : classes + 4] if model.has_boxes else None
+    compute_ms, batch = rows[0, -STATS_COLUMNS:]
+    return probabilities, boxes, float(compute_ms), int(batch)
+
+
+@dataclass
+class RequestRecord:
+    model: ModelVersion | None = None
+
+
+@dataclass
+class TensorResult:
+    model: ModelVersion
+    probabilities: np.ndarray
+    boxes: np.ndarray | None
+    timings: dict
+
+
+class InferenceCore:
+    def __init__(self, settings: Settings, repository: Repository, backend: Backend, runtime_status: StatusSource):
+        self.settings = settings
+        self.repository = repository
+        self.backend = backend
+        self.runtime_status = runtime_status
+        self.metrics = GatewayMetrics()
+
+    async def resolve(self, name: str | None, version: int | None) -> ModelVersion:
+        name = name or self.repository.default_model()
+        if name is None:
+            raise ModelUnavailable("no model is being served; see GET /models for the reasons")
+        model = self.repository.resolve(name, version)
+        status = (await self.runtime_status()).get(model.key)
+        if status is None or status["status"] != "ready":
+            reason = status["reason"] if status else "the inference service has not reported it yet"
+            raise ModelUnavailable(f"model {model.key} is not ready: {reason}")
+        return model
+
+    @contextmanager
+    def track(self, protocol: str):
+        """Count one request: its outcome and duration, and in-flight once admitted.
+
+        Requests that never resolve a model are labelled ``unknown``, so a
+        client cannot grow the label set with made-up model names.
+        """
+        record = RequestRecord()
+        started = time.perf_counter()
+        outcome = "success"
+        try:
+            yield record
+        except ServiceError as exc:
+            outcome = exc.outcome
+            raise
+        except Exception:
+            outcome = "server_error"
+            raise
+        finally:
+            labels = (record.model.name, str(record.model.version)) if record.model else ("unknown", "")
+            if record.model:
+                self.metrics.inflight.labels(*labels).dec()
+            self.metrics.requests.labels(*labels, protocol, outcome).inc()
+            self.metrics.request_duration.labels(*labels, protocol).observe(time.perf_counter() - started)
+
+    def admit(self, record: "RequestRecord", model: ModelVersion) -> None:
+        record.model = model
+        self.metrics.inflight.labels(model.name, str(model.version)).inc()
+
+    def check_top_k(self, model: ModelVersion, top_k: int | None) -> int:
+        top_k = self.settings.default_top_k if top_k is None else top_k
+        if not 1 <= top_k <= len(model.labels):
+            raise InvalidInput(f"top_k must be between 1 and {len(model.labels)} for {model.name}, got {top_k}")
+        return top_k
+
+    def decode_all(self, model: ModelVersion, files: list[bytes]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        channels, height, width = model.input_shape
+        arrays, sizes = [], []
+        for index, data in enumerate(files):
+            try:
+                array, size = decode_image(data, channels, height, width, self.settings.max_image_pixels)
+            except ServiceError as exc:
+                if len(files) > 1:
+                    exc.message = f"image {index}: {exc.message}"
+                    exc.args = (exc.message,)
+                raise
+            arrays.append(array)
+            sizes.append(size)
+        return np.stack(arrays), sizes
+
+    async def predict_files(
+        self, files: list[bytes], model: str | None, version: int | None, top_k: int | None, protocol: str
+    ) -> dict:
+        """Answers (label, top-k, box in the image's own pixels) for image files."""
+        with self.track(protocol) as record:
+            if not files:
+                raise InvalidInput("no image was sent")
+            if len(files) > self.settings.max_images_per_request:
+                raise TooLarge(
+                    f"{len(files)} images in one request; the limit is {self.settings.max_images_per_request}"
+                )
+            resolved = await self.resolve(model, version)
+            self.admit(record, resolved)
+            top_k = self.check_top_k(resolved, top_k)
+            began = time.perf_counter()
+            if sum(len(f) for f in files) > INLINE_DECODE_BYTES:
+                images, sizes = await asyncio.to_thread(self.decode_all, resolved, files)
+            else:
+                images, sizes = self.decode_all(resolved, files)
+            decode_ms = (time.perf_counter() - began) * 1000
+            self.metrics.preprocess_duration.labels(resolved.name, str(resolved.version)).observe(decode_ms / 1000)
+            result = await self.run(resolved, images)
+            predictions = [
+                describe(result.probabilities[i], None if result.boxes is None else result.boxes[i],
+                         resolved.labels, top_k, sizes[i])
+                for i in range(len(files))
+            ]
+            timings = {"decode_ms": round(decode_ms, 3), **result.timings}
+            timings["total_ms"] = round((time.perf_counter() - began) * 1000, 3)
+            return {"model": resolved.name, "version": resolved.version, "predictions": predictions, "timings": timings}
+
+    async def run(self, model: ModelVersion, images: np.ndarray) -> TensorResult:
+        """Send images through the batcher, in chunks no larger than its maximum batch."""
+        limit = self.settings.batching_for(model.name).max_batch_size
+        chunks = [images[i : i + limit] for i in range(0, len(images), limit)]
+        began = time.perf_counter()
+        rows = await asyncio.gather(*(self.backend(model, chunk) for chunk in chunks))
+        round_trip_ms = (time.perf_counter() - began) * 1000
+        unpacked = [unpack_outputs(r, model) for r in rows]
+        probabilities = np.concatenate([u[0] for u in unpacked])
+        boxes = None if not model.has_boxes else np.concatenate([u[1] for u in unpacked])
+        compute_ms = max(u[2] for u in unpacked)
+        queue_ms = max(0.0, round_trip_ms - compute_ms)
+        labels = (model.name, str(model.version))
+        self.metrics.queue_duration.labels(*labels).observe(queue_ms / 1000)
+        timings = {
+            "queue_ms": round(queue_ms, 3),
+            "compute_ms": round(compute_ms, 3),
+            "batch_images": max(u[3] for u in unpacked),
+        }
+        return TensorResult(model, probabilities, boxes, timings)

@@ -1,0 +1,24 @@
+"""Shared fixtures: the committed model repository, and copies of it to break."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODELS_DIR = REPO_ROOT / "models"
+
+
+@pytest.fixture
+def repo_copy(tmp_path):
+    """Copy committed models into a fresh repository: ``repo_copy("lenet5-digits", as_name=...)``."""
+    root = tmp_path / "models"
+    root.mkdir()
+
+    def copy(name: str, version: int = 1, as_name: str | None = None, as_version: int | None = None) -> Path:
+        target = root / (as_name or name) / str(as_version or version)
+        shutil.copytree(MODELS_DIR / name / str(version), target)
+        return target
+
+    copy.root = root
+    return copy

@@ -1,0 +1,97 @@
+"""Start the real service (``bentoml serve``) on 127.0.0.1 for a test, and stop it.
+
+Each server gets a free port, its own BENTOML_HOME and configuration through
+CNNSERVE_* variables, and is stopped with its whole process group, so no
+worker outlives the test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BENTOML = Path(sys.executable).parent / "bentoml"
+START_TIMEOUT = 180
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, url: str, process: subprocess.Popen, log_path: Path):
+        self.url = url
+        self.process = process
+        self.log_path = log_path
+        self.client = httpx.Client(base_url=url, timeout=60)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def metrics(self) -> str:
+        return self.client.get("/metrics").text
+
+
+def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.25)
+    raise TimeoutError(f"server not ready after {timeout} s:\n{log_path.read_text()[-4000:]}")
+
+
+@contextlib.contextmanager
+def running_server(tmp_dir: Path, wait: bool = True, **settings: str):
+    """``running_server(tmp, models_dir=..., workers="1")``: keys become CNNSERVE_* variables."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(tmp_dir / "bentoml"),
+        "CNNSERVE_CONFIG": os.devnull,
+        "BENTOML_DO_NOT_TRACK": "true",
+        **{f"CNNSERVE_{k.upper()}": str(v) for k, v in settings.items()},
+    }
+    log_path = tmp_dir / f"server-{port}.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [str(BENTOML), "serve", "service.app:Gateway", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        if wait:
+            wait_ready(url, process, log_path)
+        yield Server(url, process, log_path)
+    finally:
+        stop(process)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # any worker left behind

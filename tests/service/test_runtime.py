@@ -1,0 +1,105 @@
+"""ONNX Runtime sessions: provider choice (GPU paths tested by their selection
+logic, as this machine has no GPU), integrity checks, and running."""
+
+import json
+
+import numpy as np
+import pytest
+
+from service.repository import discover
+from service.runtime import (
+    CPU,
+    CUDA,
+    TENSORRT,
+    ModelInvalid,
+    choose_providers,
+    choose_variant,
+    load_model,
+    session_options,
+)
+
+GPU_BUILD = [TENSORRT, CUDA, CPU]  # what onnxruntime-gpu lists, GPU or not
+
+
+def test_cpu_build_chooses_cpu():
+    assert choose_providers(("auto",), [CPU], gpu_devices=0, tensorrt_usable=False) == [CPU]
+
+
+def test_gpu_build_without_a_gpu_falls_back_to_cpu_quietly():
+    assert choose_providers(("auto",), GPU_BUILD, gpu_devices=0, tensorrt_usable=True) == [CPU]
+
+
+def test_gpu_present_prefers_tensorrt_then_cuda_then_cpu():
+    assert choose_providers(("auto",), GPU_BUILD, gpu_devices=1, tensorrt_usable=True) == [TENSORRT, CUDA, CPU]
+
+
+def test_tensorrt_is_skipped_when_its_library_does_not_load():
+    assert choose_providers(("auto",), GPU_BUILD, gpu_devices=2, tensorrt_usable=False) == [CUDA, CPU]
+
+
+def test_explicit_provider_list_is_honoured_and_ends_in_cpu():
+    assert choose_providers((CUDA,), GPU_BUILD, gpu_devices=1, tensorrt_usable=True) == [CUDA, CPU]
+
+
+def test_explicit_provider_this_build_lacks_is_an_error_naming_it():
+    with pytest.raises(ValueError, match="CUDAExecutionProvider"):
+        choose_providers((CUDA,), [CPU], gpu_devices=0, tensorrt_usable=False)
+
+
+@pytest.mark.parametrize(
+    ("precision", "providers", "expected"),
+    [("auto", [CPU], "fp32"), ("auto", [CUDA, CPU], "fp16"), ("auto", [TENSORRT, CUDA, CPU], "fp16"),
+     ("int8", [CPU], "int8"), ("fp32", [CUDA, CPU], "fp32")],
+)
+def test_precision_variant_follows_the_provider(precision, providers, expected):
+    assert choose_variant(precision, providers, ["fp32", "fp16", "int8"]) == expected
+
+
+def test_gpu_without_an_fp16_file_uses_fp32():
+    assert choose_variant("auto", [CUDA, CPU], ["fp32"]) == "fp32"
+
+
+def test_session_threads_are_set_deliberately():
+    options = session_options(threads=1)
+    assert options.intra_op_num_threads == 1 and options.inter_op_num_threads == 1
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8", "fp16"])
+def test_every_shipped_variant_loads_and_runs(variant, tmp_path):
+    from tests.conftest import MODELS_DIR
+
+    model = discover(MODELS_DIR).resolve("lenet5-digits")
+    loaded = load_model(model, [CPU], variant, threads=1, cache_dir=tmp_path)
+    assert loaded.variant == variant
+    probabilities, boxes = loaded.run(np.random.rand(3, 1, 32, 32).astype(np.float32))
+    assert probabilities.shape == (3, 10) and boxes.shape == (3, 4)
+    np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-3)
+    assert loaded.warm_up(8) > 0
+
+
+def test_a_file_that_does_not_match_its_card_is_refused(repo_copy, tmp_path):
+    folder = repo_copy("lenet5-digits")
+    with (folder / "model.onnx").open("r+b") as f:
+        f.seek(2000)
+        f.write(b"\x00\x01\x02\x03")
+    model = discover(repo_copy.root).resolve("lenet5-digits")
+    with pytest.raises(ModelInvalid, match="sha256"):
+        load_model(model, [CPU], "fp32", threads=1, cache_dir=tmp_path)
+
+
+def test_a_missing_file_is_refused(repo_copy, tmp_path):
+    folder = repo_copy("lenet5-digits")
+    (folder / "model.onnx").unlink()
+    model = discover(repo_copy.root).resolve("lenet5-digits")
+    with pytest.raises(ModelInvalid, match="missing"):
+        load_model(model, [CPU], "fp32", threads=1, cache_dir=tmp_path)
+
+
+def test_a_graph_that_contradicts_its_card_is_refused(repo_copy, tmp_path):
+    folder = repo_copy("lenet5-digits")
+    card = json.loads((folder / "card.json").read_text())
+    card["input"]["shape"] = [-1, 1, 28, 28]
+    (folder / "card.json").write_text(json.dumps(card))
+    model = discover(repo_copy.root).resolve("lenet5-digits")
+    with pytest.raises(ModelInvalid, match="input shape"):
+        load_model(model, [CPU], "fp32", threads=1, cache_dir=tmp_path)

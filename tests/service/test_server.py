@@ -1,0 +1,198 @@
+"""The real service over HTTP: predictions that are right, batches that form,
+metrics that count, readiness that means it, and a clear 4xx for every bad
+input, after which the server still answers."""
+
+from __future__ import annotations
+
+import io
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.servers import running_server
+from training.boxes import iou
+from training.data.digits import CanvasSpec, load_source_digits, render_sample, split_indices
+
+MAX_BODY = 2 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with running_server(tmp_path_factory.mktemp("server"), max_body_bytes=MAX_BODY) as server:
+        yield server
+
+
+def digit_files(channels: int, size: int, count: int, seed: int = 7):
+    """Test-split digits rendered, scaled to assorted sizes, saved in assorted formats and modes."""
+    digits, labels = load_source_digits()
+    test = split_indices(len(digits), seed=0)["test"]
+    rng = np.random.default_rng(seed)
+    formats = [("PNG", None), ("JPEG", None), ("PNG", "RGBA"), ("WEBP", None), ("PNG", "L"), ("BMP", None)]
+    for i in range(count):
+        index = int(test[rng.integers(len(test))])
+        canvas, box = render_sample(digits[index], CanvasSpec(size, channels), rng)
+        pixels = (canvas.transpose(1, 2, 0) * 255).round().astype(np.uint8)
+        image = Image.fromarray(pixels[..., 0] if channels == 1 else pixels)
+        width, height = int(rng.integers(size, 5 * size)), int(rng.integers(size, 5 * size))
+        image = image.resize((width, height), Image.BILINEAR)
+        fmt, mode = formats[i % len(formats)]
+        if mode:
+            image = image.convert(mode)
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
+        yield buffer.getvalue(), int(labels[index]), box * [width, height, width, height], fmt
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+GOOD = png(Image.new("RGB", (64, 64), (20, 20, 20)))
+
+
+@pytest.mark.parametrize(("model", "channels", "size"), [
+    ("lenet5-digits", 1, 32), ("resnet18-digits", 3, 64), ("vgg11-digits", 3, 64),
+])
+def test_predictions_match_labels_and_boxes_across_sizes_and_formats(server, model, channels, size):
+    hits, ious = [], []
+    for data, label, box, fmt in digit_files(channels, size, count=36):
+        response = server.client.post("/predict", files={"image": (f"d.{fmt.lower()}", data)}, data={"model": model})
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert answer["model"] == model and answer["version"] == 1
+        hits.append(answer["label"] == str(label))
+        got = answer["box"]
+        ious.append(iou(np.array([[got["x1"], got["y1"], got["x2"], got["y2"]]]), box[None])[0])
+    assert np.mean(hits) >= 0.9, f"accuracy {np.mean(hits):.3f}"
+    assert np.mean(ious) >= 0.7, f"mean IoU {np.mean(ious):.3f}"
+
+
+def test_answer_has_the_documented_fields(server):
+    answer = server.client.post("/predict", files={"image": ("a.png", GOOD)}, data={"top_k": "3"}).json()
+    for key in ("model", "version", "label", "probability", "top_k", "box", "box_normalized", "timings"):
+        assert key in answer
+    assert len(answer["top_k"]) == 3
+    assert answer["top_k"][0]["probability"] >= answer["top_k"][1]["probability"]
+    assert set(answer["box"]) == {"x1", "y1", "x2", "y2"}
+    assert {"decode_ms", "queue_ms", "compute_ms", "total_ms", "batch_images"} <= set(answer["timings"])
+
+
+def test_predict_batch_answers_each_image_in_order(server):
+    files = list(digit_files(3, 64, count=6, seed=11))
+    response = server.client.post(
+        "/predict_batch",
+        files=[("images", (f"{i}.png", data)) for i, (data, *_rest) in enumerate(files)],
+        data={"model": "resnet18-digits"},
+    )
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert len(predictions) == 6
+    for (data, _label, _box, _fmt), prediction in zip(files, predictions):
+        alone = server.client.post("/predict", files={"image": ("a", data)}, data={"model": "resnet18-digits"}).json()
+        assert prediction["label"] == alone["label"]
+        assert prediction["probability"] == pytest.approx(alone["probability"], abs=1e-4)
+
+
+def test_model_listing_shows_provider_metrics_and_status(server):
+    listing = server.client.get("/models").json()
+    names = {m["name"]: m for m in listing["models"]}
+    assert {"lenet5-digits", "resnet18-digits", "vgg11-digits"} <= set(names)
+    version = names["resnet18-digits"]["versions"][0]
+    assert version["status"] == "ready"
+    assert version["provider"] == "CPUExecutionProvider"
+    assert version["metrics"]["accuracy"] >= 0.97
+    assert version["input"]["shape"] == [-1, 3, 64, 64]
+    assert version["batching"]["max_batch_size"] > 1
+
+
+def counter(text: str, name: str, **labels) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_a_concurrent_burst_rides_in_shared_batches(server):
+    before = server.metrics()
+    files = [data for data, *_ in digit_files(3, 64, count=16, seed=3)]
+
+    def call(i: int) -> int:
+        data = files[i % len(files)]
+        return server.client.post("/predict", files={"image": ("a.png", data)}, data={"model": "resnet18-digits"}).status_code
+
+    with ThreadPoolExecutor(max_workers=48) as pool:
+        statuses = list(pool.map(call, range(192)))
+    assert statuses == [200] * 192
+    after = server.metrics()
+    labels = {"model": "resnet18-digits", "version": "1"}
+    images = counter(after, "cnnserve_batch_size_images_sum", **labels) - counter(before, "cnnserve_batch_size_images_sum", **labels)
+    batches = counter(after, "cnnserve_batch_size_images_count", **labels) - counter(before, "cnnserve_batch_size_images_count", **labels)
+    assert images == 192
+    assert images / batches > 1.5, f"mean batch {images / batches:.2f} images"
+
+
+def test_metrics_expose_requests_latency_queue_batches_inflight_and_readiness(server):
+    server.client.post("/predict", files={"image": ("a.png", GOOD)})
+    server.client.post("/predict", files={"image": ("a.txt", b"not an image")})
+    text = server.metrics()
+    for name in (
+        "cnnserve_request_duration_seconds_bucket",
+        "cnnserve_queue_duration_seconds_bucket",
+        "cnnserve_compute_duration_seconds_bucket",
+        "cnnserve_preprocess_duration_seconds_bucket",
+        "cnnserve_batch_size_images_bucket",
+        "cnnserve_inflight_requests",
+    ):
+        assert re.search(rf"^{name}{{.*model=\"lenet5-digits\"", text, re.M), name
+    assert counter(text, "cnnserve_requests_total", model="lenet5-digits", outcome="success") >= 1
+    assert counter(text, "cnnserve_requests_total", outcome="client_error") >= 1
+    for model in ("lenet5-digits", "resnet18-digits", "vgg11-digits"):
+        assert counter(text, "cnnserve_model_ready", model=model) == 1
+
+
+BOMB = png(Image.new("1", (20_000, 20_000)))
+
+
+@pytest.mark.parametrize(
+    ("files", "data", "status", "phrase"),
+    [
+        ({"image": ("a.txt", b"plain text")}, {}, 415, "not a recognised image"),
+        ({"image": ("a.png", GOOD[:40])}, {}, 400, "truncated"),
+        ({"image": ("a.png", b"")}, {}, 400, "empty"),
+        ({"image": ("a.ppm", b"P6\n4 4\n255\n" + bytes(48))}, {}, 415, "PPM"),
+        ({"image": ("bomb.png", BOMB)}, {}, 413, "pixels"),
+        ({"image": ("big.png", b"\x89PNG" + bytes(MAX_BODY + 10))}, {}, 413, "limit"),
+        ({"image": ("a.png", GOOD)}, {"model": "resnet-9000"}, 404, "unknown model"),
+        ({"image": ("a.png", GOOD)}, {"model": "lenet5-digits", "version": "7"}, 404, "no version 7"),
+        ({"image": ("a.png", GOOD)}, {"top_k": "0"}, 400, "top_k"),
+        ({"image": ("a.png", GOOD)}, {"top_k": "11"}, 400, "top_k"),
+        ({"image": ("a.png", GOOD)}, {"top_k": "many"}, 400, "validation"),
+        ({"picture": ("a.png", GOOD)}, {}, 400, "validation"),
+    ],
+    ids=["text", "truncated", "empty", "ppm", "pixel-bomb", "body-too-large", "unknown-model",
+         "unknown-version", "top-k-zero", "top-k-too-big", "top-k-not-a-number", "missing-field"],
+)
+def test_bad_requests_get_a_clear_4xx_and_the_server_carries_on(server, files, data, status, phrase):
+    response = server.client.post("/predict", files=files, data=data)
+    assert response.status_code == status, response.text
+    assert phrase.lower() in response.json()["error"].lower()
+    good = server.client.post("/predict", files={"image": ("a.png", GOOD)})
+    assert good.status_code == 200
+
+
+def test_too_many_images_in_one_batch_call_is_refused(server):
+    files = [("images", (f"{i}.png", GOOD)) for i in range(65)]
+    response = server.client.post("/predict_batch", files=files)
+    assert response.status_code == 413 and "limit is 64" in response.json()["error"]
+
+
+def test_one_bad_image_in_a_batch_is_named_by_its_index(server):
+    files = [("images", ("0.png", GOOD)), ("images", ("1.png", b"junk"))]
+    response = server.client.post("/predict_batch", files=files)
+    assert response.status_code == 415 and response.json()["error"].startswith("image 1:")
