@@ -23,15 +23,15 @@ from pathlib import Path
 import bentoml
 import numpy as np
 import onnxruntime as ort
-from starlette.responses import JSONResponse
+from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
 from .config import load_settings
 from .core import InferenceCore, pack_outputs
-from .errors import ModelUnavailable, ServiceError
+from .errors import InternalError, ModelUnavailable, Overloaded, ServiceError
 from .limits import BodyLimit
 from .metrics import RuntimeMetrics
 from .repository import ModelVersion, discover
-from .rest import build_rest_app
+from .rest import build_rest_app, error_response
 from .runtime import ModelInvalid, choose_providers, cuda_device_count, load_model, tensorrt_loads
 
 log = logging.getLogger("cnnserve")
@@ -166,7 +166,16 @@ class Gateway:
         rest_app.state.core = self.core
 
     async def infer(self, model: ModelVersion, images: np.ndarray) -> np.ndarray:
-        return await getattr(self.runtime.to_async, api_name(model))(images)
+        try:
+            return await getattr(self.runtime.to_async, api_name(model))(images)
+        except ServiceUnavailable:
+            raise Overloaded(
+                f"model {model.key} is at capacity: the queue cannot meet its "
+                f"{settings.batching_for(model.name).max_latency_ms} ms latency budget; retry shortly"
+            ) from None
+        except BentoMLException as exc:
+            log.error("inference for %s failed: %s", model.key, exc)
+            raise InternalError(f"inference for {model.key} failed; see the server log") from None
 
     async def runtime_status(self) -> dict:
         """The runtime's per-model status, cached briefly once every model has reported."""
@@ -191,7 +200,7 @@ class Gateway:
         try:
             answer = await self.core.predict_files([image.read_bytes()], model, version, top_k, "rest")
         except ServiceError as exc:
-            return JSONResponse(exc.to_json(), status_code=exc.status)
+            return error_response(exc)
         return {"model": answer["model"], "version": answer["version"], **answer["predictions"][0],
                 "timings": answer["timings"]}
 
@@ -203,7 +212,7 @@ class Gateway:
         try:
             return await self.core.predict_files([p.read_bytes() for p in images], model, version, top_k, "rest")
         except ServiceError as exc:
-            return JSONResponse(exc.to_json(), status_code=exc.status)
+            return error_response(exc)
 
 
 Gateway.add_asgi_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

@@ -12,7 +12,7 @@ batching lives under ``models:`` in the YAML file::
     workers: auto                              # inference worker processes
     threads: auto                              # ONNX Runtime intra-op threads per worker
     max_batch_size: 64                         # images
-    max_latency_ms: 20
+    max_latency_ms: 1000                       # latency budget in the batcher; beyond it: 503
     models:
       lenet5-digits: {max_batch_size: 256, max_latency_ms: 5}
 
@@ -36,7 +36,7 @@ PRECISIONS = ("auto", "fp32", "fp16", "int8")
 @dataclass(frozen=True)
 class Batching:
     max_batch_size: int = 64
-    max_latency_ms: int = 20
+    max_latency_ms: int = 1000
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ class ServiceError(Exception):
     status: HTTPStatus = HTTPStatus.BAD_REQUEST
     grpc_code: str = "INVALID_ARGUMENT"
     outcome: str = "client_error"  # the `outcome` label in the requests metric
+    retry_after: int | None = None  # seconds, sent as Retry-After when set
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -20,6 +21,9 @@ class ServiceError(Exception):
 
     def to_json(self) -> dict:
         return {"error": self.message, "code": self.status.value}
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
 
 
 class InvalidInput(ServiceError):
@@ -45,4 +49,19 @@ class ModelUnavailable(ServiceError):
 
     status = HTTPStatus.SERVICE_UNAVAILABLE
     grpc_code = "UNAVAILABLE"
+    outcome = "server_error"
+
+
+class Overloaded(ServiceError):
+    """The batcher refused the request: its queue cannot meet the latency budget."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    grpc_code = "RESOURCE_EXHAUSTED"
+    outcome = "rejected"
+    retry_after = 1
+
+
+class InternalError(ServiceError):
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
+    grpc_code = "INTERNAL"
     outcome = "server_error"

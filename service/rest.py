@@ -11,7 +11,12 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from .config import Settings
+from .errors import ServiceError
 from .repository import ModelVersion, Repository
+
+
+def error_response(exc: ServiceError) -> JSONResponse:
+    return JSONResponse(exc.to_json(), status_code=exc.status, headers=exc.headers())
 
 
 def describe_version(model: ModelVersion, status: dict | None, settings: Settings) -> dict:

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from loadtests.digit_images import digit_files
 from tests.servers import running_server
 from training.boxes import iou
-from training.data.digits import CanvasSpec, load_source_digits, render_sample, split_indices
 
 MAX_BODY = 2 * 1024 * 1024
 
@@ -23,27 +23,6 @@ MAX_BODY = 2 * 1024 * 1024
 def server(tmp_path_factory):
     with running_server(tmp_path_factory.mktemp("server"), max_body_bytes=MAX_BODY) as server:
         yield server
-
-
-def digit_files(channels: int, size: int, count: int, seed: int = 7):
-    """Test-split digits rendered, scaled to assorted sizes, saved in assorted formats and modes."""
-    digits, labels = load_source_digits()
-    test = split_indices(len(digits), seed=0)["test"]
-    rng = np.random.default_rng(seed)
-    formats = [("PNG", None), ("JPEG", None), ("PNG", "RGBA"), ("WEBP", None), ("PNG", "L"), ("BMP", None)]
-    for i in range(count):
-        index = int(test[rng.integers(len(test))])
-        canvas, box = render_sample(digits[index], CanvasSpec(size, channels), rng)
-        pixels = (canvas.transpose(1, 2, 0) * 255).round().astype(np.uint8)
-        image = Image.fromarray(pixels[..., 0] if channels == 1 else pixels)
-        width, height = int(rng.integers(size, 5 * size)), int(rng.integers(size, 5 * size))
-        image = image.resize((width, height), Image.BILINEAR)
-        fmt, mode = formats[i % len(formats)]
-        if mode:
-            image = image.convert(mode)
-        buffer = io.BytesIO()
-        image.save(buffer, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
-        yield buffer.getvalue(), int(labels[index]), box * [width, height, width, height], fmt
 
 
 def png(image: Image.Image) -> bytes:
@@ -60,14 +39,14 @@ GOOD = png(Image.new("RGB", (64, 64), (20, 20, 20)))
 ])
 def test_predictions_match_labels_and_boxes_across_sizes_and_formats(server, model, channels, size):
     hits, ious = [], []
-    for data, label, box, fmt in digit_files(channels, size, count=36):
-        response = server.client.post("/predict", files={"image": (f"d.{fmt.lower()}", data)}, data={"model": model})
+    for file in digit_files(channels, size, count=36, seed=7, assorted=True):
+        response = server.client.post("/predict", files={"image": ("d", file.data)}, data={"model": model})
         assert response.status_code == 200, response.text
         answer = response.json()
         assert answer["model"] == model and answer["version"] == 1
-        hits.append(answer["label"] == str(label))
+        hits.append(answer["label"] == str(file.label))
         got = answer["box"]
-        ious.append(iou(np.array([[got["x1"], got["y1"], got["x2"], got["y2"]]]), box[None])[0])
+        ious.append(iou(np.array([[got["x1"], got["y1"], got["x2"], got["y2"]]]), file.box[None])[0])
     assert np.mean(hits) >= 0.9, f"accuracy {np.mean(hits):.3f}"
     assert np.mean(ious) >= 0.7, f"mean IoU {np.mean(ious):.3f}"
 
@@ -83,16 +62,16 @@ def test_answer_has_the_documented_fields(server):
 
 
 def test_predict_batch_answers_each_image_in_order(server):
-    files = list(digit_files(3, 64, count=6, seed=11))
+    files = [f.data for f in digit_files(3, 64, count=6, seed=11, assorted=True)]
     response = server.client.post(
         "/predict_batch",
-        files=[("images", (f"{i}.png", data)) for i, (data, *_rest) in enumerate(files)],
+        files=[("images", (f"{i}", data)) for i, data in enumerate(files)],
         data={"model": "resnet18-digits"},
     )
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
     assert len(predictions) == 6
-    for (data, _label, _box, _fmt), prediction in zip(files, predictions):
+    for data, prediction in zip(files, predictions):
         alone = server.client.post("/predict", files={"image": ("a", data)}, data={"model": "resnet18-digits"}).json()
         assert prediction["label"] == alone["label"]
         assert prediction["probability"] == pytest.approx(alone["probability"], abs=1e-4)
@@ -120,7 +99,7 @@ def counter(text: str, name: str, **labels) -> float:
 
 def test_a_concurrent_burst_rides_in_shared_batches(server):
     before = server.metrics()
-    files = [data for data, *_ in digit_files(3, 64, count=16, seed=3)]
+    files = [f.data for f in digit_files(3, 64, count=16, seed=3)]
 
     def call(i: int) -> int:
         data = files[i % len(files)]
