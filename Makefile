@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 3000
 
-.PHONY: serve test setup setup-test models bench-models clean
+.PHONY: serve test setup setup-test models bench-models protos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,13 @@ models: setup-test
 # Untrained ImageNet-shaped exports for throughput benchmarks (git-ignored).
 bench-models: setup-test
 	$(BIN)/python -m training bench-models --out models-bench
+
+# Regenerate the gRPC stubs from service/v2/proto/inference.proto (they are committed).
+protos: setup-test
+	$(BIN)/pip install --quiet grpcio-tools
+	$(BIN)/python -m grpc_tools.protoc -Iservice/v2/proto --python_out=service/v2 --pyi_out=service/v2 \
+		--grpc_python_out=service/v2 service/v2/proto/inference.proto
+	sed -i 's/^import inference_pb2 as/from . import inference_pb2 as/' service/v2/inference_pb2_grpc.py
 
 clean:
 	rm -rf $(VENV) models-bench runs .pytest_cache

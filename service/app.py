@@ -32,6 +32,7 @@ from .limits import BodyLimit
 from .metrics import RuntimeMetrics
 from .repository import ModelVersion, discover
 from .rest import build_rest_app, error_response
+from .v2.dataplane import DataPlane
 from .runtime import ModelInvalid, choose_providers, cuda_device_count, load_model, tensorrt_loads
 
 log = logging.getLogger("cnnserve")
@@ -164,6 +165,7 @@ class Gateway:
         self._status_lock = asyncio.Lock()
         self.core = InferenceCore(settings, repository, self.infer, self.runtime_status)
         rest_app.state.core = self.core
+        rest_app.state.dataplane = DataPlane(self.core)
 
     async def infer(self, model: ModelVersion, images: np.ndarray) -> np.ndarray:
         try:

@@ -56,6 +56,11 @@ class Settings:
     max_images_per_request: int = 64
     max_image_pixels: int = 40_000_000
     max_body_bytes: int = 32 * 1024 * 1024
+    max_tensor_elements: int = 16 * 1024 * 1024
+    grpc_enabled: bool = True
+    grpc_host: str = "0.0.0.0"
+    grpc_port: int = 3001
+    grpc_max_message_bytes: int = 32 * 1024 * 1024
     warmup: bool = True
     access_log: bool = False
 

@@ -48,6 +48,17 @@ def unpack_outputs(rows: np.ndarray, model: ModelVersion) -> tuple[np.ndarray, n
     return probabilities, boxes, float(compute_ms), int(batch)
 
 
+def check_tensor(model: ModelVersion, images: np.ndarray) -> None:
+    """The contract's input: [N, C, H, W] of finite values (NaN and Inf are refused)."""
+    expected = model.input_shape
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+        raise InvalidInput(
+            f"{model.name} takes images of shape [N, {', '.join(map(str, expected))}], got {list(images.shape)}"
+        )
+    if not np.isfinite(images).all():
+        raise InvalidInput("the input contains NaN or infinite values")
+
+
 @dataclass
 class RequestRecord:
     model: ModelVersion | None = None
@@ -109,6 +120,12 @@ class InferenceCore:
         record.model = model
         self.metrics.inflight.labels(model.name, str(model.version)).inc()
 
+    def check_count(self, count: int) -> None:
+        if count == 0:
+            raise InvalidInput("no image was sent")
+        if count > self.settings.max_images_per_request:
+            raise TooLarge(f"{count} images in one request; the limit is {self.settings.max_images_per_request}")
+
     def check_top_k(self, model: ModelVersion, top_k: int | None) -> int:
         top_k = self.settings.default_top_k if top_k is None else top_k
         if not 1 <= top_k <= len(model.labels):
@@ -130,27 +147,28 @@ class InferenceCore:
             sizes.append(size)
         return np.stack(arrays), sizes
 
+    async def decode(self, model: ModelVersion, files: list[bytes]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Decode on the event loop when small, in a worker thread when large; timed."""
+        began = time.perf_counter()
+        if sum(len(f) for f in files) > INLINE_DECODE_BYTES:
+            decoded = await asyncio.to_thread(self.decode_all, model, files)
+        else:
+            decoded = self.decode_all(model, files)
+        self.metrics.preprocess_duration.labels(model.name, str(model.version)).observe(time.perf_counter() - began)
+        return decoded
+
     async def predict_files(
         self, files: list[bytes], model: str | None, version: int | None, top_k: int | None, protocol: str
     ) -> dict:
         """Answers (label, top-k, box in the image's own pixels) for image files."""
         with self.track(protocol) as record:
-            if not files:
-                raise InvalidInput("no image was sent")
-            if len(files) > self.settings.max_images_per_request:
-                raise TooLarge(
-                    f"{len(files)} images in one request; the limit is {self.settings.max_images_per_request}"
-                )
+            self.check_count(len(files))
             resolved = await self.resolve(model, version)
             self.admit(record, resolved)
             top_k = self.check_top_k(resolved, top_k)
             began = time.perf_counter()
-            if sum(len(f) for f in files) > INLINE_DECODE_BYTES:
-                images, sizes = await asyncio.to_thread(self.decode_all, resolved, files)
-            else:
-                images, sizes = self.decode_all(resolved, files)
+            images, sizes = await self.decode(resolved, files)
             decode_ms = (time.perf_counter() - began) * 1000
-            self.metrics.preprocess_duration.labels(resolved.name, str(resolved.version)).observe(decode_ms / 1000)
             result = await self.run(resolved, images)
             predictions = [
                 describe(result.probabilities[i], None if result.boxes is None else result.boxes[i],

@@ -1,9 +1,13 @@
-"""Plain HTTP routes mounted beside BentoML's API: the model listing.
+"""The Starlette app mounted beside BentoML's API: the model listing, the V2
+REST routes, and the lifespan that runs the gRPC server.
 
 Thin: each handler asks the inference core and encodes its answer as JSON.
 """
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -13,6 +17,8 @@ from starlette.routing import Route
 from .config import Settings
 from .errors import ServiceError
 from .repository import ModelVersion, Repository
+from .v2.grpc_server import GrpcServer
+from .v2.rest import v2_routes
 
 
 def error_response(exc: ServiceError) -> JSONResponse:
@@ -54,12 +60,33 @@ def model_listing(repository: Repository, statuses: dict, settings: Settings) ->
     return {"default_model": repository.default_model(), "models": models, "failed": failures}
 
 
+async def list_models(request: Request) -> JSONResponse:
+    core = request.app.state.core
+    statuses = await core.runtime_status()
+    return JSONResponse(model_listing(core.repository, statuses, core.settings))
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Starlette):
+    """Run the gRPC server for as long as this gateway worker lives."""
+    settings = app.state.core.settings
+    if not settings.grpc_enabled:
+        yield
+        return
+    server = GrpcServer(app.state.dataplane, settings)
+    await server.start()
+    readiness = asyncio.create_task(server.serve_when_ready())
+    try:
+        yield
+    finally:
+        readiness.cancel()
+        await server.stop()
+
+
 def build_rest_app() -> Starlette:
-    """The app reads the inference core from ``app.state.core``, set by the gateway at start."""
+    """Routes beside BentoML's: the model listing and the V2 REST protocol.
 
-    async def list_models(request: Request) -> JSONResponse:
-        core = request.app.state.core
-        statuses = await core.runtime_status()
-        return JSONResponse(model_listing(core.repository, statuses, core.settings))
-
-    return Starlette(routes=[Route("/models", list_models, methods=["GET"])])
+    The gateway puts the inference core and the V2 data plane in ``app.state``
+    when it starts, before this app's lifespan (the gRPC server) begins.
+    """
+    return Starlette(routes=[Route("/models", list_models, methods=["GET"]), *v2_routes()], lifespan=lifespan)

@@ -1,0 +1,151 @@
+"""The Open Inference Protocol's data plane, shared by its REST and gRPC adapters.
+
+It speaks in plain dicts and ``Tensor``s; the adapters only translate their
+wire formats. Inference goes through the inference core, and so through the
+same batcher as ``POST /predict``.
+
+Inputs a model accepts (exactly one per request):
+- ``images``: FP32 [N, C, H, W] in [0, 1] (the model contract), or UINT8 of the
+  same shape in [0, 255];
+- ``image_bytes``: BYTES [N] (or [N, 1]) of encoded image files, decoded and
+  resized by the server.
+Outputs: ``probabilities`` [N, K] and ``boxes`` [N, 4], both FP32.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .. import __version__
+from ..contract import BOXES, INPUT_NAME, PROBABILITIES
+from ..core import InferenceCore, check_tensor
+from ..errors import InvalidInput
+from ..repository import ModelVersion
+from .tensors import BYTES, Tensor
+
+IMAGE_BYTES = "image_bytes"
+SERVER_NAME = "cnnserve"
+EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+PLATFORM = "onnxruntime_onnx"
+
+
+def parse_version(version: str | int | None) -> int | None:
+    if version in (None, ""):
+        return None
+    try:
+        return int(version)
+    except ValueError:
+        raise InvalidInput(f"model version must be an integer, got {version!r}") from None
+
+
+class DataPlane:
+    def __init__(self, core: InferenceCore):
+        self.core = core
+
+    @property
+    def repository(self):
+        return self.core.repository
+
+    def server_metadata(self) -> dict:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+
+    async def server_ready(self) -> bool:
+        statuses = await self.core.runtime_status()
+        return all(key in statuses for key in (m.key for m in self.repository.versions()))
+
+    async def model_ready(self, name: str, version: str | int | None = None) -> bool:
+        model = self.repository.resolve(name, parse_version(version))
+        status = (await self.core.runtime_status()).get(model.key)
+        return bool(status and status["status"] == "ready")
+
+    def model_metadata(self, name: str, version: str | int | None = None) -> dict:
+        model = self.repository.resolve(name, parse_version(version))
+        channels, height, width = model.input_shape
+        outputs = [{"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, len(model.labels)]}]
+        if model.has_boxes:
+            outputs.append({"name": BOXES, "datatype": "FP32", "shape": [-1, 4]})
+        return {
+            "name": model.name,
+            "versions": [str(v) for v in sorted(self.repository.models[model.name])],
+            "platform": PLATFORM,
+            "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, channels, height, width]}],
+            "outputs": outputs,
+        }
+
+    def model_config(self, name: str, version: str | int | None = None) -> dict:
+        """Triton's configuration form, which perf_analyzer and Triton's clients read."""
+        model = self.repository.resolve(name, parse_version(version))
+        batching = self.core.settings.batching_for(model.name)
+        metadata = self.model_metadata(name, version)
+        config = {
+            "name": model.name,
+            "platform": PLATFORM,
+            "backend": "onnxruntime",
+            "max_batch_size": self.core.settings.max_images_per_request,
+            "input": [
+                {"name": INPUT_NAME, "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": list(model.input_shape)}
+            ],
+            "output": [
+                {"name": o["name"], "data_type": "TYPE_FP32", "dims": o["shape"][1:]} for o in metadata["outputs"]
+            ],
+        }
+        if self.core.settings.batching:
+            config["dynamic_batching"] = {
+                "preferred_batch_size": [batching.max_batch_size],
+                "max_queue_delay_microseconds": batching.max_latency_ms * 1000,
+            }
+        return config
+
+    async def infer(
+        self,
+        name: str,
+        version: str | int | None,
+        read_inputs: Callable[[], list[Tensor]],
+        requested: list[str] | None,
+        protocol: str,
+    ) -> tuple[ModelVersion, list[Tensor]]:
+        """Run one V2 inference request; returns the model served and the output tensors.
+
+        ``read_inputs`` decodes the wire tensors; it runs once the model is
+        known, so an unknown model is reported before any malformed data.
+        """
+        core = self.core
+        with core.track(protocol) as record:
+            model = await core.resolve(name, parse_version(version))
+            core.admit(record, model)
+            available = [PROBABILITIES] + ([BOXES] if model.has_boxes else [])
+            wanted = requested or available
+            unknown = [o for o in wanted if o not in available]
+            if unknown:
+                raise InvalidInput(f"unknown output(s) {unknown}; {model.name} gives {available}")
+            images = await self.images_from(model, read_inputs())
+            result = await core.run(model, images)
+        outputs = {PROBABILITIES: result.probabilities, BOXES: result.boxes}
+        return model, [Tensor(n, "FP32", np.ascontiguousarray(outputs[n], dtype=np.float32)) for n in wanted]
+
+    async def images_from(self, model: ModelVersion, inputs: list[Tensor]) -> np.ndarray:
+        """The model input from the one tensor sent: pixels as they are, or files decoded."""
+        if len(inputs) != 1:
+            names = [t.name for t in inputs] or "none"
+            raise InvalidInput(f"send exactly one input, {INPUT_NAME!r} or {IMAGE_BYTES!r}; got {names}")
+        tensor = inputs[0]
+        if tensor.name == IMAGE_BYTES:
+            if tensor.datatype != BYTES or tensor.array.ndim not in (1, 2) or tensor.array.shape[1:] not in ((), (1,)):
+                raise InvalidInput(f"{IMAGE_BYTES!r} must be BYTES of shape [N] or [N, 1]")
+            files = list(tensor.array.ravel())
+            self.core.check_count(len(files))
+            images, _ = await self.core.decode(model, files)
+            return images
+        if tensor.name != INPUT_NAME:
+            raise InvalidInput(f"unknown input {tensor.name!r}; {model.name} takes {INPUT_NAME!r} or {IMAGE_BYTES!r}")
+        if tensor.datatype == "FP32":
+            images = tensor.array
+        elif tensor.datatype == "UINT8":
+            images = tensor.array.astype(np.float32) * (1.0 / 255.0)
+        else:
+            raise InvalidInput(f"input {INPUT_NAME!r} must be FP32 (or UINT8), got {tensor.datatype}")
+        check_tensor(model, images)
+        self.core.check_count(len(images))
+        return np.ascontiguousarray(images, dtype=np.float32)

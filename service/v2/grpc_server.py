@@ -1,0 +1,179 @@
+"""The Open Inference Protocol over gRPC (``inference.GRPCInferenceService``),
+plus the standard ``grpc.health.v1`` service.
+
+A ``grpc.aio`` server runs inside each gateway worker, on the same event loop
+as the REST API, so its requests reach the same inference core and batcher.
+With several gateway workers each binds the same port (SO_REUSEPORT, gRPC's
+default on Linux) and the kernel spreads connections between them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from ..config import Settings
+from ..errors import InvalidInput, ModelNotFound, ModelUnavailable, ServiceError
+from . import inference_pb2 as pb
+from . import inference_pb2_grpc as pb_grpc
+from .dataplane import DataPlane
+from .tensors import BYTES, Tensor, from_raw, from_values, raw_bytes
+
+log = logging.getLogger("cnnserve.grpc")
+SERVICE_NAME = "inference.GRPCInferenceService"
+TYPED_FIELD = {
+    "BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", BYTES: "bytes_contents",
+}
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: ServiceError):
+    metadata = tuple((k.lower(), v) for k, v in exc.headers().items())
+    if metadata:
+        context.set_trailing_metadata(metadata)
+    await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
+
+
+def input_tensors(request: pb.ModelInferRequest, max_elements: int) -> list[Tensor]:
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
+    tensors = []
+    for index, item in enumerate(request.inputs):
+        shape = list(item.shape)
+        if raw:
+            tensors.append(from_raw(item.name, item.datatype, shape, raw[index], max_elements))
+        else:
+            field = TYPED_FIELD.get(item.datatype, "fp32_contents")
+            tensors.append(from_values(item.name, item.datatype, shape, list(getattr(item.contents, field)), max_elements))
+    return tensors
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, dataplane: DataPlane, settings: Settings):
+        self.plane = dataplane
+        self.settings = settings
+
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=await self.plane.server_ready())
+
+    async def ModelReady(self, request, context):
+        try:
+            return pb.ModelReadyResponse(ready=await self.plane.model_ready(request.name, request.version))
+        except ModelUnavailable:
+            return pb.ModelReadyResponse(ready=False)
+        except ModelNotFound as exc:
+            await abort(context, exc)
+
+    async def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(**self.plane.server_metadata())
+
+    async def ModelMetadata(self, request, context):
+        try:
+            metadata = self.plane.model_metadata(request.name, request.version)
+        except ServiceError as exc:
+            await abort(context, exc)
+        return pb.ModelMetadataResponse(
+            name=metadata["name"],
+            versions=metadata["versions"],
+            platform=metadata["platform"],
+            inputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in metadata["inputs"]],
+            outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in metadata["outputs"]],
+        )
+
+    async def ModelConfig(self, request, context):
+        try:
+            config = self.plane.model_config(request.name, request.version)
+        except ServiceError as exc:
+            await abort(context, exc)
+        message = pb.ModelConfig(
+            name=config["name"],
+            platform=config["platform"],
+            backend=config["backend"],
+            max_batch_size=config["max_batch_size"],
+            input=[
+                pb.ModelInput(name=i["name"], data_type=i["data_type"], format=i["format"], dims=i["dims"])
+                for i in config["input"]
+            ],
+            output=[pb.ModelOutput(name=o["name"], data_type=o["data_type"], dims=o["dims"]) for o in config["output"]],
+        )
+        if "dynamic_batching" in config:
+            message.dynamic_batching.CopyFrom(pb.ModelDynamicBatching(**config["dynamic_batching"]))
+        return pb.ModelConfigResponse(config=message)
+
+    async def ModelInfer(self, request, context):
+        try:
+            model, outputs = await self.plane.infer(
+                request.model_name,
+                request.model_version,
+                lambda: input_tensors(request, self.settings.max_tensor_elements),
+                [o.name for o in request.outputs] or None,
+                "grpc",
+            )
+        except ServiceError as exc:
+            await abort(context, exc)
+        return pb.ModelInferResponse(
+            model_name=model.name,
+            model_version=str(model.version),
+            id=request.id,
+            outputs=[
+                pb.ModelInferResponse.InferOutputTensor(name=t.name, datatype=t.datatype, shape=list(t.array.shape))
+                for t in outputs
+            ],
+            raw_output_contents=[raw_bytes(t) for t in outputs],
+        )
+
+
+class GrpcServer:
+    """Starts with the gateway worker and stops with it."""
+
+    def __init__(self, dataplane: DataPlane, settings: Settings):
+        self.plane = dataplane
+        self.settings = settings
+        self.server: grpc.aio.Server | None = None
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+
+    async def start(self) -> None:
+        limit = self.settings.grpc_max_message_bytes
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 1),
+            ]
+        )
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.plane, self.settings), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
+        if self.server.add_insecure_port(address) == 0:
+            raise RuntimeError(f"cannot bind the gRPC port {address}")
+        await self.server.start()
+        log.info("gRPC (inference.GRPCInferenceService, grpc.health.v1) listening on %s", address)
+
+    async def mark_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def serve_when_ready(self, poll_seconds: float = 0.5) -> None:
+        """Report SERVING on grpc.health.v1 once every model has loaded."""
+        while True:
+            try:
+                if await self.plane.server_ready():
+                    await self.mark_serving(True)
+                    return
+            except Exception:  # noqa: BLE001  (the runtime may not answer yet)
+                pass
+            await asyncio.sleep(poll_seconds)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self.server is not None:
+            await self.mark_serving(False)
+            await self.server.stop(grace)

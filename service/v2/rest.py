@@ -1,0 +1,185 @@
+"""The Open Inference Protocol over HTTP/REST, with the binary tensor extension.
+
+Thin: each route decodes its request into the data plane's terms, calls it,
+and encodes the answer. A request whose ``Inference-Header-Content-Length``
+header is set carries that many bytes of JSON followed by the binary tensors
+(in input order, each ``parameters.binary_data_size`` long); outputs come back
+binary when asked (``parameters.binary_data`` per output, or
+``binary_data_output`` for all), which is what tritonclient and perf_analyzer do.
+"""
+
+from __future__ import annotations
+
+import json
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..errors import InvalidInput, ModelNotFound, ModelUnavailable, ServiceError
+from .dataplane import DataPlane
+from .tensors import Tensor, from_raw, from_values, raw_bytes
+
+HEADER_LENGTH = "inference-header-content-length"
+
+
+def error(exc: ServiceError) -> JSONResponse:
+    return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers())
+
+
+def plane(request: Request) -> DataPlane:
+    return request.app.state.dataplane
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
+    json_length = len(body)
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise InvalidInput(
+                f"Inference-Header-Content-Length is {header_length!r} but the body has {len(body)} bytes"
+            )
+        json_length = int(header_length)
+    try:
+        payload = json.loads(body[:json_length])
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"the request is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
+        raise InvalidInput('the request must be a JSON object with an "inputs" list')
+    return payload, body[json_length:]
+
+
+def parse_inputs(payload: dict, binary: bytes, max_elements: int) -> list[Tensor]:
+    tensors, offset = [], 0
+    for item in payload["inputs"]:
+        if not isinstance(item, dict) or not {"name", "datatype", "shape"} <= set(item):
+            raise InvalidInput('every input needs "name", "datatype" and "shape"')
+        name, datatype, shape = str(item["name"]), str(item["datatype"]), item["shape"]
+        if not isinstance(shape, list):
+            raise InvalidInput(f"input {name!r}: shape must be a list")
+        size = (item.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise InvalidInput(
+                    f"input {name!r}: binary_data_size {size} but only {len(binary) - offset} binary bytes remain"
+                )
+            tensors.append(from_raw(name, datatype, shape, binary[offset : offset + size], max_elements))
+            offset += size
+        elif "data" in item:
+            tensors.append(from_values(name, datatype, shape, item["data"], max_elements))
+        else:
+            raise InvalidInput(f"input {name!r} has neither data nor binary_data_size")
+    if offset != len(binary):
+        raise InvalidInput(f"{len(binary) - offset} binary bytes follow the JSON that no input claims")
+    return tensors
+
+
+def requested_outputs(payload: dict) -> tuple[list[str] | None, set[str]]:
+    """Names asked for (None: all) and which of them to send binary."""
+    all_binary = bool((payload.get("parameters") or {}).get("binary_data_output", False))
+    outputs = payload.get("outputs")
+    if not outputs:
+        return None, {"*"} if all_binary else set()
+    names, binary = [], set()
+    for item in outputs:
+        if not isinstance(item, dict) or "name" not in item:
+            raise InvalidInput('every requested output needs a "name"')
+        names.append(str(item["name"]))
+        if all_binary or (item.get("parameters") or {}).get("binary_data", False):
+            binary.add(names[-1])
+    return names, binary
+
+
+def encode_response(model, request_id, outputs: list[Tensor], binary: set[str]) -> Response:
+    described, chunks = [], []
+    for tensor in outputs:
+        entry = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.array.shape)}
+        if "*" in binary or tensor.name in binary:
+            chunk = raw_bytes(tensor)
+            entry["parameters"] = {"binary_data_size": len(chunk)}
+            chunks.append(chunk)
+        else:
+            entry["data"] = tensor.array.ravel().tolist()
+        described.append(entry)
+    header = {"model_name": model.name, "model_version": str(model.version), "outputs": described}
+    if request_id:
+        header["id"] = request_id
+    text = json.dumps(header, separators=(",", ":")).encode()
+    if not chunks:
+        return Response(text, media_type="application/json")
+    return Response(
+        text + b"".join(chunks),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(text))},
+    )
+
+
+async def infer(request: Request) -> Response:
+    try:
+        payload, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
+        max_elements = plane(request).core.settings.max_tensor_elements
+        names, binary_outputs = requested_outputs(payload)
+        model, outputs = await plane(request).infer(
+            request.path_params["name"],
+            request.path_params.get("version"),
+            lambda: parse_inputs(payload, binary, max_elements),
+            names,
+            "v2-rest",
+        )
+    except ServiceError as exc:
+        return error(exc)
+    return encode_response(model, payload.get("id"), outputs, binary_outputs)
+
+
+async def server_metadata(request: Request) -> Response:
+    return JSONResponse(plane(request).server_metadata())
+
+
+async def server_live(request: Request) -> Response:
+    return JSONResponse({"live": True})
+
+
+async def server_ready(request: Request) -> Response:
+    ready = await plane(request).server_ready()
+    return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+
+async def model_ready(request: Request) -> Response:
+    try:
+        ready = await plane(request).model_ready(request.path_params["name"], request.path_params.get("version"))
+    except ModelUnavailable:
+        ready = False
+    except ModelNotFound as exc:
+        return error(exc)
+    return JSONResponse(
+        {"name": request.path_params["name"], "ready": ready}, status_code=200 if ready else 503
+    )
+
+
+async def model_metadata(request: Request) -> Response:
+    try:
+        return JSONResponse(plane(request).model_metadata(request.path_params["name"], request.path_params.get("version")))
+    except ServiceError as exc:
+        return error(exc)
+
+
+async def model_config(request: Request) -> Response:
+    try:
+        return JSONResponse(plane(request).model_config(request.path_params["name"], request.path_params.get("version")))
+    except ServiceError as exc:
+        return error(exc)
+
+
+def v2_routes() -> list[Route]:
+    routes = [
+        Route("/v2", server_metadata, methods=["GET"]),
+        Route("/v2/health/live", server_live, methods=["GET"]),
+        Route("/v2/health/ready", server_ready, methods=["GET"]),
+    ]
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        routes += [
+            Route(prefix, model_metadata, methods=["GET"]),
+            Route(f"{prefix}/ready", model_ready, methods=["GET"]),
+            Route(f"{prefix}/config", model_config, methods=["GET"]),
+            Route(f"{prefix}/infer", infer, methods=["POST"]),
+        ]
+    return routes

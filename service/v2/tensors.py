@@ -1,0 +1,130 @@
+"""Open Inference Protocol tensors: datatypes, and decoding from / encoding to
+JSON data, the binary tensor extension, and gRPC raw or typed contents.
+
+Every wire format becomes a ``Tensor`` (a name, a datatype and a numpy array of
+the declared shape) before the data plane sees it, so REST and gRPC share one
+validation path.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InvalidInput, TooLarge
+
+NUMPY_OF = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
+BYTES = "BYTES"
+DATATYPES = (*NUMPY_OF, BYTES)
+
+
+@dataclass
+class Tensor:
+    name: str
+    datatype: str
+    array: np.ndarray  # object dtype of bytes for BYTES
+
+
+def element_count(name: str, shape: list[int], max_elements: int) -> int:
+    if not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise InvalidInput(f"input {name!r}: shape {shape} must be non-negative integers")
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if count > max_elements:
+        raise TooLarge(f"input {name!r}: {count} elements; the limit is {max_elements}")
+    return count
+
+
+def check_datatype(name: str, datatype: str) -> None:
+    if datatype not in DATATYPES:
+        raise InvalidInput(f"input {name!r}: unknown datatype {datatype!r}; known: {', '.join(DATATYPES)}")
+
+
+def split_bytes_elements(name: str, raw: bytes, count: int) -> np.ndarray:
+    """BYTES tensor in its binary form: each element a 4-byte little-endian length, then the bytes."""
+    elements, offset = [], 0
+    for _ in range(count):
+        if offset + 4 > len(raw):
+            raise InvalidInput(f"input {name!r}: BYTES data ends inside an element's length prefix")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise InvalidInput(f"input {name!r}: BYTES element claims {length} bytes, only {len(raw) - offset} remain")
+        elements.append(raw[offset : offset + length])
+        offset += length
+    if offset != len(raw):
+        raise InvalidInput(f"input {name!r}: {len(raw) - offset} bytes left over after {count} BYTES elements")
+    return np.array(elements, dtype=object)
+
+
+def join_bytes_elements(array: np.ndarray) -> bytes:
+    return b"".join(struct.pack("<I", len(e)) + e for e in array.ravel())
+
+
+def from_raw(name: str, datatype: str, shape: list[int], raw: bytes, max_elements: int) -> Tensor:
+    """A tensor from the binary extension (REST) or raw_input_contents (gRPC)."""
+    check_datatype(name, datatype)
+    count = element_count(name, shape, max_elements)
+    if datatype == BYTES:
+        return Tensor(name, datatype, split_bytes_elements(name, raw, count).reshape(shape))
+    dtype = np.dtype(NUMPY_OF[datatype])
+    if len(raw) != count * dtype.itemsize:
+        raise InvalidInput(
+            f"input {name!r}: {len(raw)} bytes of data for shape {shape} {datatype}, "
+            f"which needs {count * dtype.itemsize}"
+        )
+    return Tensor(name, datatype, np.frombuffer(raw, dtype=dtype).reshape(shape))
+
+
+def from_values(name: str, datatype: str, shape: list[int], values, max_elements: int) -> Tensor:
+    """A tensor from JSON ``data`` (flat or nested) or gRPC typed contents.
+
+    BYTES elements given as text in JSON are base64 (binary files cannot be JSON
+    strings); gRPC ``bytes_contents`` are raw bytes.
+    """
+    check_datatype(name, datatype)
+    count = element_count(name, shape, max_elements)
+    if datatype == BYTES:
+        flat = list(_flatten(values))
+        try:
+            elements = [v if isinstance(v, bytes) else base64.b64decode(v, validate=True) for v in flat]
+        except (ValueError, TypeError):
+            raise InvalidInput(f"input {name!r}: BYTES elements in JSON must be base64 strings") from None
+        array = np.array(elements, dtype=object)
+    else:
+        try:
+            array = np.asarray(values, dtype=NUMPY_OF[datatype]).ravel()
+        except (ValueError, TypeError, OverflowError):
+            raise InvalidInput(f"input {name!r}: data is not a list of {datatype} numbers") from None
+    if array.size != count:
+        raise InvalidInput(f"input {name!r}: {array.size} values for shape {shape}, which needs {count}")
+    return Tensor(name, datatype, array.reshape(shape))
+
+
+def _flatten(values):
+    if isinstance(values, (list, tuple)):
+        for v in values:
+            yield from _flatten(v)
+    else:
+        yield values
+
+
+def raw_bytes(tensor: Tensor) -> bytes:
+    if tensor.datatype == BYTES:
+        return join_bytes_elements(tensor.array)
+    return np.ascontiguousarray(tensor.array).tobytes()
