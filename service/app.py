@@ -138,11 +138,17 @@ class InferenceRuntime:
 for _model in repository.versions():
     setattr(InferenceRuntime, api_name(_model), runtime_api(_model))
 
+# BentoML's client recycles its connection pool to a dependency every
+# `max_requests` calls by closing it, which drops the calls still in flight on
+# it ("Server disconnected", a 500 to the client): never recycle.
+NEVER_RECYCLE = {"max_requests": 2**31 - 1, "max_age": 10.0**9}
+
 InferenceRuntime = bentoml.service(
     name="cnnserve-runtime",
     workers=settings.inference_workers(),
     threads=1,
     traffic={"timeout": 60},
+    runner_connection=NEVER_RECYCLE,
     logging={"access": {"enabled": settings.access_log}},
 )(InferenceRuntime)
 
