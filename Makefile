@@ -14,8 +14,20 @@ $(BIN)/python:
 setup: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[cpu]'
 
-setup-test: $(BIN)/python
+TRITON_VENV := .venv-triton
+
+setup-test: $(BIN)/python $(TRITON_VENV)/bin/perf_analyzer
 	$(BIN)/pip install --quiet -e '.[cpu,train,test]'
+
+# NVIDIA's tritonclient (and the perf_analyzer its wheel carries) pin an older
+# protobuf than BentoML: they get their own environment. perf_analyzer needs
+# libcudart (from PyPI) and Debian's libb64, even without a GPU.
+$(TRITON_VENV)/bin/perf_analyzer:
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install --quiet 'tritonclient[http,grpc]==2.51.0' nvidia-cuda-runtime-cu12
+	@ldconfig -p | grep -q libb64.so.0d || { \
+		command -v apt-get >/dev/null || { echo "perf_analyzer needs Debian's libb64-0d"; exit 1; }; \
+		apt-get update -qq && apt-get install -y -qq libb64-0d; }
 
 serve: setup
 	$(BIN)/bentoml serve service.app:Gateway --host 127.0.0.1 --port $(PORT)
@@ -41,4 +53,4 @@ protos: setup-test
 	sed -i 's/^import inference_pb2 as/from . import inference_pb2 as/' service/v2/inference_pb2_grpc.py
 
 clean:
-	rm -rf $(VENV) models-bench runs .pytest_cache
+	rm -rf $(VENV) $(TRITON_VENV) models-bench runs .pytest_cache

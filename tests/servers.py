@@ -21,6 +21,7 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENTOML = Path(sys.executable).parent / "bentoml"
 START_TIMEOUT = 180
+MAX_BODY_BYTES = 2 * 1024 * 1024  # the shared test server's limit: small, so cheap to test
 
 
 def free_port() -> int:
@@ -30,8 +31,9 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, url: str, process: subprocess.Popen, log_path: Path):
+    def __init__(self, url: str, grpc_address: str, process: subprocess.Popen, log_path: Path):
         self.url = url
+        self.grpc_address = grpc_address
         self.process = process
         self.log_path = log_path
         self.client = httpx.Client(base_url=url, timeout=60)
@@ -58,12 +60,14 @@ def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout: flo
 @contextlib.contextmanager
 def running_server(tmp_dir: Path, wait: bool = True, **settings: str):
     """``running_server(tmp, models_dir=..., workers="1")``: keys become CNNSERVE_* variables."""
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     env = {
         **os.environ,
         "BENTOML_HOME": str(tmp_dir / "bentoml"),
         "CNNSERVE_CONFIG": os.devnull,
         "BENTOML_DO_NOT_TRACK": "true",
+        "CNNSERVE_GRPC_HOST": "127.0.0.1",
+        "CNNSERVE_GRPC_PORT": str(grpc_port),
         **{f"CNNSERVE_{k.upper()}": str(v) for k, v in settings.items()},
     }
     log_path = tmp_dir / f"server-{port}.log"
@@ -80,7 +84,7 @@ def running_server(tmp_dir: Path, wait: bool = True, **settings: str):
     try:
         if wait:
             wait_ready(url, process, log_path)
-        yield Server(url, process, log_path)
+        yield Server(url, f"127.0.0.1:{grpc_port}", process, log_path)
     finally:
         stop(process)
 

@@ -105,8 +105,9 @@ class DataPlane:
         read_inputs: Callable[[], list[Tensor]],
         requested: list[str] | None,
         protocol: str,
-    ) -> tuple[ModelVersion, list[Tensor]]:
-        """Run one V2 inference request; returns the model served and the output tensors.
+    ) -> tuple[ModelVersion, list[Tensor], dict]:
+        """Run one V2 inference request: the model served, the output tensors, and
+        the timings (queue_ms, compute_ms, batch_images) sent back as response parameters.
 
         ``read_inputs`` decodes the wire tensors; it runs once the model is
         known, so an unknown model is reported before any malformed data.
@@ -123,7 +124,8 @@ class DataPlane:
             images = await self.images_from(model, read_inputs())
             result = await core.run(model, images)
         outputs = {PROBABILITIES: result.probabilities, BOXES: result.boxes}
-        return model, [Tensor(n, "FP32", np.ascontiguousarray(outputs[n], dtype=np.float32)) for n in wanted]
+        tensors = [Tensor(n, "FP32", np.ascontiguousarray(outputs[n], dtype=np.float32)) for n in wanted]
+        return model, tensors, result.timings
 
     async def images_from(self, model: ModelVersion, inputs: list[Tensor]) -> np.ndarray:
         """The model input from the one tensor sent: pixels as they are, or files decoded."""

@@ -53,6 +53,10 @@ def input_tensors(request: pb.ModelInferRequest, max_elements: int) -> list[Tens
     return tensors
 
 
+def parameter(value: int | float) -> pb.InferParameter:
+    return pb.InferParameter(int64_param=value) if isinstance(value, int) else pb.InferParameter(double_param=value)
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, dataplane: DataPlane, settings: Settings):
         self.plane = dataplane
@@ -110,7 +114,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request, context):
         try:
-            model, outputs = await self.plane.infer(
+            model, outputs, timings = await self.plane.infer(
                 request.model_name,
                 request.model_version,
                 lambda: input_tensors(request, self.settings.max_tensor_elements),
@@ -123,6 +127,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             model_name=model.name,
             model_version=str(model.version),
             id=request.id,
+            parameters={k: parameter(v) for k, v in timings.items()},
             outputs=[
                 pb.ModelInferResponse.InferOutputTensor(name=t.name, datatype=t.datatype, shape=list(t.array.shape))
                 for t in outputs

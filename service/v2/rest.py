@@ -89,7 +89,7 @@ def requested_outputs(payload: dict) -> tuple[list[str] | None, set[str]]:
     return names, binary
 
 
-def encode_response(model, request_id, outputs: list[Tensor], binary: set[str]) -> Response:
+def encode_response(model, request_id, outputs: list[Tensor], binary: set[str], timings: dict) -> Response:
     described, chunks = [], []
     for tensor in outputs:
         entry = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.array.shape)}
@@ -100,7 +100,7 @@ def encode_response(model, request_id, outputs: list[Tensor], binary: set[str]) 
         else:
             entry["data"] = tensor.array.ravel().tolist()
         described.append(entry)
-    header = {"model_name": model.name, "model_version": str(model.version), "outputs": described}
+    header = {"model_name": model.name, "model_version": str(model.version), "parameters": timings, "outputs": described}
     if request_id:
         header["id"] = request_id
     text = json.dumps(header, separators=(",", ":")).encode()
@@ -118,7 +118,7 @@ async def infer(request: Request) -> Response:
         payload, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
         max_elements = plane(request).core.settings.max_tensor_elements
         names, binary_outputs = requested_outputs(payload)
-        model, outputs = await plane(request).infer(
+        model, outputs, timings = await plane(request).infer(
             request.path_params["name"],
             request.path_params.get("version"),
             lambda: parse_inputs(payload, binary, max_elements),
@@ -127,7 +127,7 @@ async def infer(request: Request) -> Response:
         )
     except ServiceError as exc:
         return error(exc)
-    return encode_response(model, payload.get("id"), outputs, binary_outputs)
+    return encode_response(model, payload.get("id"), outputs, binary_outputs, timings)
 
 
 async def server_metadata(request: Request) -> Response:

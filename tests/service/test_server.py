@@ -13,17 +13,8 @@ import pytest
 from PIL import Image
 
 from loadtests.digit_images import digit_files
-from tests.servers import running_server
+from tests.servers import MAX_BODY_BYTES as MAX_BODY
 from training.boxes import iou
-
-MAX_BODY = 2 * 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("server"), max_body_bytes=MAX_BODY) as server:
-        yield server
-
 
 def png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
