@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .contract import BOXES, INPUT_NAME, PROBABILITIES
+from .contract import BOXES, INPUT_NAME, PROBABILITIES, file_sha256
 from .repository import ModelVersion
 
 log = logging.getLogger("cnnserve.runtime")
@@ -116,14 +115,6 @@ def provider_options(provider: str, cache_dir: Path) -> dict:
     if provider == TENSORRT:
         return {"trt_fp16_enable": True, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir)}
     return {}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class ModelInvalid(Exception):

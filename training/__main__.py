@@ -16,7 +16,7 @@ import json
 import os
 import shlex
 import sys
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -24,7 +24,7 @@ import torch
 from .architectures import list_models
 from .data import digits_task, folder_task
 from .pipeline import build_untrained, build_version
-from .recipes import RECIPES, Recipe
+from .recipes import RECIPES
 from .train import TrainConfig
 
 DRY_RUN_DIGITS = 24
@@ -63,39 +63,35 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
-    recipe = RECIPES[args.recipe] if args.recipe else None
-    base = asdict(recipe) if recipe else {}
-    options = dict(base.get("options", {}))
+    """The recipe's settings (if one is named) overridden by every flag given."""
+    options = dict(RECIPES[args.recipe].options) if args.recipe else {}
     for item in args.option:
         key, _, value = item.partition("=")
         options[key] = json.loads(value)
-    settings = {
-        "arch": args.arch or base.get("arch"),
-        "channels": args.channels or base.get("channels"),
-        "input_size": args.input_size or base.get("input_size"),
-        "epochs": args.epochs or base.get("epochs"),
-        "batch_size": args.batch_size or base.get("batch_size", Recipe.batch_size),
-        "lr": args.lr or base.get("lr", Recipe.lr),
-        "box_weight": args.box_weight or base.get("box_weight", Recipe.box_weight),
-        "copies_per_epoch": args.copies_per_epoch or base.get("copies_per_epoch", Recipe.copies_per_epoch),
+    given = {
+        key: getattr(args, key)
+        for key in ("arch", "channels", "input_size", "epochs", "batch_size", "lr", "box_weight", "copies_per_epoch")
+        if getattr(args, key) is not None
     }
-    missing = [k for k, v in settings.items() if v is None]
-    if missing:
-        sys.exit(f"error: give --recipe or all of: {', '.join('--' + k.replace('_', '-') for k in missing)}")
-    name = args.name or args.recipe
-    if not name:
-        sys.exit("error: --name is required without --recipe")
     if args.dry_run:
-        settings.update(epochs=1, copies_per_epoch=1)
-    return TrainConfig(name=name, seed=args.seed, options=options, **settings)
+        given.update(epochs=1, copies_per_epoch=1)
+    if args.recipe:
+        config = replace(RECIPES[args.recipe], **given)
+    else:
+        missing = [k for k in ("arch", "channels", "input_size", "epochs") if k not in given]
+        if missing or not args.name:
+            needed = ", ".join("--" + k.replace("_", "-") for k in [*missing, *([] if args.name else ["name"])])
+            sys.exit(f"error: give --recipe, or {needed}")
+        config = TrainConfig(name=args.name, **given)
+    return replace(config, name=args.name or config.name, seed=args.seed, options=options)
 
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     if args.command == "list":
         print("architectures:", ", ".join(list_models()))
-        for name, recipe in RECIPES.items():
-            print(f"recipe {name}: {recipe}")
+        for name, config in RECIPES.items():
+            print(f"recipe {name}: {config}")
         return
     if args.command == "bench-models":
         for arch, size in BENCH_MODELS:

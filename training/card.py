@@ -11,9 +11,9 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 
-from service.contract import BOX_FORMAT, BOXES, CARD_FILE, INPUT_NAME, PROBABILITIES, RESIZE_POLICY
+from service.contract import BOX_FORMAT, BOXES, CARD_FILE, INPUT_NAME, PROBABILITIES, RESIZE_POLICY, file_sha256
 
-from .export import OPSET, sha256
+from .export import OPSET
 
 
 def machine() -> dict:
@@ -72,7 +72,7 @@ def model_card(
         "files": {
             variant: {
                 "file": path.name,
-                "sha256": sha256(path),
+                "sha256": file_sha256(path),
                 "bytes": path.stat().st_size,
                 "metrics": variant_metrics.get(variant),
             }

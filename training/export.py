@@ -13,7 +13,6 @@ for CPU) and ``model.fp16.onnx`` (float16 weights and compute, for GPU).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import warnings
 from pathlib import Path
@@ -147,11 +146,3 @@ def convert_fp16(source: Path, target: Path) -> None:
     converted.graph.sort()  # the converter appends its input casts after their consumers
     onnx.save(onnx_ir.to_proto(converted), str(target))
     onnx.checker.check_model(str(target))
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

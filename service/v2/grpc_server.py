@@ -1,5 +1,5 @@
 """The Open Inference Protocol over gRPC (``inference.GRPCInferenceService``),
-plus the standard ``grpc.health.v1`` service.
+plus the standard ``grpc.health.v1`` service and server reflection.
 
 A ``grpc.aio`` server runs inside each gateway worker, on the same event loop
 as the REST API, so its requests reach the same inference core and batcher.
@@ -14,6 +14,7 @@ import logging
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from ..config import Settings
 from ..errors import InvalidInput, ModelNotFound, ModelUnavailable, ServiceError
@@ -156,6 +157,11 @@ class GrpcServer:
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.plane, self.settings), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        # Reflection lets grpcurl-style tools list and call the services without the .proto file.
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server,
+        )
         address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
         if self.server.add_insecure_port(address) == 0:
             raise RuntimeError(f"cannot bind the gRPC port {address}")

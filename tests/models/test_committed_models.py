@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.contract import CARD_FILE, MODEL_FILE
+from service.contract import CARD_FILE, MODEL_FILE, file_sha256
 from training.data import digits_task
-from training.export import cpu_session, onnx_predictor, sha256
+from training.export import cpu_session, onnx_predictor
 from training.train import evaluate
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -37,7 +37,7 @@ def test_files_match_their_card_and_stay_small(name):
     for entry in card["files"].values():
         path = folder / entry["file"]
         assert path.stat().st_size < MAX_FILE_BYTES
-        assert sha256(path) == entry["sha256"]
+        assert file_sha256(path) == entry["sha256"]
 
 
 @pytest.mark.parametrize("name", COMMITTED)

@@ -10,9 +10,9 @@ import onnx
 import pytest
 import torch
 
-from service.contract import CARD_FILE, MODEL_FILE, VARIANT_FILES
+from service.contract import CARD_FILE, MODEL_FILE, VARIANT_FILES, file_sha256
 from training.architectures import create_model, list_models
-from training.export import PARITY_TOLERANCE, check_parity, cpu_session, export_onnx, sha256
+from training.export import PARITY_TOLERANCE, check_parity, cpu_session, export_onnx
 from training.train import Normalized
 
 
@@ -65,7 +65,7 @@ def test_dry_run_writes_a_complete_version_folder(tmp_path):
     assert card["training"]["seed"] == 0 and "--dry-run" in card["training"]["command"]
     assert set(card["files"]) == set(VARIANT_FILES)
     for entry in card["files"].values():
-        assert entry["sha256"] == sha256(folder / entry["file"])
+        assert entry["sha256"] == file_sha256(folder / entry["file"])
         assert 0 <= entry["metrics"]["accuracy"] <= 1
     assert card["files"]["fp32"]["file"] == MODEL_FILE
     assert (folder / "training.png").stat().st_size > 0
