@@ -29,8 +29,11 @@ $(TRITON_VENV)/bin/perf_analyzer:
 		command -v apt-get >/dev/null || { echo "perf_analyzer needs Debian's libb64-0d"; exit 1; }; \
 		apt-get update -qq && apt-get install -y -qq libb64-0d; }
 
+GRPC_PORT ?= 3001
+
 serve: setup
-	$(BIN)/bentoml serve service.app:Gateway --host 127.0.0.1 --port $(PORT)
+	CNNSERVE_GRPC_HOST=127.0.0.1 CNNSERVE_GRPC_PORT=$(GRPC_PORT) \
+		$(BIN)/bentoml serve service.app:Gateway --host 127.0.0.1 --port $(PORT)
 
 test: setup-test
 	$(BIN)/python -m pytest

@@ -59,6 +59,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     bench.add_argument("--classes", type=int, default=1000)
 
     sub.add_parser("list", help="list architectures and recipes")
+
+    cards = sub.add_parser("cards", help="print the model repository's cards as a markdown table")
+    cards.add_argument("--models", type=Path, default=Path("models"))
     return parser.parse_args(argv)
 
 
@@ -86,12 +89,28 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     return replace(config, name=args.name or config.name, seed=args.seed, options=options)
 
 
+def print_cards(root: Path) -> None:
+    print("| model | architecture | input | test accuracy | test mean IoU | ONNX file | training time here |")
+    print("|---|---|---|---|---|---|---|")
+    for path in sorted(root.glob("*/*/card.json")):
+        card = json.loads(path.read_text())
+        metrics, fp32 = card["metrics"] or {}, card["files"]["fp32"]
+        minutes = f"{card['training']['seconds'] / 60:.1f} min" if card["training"] else "untrained"
+        print(
+            f"| {card['name']}/{card['version']} | {card['architecture']} | {'x'.join(map(str, card['input']['shape'][1:]))} "
+            f"| {metrics.get('accuracy', '-')} | {metrics.get('mean_iou', '-')} | {fp32['bytes'] / 1e6:.1f} MB | {minutes} |"
+        )
+
+
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     if args.command == "list":
         print("architectures:", ", ".join(list_models()))
         for name, config in RECIPES.items():
             print(f"recipe {name}: {config}")
+        return
+    if args.command == "cards":
+        print_cards(args.models)
         return
     if args.command == "bench-models":
         for arch, size in BENCH_MODELS:
