@@ -1,7 +1,8 @@
 """The BentoML services: a gateway in front, a batching inference runtime behind.
 
-``Gateway`` decodes images, speaks the protocols (BentoML's REST API, the
-Starlette routes mounted beside it) and hands tensors to the inference core.
+``Gateway`` decodes images, speaks the protocols (the HTTP routes of
+``service/rest.py`` mounted in it, and gRPC) and hands tensors to the inference
+core.
 ``InferenceRuntime`` holds the ONNX Runtime sessions and exposes one batchable
 API per model version, so requests from every client and every protocol for
 the same model ride in one ONNX Runtime call. The gateway reaches it through
@@ -27,11 +28,11 @@ from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
 from .config import load_settings
 from .core import InferenceCore, pack_outputs
-from .errors import InternalError, ModelUnavailable, Overloaded, ServiceError
+from .errors import InternalError, ModelUnavailable, Overloaded
 from .limits import BodyLimit
 from .metrics import RuntimeMetrics
 from .repository import ModelVersion, discover
-from .rest import build_rest_app, error_response
+from .rest import build_rest_app
 from .v2.dataplane import DataPlane
 from .runtime import ModelInvalid, choose_providers, cuda_device_count, load_model, tensorrt_loads
 
@@ -201,26 +202,6 @@ class Gateway:
         except Exception:  # noqa: BLE001  (not ready while the runtime cannot answer)
             return False
         return all(key in statuses for key in (m.key for m in repository.versions()))
-
-    @bentoml.api(route="/predict")
-    async def predict(self, image: Path, model: str = "", version: int = 0, top_k: int | None = None) -> dict:
-        """Classify and locate the object in one image file (multipart field ``image``)."""
-        try:
-            answer = await self.core.predict_files([image.read_bytes()], model, version, top_k, "rest")
-        except ServiceError as exc:
-            return error_response(exc)
-        return {"model": answer["model"], "version": answer["version"], **answer["predictions"][0],
-                "timings": answer["timings"]}
-
-    @bentoml.api(route="/predict_batch")
-    async def predict_batch(
-        self, images: list[Path], model: str = "", version: int = 0, top_k: int | None = None
-    ) -> dict:
-        """Several image files in one call (multipart fields ``images``); answers in order."""
-        try:
-            return await self.core.predict_files([p.read_bytes() for p in images], model, version, top_k, "rest")
-        except ServiceError as exc:
-            return error_response(exc)
 
 
 Gateway.add_asgi_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

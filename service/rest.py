@@ -1,7 +1,12 @@
-"""The Starlette app mounted beside BentoML's API: the model listing, the V2
-REST routes, and the lifespan that runs the gRPC server.
+"""The HTTP routes, mounted in the BentoML gateway service: ``/predict``,
+``/predict_batch``, ``/models``, the V2 REST routes, and the lifespan that runs
+the gRPC server.
 
-Thin: each handler asks the inference core and encodes its answer as JSON.
+Thin: each handler parses its request, asks the inference core and encodes the
+answer as JSON. The prediction routes parse multipart themselves rather than
+through BentoML's ``@bentoml.api``: BentoML 1.4's multipart parser downloads a
+file field sent as text as if it were a URL (a server-side request forgery
+risk) and answers 500 to binary data in an unexpected field.
 """
 
 from __future__ import annotations
@@ -10,12 +15,13 @@ import asyncio
 import contextlib
 
 from starlette.applications import Starlette
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from .config import Settings
-from .errors import ServiceError
+from .errors import InvalidInput, ServiceError, TooLarge
 from .repository import ModelVersion, Repository
 from .v2.grpc_server import GrpcServer
 from .v2.rest import v2_routes
@@ -60,6 +66,75 @@ def model_listing(repository: Repository, statuses: dict, settings: Settings) ->
     return {"default_model": repository.default_model(), "models": models, "failed": failures}
 
 
+PREDICT_FIELDS = {"image", "images", "model", "version", "top_k"}
+
+
+def integer_field(form, name: str) -> int | None:
+    value = form.get(name)
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or not value.strip().lstrip("-").isdigit():
+        raise InvalidInput(f"{name} must be an integer, got {value if isinstance(value, str) else 'a file'!r}")
+    return int(value)
+
+
+async def read_files(request: Request, field: str, max_files: int) -> tuple[list[bytes], dict]:
+    """The uploaded files of one multipart field, and the other (text) fields.
+
+    A text value where a file belongs is refused: it is never taken for a URL to
+    fetch, which BentoML's own multipart parser would do.
+    """
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise InvalidInput(f"send the image(s) as multipart/form-data field {field!r}")
+    try:
+        form = await request.form(max_files=max_files + 1, max_fields=len(PREDICT_FIELDS))
+    except MultiPartException as exc:
+        raise InvalidInput(f"malformed multipart body: {exc.message}") from None
+    unknown = set(form) - PREDICT_FIELDS
+    if unknown:
+        raise InvalidInput(f"unknown field(s) {sorted(unknown)}; this endpoint takes {field!r}, model, version, top_k")
+    uploads = form.getlist(field)
+    if not uploads:
+        raise InvalidInput(f"missing multipart file field {field!r}")
+    if any(isinstance(u, str) for u in uploads):
+        raise InvalidInput(f"field {field!r} must be an uploaded file, not text")
+    if len(uploads) > max_files:
+        raise TooLarge(f"{len(uploads)} images in one request; the limit is {max_files}")
+    files = [await upload.read() for upload in uploads]
+    await form.close()
+    return files, {k: v for k, v in form.items() if k in ("model", "version", "top_k")}
+
+
+async def predict_route(request: Request, field: str) -> dict:
+    core = request.app.state.core
+    limit = 1 if field == "image" else core.settings.max_images_per_request
+    files, options = await read_files(request, field, limit)
+    model = request.query_params.get("model") or options.get("model") or None
+    merged = {**options, **{k: v for k, v in request.query_params.items() if k in ("version", "top_k")}}
+    return await core.predict_files(
+        files, model, integer_field(merged, "version"), integer_field(merged, "top_k"), "rest"
+    )
+
+
+async def predict(request: Request) -> JSONResponse:
+    """One image (multipart field ``image``): label, top-k, box in the image's pixels."""
+    try:
+        answer = await predict_route(request, "image")
+    except ServiceError as exc:
+        return error_response(exc)
+    return JSONResponse(
+        {"model": answer["model"], "version": answer["version"], **answer["predictions"][0], "timings": answer["timings"]}
+    )
+
+
+async def predict_batch(request: Request) -> JSONResponse:
+    """Several images (repeated multipart field ``images``), one answer each, in order."""
+    try:
+        return JSONResponse(await predict_route(request, "images"))
+    except ServiceError as exc:
+        return error_response(exc)
+
+
 async def list_models(request: Request) -> JSONResponse:
     core = request.app.state.core
     statuses = await core.runtime_status()
@@ -89,4 +164,10 @@ def build_rest_app() -> Starlette:
     The gateway puts the inference core and the V2 data plane in ``app.state``
     when it starts, before this app's lifespan (the gRPC server) begins.
     """
-    return Starlette(routes=[Route("/models", list_models, methods=["GET"]), *v2_routes()], lifespan=lifespan)
+    routes = [
+        Route("/predict", predict, methods=["POST"]),
+        Route("/predict_batch", predict_batch, methods=["POST"]),
+        Route("/models", list_models, methods=["GET"]),
+        *v2_routes(),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -133,7 +133,7 @@ BOMB = png(Image.new("1", (20_000, 20_000)))
     ("files", "data", "status", "phrase"),
     [
         ({"image": ("a.txt", b"plain text")}, {}, 415, "not a recognised image"),
-        ({"image": ("a.png", GOOD[:40])}, {}, 400, "truncated"),
+        ({"image": ("a.png", GOOD[:60])}, {}, 400, "truncated"),
         ({"image": ("a.png", b"")}, {}, 400, "empty"),
         ({"image": ("a.ppm", b"P6\n4 4\n255\n" + bytes(48))}, {}, 415, "PPM"),
         ({"image": ("bomb.png", BOMB)}, {}, 413, "pixels"),
@@ -142,18 +142,31 @@ BOMB = png(Image.new("1", (20_000, 20_000)))
         ({"image": ("a.png", GOOD)}, {"model": "lenet5-digits", "version": "7"}, 404, "no version 7"),
         ({"image": ("a.png", GOOD)}, {"top_k": "0"}, 400, "top_k"),
         ({"image": ("a.png", GOOD)}, {"top_k": "11"}, 400, "top_k"),
-        ({"image": ("a.png", GOOD)}, {"top_k": "many"}, 400, "validation"),
-        ({"picture": ("a.png", GOOD)}, {}, 400, "validation"),
+        ({"image": ("a.png", GOOD)}, {"top_k": "many"}, 400, "top_k must be an integer"),
+        ({"picture": ("a.png", GOOD)}, {}, 400, "unknown field(s) ['picture']"),
+        ({}, {"model": "lenet5-digits"}, 400, "missing multipart file field 'image'"),
+        ({}, {"image": "http://127.0.0.1:9/secret.png"}, 400, "must be an uploaded file, not text"),
     ],
     ids=["text", "truncated", "empty", "ppm", "pixel-bomb", "body-too-large", "unknown-model",
-         "unknown-version", "top-k-zero", "top-k-too-big", "top-k-not-a-number", "missing-field"],
+         "unknown-version", "top-k-zero", "top-k-too-big", "top-k-not-a-number", "unknown-field", "no-image",
+         "image-as-url-text"],
 )
 def test_bad_requests_get_a_clear_4xx_and_the_server_carries_on(server, files, data, status, phrase):
-    response = server.client.post("/predict", files=files, data=data)
+    if files:
+        response = server.client.post("/predict", files=files, data=data)
+    else:  # a multipart body of text fields only
+        response = server.client.post(
+            "/predict", content=multipart_text(data), headers={"content-type": "multipart/form-data; boundary=b"}
+        )
     assert response.status_code == status, response.text
     assert phrase.lower() in response.json()["error"].lower()
     good = server.client.post("/predict", files={"image": ("a.png", GOOD)})
     assert good.status_code == 200
+
+
+def multipart_text(fields: dict) -> bytes:
+    parts = [f'--b\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n' for k, v in fields.items()]
+    return ("".join(parts) + "--b--\r\n").encode()
 
 
 def test_too_many_images_in_one_batch_call_is_refused(server):
