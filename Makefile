@@ -33,7 +33,7 @@ GRPC_PORT ?= 3001
 
 serve: setup
 	CNNSERVE_GRPC_HOST=127.0.0.1 CNNSERVE_GRPC_PORT=$(GRPC_PORT) \
-		$(BIN)/bentoml serve service.app:Gateway --host 127.0.0.1 --port $(PORT)
+		$(BIN)/bentoml serve service.app:CnnServe --host 127.0.0.1 --port $(PORT)
 
 test: setup-test
 	$(BIN)/python -m pytest

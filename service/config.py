@@ -9,12 +9,13 @@ batching lives under ``models:`` in the YAML file::
     serve: [resnet18-digits, lenet5-digits]   # default: every model found
     providers: auto                            # or e.g. [CUDAExecutionProvider, CPUExecutionProvider]
     precision: auto                            # auto | fp32 | fp16 | int8
-    workers: auto                              # inference worker processes
+    workers: auto                              # worker processes (each serves every protocol)
     threads: auto                              # ONNX Runtime intra-op threads per worker
-    max_batch_size: 64                         # images
-    max_latency_ms: 1000                       # latency budget in the batcher; beyond it: 503
+    max_batch_size: 64                         # images per ONNX Runtime call
+    max_queue_delay_ms: 0                      # wait this long to fill a batch (0: run when idle)
+    max_queue_images: 1024                     # queued images per model and worker; beyond: 503
     models:
-      lenet5-digits: {max_batch_size: 256, max_latency_ms: 5}
+      lenet5-digits: {max_batch_size: 256, max_queue_delay_ms: 1}
 
 Every key is documented in ``docs/configuration.md``.
 """
@@ -35,8 +36,9 @@ PRECISIONS = ("auto", "fp32", "fp16", "int8")
 
 @dataclass(frozen=True)
 class Batching:
-    max_batch_size: int = 64
-    max_latency_ms: int = 1000
+    max_batch_size: int = 64  # images per ONNX Runtime call
+    max_queue_delay_ms: float = 0.0  # how long an idle model may wait to fill a batch
+    max_queue_images: int = 1024  # admission bound per model and worker: beyond it, 503 at once
 
 
 @dataclass(frozen=True)
@@ -47,10 +49,10 @@ class Settings:
     precision: str = "auto"
     workers: int = 0  # 0: chosen from the core count
     threads: int = 0  # 0: chosen from the core count
-    gateway_workers: int = 1
     batching: bool = True
     max_batch_size: int = Batching.max_batch_size
-    max_latency_ms: int = Batching.max_latency_ms
+    max_queue_delay_ms: float = Batching.max_queue_delay_ms
+    max_queue_images: int = Batching.max_queue_images
     per_model: dict[str, Batching] = field(default_factory=dict)
     default_top_k: int = 5
     max_images_per_request: int = 64
@@ -65,10 +67,10 @@ class Settings:
     access_log: bool = False
 
     def batching_for(self, model: str) -> Batching:
-        return self.per_model.get(model, Batching(self.max_batch_size, self.max_latency_ms))
+        return self.per_model.get(model, Batching(self.max_batch_size, self.max_queue_delay_ms, self.max_queue_images))
 
     def inference_workers(self, cores: int | None = None) -> int:
-        """Worker processes for inference; with ``threads`` their product fits the cores."""
+        """Worker processes; with ``threads`` their product fits the cores."""
         if self.workers > 0:
             return self.workers
         return max(1, (cores or os.cpu_count() or 1) // max(1, self.threads or 1))
@@ -85,6 +87,8 @@ def _parse(name: str, raw: Any, current: Any) -> Any:
         return raw if isinstance(raw, bool) else str(raw).strip().lower() in ("1", "true", "yes", "on")
     if isinstance(current, int):
         return 0 if raw == "auto" else int(raw)
+    if isinstance(current, float):
+        return float(raw)
     if isinstance(current, Path):
         return Path(raw)
     if isinstance(current, tuple):
@@ -117,7 +121,8 @@ def load_settings(environ: dict[str, str] | None = None, config_file: Path | Non
     per_model = {
         model: Batching(
             int(options.get("max_batch_size", settings.max_batch_size)),
-            int(options.get("max_latency_ms", settings.max_latency_ms)),
+            float(options.get("max_queue_delay_ms", settings.max_queue_delay_ms)),
+            int(options.get("max_queue_images", settings.max_queue_images)),
         )
         for model, options in (values.get("models") or {}).items()
     }

@@ -1,9 +1,8 @@
 """The inference core: protocol-neutral, shared by every adapter.
 
 An adapter hands it image files or a decoded tensor plus the model it wants;
-the core resolves the model, decodes, sends the images to the batcher (the
-inference service's batchable API, where requests from every protocol meet),
-and turns the outputs into answers. It records the request metrics, so every
+the core resolves the model, decodes, sends the images to the model's batcher
+(where requests from every protocol meet), and turns the outputs into answers. It records the request metrics, so every
 protocol is counted the same way.
 """
 
@@ -17,35 +16,18 @@ from typing import Awaitable, Callable
 
 import numpy as np
 
+from .batcher import BatchResult
 from .config import Settings
 from .errors import InvalidInput, ModelUnavailable, ServiceError, TooLarge
-from .metrics import GatewayMetrics
+from .metrics import RequestMetrics
 from .postprocess import describe
 from .preprocess import decode_image
 from .repository import ModelVersion, Repository
 
-# The batcher answers with one row per image: probabilities, box (if any), then
-# the compute time of the batch it rode in (ms) and that batch's size.
-STATS_COLUMNS = 2
 INLINE_DECODE_BYTES = 256 * 1024  # larger payloads are decoded in a worker thread
 
-Backend = Callable[[ModelVersion, np.ndarray], Awaitable[np.ndarray]]
+Backend = Callable[[ModelVersion, np.ndarray], Awaitable[BatchResult]]
 StatusSource = Callable[[], Awaitable[dict]]
-
-
-def pack_outputs(probabilities: np.ndarray, boxes: np.ndarray | None, compute_ms: float) -> np.ndarray:
-    n = len(probabilities)
-    stats = np.tile(np.array([[compute_ms, n]], np.float32), (n, 1))
-    parts = [probabilities, boxes, stats] if boxes is not None else [probabilities, stats]
-    return np.concatenate(parts, axis=1).astype(np.float32, copy=False)
-
-
-def unpack_outputs(rows: np.ndarray, model: ModelVersion) -> tuple[np.ndarray, np.ndarray | None, float, int]:
-    classes = len(model.labels)
-    probabilities = rows[:, :classes]
-    boxes = rows[:, classes : classes + 4] if model.has_boxes else None
-    compute_ms, batch = rows[0, -STATS_COLUMNS:]
-    return probabilities, boxes, float(compute_ms), int(batch)
 
 
 def check_tensor(model: ModelVersion, images: np.ndarray) -> None:
@@ -78,7 +60,7 @@ class InferenceCore:
         self.repository = repository
         self.backend = backend
         self.runtime_status = runtime_status
-        self.metrics = GatewayMetrics()
+        self.metrics = RequestMetrics()
 
     async def resolve(self, name: str | None, version: int | None) -> ModelVersion:
         name = name or self.repository.default_model()
@@ -180,22 +162,19 @@ class InferenceCore:
             return {"model": resolved.name, "version": resolved.version, "predictions": predictions, "timings": timings}
 
     async def run(self, model: ModelVersion, images: np.ndarray) -> TensorResult:
-        """Send images through the batcher, in chunks no larger than its maximum batch."""
-        limit = self.settings.batching_for(model.name).max_batch_size
+        """Send images through the model's batcher, in chunks no larger than its batches."""
+        limit = self.settings.batching_for(model.name).max_batch_size if self.settings.batching else 1
         chunks = [images[i : i + limit] for i in range(0, len(images), limit)]
-        began = time.perf_counter()
-        rows = await asyncio.gather(*(self.backend(model, chunk) for chunk in chunks))
-        round_trip_ms = (time.perf_counter() - began) * 1000
-        unpacked = [unpack_outputs(r, model) for r in rows]
-        probabilities = np.concatenate([u[0] for u in unpacked])
-        boxes = None if not model.has_boxes else np.concatenate([u[1] for u in unpacked])
-        compute_ms = max(u[2] for u in unpacked)
-        queue_ms = max(0.0, round_trip_ms - compute_ms)
-        labels = (model.name, str(model.version))
-        self.metrics.queue_duration.labels(*labels).observe(queue_ms / 1000)
-        timings = {
-            "queue_ms": round(queue_ms, 3),
-            "compute_ms": round(compute_ms, 3),
-            "batch_images": max(u[3] for u in unpacked),
-        }
-        return TensorResult(model, probabilities, boxes, timings)
+        results = await asyncio.gather(*(self.backend(model, chunk) for chunk in chunks))
+        queue_ms = max(r.queue_ms for r in results)
+        self.metrics.queue_duration.labels(model.name, str(model.version)).observe(queue_ms / 1000)
+        return TensorResult(
+            model,
+            np.concatenate([r.probabilities for r in results]),
+            None if results[0].boxes is None else np.concatenate([r.boxes for r in results]),
+            {
+                "queue_ms": round(queue_ms, 3),
+                "compute_ms": round(max(r.compute_ms for r in results), 3),
+                "batch_images": max(r.batch_images for r in results),
+            },
+        )

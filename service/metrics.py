@@ -1,13 +1,12 @@
 """Prometheus metrics, per model and version, correct across worker processes.
 
 ``bentoml serve`` runs every worker in prometheus_client's multiprocess mode
-(``PROMETHEUS_MULTIPROC_DIR``) and ``/metrics`` merges all of them, the
-inference workers' included. prometheus_client picks that mode when it is
+(``PROMETHEUS_MULTIPROC_DIR``) and ``/metrics`` merges all of them. prometheus_client picks that mode when it is
 first imported, which happens after BentoML has set the directory only if we
 import it late: hence the imports inside the constructors.
 
-Gateway side: requests by outcome, request and queue durations, in-flight.
-Inference side: batch sizes (in images), compute durations, model readiness.
+Per request: outcome, request / queue / preprocessing durations, in-flight.
+Per batch: size in images, compute duration. Per worker: model readiness.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ OUTCOMES = ("success", "client_error", "server_error", "rejected")
 MODEL_LABELS = ["model", "version"]
 
 
-class GatewayMetrics:
+class RequestMetrics:
     def __init__(self):
         from prometheus_client import Counter, Gauge, Histogram
 
@@ -33,7 +32,7 @@ class GatewayMetrics:
         )
         self.queue_duration = Histogram(
             "cnnserve_queue_duration_seconds",
-            "Time a request waited for its batch (round trip to the batcher minus compute)",
+            "Time a request waited in its model's queue before its batch ran",
             MODEL_LABELS,
             buckets=LATENCY_BUCKETS,
         )
@@ -48,7 +47,7 @@ class GatewayMetrics:
         )
 
 
-class RuntimeMetrics:
+class ModelMetrics:
     def __init__(self):
         from prometheus_client import Gauge, Histogram
 

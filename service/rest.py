@@ -48,7 +48,8 @@ def describe_version(model: ModelVersion, status: dict | None, settings: Setting
         "batching": {
             "enabled": settings.batching,
             "max_batch_size": batching.max_batch_size,
-            "max_latency_ms": batching.max_latency_ms,
+            "max_queue_delay_ms": batching.max_queue_delay_ms,
+            "max_queue_images": batching.max_queue_images,
         },
     }
 

@@ -73,7 +73,7 @@ def running_server(tmp_dir: Path, wait: bool = True, **settings: str):
     log_path = tmp_dir / f"server-{port}.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [str(BENTOML), "serve", "service.app:Gateway", "--host", "127.0.0.1", "--port", str(port)],
+            [str(BENTOML), "serve", "service.app:CnnServe", "--host", "127.0.0.1", "--port", str(port)],
             cwd=REPO_ROOT,
             env=env,
             stdout=log,

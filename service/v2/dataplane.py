@@ -94,7 +94,7 @@ class DataPlane:
         if self.core.settings.batching:
             config["dynamic_batching"] = {
                 "preferred_batch_size": [batching.max_batch_size],
-                "max_queue_delay_microseconds": batching.max_latency_ms * 1000,
+                "max_queue_delay_microseconds": int(batching.max_queue_delay_ms * 1000),
             }
         return config
 

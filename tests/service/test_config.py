@@ -14,14 +14,14 @@ def test_yaml_then_environment_override(tmp_path):
     path = tmp_path / "cnnserve.yaml"
     path.write_text(
         "models_dir: /srv/models\nmax_batch_size: 32\nserve: [a, b]\n"
-        "models:\n  a: {max_batch_size: 128, max_latency_ms: 3}\n"
+        "models:\n  a: {max_batch_size: 128, max_queue_delay_ms: 3, max_queue_images: 512}\n"
     )
     settings = load_settings(environ={"CNNSERVE_MAX_BATCH_SIZE": "16", "CNNSERVE_BATCHING": "false"}, config_file=path)
     assert str(settings.models_dir) == "/srv/models"
     assert settings.serve == ("a", "b")
     assert settings.max_batch_size == 16 and settings.batching is False
-    assert settings.batching_for("a") == Batching(128, 3)
-    assert settings.batching_for("b") == Batching(16, settings.max_latency_ms)
+    assert settings.batching_for("a") == Batching(128, 3.0, 512)
+    assert settings.batching_for("b") == Batching(16, 0.0, settings.max_queue_images)
 
 
 def test_unknown_keys_are_refused_by_name(tmp_path):

@@ -1,0 +1,153 @@
+"""Adaptive batching inside each worker process.
+
+One ``AdaptiveBatcher`` per model version. Requests queue; whenever the model
+is idle, everything queued (up to ``max_batch_size`` images) runs as one ONNX
+Runtime call. At low load a request therefore runs at once, alone, and pays no
+batching delay; under load, requests pile up while a batch computes and the
+next batch is as large as the load. ``max_queue_delay_ms`` can hold an idle
+model back a little to fill batches further (Triton's knob of the same name).
+
+Admission is bounded: a request that would take the queue past
+``max_queue_images`` is refused at once (``Overloaded``: 503 / RESOURCE_EXHAUSTED
+with Retry-After) instead of joining an unbounded queue.
+
+Batches run on one executor thread per worker, shared by every model, so ONNX
+Runtime's threads never oversubscribe the cores; ONNX Runtime releases the GIL,
+so the event loop keeps reading, decoding and answering requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .errors import Overloaded
+
+RunBatch = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
+
+
+@dataclass
+class BatchResult:
+    """One request's rows of a batch, and what the batch cost."""
+
+    probabilities: np.ndarray
+    boxes: np.ndarray | None
+    queue_ms: float
+    compute_ms: float
+    batch_images: int
+
+
+@dataclass
+class Job:
+    images: np.ndarray
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class AdaptiveBatcher:
+    def __init__(
+        self,
+        name: str,
+        run: RunBatch,
+        executor: Executor,
+        max_batch_size: int,
+        max_queue_delay_ms: float = 0.0,
+        max_queue_images: int | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
+    ):
+        self.name = name
+        self.run = run
+        self.executor = executor
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay = max_queue_delay_ms / 1000
+        self.max_queue_images = max_queue_images if max_queue_images is not None else 16 * max_batch_size
+        self.on_batch = on_batch or (lambda images, seconds: None)
+        self.queue: deque[Job] = deque()
+        self.queued_images = 0
+        self.arrived = asyncio.Event()
+        self.worker: asyncio.Task | None = None
+
+    async def submit(self, images: np.ndarray) -> BatchResult:
+        """Queue ``images`` (at most ``max_batch_size``) and wait for their rows."""
+        if len(images) > self.max_batch_size:
+            raise ValueError(f"{len(images)} images exceed the batch limit {self.max_batch_size}; split them first")
+        if self.queued_images + len(images) > self.max_queue_images:
+            raise Overloaded(
+                f"model {self.name} has {self.queued_images} images queued (limit {self.max_queue_images}); "
+                "retry shortly"
+            )
+        job = Job(images, asyncio.get_running_loop().create_future())
+        self.queue.append(job)
+        self.queued_images += len(images)
+        self.arrived.set()
+        if self.worker is None or self.worker.done():
+            self.worker = asyncio.create_task(self.serve(), name=f"batcher {self.name}")
+        return await job.future
+
+    async def serve(self) -> None:
+        while True:
+            if not self.queue:
+                self.arrived.clear()
+                await self.arrived.wait()
+            await self.fill()
+            jobs = self.take()
+            await self.run_jobs(jobs)
+
+    async def fill(self) -> None:
+        """With a queue delay set, wait for a full batch or for the delay to pass."""
+        if not self.max_queue_delay:
+            return
+        deadline = self.queue[0].enqueued + self.max_queue_delay
+        while self.queued_images < self.max_batch_size and (remaining := deadline - time.perf_counter()) > 0:
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), remaining)
+            except TimeoutError:
+                break
+
+    def take(self) -> list[Job]:
+        jobs, images = [], 0
+        while self.queue and images + len(self.queue[0].images) <= self.max_batch_size:
+            job = self.queue.popleft()
+            if job.future.cancelled():  # the caller went away
+                self.queued_images -= len(job.images)
+                continue
+            jobs.append(job)
+            images += len(job.images)
+        self.queued_images -= images
+        return jobs
+
+    async def run_jobs(self, jobs: list[Job]) -> None:
+        if not jobs:
+            return
+        started = time.perf_counter()
+        batch = jobs[0].images if len(jobs) == 1 else np.concatenate([j.images for j in jobs])
+        try:
+            probabilities, boxes = await asyncio.get_running_loop().run_in_executor(self.executor, self.run, batch)
+        except Exception as exc:  # noqa: BLE001  (every waiting caller gets the failure)
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        seconds = time.perf_counter() - started
+        self.on_batch(len(batch), seconds)
+        offset = 0
+        for job in jobs:
+            n = len(job.images)
+            if not job.future.done():
+                job.future.set_result(
+                    BatchResult(
+                        probabilities[offset : offset + n],
+                        None if boxes is None else boxes[offset : offset + n],
+                        queue_ms=(started - job.enqueued) * 1000,
+                        compute_ms=seconds * 1000,
+                        batch_images=len(batch),
+                    )
+                )
+            offset += n
