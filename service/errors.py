@@ -59,9 +59,3 @@ class Overloaded(ServiceError):
     grpc_code = "RESOURCE_EXHAUSTED"
     outcome = "rejected"
     retry_after = 1
-
-
-class InternalError(ServiceError):
-    status = HTTPStatus.INTERNAL_SERVER_ERROR
-    grpc_code = "INTERNAL"
-    outcome = "server_error"
