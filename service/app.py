@@ -103,11 +103,11 @@ class ModelHost:
             model.key, loaded.providers[0], loaded.variant, self.threads, warm_seconds,
         )
 
-    async def infer(self, model: ModelVersion, images: np.ndarray) -> BatchResult:
+    async def infer(self, model: ModelVersion, images: np.ndarray, deadline: float) -> BatchResult:
         batcher = self.batchers.get(model.key)
         if batcher is None:
             raise ModelUnavailable(f"model {model.key} is not loaded: {self.failures.get(model.key, 'unknown')}")
-        return await batcher.submit(images)
+        return await batcher.submit(images, deadline)
 
     def status(self) -> dict:
         """Per model version: ready or failed (with the reason), provider and precision."""

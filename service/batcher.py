@@ -9,7 +9,9 @@ model back a little to fill batches further (Triton's knob of the same name).
 
 Admission is bounded: a request that would take the queue past
 ``max_queue_images`` is refused at once (``Overloaded``: 503 / RESOURCE_EXHAUSTED
-with Retry-After) instead of joining an unbounded queue.
+with Retry-After) instead of joining an unbounded queue. A request still queued
+at its deadline is dropped without running (``DeadlineExceeded``: 504 /
+DEADLINE_EXCEEDED).
 
 Batches run on one executor thread per worker, shared by every model, so ONNX
 Runtime's threads never oversubscribe the cores; ONNX Runtime releases the GIL,
@@ -27,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import Overloaded
+from .errors import DeadlineExceeded, Overloaded
 
 RunBatch = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
 
@@ -47,6 +49,7 @@ class BatchResult:
 class Job:
     images: np.ndarray
     future: asyncio.Future
+    deadline: float  # time.perf_counter() by which the batch must start
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -73,8 +76,12 @@ class AdaptiveBatcher:
         self.arrived = asyncio.Event()
         self.worker: asyncio.Task | None = None
 
-    async def submit(self, images: np.ndarray) -> BatchResult:
-        """Queue ``images`` (at most ``max_batch_size``) and wait for their rows."""
+    async def submit(self, images: np.ndarray, deadline: float) -> BatchResult:
+        """Queue ``images`` (at most ``max_batch_size``) and wait for their rows.
+
+        ``deadline`` is a ``time.perf_counter()`` value: a job not started by
+        then is dropped with ``DeadlineExceeded``.
+        """
         if len(images) > self.max_batch_size:
             raise ValueError(f"{len(images)} images exceed the batch limit {self.max_batch_size}; split them first")
         if self.queued_images + len(images) > self.max_queue_images:
@@ -82,7 +89,7 @@ class AdaptiveBatcher:
                 f"model {self.name} has {self.queued_images} images queued (limit {self.max_queue_images}); "
                 "retry shortly"
             )
-        job = Job(images, asyncio.get_running_loop().create_future())
+        job = Job(images, asyncio.get_running_loop().create_future(), deadline)
         self.queue.append(job)
         self.queued_images += len(images)
         self.arrived.set()
@@ -112,11 +119,18 @@ class AdaptiveBatcher:
                 break
 
     def take(self) -> list[Job]:
+        """The next batch: queued jobs in order, skipping those whose caller left or whose deadline passed."""
         jobs, images = [], 0
+        now = time.perf_counter()
         while self.queue and images + len(self.queue[0].images) <= self.max_batch_size:
             job = self.queue.popleft()
-            if job.future.cancelled():  # the caller went away
+            if job.future.cancelled() or now > job.deadline:
                 self.queued_images -= len(job.images)
+                if not job.future.done():
+                    waited = (now - job.enqueued) * 1000
+                    job.future.set_exception(
+                        DeadlineExceeded(f"model {self.name}: waited {waited:.0f} ms in the queue, past the deadline")
+                    )
                 continue
             jobs.append(job)
             images += len(job.images)

@@ -54,6 +54,7 @@ class Settings:
     max_queue_delay_ms: float = Batching.max_queue_delay_ms
     max_queue_images: int = Batching.max_queue_images
     per_model: dict[str, Batching] = field(default_factory=dict)
+    request_timeout_ms: float = 10_000.0  # a request not started by then gets 504; clients may ask for less
     default_top_k: int = 5
     max_images_per_request: int = 64
     max_image_pixels: int = 40_000_000

@@ -26,7 +26,7 @@ from .repository import ModelVersion, Repository
 
 INLINE_DECODE_BYTES = 256 * 1024  # larger payloads are decoded in a worker thread
 
-Backend = Callable[[ModelVersion, np.ndarray], Awaitable[BatchResult]]
+Backend = Callable[[ModelVersion, np.ndarray, float], Awaitable[BatchResult]]
 StatusSource = Callable[[], Awaitable[dict]]
 
 
@@ -139,11 +139,25 @@ class InferenceCore:
         self.metrics.preprocess_duration.labels(model.name, str(model.version)).observe(time.perf_counter() - began)
         return decoded
 
+    def deadline(self, timeout_ms: float | None) -> float:
+        """A request's deadline: its own timeout if it gave one (never beyond the server's), else the server's."""
+        limit = self.settings.request_timeout_ms
+        if timeout_ms is not None and not 0 < timeout_ms:
+            raise InvalidInput(f"the timeout must be a positive number of milliseconds, got {timeout_ms}")
+        return time.perf_counter() + min(timeout_ms or limit, limit) / 1000
+
     async def predict_files(
-        self, files: list[bytes], model: str | None, version: int | None, top_k: int | None, protocol: str
+        self,
+        files: list[bytes],
+        model: str | None,
+        version: int | None,
+        top_k: int | None,
+        protocol: str,
+        timeout_ms: float | None = None,
     ) -> dict:
         """Answers (label, top-k, box in the image's own pixels) for image files."""
         with self.track(protocol) as record:
+            deadline = self.deadline(timeout_ms)
             self.check_count(len(files))
             resolved = await self.resolve(model, version)
             self.admit(record, resolved)
@@ -151,7 +165,7 @@ class InferenceCore:
             began = time.perf_counter()
             images, sizes = await self.decode(resolved, files)
             decode_ms = (time.perf_counter() - began) * 1000
-            result = await self.run(resolved, images)
+            result = await self.run(resolved, images, deadline)
             predictions = [
                 describe(result.probabilities[i], None if result.boxes is None else result.boxes[i],
                          resolved.labels, top_k, sizes[i])
@@ -161,11 +175,11 @@ class InferenceCore:
             timings["total_ms"] = round((time.perf_counter() - began) * 1000, 3)
             return {"model": resolved.name, "version": resolved.version, "predictions": predictions, "timings": timings}
 
-    async def run(self, model: ModelVersion, images: np.ndarray) -> TensorResult:
+    async def run(self, model: ModelVersion, images: np.ndarray, deadline: float) -> TensorResult:
         """Send images through the model's batcher, in chunks no larger than its batches."""
         limit = self.settings.batching_for(model.name).max_batch_size if self.settings.batching else 1
         chunks = [images[i : i + limit] for i in range(0, len(images), limit)]
-        results = await asyncio.gather(*(self.backend(model, chunk) for chunk in chunks))
+        results = await asyncio.gather(*(self.backend(model, chunk, deadline) for chunk in chunks))
         queue_ms = max(r.queue_ms for r in results)
         self.metrics.queue_duration.labels(model.name, str(model.version)).observe(queue_ms / 1000)
         return TensorResult(

@@ -59,3 +59,12 @@ class Overloaded(ServiceError):
     grpc_code = "RESOURCE_EXHAUSTED"
     outcome = "rejected"
     retry_after = 1
+
+
+class DeadlineExceeded(ServiceError):
+    """The request waited past its deadline and was dropped before running."""
+
+    status = HTTPStatus.GATEWAY_TIMEOUT
+    grpc_code = "DEADLINE_EXCEEDED"
+    outcome = "rejected"
+    retry_after = 1

@@ -22,13 +22,10 @@ from starlette.routing import Route
 
 from .config import Settings
 from .errors import InvalidInput, ServiceError, TooLarge
+from .http_common import error_response, timeout_ms
 from .repository import ModelVersion, Repository
 from .v2.grpc_server import GrpcServer
 from .v2.rest import v2_routes
-
-
-def error_response(exc: ServiceError) -> JSONResponse:
-    return JSONResponse(exc.to_json(), status_code=exc.status, headers=exc.headers())
 
 
 def describe_version(model: ModelVersion, status: dict | None, settings: Settings) -> dict:
@@ -113,7 +110,12 @@ async def predict_route(request: Request, field: str) -> dict:
     model = request.query_params.get("model") or options.get("model") or None
     merged = {**options, **{k: v for k, v in request.query_params.items() if k in ("version", "top_k")}}
     return await core.predict_files(
-        files, model, integer_field(merged, "version"), integer_field(merged, "top_k"), "rest"
+        files,
+        model,
+        integer_field(merged, "version"),
+        integer_field(merged, "top_k"),
+        "rest",
+        timeout_ms(request.headers),
     )
 
 

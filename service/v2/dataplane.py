@@ -105,6 +105,7 @@ class DataPlane:
         read_inputs: Callable[[], list[Tensor]],
         requested: list[str] | None,
         protocol: str,
+        timeout_ms: float | None = None,
     ) -> tuple[ModelVersion, list[Tensor], dict]:
         """Run one V2 inference request: the model served, the output tensors, and
         the timings (queue_ms, compute_ms, batch_images) sent back as response parameters.
@@ -114,6 +115,7 @@ class DataPlane:
         """
         core = self.core
         with core.track(protocol) as record:
+            deadline = core.deadline(timeout_ms)
             model = await core.resolve(name, parse_version(version))
             core.admit(record, model)
             available = [PROBABILITIES] + ([BOXES] if model.has_boxes else [])
@@ -122,7 +124,7 @@ class DataPlane:
             if unknown:
                 raise InvalidInput(f"unknown output(s) {unknown}; {model.name} gives {available}")
             images = await self.images_from(model, read_inputs())
-            result = await core.run(model, images)
+            result = await core.run(model, images, deadline)
         outputs = {PROBABILITIES: result.probabilities, BOXES: result.boxes}
         tensors = [Tensor(n, "FP32", np.ascontiguousarray(outputs[n], dtype=np.float32)) for n in wanted]
         return model, tensors, result.timings

@@ -121,6 +121,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 lambda: input_tensors(request, self.settings.max_tensor_elements),
                 [o.name for o in request.outputs] or None,
                 "grpc",
+                None if (remaining := context.time_remaining()) is None else max(remaining * 1000, 0.001),
             )
         except ServiceError as exc:
             await abort(context, exc)

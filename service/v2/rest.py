@@ -17,14 +17,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import InvalidInput, ModelNotFound, ModelUnavailable, ServiceError
+from ..http_common import error_response as error
+from ..http_common import timeout_ms
 from .dataplane import DataPlane
 from .tensors import Tensor, from_raw, from_values, raw_bytes
 
 HEADER_LENGTH = "inference-header-content-length"
-
-
-def error(exc: ServiceError) -> JSONResponse:
-    return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers())
 
 
 def plane(request: Request) -> DataPlane:
@@ -113,6 +111,16 @@ def encode_response(model, request_id, outputs: list[Tensor], binary: set[str], 
     )
 
 
+def request_timeout_ms(payload: dict, request: Request) -> float | None:
+    """``parameters.timeout`` in microseconds (Triton's form), else the X-Timeout-Ms header."""
+    timeout_us = (payload.get("parameters") or {}).get("timeout")
+    if timeout_us is None:
+        return timeout_ms(request.headers)
+    if not isinstance(timeout_us, (int, float)) or isinstance(timeout_us, bool):
+        raise InvalidInput(f"parameters.timeout must be a number of microseconds, got {timeout_us!r}")
+    return timeout_us / 1000
+
+
 async def infer(request: Request) -> Response:
     try:
         payload, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
@@ -124,6 +132,7 @@ async def infer(request: Request) -> Response:
             lambda: parse_inputs(payload, binary, max_elements),
             names,
             "v2-rest",
+            request_timeout_ms(payload, request),
         )
     except ServiceError as exc:
         return error(exc)

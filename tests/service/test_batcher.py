@@ -1,0 +1,120 @@
+"""The adaptive batcher: a lone request runs at once, batches grow while the
+model is busy, every caller gets its own rows, the queue is bounded, and a
+request past its deadline never runs."""
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from service.batcher import AdaptiveBatcher
+from service.errors import DeadlineExceeded, Overloaded
+
+FAR = 3600.0
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+class SlowModel:
+    """Doubles its input; records the size of every batch; takes ``seconds`` per call."""
+
+    def __init__(self, seconds: float = 0.0):
+        self.seconds = seconds
+        self.batches: list[int] = []
+
+    def __call__(self, images: np.ndarray):
+        time.sleep(self.seconds)
+        self.batches.append(len(images))
+        return images.reshape(len(images), -1) * 2, None
+
+
+def batcher(model, **options) -> AdaptiveBatcher:
+    options.setdefault("max_batch_size", 8)
+    return AdaptiveBatcher("m/1", model, ThreadPoolExecutor(1), **options)
+
+
+def deadline(seconds: float = FAR) -> float:
+    return time.perf_counter() + seconds
+
+
+def images(value: float, n: int = 1) -> np.ndarray:
+    return np.full((n, 1), value, np.float32)
+
+
+async def test_a_lone_request_runs_at_once_and_gets_its_rows():
+    model = SlowModel()
+    result = await batcher(model).submit(images(3.0, 2), deadline())
+    assert model.batches == [2]
+    np.testing.assert_array_equal(result.probabilities, [[6.0], [6.0]])
+    assert result.batch_images == 2 and result.queue_ms < 50
+
+
+async def test_requests_queued_while_the_model_is_busy_share_the_next_batch():
+    model = SlowModel(seconds=0.05)
+    b = batcher(model)
+    first = asyncio.create_task(b.submit(images(0.0), deadline()))
+    await asyncio.sleep(0.01)  # the first request is computing, alone
+    rest = await asyncio.gather(*(b.submit(images(float(i)), deadline()) for i in range(1, 7)))
+    results = [await first, *rest]
+    assert model.batches == [1, 6]
+    for i, result in enumerate(results):
+        assert result.probabilities[0, 0] == 2.0 * i, "each caller gets its own rows back"
+
+
+async def test_batches_never_exceed_the_maximum():
+    model = SlowModel(seconds=0.02)
+    b = batcher(model, max_batch_size=4)
+    await asyncio.gather(*(b.submit(images(1.0, 3), deadline()) for _ in range(5)))
+    assert max(model.batches) <= 4 and sum(model.batches) == 15
+
+
+async def test_a_queue_delay_fills_batches_at_low_load():
+    model = SlowModel()
+    b = batcher(model, max_queue_delay_ms=50)
+
+    async def later(delay: float):
+        await asyncio.sleep(delay)
+        return await b.submit(images(1.0), deadline())
+
+    await asyncio.gather(later(0), later(0.01), later(0.02))
+    assert model.batches == [3]
+
+
+async def test_a_full_queue_refuses_at_once():
+    model = SlowModel(seconds=0.2)
+    b = batcher(model, max_queue_images=4)
+    first = asyncio.create_task(b.submit(images(1.0, 4), deadline()))
+    await asyncio.sleep(0.05)  # the first job is running; the queue is empty again
+    queued = [asyncio.create_task(b.submit(images(1.0, 2), deadline())) for _ in range(2)]
+    await asyncio.sleep(0)
+    started = time.perf_counter()
+    with pytest.raises(Overloaded, match="limit 4"):
+        await b.submit(images(1.0), deadline())
+    assert time.perf_counter() - started < 0.05
+    await asyncio.gather(first, *queued)
+
+
+async def test_a_request_past_its_deadline_is_dropped_without_running():
+    model = SlowModel(seconds=0.2)
+    b = batcher(model)
+    busy = asyncio.create_task(b.submit(images(1.0), deadline()))
+    await asyncio.sleep(0.02)
+    with pytest.raises(DeadlineExceeded, match="past the deadline"):
+        await b.submit(images(5.0), deadline(0.05))
+    await busy
+    assert model.batches == [1], "the late request never reached the model"
+
+
+async def test_a_failing_model_fails_every_caller_of_the_batch():
+    def broken(batch):
+        raise RuntimeError("boom")
+
+    b = batcher(broken)
+    results = await asyncio.gather(*(b.submit(images(1.0), deadline()) for _ in range(3)), return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
