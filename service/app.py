@@ -24,6 +24,7 @@ import bentoml
 import numpy as np
 import onnxruntime as ort
 
+from .auth import ApiKeyMiddleware, KeyCheck, load_digests
 from .batcher import AdaptiveBatcher, BatchResult
 from .config import load_settings
 from .core import InferenceCore
@@ -149,3 +150,4 @@ class CnnServe:
 
 
 CnnServe.add_asgi_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+CnnServe.add_asgi_middleware(ApiKeyMiddleware, check=KeyCheck(load_digests(settings)), open_paths=settings.auth_open_paths)
