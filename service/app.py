@@ -104,11 +104,17 @@ class ModelHost:
             model.key, loaded.providers[0], loaded.variant, self.threads, warm_seconds,
         )
 
-    async def infer(self, model: ModelVersion, images: np.ndarray, deadline: float) -> BatchResult:
+    def batcher(self, model: ModelVersion) -> AdaptiveBatcher:
         batcher = self.batchers.get(model.key)
         if batcher is None:
             raise ModelUnavailable(f"model {model.key} is not loaded: {self.failures.get(model.key, 'unknown')}")
-        return await batcher.submit(images, deadline)
+        return batcher
+
+    async def infer(self, model: ModelVersion, images: np.ndarray, deadline: float) -> BatchResult:
+        return await self.batcher(model).submit(images, deadline)
+
+    def check_room(self, model: ModelVersion, count: int) -> None:
+        self.batcher(model).check_room(count)
 
     def status(self) -> dict:
         """Per model version: ready or failed (with the reason), provider and precision."""
@@ -136,7 +142,7 @@ class ModelHost:
 class CnnServe:
     def __init__(self):
         self.host = ModelHost()
-        self.core = InferenceCore(settings, repository, self.host.infer, self.runtime_status)
+        self.core = InferenceCore(settings, repository, self.host.infer, self.runtime_status, self.host.check_room)
         rest_app.state.core = self.core
         rest_app.state.dataplane = DataPlane(self.core)
 

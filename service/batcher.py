@@ -76,6 +76,14 @@ class AdaptiveBatcher:
         self.arrived = asyncio.Event()
         self.worker: asyncio.Task | None = None
 
+    def check_room(self, count: int) -> None:
+        """Refuse at once (before any decoding) when ``count`` more images would overflow the queue."""
+        if self.queued_images + count > self.max_queue_images:
+            raise Overloaded(
+                f"model {self.name} has {self.queued_images} images queued (limit {self.max_queue_images}); "
+                "retry shortly"
+            )
+
     async def submit(self, images: np.ndarray, deadline: float) -> BatchResult:
         """Queue ``images`` (at most ``max_batch_size``) and wait for their rows.
 
@@ -84,11 +92,7 @@ class AdaptiveBatcher:
         """
         if len(images) > self.max_batch_size:
             raise ValueError(f"{len(images)} images exceed the batch limit {self.max_batch_size}; split them first")
-        if self.queued_images + len(images) > self.max_queue_images:
-            raise Overloaded(
-                f"model {self.name} has {self.queued_images} images queued (limit {self.max_queue_images}); "
-                "retry shortly"
-            )
+        self.check_room(len(images))
         job = Job(images, asyncio.get_running_loop().create_future(), deadline)
         self.queue.append(job)
         self.queued_images += len(images)

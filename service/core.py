@@ -28,6 +28,7 @@ INLINE_DECODE_BYTES = 256 * 1024  # larger payloads are decoded in a worker thre
 
 Backend = Callable[[ModelVersion, np.ndarray, float], Awaitable[BatchResult]]
 StatusSource = Callable[[], Awaitable[dict]]
+RoomCheck = Callable[[ModelVersion, int], None]
 
 
 def check_tensor(model: ModelVersion, images: np.ndarray) -> None:
@@ -55,11 +56,19 @@ class TensorResult:
 
 
 class InferenceCore:
-    def __init__(self, settings: Settings, repository: Repository, backend: Backend, runtime_status: StatusSource):
+    def __init__(
+        self,
+        settings: Settings,
+        repository: Repository,
+        backend: Backend,
+        runtime_status: StatusSource,
+        check_room: RoomCheck,
+    ):
         self.settings = settings
         self.repository = repository
         self.backend = backend
         self.runtime_status = runtime_status
+        self.check_room = check_room
         self.metrics = RequestMetrics()
 
     async def resolve(self, name: str | None, version: int | None) -> ModelVersion:
@@ -162,6 +171,7 @@ class InferenceCore:
             resolved = await self.resolve(model, version)
             self.admit(record, resolved)
             top_k = self.check_top_k(resolved, top_k)
+            self.check_room(resolved, len(files))
             began = time.perf_counter()
             images, sizes = await self.decode(resolved, files)
             decode_ms = (time.perf_counter() - began) * 1000

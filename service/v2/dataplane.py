@@ -123,7 +123,9 @@ class DataPlane:
             unknown = [o for o in wanted if o not in available]
             if unknown:
                 raise InvalidInput(f"unknown output(s) {unknown}; {model.name} gives {available}")
-            images = await self.images_from(model, read_inputs())
+            inputs = read_inputs()
+            core.check_room(model, sum(len(t.array) for t in inputs))
+            images = await self.images_from(model, inputs)
             result = await core.run(model, images, deadline)
         outputs = {PROBABILITIES: result.probabilities, BOXES: result.boxes}
         tensors = [Tensor(n, "FP32", np.ascontiguousarray(outputs[n], dtype=np.float32)) for n in wanted]

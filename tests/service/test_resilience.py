@@ -1,0 +1,109 @@
+"""Under stress the service stays honest: a flood far past capacity is answered
+(served within its deadline, or refused quickly with 503 and Retry-After),
+nothing is lost and service is normal right after; a worker that dies is
+replaced."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+
+from loadtests.digit_images import digit_files
+from tests.servers import running_server
+from tests.service.test_server import counter
+
+MODEL = "resnet18-digits"
+TIMEOUT_MS = 1500
+FLOOD = 400
+
+
+async def flood(url: str, files: list[bytes], requests: int) -> list[tuple[int, float, dict]]:
+    """``requests`` concurrent POST /predict, all at once; (status, seconds, headers) each."""
+    limits = httpx.Limits(max_connections=requests, max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+
+        async def one(i: int):
+            began = time.perf_counter()
+            response = await client.post("/predict", files={"image": ("d.png", files[i % len(files)])},
+                                         data={"model": MODEL})
+            return response.status_code, time.perf_counter() - began, dict(response.headers)
+
+        return await asyncio.gather(*(one(i) for i in range(requests)))
+
+
+def test_a_flood_is_served_or_refused_quickly_and_nothing_is_lost(tmp_path, capsys):
+    files = [f.data for f in digit_files(3, 64, count=32, seed=4)]
+    with running_server(tmp_path, max_queue_images=48, request_timeout_ms=TIMEOUT_MS) as server:
+        before = server.metrics()
+        began = time.perf_counter()
+        results = asyncio.run(flood(server.url, files, FLOOD))
+        elapsed = time.perf_counter() - began
+        after = server.metrics()
+        statuses = [status for status, _, _ in results]
+        assert set(statuses) <= {200, 503, 504}, f"unexpected answers: {sorted(set(statuses))}"
+        accepted = np.array([s for status, s, _ in results if status == 200])
+        refused = [(status, s, h) for status, s, h in results if status != 200]
+        assert len(accepted) > 0 and len(refused) > 0, "the flood must exceed capacity for this test to mean much"
+        assert all(h.get("retry-after") == "1" for _, _, h in refused)
+        assert accepted.max() < TIMEOUT_MS / 1000 + 2.0, "accepted requests finish within their deadline"
+        rejected_metric = counter(after, "cnnserve_requests_total", model=MODEL, outcome="rejected") - counter(
+            before, "cnnserve_requests_total", model=MODEL, outcome="rejected")
+        assert rejected_metric == len(refused), "every refusal is counted"
+        quick = [s for status, s, _ in refused if status == 503]
+        with capsys.disabled():
+            print(f"\nflood: {FLOOD} requests at once in {elapsed:.1f} s: {len(accepted)} served "
+                  f"(p99 {np.percentile(accepted, 99) * 1000:.0f} ms), {statuses.count(503)} refused with 503 "
+                  f"(median {np.median(quick) * 1000 if quick else 0:.0f} ms), {statuses.count(504)} past deadline (504)")
+        if quick:
+            assert np.median(quick) < np.median(accepted), "refusals come back faster than answers"
+
+        began = time.perf_counter()
+        calm = server.client.post("/predict", files={"image": ("d.png", files[0])}, data={"model": MODEL})
+        assert calm.status_code == 200 and time.perf_counter() - began < 1.0, "normal service right after"
+
+
+def worker_pids(server) -> set[int]:
+    """Live worker processes (a killed one lingers as a zombie until reaped)."""
+    pids = set()
+    for child in psutil.Process(server.process.pid).children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "_bentoml_impl.worker" in " ".join(child.cmdline()):
+                pids.add(child.pid)
+        except psutil.Error:
+            continue
+    return pids
+
+
+def test_a_killed_worker_is_replaced_and_service_recovers(tmp_path, capsys):
+    files = [f.data for f in digit_files(1, 32, count=4, seed=8)]
+    with running_server(tmp_path, workers=2) as server:
+        original = worker_pids(server)
+        assert len(original) == 2
+        victim = sorted(original)[0]
+        killed_at = time.perf_counter()
+        os.kill(victim, signal.SIGKILL)
+        deadline = killed_at + 60
+        while time.perf_counter() < deadline:
+            pids = worker_pids(server)
+            if len(pids) == 2 and victim not in pids:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the killed worker was not replaced within 60 s")
+        while time.perf_counter() < deadline:
+            answers = [server.client.post("/predict", files={"image": ("d.png", f)}, data={"model": "lenet5-digits"})
+                       for f in files * 5]
+            if all(a.status_code == 200 for a in answers) and server.client.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.1)
+        recovered = time.perf_counter() - killed_at
+        with capsys.disabled():
+            print(f"\nworker killed: replaced and serving again after {recovered:.1f} s")
+        assert recovered < 60
