@@ -23,6 +23,7 @@ from starlette.routing import Route
 from .config import Settings
 from .errors import InvalidInput, ServiceError, TooLarge
 from .http_common import error_response, timeout_ms
+from .openapi import openapi_document
 from .repository import ModelVersion, Repository
 from .v2.grpc_server import GrpcServer
 from .v2.rest import v2_routes
@@ -71,9 +72,13 @@ def integer_field(form, name: str) -> int | None:
     value = form.get(name)
     if value in (None, ""):
         return None
-    if not isinstance(value, str) or not value.strip().lstrip("-").isdigit():
-        raise InvalidInput(f"{name} must be an integer, got {value if isinstance(value, str) else 'a file'!r}")
-    return int(value)
+    problem = InvalidInput(f"{name} must be an integer, got {value if isinstance(value, str) else 'a file'!r}")
+    if not isinstance(value, str) or not value.isascii():
+        raise problem
+    try:
+        return int(value)
+    except ValueError:
+        raise problem from None
 
 
 async def read_files(request: Request, field: str, max_files: int) -> tuple[list[bytes], dict]:
@@ -138,6 +143,10 @@ async def predict_batch(request: Request) -> JSONResponse:
         return error_response(exc)
 
 
+async def openapi(request: Request) -> JSONResponse:
+    return JSONResponse(openapi_document())
+
+
 async def list_models(request: Request) -> JSONResponse:
     core = request.app.state.core
     statuses = await core.runtime_status()
@@ -171,6 +180,7 @@ def build_rest_app() -> Starlette:
         Route("/predict", predict, methods=["POST"]),
         Route("/predict_batch", predict_batch, methods=["POST"]),
         Route("/models", list_models, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
         *v2_routes(),
     ]
     return Starlette(routes=routes, lifespan=lifespan)

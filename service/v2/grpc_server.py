@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ..auth import GrpcKeyInterceptor, KeyCheck, load_digests
 from ..config import Settings
-from ..errors import InvalidInput, ModelNotFound, ModelUnavailable, ServiceError
+from ..errors import InvalidInput, ModelUnavailable, ServiceError
 from . import inference_pb2 as pb
 from . import inference_pb2_grpc as pb_grpc
 from .dataplane import DataPlane
@@ -75,7 +75,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return pb.ModelReadyResponse(ready=await self.plane.model_ready(request.name, request.version))
         except ModelUnavailable:
             return pb.ModelReadyResponse(ready=False)
-        except ModelNotFound as exc:
+        except ServiceError as exc:
             await abort(context, exc)
 
     async def ServerMetadata(self, request, context):

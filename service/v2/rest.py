@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..errors import InvalidInput, ModelNotFound, ModelUnavailable, ServiceError
+from ..errors import InvalidInput, ModelUnavailable, ServiceError
 from ..http_common import error_response as error
 from ..http_common import timeout_ms
 from .dataplane import DataPlane
@@ -29,10 +29,20 @@ def plane(request: Request) -> DataPlane:
     return request.app.state.dataplane
 
 
+def parameters_of(item: dict, where: str) -> dict:
+    """An object's ``parameters``, which the protocol requires to be a JSON object."""
+    value = item.get("parameters")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{where}: parameters must be a JSON object")
+    return value
+
+
 def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     json_length = len(body)
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
             raise InvalidInput(
                 f"Inference-Header-Content-Length is {header_length!r} but the body has {len(body)} bytes"
             )
@@ -54,7 +64,7 @@ def parse_inputs(payload: dict, binary: bytes, max_elements: int) -> list[Tensor
         name, datatype, shape = str(item["name"]), str(item["datatype"]), item["shape"]
         if not isinstance(shape, list):
             raise InvalidInput(f"input {name!r}: shape must be a list")
-        size = (item.get("parameters") or {}).get("binary_data_size")
+        size = parameters_of(item, f"input {name!r}").get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise InvalidInput(
@@ -73,16 +83,18 @@ def parse_inputs(payload: dict, binary: bytes, max_elements: int) -> list[Tensor
 
 def requested_outputs(payload: dict) -> tuple[list[str] | None, set[str]]:
     """Names asked for (None: all) and which of them to send binary."""
-    all_binary = bool((payload.get("parameters") or {}).get("binary_data_output", False))
+    all_binary = bool(parameters_of(payload, "the request").get("binary_data_output", False))
     outputs = payload.get("outputs")
     if not outputs:
         return None, {"*"} if all_binary else set()
+    if not isinstance(outputs, list):
+        raise InvalidInput('"outputs" must be a list')
     names, binary = [], set()
     for item in outputs:
         if not isinstance(item, dict) or "name" not in item:
             raise InvalidInput('every requested output needs a "name"')
         names.append(str(item["name"]))
-        if all_binary or (item.get("parameters") or {}).get("binary_data", False):
+        if all_binary or parameters_of(item, f"output {names[-1]!r}").get("binary_data", False):
             binary.add(names[-1])
     return names, binary
 
@@ -113,7 +125,7 @@ def encode_response(model, request_id, outputs: list[Tensor], binary: set[str], 
 
 def request_timeout_ms(payload: dict, request: Request) -> float | None:
     """``parameters.timeout`` in microseconds (Triton's form), else the X-Timeout-Ms header."""
-    timeout_us = (payload.get("parameters") or {}).get("timeout")
+    timeout_us = parameters_of(payload, "the request").get("timeout")
     if timeout_us is None:
         return timeout_ms(request.headers)
     if not isinstance(timeout_us, (int, float)) or isinstance(timeout_us, bool):
@@ -157,7 +169,7 @@ async def model_ready(request: Request) -> Response:
         ready = await plane(request).model_ready(request.path_params["name"], request.path_params.get("version"))
     except ModelUnavailable:
         ready = False
-    except ModelNotFound as exc:
+    except ServiceError as exc:
         return error(exc)
     return JSONResponse(
         {"name": request.path_params["name"], "ready": ready}, status_code=200 if ready else 503

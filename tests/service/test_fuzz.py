@@ -9,10 +9,11 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from starlette.requests import Request
 
 from service.errors import ServiceError
 from service.preprocess import decode_image
-from service.v2.rest import parse_inputs, requested_outputs, split_body
+from service.v2.rest import parse_inputs, request_timeout_ms, requested_outputs, split_body
 from service.v2.tensors import DATATYPES, from_raw
 
 BOUNDED = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -60,15 +61,21 @@ inputs = st.lists(
     st.fixed_dictionaries(
         {"name": st.sampled_from(["images", "image_bytes", "x"]), "datatype": st.sampled_from([*DATATYPES, "FP99"]),
          "shape": st.lists(st.integers(-2, 40), max_size=5)},
-        optional={"data": json_values, "parameters": st.fixed_dictionaries({}, optional={
+        optional={"data": json_values, "parameters": json_values | st.fixed_dictionaries({}, optional={
             "binary_data_size": st.integers(-5, 5000) | st.text(max_size=3)})},
     ),
     max_size=3,
 )
+requests = st.fixed_dictionaries(
+    {"inputs": inputs},
+    optional={"outputs": json_values | st.lists(st.fixed_dictionaries({"name": st.text(max_size=5)},
+                                                                       optional={"parameters": json_values})),
+              "parameters": json_values},
+)
 
 
 @BOUNDED
-@given(st.one_of(inputs.map(lambda i: {"inputs": i}), json_values), st.binary(max_size=512),
+@given(st.one_of(requests, json_values), st.binary(max_size=512),
        st.one_of(st.none(), st.text(max_size=6)))
 def test_v2_parser_on_arbitrary_requests(payload, binary, header_length):
     text = json.dumps(payload).encode()
@@ -77,6 +84,7 @@ def test_v2_parser_on_arbitrary_requests(payload, binary, header_length):
     try:
         parsed, rest = split_body(body, header)
         requested_outputs(parsed)
+        request_timeout_ms(parsed, Request({"type": "http", "headers": []}))
         tensors = parse_inputs(parsed, rest, max_elements=100_000)
     except ServiceError:
         return
