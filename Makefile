@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 3000
 
-.PHONY: serve test setup setup-test models bench-models protos clean
+.PHONY: serve test setup setup-test models bench-models protos soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ models: setup-test
 # Untrained ImageNet-shaped exports for throughput benchmarks (git-ignored).
 bench-models: setup-test
 	$(BIN)/python -m training bench-models --out models-bench
+
+# A bounded soak run (not in CI): 70% of measured capacity for SOAK_MINUTES against a fresh server.
+SOAK_MINUTES ?= 10
+soak: setup-test
+	$(BIN)/python -m loadtests.local_server -- $(BIN)/python -m loadtests.soak --url {url} --minutes $(SOAK_MINUTES)
 
 # Regenerate the gRPC stubs from service/v2/proto/inference.proto (they are committed).
 protos: setup-test

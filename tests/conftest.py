@@ -27,7 +27,7 @@ def repo_copy(tmp_path):
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     """One real service on the committed models, shared by the protocol tests."""
-    from tests.servers import MAX_BODY_BYTES, running_server
+    from loadtests.local_server import MAX_BODY_BYTES, running_server
 
     with running_server(tmp_path_factory.mktemp("server"), max_body_bytes=MAX_BODY_BYTES) as running:
         yield running

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service.auth import KeyCheck, digest
 from service.v2 import inference_pb2 as pb
 from service.v2 import inference_pb2_grpc as pb_grpc
-from tests.servers import running_server
+from loadtests.local_server import running_server
 from tests.service.test_server import GOOD, counter
 
 PLAIN_KEY = "plain-key-7d1f0c"

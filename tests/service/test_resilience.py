@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from loadtests.digit_images import digit_files
-from tests.servers import running_server
+from loadtests.local_server import running_server
 from tests.service.test_server import counter
 
 MODEL = "resnet18-digits"

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from loadtests.digit_images import digit_files
-from tests.servers import MAX_BODY_BYTES as MAX_BODY
+from loadtests.local_server import MAX_BODY_BYTES as MAX_BODY
 from training.boxes import iou
 
 def png(image: Image.Image) -> bytes:

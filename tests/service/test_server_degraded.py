@@ -4,7 +4,7 @@ with batching switched off it still answers."""
 
 import pytest
 
-from tests.servers import running_server, wait_ready
+from loadtests.local_server import running_server, wait_ready
 from tests.service.test_server import GOOD
 
 
@@ -43,7 +43,7 @@ def test_the_healthy_model_serves_without_batching(degraded):
 
 
 def test_ready_only_once_every_model_has_loaded_and_warmed_up(tmp_path):
-    from tests.servers import running_server as start
+    from loadtests.local_server import running_server as start
 
     with start(tmp_path, wait=False) as server:
         wait_ready(server.url, server.process, server.log_path)

@@ -137,3 +137,18 @@ def test_unknown_model_metadata_is_not_found(stub):
     with pytest.raises(grpc.RpcError) as caught:
         stub.ModelMetadata(pb.ModelMetadataRequest(name="nope"))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_message_over_the_size_limit_is_refused(server, stub):
+    from service.config import Settings
+
+    oversized = Settings().grpc_max_message_bytes + 1024
+    request = pb.ModelInferRequest(
+        model_name=MODEL,
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="images", datatype="FP32", shape=[1, 3, 64, 64])],
+        raw_input_contents=[bytes(oversized)],
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ModelInfer(request)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert stub.ServerLive(pb.ServerLiveRequest()).live

@@ -13,7 +13,7 @@ from loadtests.digit_images import digit_files
 from service.preprocess import decode_image
 from service.v2 import inference_pb2 as pb
 from service.v2 import inference_pb2_grpc as pb_grpc
-from tests.servers import running_server
+from loadtests.local_server import running_server
 
 MODEL = "resnet18-digits"
 PER_PROTOCOL = 24

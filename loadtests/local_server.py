@@ -1,4 +1,4 @@
-"""Start the real service (``bentoml serve``) on 127.0.0.1 for a test, and stop it.
+"""Start the real service (``bentoml serve``) on 127.0.0.1 for a test or a load run, and stop it.
 
 Each server gets a free port, its own BENTOML_HOME and configuration through
 CNNSERVE_* variables, and is stopped with its whole process group, so no
@@ -99,3 +99,24 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)  # any worker left behind
+
+
+def main() -> None:
+    """``python -m loadtests.local_server [KEY=VALUE ...] -- COMMAND``: run COMMAND against a fresh server.
+
+    COMMAND's ``{url}`` is replaced by the server's address; KEY=VALUE pairs
+    become CNNSERVE_* settings. The server is stopped when COMMAND ends, and
+    COMMAND's exit code is returned.
+    """
+    import sys
+    import tempfile
+
+    separator = sys.argv.index("--")
+    settings = dict(item.split("=", 1) for item in sys.argv[1:separator])
+    with tempfile.TemporaryDirectory() as tmp, running_server(Path(tmp), **settings) as server:
+        command = [part.replace("{url}", server.url) for part in sys.argv[separator + 1 :]]
+        sys.exit(subprocess.run(command).returncode)
+
+
+if __name__ == "__main__":
+    main()
