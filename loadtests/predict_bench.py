@@ -17,10 +17,12 @@ import json
 import time
 from pathlib import Path
 
+import aiohttp
 import httpx
 import numpy as np
 
 from .digit_images import digit_files
+from .soak import predict
 
 
 def batch_totals(metrics: str, model: str) -> tuple[float, float]:
@@ -40,8 +42,8 @@ async def run_level(url: str, model: str, files: list[tuple[bytes, int]], concur
     errors = 0
     wrong = 0
     next_index = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
 
         async def one_client():
             nonlocal next_index, errors, wrong
@@ -49,18 +51,18 @@ async def run_level(url: str, model: str, files: list[tuple[bytes, int]], concur
                 data, label = files[next_index % len(files)]
                 next_index += 1
                 began = time.perf_counter()
-                response = await client.post("/predict", files={"image": ("d.png", data)}, data={"model": model})
+                status, text = await predict(session, model, data)
                 latencies.append(time.perf_counter() - began)
-                if response.status_code != 200:
+                if status != 200:
                     errors += 1
-                elif response.json()["label"] != str(label):
+                elif json.loads(text)["label"] != str(label):
                     wrong += 1
 
-        before = batch_totals((await client.get("/metrics")).text, model)
+        before = batch_totals(await metrics(session), model)
         started = time.perf_counter()
         await asyncio.gather(*(one_client() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-        after = batch_totals((await client.get("/metrics")).text, model)
+        after = batch_totals(await metrics(session), model)
     images, batches = after[0] - before[0], after[1] - before[1]
     ms = np.array(latencies) * 1000
     return {
@@ -74,6 +76,11 @@ async def run_level(url: str, model: str, files: list[tuple[bytes, int]], concur
         "p99_ms": round(float(np.percentile(ms, 99)), 2),
         "mean_batch": round(images / batches, 2) if batches else None,
     }
+
+
+async def metrics(session: aiohttp.ClientSession) -> str:
+    async with session.get("/metrics") as response:
+        return await response.text()
 
 
 def main() -> None:
