@@ -105,7 +105,7 @@ class InferenceCore:
             if record.model:
                 self.metrics.inflight.labels(*labels).dec()
             self.metrics.requests.labels(*labels, protocol, outcome).inc()
-            self.metrics.request_duration.labels(*labels, protocol).observe(time.perf_counter() - started)
+            self.metrics.request_duration.labels(*labels, protocol, outcome).observe(time.perf_counter() - started)
 
     def admit(self, record: "RequestRecord", model: ModelVersion) -> None:
         record.model = model

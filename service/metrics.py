@@ -26,8 +26,8 @@ class RequestMetrics:
         )
         self.request_duration = Histogram(
             "cnnserve_request_duration_seconds",
-            "Time from a request's arrival to its answer, inside the server",
-            [*MODEL_LABELS, "protocol"],
+            "Time from a request's arrival to its answer, inside the server, by outcome",
+            [*MODEL_LABELS, "protocol", "outcome"],
             buckets=LATENCY_BUCKETS,
         )
         self.queue_duration = Histogram(

@@ -25,6 +25,7 @@ from .errors import InvalidInput, ServiceError, TooLarge
 from .http_common import error_response, timeout_ms
 from .openapi import openapi_document
 from .repository import ModelVersion, Repository
+from .shutdown import stop_listening_on_sigterm
 from .v2.grpc_server import GrpcServer
 from .v2.rest import v2_routes
 
@@ -155,7 +156,8 @@ async def list_models(request: Request) -> JSONResponse:
 
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette):
-    """Run the gRPC server for as long as this gateway worker lives."""
+    """Run the gRPC server for as long as this worker lives; refuse connections from SIGTERM on."""
+    stop_listening_on_sigterm()
     settings = app.state.core.settings
     if not settings.grpc_enabled:
         yield

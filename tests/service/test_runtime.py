@@ -103,3 +103,14 @@ def test_a_graph_that_contradicts_its_card_is_refused(repo_copy, tmp_path):
     model = discover(repo_copy.root).resolve("lenet5-digits")
     with pytest.raises(ModelInvalid, match="input shape"):
         load_model(model, [CPU], "fp32", threads=1, cache_dir=tmp_path)
+
+
+def test_a_corrupt_file_without_a_recorded_hash_is_refused_by_onnx_runtime(repo_copy, tmp_path):
+    folder = repo_copy("lenet5-digits")
+    card = json.loads((folder / "card.json").read_text())
+    del card["files"]
+    (folder / "card.json").write_text(json.dumps(card))
+    (folder / "model.onnx").write_bytes(b"\x08\x07garbage" * 100)
+    model = discover(repo_copy.root).resolve("lenet5-digits")
+    with pytest.raises(ModelInvalid, match="ONNX Runtime cannot load"):
+        load_model(model, [CPU], "fp32", threads=1, cache_dir=tmp_path)
