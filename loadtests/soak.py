@@ -56,7 +56,7 @@ async def predict(session: aiohttp.ClientSession, model: str, image: bytes) -> t
     form.add_field("image", image, filename="d.png", content_type="image/png")
     form.add_field("model", model)
     async with session.post("/predict", data=form) as response:
-        return response.status, (await response.text())[:100]
+        return response.status, await response.text()
 
 
 async def capacity(session: aiohttp.ClientSession, model: str, files: list[bytes], clients: int, seconds: float) -> float:
@@ -100,7 +100,7 @@ async def soak(args) -> int:
             try:
                 status, text = await predict(session, args.model, files[index % len(files)])
                 if status != 200:
-                    failures.append(f"{status} {text}")
+                    failures.append(f"{status} {text[:100]}")
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 failures.append(type(exc).__name__)
             latencies[int((sent - began) // 60)].append(time.perf_counter() - sent)
