@@ -58,8 +58,13 @@ def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout: flo
 
 
 @contextlib.contextmanager
-def running_server(tmp_dir: Path, wait: bool = True, **settings: str):
-    """``running_server(tmp, models_dir=..., workers="1")``: keys become CNNSERVE_* variables."""
+def running_server(tmp_dir: Path, wait: bool = True, target: str = "service.app:CnnServe", cwd: Path = REPO_ROOT,
+                   **settings: str):
+    """``running_server(tmp, models_dir=..., workers="1")``: keys become CNNSERVE_* variables.
+
+    ``target`` is what ``bentoml serve`` starts: the service in this checkout,
+    or a built Bento's tag (built into ``tmp/bentoml``, this server's BENTOML_HOME).
+    """
     port, grpc_port = free_port(), free_port()
     env = {
         **os.environ,
@@ -73,8 +78,8 @@ def running_server(tmp_dir: Path, wait: bool = True, **settings: str):
     log_path = tmp_dir / f"server-{port}.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [str(BENTOML), "serve", "service.app:CnnServe", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO_ROOT,
+            [str(BENTOML), "serve", target, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=cwd,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

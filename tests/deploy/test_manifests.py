@@ -1,0 +1,65 @@
+"""Container and Kubernetes files are checked offline: hadolint on every
+Dockerfile, and every kustomize overlay rendered and validated strictly against
+a current Kubernetes schema."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from loadtests.local_server import REPO_ROOT
+
+DEPLOY = REPO_ROOT / "deploy"
+TOOLS = Path(sys.executable).parent
+DOCKERFILES = sorted(DEPLOY.glob("Dockerfile*"))
+OVERLAYS = sorted(p for p in (DEPLOY / "k8s" / "overlays").iterdir() if p.is_dir())
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint_passes(dockerfile):
+    result = subprocess.run([str(TOOLS / "hadolint"), str(dockerfile)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_images_run_unprivileged_with_a_readiness_healthcheck(dockerfile):
+    text = dockerfile.read_text()
+    assert "\nUSER 10001" in text and "EXPOSE 3000 3001" in text and "/readyz" in text
+
+
+def render(overlay: Path) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl (for `kubectl kustomize`) is not on PATH"
+    result = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, check=True)
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_overlays_validate_strictly(overlay, tmp_path):
+    rendered = tmp_path / f"{overlay.name}.yaml"
+    rendered.write_text(yaml.safe_dump_all(render(overlay)))
+    extras = sorted((DEPLOY / "k8s" / "extras").glob("*.yaml"))
+    result = subprocess.run([str(TOOLS / "kubernetes-validate"), "--strict", str(rendered), *map(str, extras)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_pods_are_probed_secured_and_sized(overlay):
+    documents = {doc["kind"]: doc for doc in render(overlay)}
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"} <= set(documents)
+    pod = documents["Deployment"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] and container["securityContext"]["readOnlyRootFilesystem"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert probe in container
+    env = {e["name"]: e["value"] for e in container["env"]}
+    workers, threads = int(env["CNNSERVE_WORKERS"]), int(env["CNNSERVE_THREADS"])
+    assert workers * threads <= float(container["resources"]["limits"]["cpu"]), "no oversubscription"
+    ports = {p["name"] for p in documents["Service"]["spec"]["ports"]}
+    assert ports == {"http", "grpc"}
+    if overlay.name == "gpu":
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
