@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 3000
 
-.PHONY: serve test setup setup-test models bench-models protos soak clean
+.PHONY: serve test setup setup-test models bench-models protos soak container-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ TRITON_VENV := .venv-triton
 
 setup-test: $(BIN)/python $(TRITON_VENV)/bin/perf_analyzer
 	$(BIN)/pip install --quiet -e '.[cpu,train,test]'
+	@command -v promtool >/dev/null || { \
+		command -v apt-get >/dev/null || { echo "the tests need Debian's prometheus (prometheus, promtool)"; exit 1; }; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; }
 
 # NVIDIA's tritonclient (and the perf_analyzer its wheel carries) pin an older
 # protobuf than BentoML: they get their own environment. perf_analyzer needs
@@ -52,6 +55,12 @@ bench-models: setup-test
 SOAK_MINUTES ?= 10
 soak: setup-test
 	$(BIN)/python -m loadtests.local_server -- $(BIN)/python -m loadtests.soak --url {url} --minutes $(SOAK_MINUTES)
+
+# Build the CPU image with podman on a locally bootstrapped Debian base, run it, check it (not in CI: slow).
+container-check: setup-test
+	@command -v podman >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman buildah runc debootstrap; }
+	bash deploy/podman-build.sh
 
 # Regenerate the gRPC stubs from service/v2/proto/inference.proto (they are committed).
 protos: setup-test
