@@ -34,7 +34,10 @@ fi
 
 echo "== building $IMAGE"
 started=$(date +%s)
-"${PODMAN[@]}" build --network host --build-arg BASE_IMAGE="$BASE" -f deploy/Dockerfile -t "$IMAGE" .
+# pip inside the build trusts the host's CA bundle (this sandbox's registry access goes through a TLS proxy).
+"${PODMAN[@]}" build --format docker --network host --build-arg BASE_IMAGE="$BASE" \
+    -v /etc/ssl/certs/ca-certificates.crt:/etc/pip-ca.crt:ro --build-arg PIP_CERT=/etc/pip-ca.crt \
+    -f deploy/Dockerfile -t "$IMAGE" .
 echo "build took $(( $(date +%s) - started )) s; image size: $("${PODMAN[@]}" image inspect "$IMAGE" --format '{{.Size}}') bytes"
 
 echo "== running it on 127.0.0.1:$HTTP_PORT (HTTP) and 127.0.0.1:$GRPC_PORT (gRPC)"
