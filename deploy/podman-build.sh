@@ -42,7 +42,9 @@ echo "build took $(( $(date +%s) - started )) s; image size: $("${PODMAN[@]}" im
 
 echo "== running it on 127.0.0.1:$HTTP_PORT (HTTP) and 127.0.0.1:$GRPC_PORT (gRPC)"
 "${PODMAN[@]}" rm -f cnnserve-check >/dev/null 2>&1 || true
-"${PODMAN[@]}" run -d --name cnnserve-check -p "127.0.0.1:$HTTP_PORT:3000" -p "127.0.0.1:$GRPC_PORT:3001" "$IMAGE"
+# No systemd here to schedule the image's HEALTHCHECK: run it once by hand below instead.
+"${PODMAN[@]}" run -d --name cnnserve-check --health-interval disable \
+    -p "127.0.0.1:$HTTP_PORT:3000" -p "127.0.0.1:$GRPC_PORT:3001" "$IMAGE"
 trap '"${PODMAN[@]}" rm -f cnnserve-check >/dev/null' EXIT
 "$PYTHON" - "$HTTP_PORT" "$GRPC_PORT" <<'PY'
 import sys, time, httpx, grpc
@@ -69,4 +71,5 @@ with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
 print("grpc.health.v1:", health_pb2.HealthCheckResponse.ServingStatus.Name(status))
 assert status == health_pb2.HealthCheckResponse.SERVING
 PY
+"${PODMAN[@]}" healthcheck run cnnserve-check && echo "HEALTHCHECK (GET /readyz inside the container): healthy"
 echo "== container check passed"
