@@ -77,40 +77,35 @@ def test_every_shipped_variant_loads_and_runs(variant, tmp_path):
     assert loaded.warm_up(8) > 0
 
 
-def test_a_file_that_does_not_match_its_card_is_refused(repo_copy, tmp_path):
-    folder = repo_copy("lenet5-digits")
-    with (folder / "model.onnx").open("r+b") as f:
-        f.seek(2000)
-        f.write(b"\x00\x01\x02\x03")
-    model = discover(repo_copy.root).resolve("lenet5-digits")
-    with pytest.raises(ModelInvalid, match="sha256"):
-        load_model(model, [CPU], "fp32", threads=1, cache_dir=tmp_path)
-
-
-def test_a_missing_file_is_refused(repo_copy, tmp_path):
-    folder = repo_copy("lenet5-digits")
-    (folder / "model.onnx").unlink()
-    model = discover(repo_copy.root).resolve("lenet5-digits")
-    with pytest.raises(ModelInvalid, match="missing"):
-        load_model(model, [CPU], "fp32", threads=1, cache_dir=tmp_path)
-
-
-def test_a_graph_that_contradicts_its_card_is_refused(repo_copy, tmp_path):
-    folder = repo_copy("lenet5-digits")
+def edit_card(folder, change) -> None:
     card = json.loads((folder / "card.json").read_text())
-    card["input"]["shape"] = [-1, 1, 28, 28]
+    change(card)
     (folder / "card.json").write_text(json.dumps(card))
-    model = discover(repo_copy.root).resolve("lenet5-digits")
-    with pytest.raises(ModelInvalid, match="input shape"):
-        load_model(model, [CPU], "fp32", threads=1, cache_dir=tmp_path)
 
 
-def test_a_corrupt_file_without_a_recorded_hash_is_refused_by_onnx_runtime(repo_copy, tmp_path):
-    folder = repo_copy("lenet5-digits")
-    card = json.loads((folder / "card.json").read_text())
-    del card["files"]
-    (folder / "card.json").write_text(json.dumps(card))
+def overwrite_bytes(path, offset: int, data: bytes) -> None:
+    with path.open("r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def corrupt_without_hash(folder) -> None:
+    edit_card(folder, lambda card: card.pop("files"))
     (folder / "model.onnx").write_bytes(b"\x08\x07garbage" * 100)
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda folder: overwrite_bytes(folder / "model.onnx", 2000, b"\x00\x01\x02\x03"), "sha256"),
+        (lambda folder: (folder / "model.onnx").unlink(), "missing"),
+        (lambda folder: edit_card(folder, lambda card: card["input"].update(shape=[-1, 1, 28, 28])), "input shape"),
+        (corrupt_without_hash, "ONNX Runtime cannot load"),
+    ],
+    ids=["file-does-not-match-card", "file-missing", "graph-contradicts-card", "corrupt-file-without-hash"],
+)
+def test_a_model_that_breaks_the_contract_is_refused_with_the_reason(repo_copy, tmp_path, damage, reason):
+    damage(repo_copy("lenet5-digits"))
     model = discover(repo_copy.root).resolve("lenet5-digits")
-    with pytest.raises(ModelInvalid, match="ONNX Runtime cannot load"):
+    with pytest.raises(ModelInvalid, match=reason):
         load_model(model, [CPU], "fp32", threads=1, cache_dir=tmp_path)
