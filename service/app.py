@@ -71,6 +71,7 @@ class ModelHost:
         cache_dir = Path(tempfile.gettempdir()) / "cnnserve-trt-cache"
         for model in repository.versions():
             self.load(model, cache_dir)
+        self.status = self.describe()
 
     def load(self, model: ModelVersion, cache_dir: Path) -> None:
         labels = (model.name, str(model.version))
@@ -116,8 +117,11 @@ class ModelHost:
     def check_room(self, model: ModelVersion, count: int) -> None:
         self.batcher(model).check_room(count)
 
-    def status(self) -> dict:
-        """Per model version: ready or failed (with the reason), provider and precision."""
+    def describe(self) -> dict:
+        """Per model version: ready or failed (with the reason), provider and precision.
+
+        Fixed once loading is over, so it is built once and then only read.
+        """
         statuses = {key: {"status": "failed", "reason": reason} for key, reason in self.failures.items()}
         for key, loaded in self.loaded.items():
             statuses[key] = {
@@ -147,12 +151,11 @@ class CnnServe:
         rest_app.state.dataplane = DataPlane(self.core)
 
     async def runtime_status(self) -> dict:
-        return self.host.status()
+        return self.host.status
 
     def __is_ready__(self) -> bool:
         """Ready once every model version has been loaded and warmed up, or refused with a reason."""
-        statuses = self.host.status()
-        return all(model.key in statuses for model in repository.versions())
+        return all(model.key in self.host.status for model in repository.versions())
 
 
 CnnServe.add_asgi_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

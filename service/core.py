@@ -111,11 +111,13 @@ class InferenceCore:
         record.model = model
         self.metrics.inflight.labels(model.name, str(model.version)).inc()
 
-    def check_count(self, count: int) -> None:
+    def check_images(self, model: ModelVersion, count: int) -> None:
+        """Refuse before any decoding: no image, too many for one request, or no room in the model's queue."""
         if count == 0:
             raise InvalidInput("no image was sent")
         if count > self.settings.max_images_per_request:
             raise TooLarge(f"{count} images in one request; the limit is {self.settings.max_images_per_request}")
+        self.check_room(model, count)
 
     def check_top_k(self, model: ModelVersion, top_k: int | None) -> int:
         top_k = self.settings.default_top_k if top_k is None else top_k
@@ -167,11 +169,10 @@ class InferenceCore:
         """Answers (label, top-k, box in the image's own pixels) for image files."""
         with self.track(protocol) as record:
             deadline = self.deadline(timeout_ms)
-            self.check_count(len(files))
             resolved = await self.resolve(model, version)
             self.admit(record, resolved)
             top_k = self.check_top_k(resolved, top_k)
-            self.check_room(resolved, len(files))
+            self.check_images(resolved, len(files))
             began = time.perf_counter()
             images, sizes = await self.decode(resolved, files)
             decode_ms = (time.perf_counter() - began) * 1000

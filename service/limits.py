@@ -23,7 +23,8 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
         if declared is not None:
             if not declared.isdigit():
                 return await JSONResponse({"error": "invalid Content-Length header", "code": 400}, 400)(
@@ -33,7 +34,9 @@ class BodyLimit:
                 message = f"request body is {int(declared)} bytes; the limit is {self.max_bytes}"
                 return await self.refusal(message)(scope, receive, send)
             return await self.app(scope, receive, send)
-        return await self.read_chunked(scope, receive, send)
+        if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+            return await self.read_chunked(scope, receive, send)
+        return await self.app(scope, receive, send)  # no length, not chunked: HTTP/1.1 says no body
 
     async def read_chunked(self, scope, receive, send):
         """Read a body of undeclared length up to the limit, then replay it to the app."""

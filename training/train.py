@@ -108,7 +108,7 @@ def train(config: TrainConfig, task: TaskData, log: Callable[[str], None] = prin
     history = []
     for epoch in range(config.epochs):
         started = time.perf_counter()
-        images, classes, boxes = first_epoch if epoch == 0 else task.train_epoch(epoch)
+        images, classes, boxes = task.train_epoch(epoch)
         order = np.random.default_rng([config.seed, epoch]).permutation(len(images))
         model.train()
         total = 0.0

@@ -123,9 +123,7 @@ class DataPlane:
             unknown = [o for o in wanted if o not in available]
             if unknown:
                 raise InvalidInput(f"unknown output(s) {unknown}; {model.name} gives {available}")
-            inputs = read_inputs()
-            core.check_room(model, sum(len(t.array) for t in inputs))
-            images = await self.images_from(model, inputs)
+            images = await self.images_from(model, read_inputs())
             result = await core.run(model, images, deadline)
         outputs = {PROBABILITIES: result.probabilities, BOXES: result.boxes}
         tensors = [Tensor(n, "FP32", np.ascontiguousarray(outputs[n], dtype=np.float32)) for n in wanted]
@@ -141,7 +139,7 @@ class DataPlane:
             if tensor.datatype != BYTES or tensor.array.ndim not in (1, 2) or tensor.array.shape[1:] not in ((), (1,)):
                 raise InvalidInput(f"{IMAGE_BYTES!r} must be BYTES of shape [N] or [N, 1]")
             files = list(tensor.array.ravel())
-            self.core.check_count(len(files))
+            self.core.check_images(model, len(files))
             images, _ = await self.core.decode(model, files)
             return images
         if tensor.name != INPUT_NAME:
@@ -153,5 +151,5 @@ class DataPlane:
         else:
             raise InvalidInput(f"input {INPUT_NAME!r} must be FP32 (or UINT8), got {tensor.datatype}")
         check_tensor(model, images)
-        self.core.check_count(len(images))
+        self.core.check_images(model, len(images))
         return np.ascontiguousarray(images, dtype=np.float32)

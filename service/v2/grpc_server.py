@@ -146,7 +146,7 @@ class GrpcServer:
         self.plane = dataplane
         self.settings = settings
         self.server: grpc.aio.Server | None = None
-        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self.health = health.aio.HealthServicer()
 
     async def start(self) -> None:
         limit = self.settings.grpc_max_message_bytes

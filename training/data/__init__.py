@@ -32,9 +32,16 @@ class TaskData:
     copies_per_epoch: int = 4
 
     def train_epoch(self, epoch: int) -> Arrays:
+        """A fresh rendering each epoch; epoch 0 is kept, as it also gives the
+        normalization statistics and the INT8 calibration images."""
         if self._digits is None:
             return self._fixed["train"]
-        return self._render("train", TRAIN_STREAM_BASE + epoch, self.copies_per_epoch, TRAIN_ROTATION)
+        if epoch == 0 and "train-0" in self._fixed:
+            return self._fixed["train-0"]
+        arrays = self._render("train", TRAIN_STREAM_BASE + epoch, self.copies_per_epoch, TRAIN_ROTATION)
+        if epoch == 0:
+            self._fixed["train-0"] = arrays
+        return arrays
 
     def split(self, name: str) -> Arrays:
         if name not in self._fixed:
