@@ -109,7 +109,8 @@ def stop(process: subprocess.Popen) -> None:
 def main() -> None:
     """``python -m loadtests.local_server [KEY=VALUE ...] -- COMMAND``: run COMMAND against a fresh server.
 
-    COMMAND's ``{url}`` is replaced by the server's address; KEY=VALUE pairs
+    COMMAND's ``{url}`` and ``{grpc}`` are replaced by the server's HTTP URL and
+    gRPC address; KEY=VALUE pairs
     become CNNSERVE_* settings. The server is stopped when COMMAND ends, and
     COMMAND's exit code is returned.
     """
@@ -119,7 +120,10 @@ def main() -> None:
     separator = sys.argv.index("--")
     settings = dict(item.split("=", 1) for item in sys.argv[1:separator])
     with tempfile.TemporaryDirectory() as tmp, running_server(Path(tmp), **settings) as server:
-        command = [part.replace("{url}", server.url) for part in sys.argv[separator + 1 :]]
+        command = [
+            part.replace("{url}", server.url).replace("{grpc}", server.grpc_address)
+            for part in sys.argv[separator + 1 :]
+        ]
         sys.exit(subprocess.run(command).returncode)
 
 

@@ -25,12 +25,13 @@ import numpy as np
 import onnxruntime as ort
 
 from .auth import ApiKeyMiddleware, KeyCheck, load_digests
-from .batcher import AdaptiveBatcher, BatchResult
+from .batcher import AdaptiveBatcher, BatchResult, inline_up_to
 from .config import load_settings
 from .core import InferenceCore
 from .errors import ModelUnavailable
+from .fastlane import FastLane
 from .limits import BodyLimit
-from .metrics import ModelMetrics
+from .metrics import ModelMetrics, child
 from .repository import ModelVersion, discover
 from .rest import build_rest_app
 from .runtime import LoadedModel, ModelInvalid, choose_providers, cuda_device_count, load_model, tensorrt_loads
@@ -78,7 +79,7 @@ class ModelHost:
         batching = settings.batching_for(model.name)
         try:
             loaded = load_model(model, self.providers, settings.precision, self.threads, cache_dir)
-            warm_seconds = loaded.warm_up(batching.max_batch_size) if settings.warmup else 0.0
+            warm_up = loaded.warm_up(batching.max_batch_size) if settings.warmup else {}
         except (ModelInvalid, ValueError) as exc:
             self.failures[model.key] = str(exc)
             self.metrics.model_ready.labels(*labels).set(0)
@@ -88,8 +89,8 @@ class ModelHost:
         self.metrics.model_ready.labels(*labels).set(1)
 
         def observe(images: int, seconds: float) -> None:
-            self.metrics.batch_size.labels(*labels).observe(images)
-            self.metrics.compute_duration.labels(*labels).observe(seconds)
+            child(self.metrics.batch_size, *labels).observe(images)
+            child(self.metrics.compute_duration, *labels).observe(seconds)
 
         self.batchers[model.key] = AdaptiveBatcher(
             model.key,
@@ -99,10 +100,13 @@ class ModelHost:
             max_queue_delay_ms=batching.max_queue_delay_ms,
             max_queue_images=batching.max_queue_images,
             on_batch=observe,
+            inline_up_to=inline_up_to(warm_up),
         )
         log.info(
-            "model %s ready on %s (%s, %d thread(s), warm-up %.2f s)",
-            model.key, loaded.providers[0], loaded.variant, self.threads, warm_seconds,
+            "model %s ready on %s (%s, %d thread(s); warm-up: batch 1 %.2f ms, batch %d %.2f ms; "
+            "batches up to %d run on the event loop)",
+            model.key, loaded.providers[0], loaded.variant, self.threads, 1000 * warm_up.get(1, 0),
+            batching.max_batch_size, 1000 * warm_up.get(batching.max_batch_size, 0), inline_up_to(warm_up),
         )
 
     def batcher(self, model: ModelVersion) -> AdaptiveBatcher:
@@ -158,5 +162,22 @@ class CnnServe:
         return all(model.key in self.host.status for model in repository.versions())
 
 
+key_check = KeyCheck(load_digests(settings))
 CnnServe.add_asgi_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-CnnServe.add_asgi_middleware(ApiKeyMiddleware, check=KeyCheck(load_digests(settings)), open_paths=settings.auth_open_paths)
+CnnServe.add_asgi_middleware(ApiKeyMiddleware, check=key_check, open_paths=settings.auth_open_paths)
+bentoml_to_asgi = type(CnnServe).to_asgi
+
+
+def to_asgi_with_fast_lane(service, is_main: bool = True):
+    """What each worker's uvicorn serves: BentoML's app, with the fast lane in front (service/fastlane.py).
+
+    BentoML builds the app by calling ``to_asgi`` on the service class, so the
+    fast lane goes in there; services other than this one are left alone.
+    """
+    app = bentoml_to_asgi(service, is_main)
+    if service is not CnnServe or not settings.fast_lane:
+        return app
+    return FastLane(app, rest_app, settings.max_body_bytes, key_check, settings.auth_open_paths)
+
+
+type(CnnServe).to_asgi = to_asgi_with_fast_lane

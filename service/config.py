@@ -66,6 +66,7 @@ class Settings:
     grpc_max_message_bytes: int = 32 * 1024 * 1024
     warmup: bool = True
     access_log: bool = False
+    fast_lane: bool = True
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # plain keys; hashed at start, never logged
     api_keys_file: str = ""  # one SHA-256 hex digest per line
     auth_open_paths: tuple[str, ...] = ("/livez", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready")

@@ -9,6 +9,7 @@ protocol is counted the same way.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import numpy as np
 from .batcher import BatchResult
 from .config import Settings
 from .errors import InvalidInput, ModelUnavailable, ServiceError, TooLarge
-from .metrics import RequestMetrics
+from .metrics import RequestMetrics, child
 from .postprocess import describe
 from .preprocess import decode_image
 from .repository import ModelVersion, Repository
@@ -38,7 +39,8 @@ def check_tensor(model: ModelVersion, images: np.ndarray) -> None:
         raise InvalidInput(
             f"{model.name} takes images of shape [N, {', '.join(map(str, expected))}], got {list(images.shape)}"
         )
-    if not np.isfinite(images).all():
+    # A NaN or an infinity anywhere makes the sum non-finite; only then look element by element.
+    if not math.isfinite(images.sum()) and not np.isfinite(images).all():
         raise InvalidInput("the input contains NaN or infinite values")
 
 
@@ -101,15 +103,17 @@ class InferenceCore:
             outcome = "server_error"
             raise
         finally:
-            labels = (record.model.name, str(record.model.version)) if record.model else ("unknown", "")
+            labels = record.model.metric_labels if record.model else ("unknown", "")
             if record.model:
-                self.metrics.inflight.labels(*labels).dec()
-            self.metrics.requests.labels(*labels, protocol, outcome).inc()
-            self.metrics.request_duration.labels(*labels, protocol, outcome).observe(time.perf_counter() - started)
+                child(self.metrics.inflight, *labels).dec()
+            child(self.metrics.requests, *labels, protocol, outcome).inc()
+            child(self.metrics.request_duration, *labels, protocol, outcome).observe(
+                time.perf_counter() - started
+            )
 
     def admit(self, record: "RequestRecord", model: ModelVersion) -> None:
         record.model = model
-        self.metrics.inflight.labels(model.name, str(model.version)).inc()
+        child(self.metrics.inflight, *model.metric_labels).inc()
 
     def check_images(self, model: ModelVersion, count: int) -> None:
         """Refuse before any decoding: no image, too many for one request, or no room in the model's queue."""
@@ -147,7 +151,7 @@ class InferenceCore:
             decoded = await asyncio.to_thread(self.decode_all, model, files)
         else:
             decoded = self.decode_all(model, files)
-        self.metrics.preprocess_duration.labels(model.name, str(model.version)).observe(time.perf_counter() - began)
+        child(self.metrics.preprocess_duration, *model.metric_labels).observe(time.perf_counter() - began)
         return decoded
 
     def deadline(self, timeout_ms: float | None) -> float:
@@ -189,10 +193,13 @@ class InferenceCore:
     async def run(self, model: ModelVersion, images: np.ndarray, deadline: float) -> TensorResult:
         """Send images through the model's batcher, in chunks no larger than its batches."""
         limit = self.settings.batching_for(model.name).max_batch_size if self.settings.batching else 1
-        chunks = [images[i : i + limit] for i in range(0, len(images), limit)]
-        results = await asyncio.gather(*(self.backend(model, chunk, deadline) for chunk in chunks))
+        if len(images) <= limit:
+            results = [await self.backend(model, images, deadline)]
+        else:
+            chunks = [images[i : i + limit] for i in range(0, len(images), limit)]
+            results = await asyncio.gather(*(self.backend(model, chunk, deadline) for chunk in chunks))
         queue_ms = max(r.queue_ms for r in results)
-        self.metrics.queue_duration.labels(model.name, str(model.version)).observe(queue_ms / 1000)
+        child(self.metrics.queue_duration, *model.metric_labels).observe(queue_ms / 1000)
         return TensorResult(
             model,
             np.concatenate([r.probabilities for r in results]),

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
-from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 
 from .errors import InvalidInput, ServiceError
 
-TIMEOUT_HEADER = "x-timeout-ms"
+TIMEOUT_HEADER = b"x-timeout-ms"
 
 
 def error_response(exc: ServiceError) -> JSONResponse:
     return JSONResponse(exc.to_json(), status_code=exc.status, headers=exc.headers())
 
 
-def timeout_ms(headers: Headers) -> float | None:
+def header(scope: dict, name: bytes) -> str | None:
+    """One request header (``name`` lower-case), read straight from the ASGI scope.
+
+    On the prediction routes this replaces Starlette's ``request.headers``,
+    whose lookup of an absent header cost 8% of a LeNet-5 request.
+    """
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def timeout_ms(scope: dict) -> float | None:
     """The client's own deadline (``X-Timeout-Ms``), if it set one."""
-    value = headers.get(TIMEOUT_HEADER)
+    value = header(scope, TIMEOUT_HEADER)
     if value is None:
         return None
     try:

@@ -9,6 +9,7 @@ others still serve.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -31,7 +32,11 @@ class ModelVersion:
     def key(self) -> str:
         return f"{self.name}/{self.version}"
 
-    @property
+    @functools.cached_property
+    def metric_labels(self) -> tuple[str, str]:
+        return self.name, str(self.version)
+
+    @functools.cached_property
     def input_shape(self) -> tuple[int, int, int]:
         _, channels, height, width = self.card["input"]["shape"]
         return channels, height, width
@@ -40,7 +45,7 @@ class ModelVersion:
     def labels(self) -> list[str]:
         return self.card["labels"]
 
-    @property
+    @functools.cached_property
     def has_boxes(self) -> bool:
         return any(o["name"] == BOXES for o in self.card["outputs"])
 

@@ -121,7 +121,7 @@ async def predict_route(request: Request, field: str) -> dict:
         integer_field(merged, "version"),
         integer_field(merged, "top_k"),
         "rest",
-        timeout_ms(request.headers),
+        timeout_ms(request.scope),
     )
 
 

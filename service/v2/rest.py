@@ -18,11 +18,11 @@ from starlette.routing import Route
 
 from ..errors import InvalidInput, ModelUnavailable, ServiceError
 from ..http_common import error_response as error
-from ..http_common import timeout_ms
+from ..http_common import header, timeout_ms
 from .dataplane import DataPlane
 from .tensors import Tensor, from_raw, from_values, raw_bytes
 
-HEADER_LENGTH = "inference-header-content-length"
+HEADER_LENGTH = b"inference-header-content-length"
 
 
 def plane(request: Request) -> DataPlane:
@@ -127,7 +127,7 @@ def request_timeout_ms(payload: dict, request: Request) -> float | None:
     """``parameters.timeout`` in microseconds (Triton's form), else the X-Timeout-Ms header."""
     timeout_us = parameters_of(payload, "the request").get("timeout")
     if timeout_us is None:
-        return timeout_ms(request.headers)
+        return timeout_ms(request.scope)
     if not isinstance(timeout_us, (int, float)) or isinstance(timeout_us, bool):
         raise InvalidInput(f"parameters.timeout must be a number of microseconds, got {timeout_us!r}")
     return timeout_us / 1000
@@ -135,7 +135,7 @@ def request_timeout_ms(payload: dict, request: Request) -> float | None:
 
 async def infer(request: Request) -> Response:
     try:
-        payload, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
+        payload, binary = split_body(await request.body(), header(request.scope, HEADER_LENGTH))
         max_elements = plane(request).core.settings.max_tensor_elements
         names, binary_outputs = requested_outputs(payload)
         model, outputs, timings = await plane(request).infer(

@@ -9,6 +9,7 @@ validation path.
 from __future__ import annotations
 
 import base64
+import math
 import struct
 from dataclasses import dataclass
 
@@ -44,7 +45,7 @@ class Tensor:
 def element_count(name: str, shape: list[int], max_elements: int) -> int:
     if not all(isinstance(d, int) and d >= 0 for d in shape):
         raise InvalidInput(f"input {name!r}: shape {shape} must be non-negative integers")
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    count = math.prod(shape)
     if count > max_elements:
         raise TooLarge(f"input {name!r}: {count} elements; the limit is {max_elements}")
     return count

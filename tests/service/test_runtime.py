@@ -74,7 +74,8 @@ def test_every_shipped_variant_loads_and_runs(variant, tmp_path):
     probabilities, boxes = loaded.run(np.random.rand(3, 1, 32, 32).astype(np.float32))
     assert probabilities.shape == (3, 10) and boxes.shape == (3, 4)
     np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-3)
-    assert loaded.warm_up(8) > 0
+    warm_up = loaded.warm_up(8)
+    assert sorted(warm_up) == [1, 2, 4, 8] and all(seconds > 0 for seconds in warm_up.values())
 
 
 def edit_card(folder, change) -> None:

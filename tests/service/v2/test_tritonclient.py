@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from loadtests.digit_images import digit_files
-from tests.triton_tools import PERF_ANALYZER, TRITON_PYTHON, perf_analyzer_env, require
+from loadtests.triton_tools import PERF_ANALYZER, TRITON_PYTHON, perf_analyzer_env, require
 
 CHECKS = __file__.replace("test_tritonclient.py", "tritonclient_checks.py")
 

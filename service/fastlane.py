@@ -1,0 +1,91 @@
+"""The prediction routes' direct path from uvicorn to their handlers.
+
+BentoML wraps every HTTP request in its own middleware stack (OpenTelemetry
+span, its HTTP metrics, timeout, concurrency, context, two nested Starlette
+apps). Measured on LeNet-5 over V2 REST at 64 clients, that stack cost more
+CPU than everything else a request needs, inference included (1,130 req/s
+through it, 3,365 for a hand-written FastAPI server; docs/architecture.md).
+``FastLane`` sits in front of BentoML's app and sends the hot routes (``POST
+/predict``, ``POST /predict_batch``, ``POST /v2/models/.../infer`` and the V2
+liveness probe) straight to their handlers, behind our own body limit and API
+key check; every other path, and every route when ``fast_lane`` is off, goes
+through BentoML's stack unchanged. cnnserve's own metrics (``cnnserve_*``)
+count every request either way; BentoML's ``bentoml_service_*`` HTTP metrics,
+its access log and its OpenTelemetry spans do not see fast-lane requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
+
+from .auth import ApiKeyMiddleware, KeyCheck
+from .http_common import header
+from .limits import BodyLimit
+from .rest import predict, predict_batch
+from .v2.rest import infer, server_live
+
+log = logging.getLogger("cnnserve")
+
+V2_INFER = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
+EXACT = {("POST", "/predict"): predict, ("POST", "/predict_batch"): predict_batch, ("GET", "/v2/health/live"): server_live}
+
+
+def route(method: str, path: str):
+    """The handler and path parameters of a fast-lane route, or (None, None)."""
+    handler = EXACT.get((method, path))
+    if handler is not None:
+        return handler, {}
+    if method == "POST" and (match := V2_INFER.match(path)):
+        version = match.group("version")
+        return infer, {"name": match.group("name")} if version is None else {"name": match.group("name"), "version": version}
+    return None, None
+
+
+class FastLane:
+    """In front of BentoML's app: hot routes to their handlers, the rest to BentoML.
+
+    A request with a declared body length within the limit, on a server
+    without API keys, goes straight to its handler; any other request on a
+    fast-lane route (chunked, too large, keys to check) goes through
+    ``guarded``, the body limit and API key middlewares, which refuse or pass it.
+    """
+
+    def __init__(self, app, rest_app, max_body_bytes: int, key_check: KeyCheck, open_paths: tuple[str, ...]):
+        self.app = app  # BentoML's full stack
+        self.rest_app = rest_app  # the handlers read the core and the data plane from its state
+        self.max_body_bytes = max_body_bytes
+        self.keys_needed = key_check.enabled
+        self.guarded = BodyLimit(ApiKeyMiddleware(self.handle, key_check, open_paths), max_body_bytes)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            handler, path_params = route(scope["method"], scope["path"])
+            if handler is not None:
+                scope["app"], scope["path_params"], scope["cnnserve.handler"] = self.rest_app, path_params, handler
+                if self.keys_needed or not self.declared_within_limit(scope):
+                    return await self.guarded(scope, receive, send)
+                return await self.handle(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+    def declared_within_limit(self, scope) -> bool:
+        length = header(scope, b"content-length")
+        if length is None:
+            return scope["method"] == "GET"
+        return length.isdigit() and int(length) <= self.max_body_bytes
+
+    async def handle(self, scope, receive, send):
+        try:
+            response = await scope["cnnserve.handler"](Request(scope, receive))
+        except ClientDisconnect:
+            return
+        except HTTPException as exc:  # Starlette's own refusals, e.g. a multipart body without a boundary
+            response = JSONResponse({"error": exc.detail, "code": exc.status_code}, status_code=exc.status_code)
+        except Exception:  # noqa: BLE001  (a bug must answer 500, as Starlette's error middleware would)
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            response = JSONResponse({"error": "internal server error", "code": 500}, status_code=500)
+        await response(scope, receive, send)
