@@ -124,7 +124,7 @@ def main() -> None:
             part.replace("{url}", server.url).replace("{grpc}", server.grpc_address)
             for part in sys.argv[separator + 1 :]
         ]
-        sys.exit(subprocess.run(command).returncode)
+        sys.exit(subprocess.run(command, check=False).returncode)
 
 
 if __name__ == "__main__":

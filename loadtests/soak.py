@@ -101,7 +101,7 @@ async def soak(args) -> int:
                 status, text = await predict(session, args.model, files[index % len(files)])
                 if status != 200:
                     failures.append(f"{status} {text[:100]}")
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 failures.append(type(exc).__name__)
             latencies[int((sent - began) // 60)].append(time.perf_counter() - sent)
 

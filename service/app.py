@@ -177,7 +177,7 @@ def to_asgi_with_fast_lane(service, is_main: bool = True):
     app = bentoml_to_asgi(service, is_main)
     if service is not CnnServe or not settings.fast_lane:
         return app
-    return FastLane(app, rest_app, settings.max_body_bytes, key_check, settings.auth_open_paths)
+    return FastLane(app, rest_app, settings.max_body_bytes, key_check, settings.auth_open_paths, settings.noop_route)
 
 
 type(CnnServe).to_asgi = to_asgi_with_fast_lane

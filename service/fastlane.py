@@ -21,7 +21,7 @@ import re
 
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from .auth import ApiKeyMiddleware, KeyCheck
 from .http_common import header
@@ -35,9 +35,15 @@ V2_INFER = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]
 EXACT = {("POST", "/predict"): predict, ("POST", "/predict_batch"): predict_batch, ("GET", "/v2/health/live"): server_live}
 
 
-def route(method: str, path: str):
+async def noop(request: Request) -> Response:
+    """``POST /noop`` (with ``noop_route``): read the body, answer ``{}``; the server's own cost per request."""
+    await request.body()
+    return Response(b"{}", media_type="application/json")
+
+
+def route(method: str, path: str, exact: dict = EXACT):
     """The handler and path parameters of a fast-lane route, or (None, None)."""
-    handler = EXACT.get((method, path))
+    handler = exact.get((method, path))
     if handler is not None:
         return handler, {}
     if method == "POST" and (match := V2_INFER.match(path)):
@@ -55,8 +61,11 @@ class FastLane:
     ``guarded``, the body limit and API key middlewares, which refuse or pass it.
     """
 
-    def __init__(self, app, rest_app, max_body_bytes: int, key_check: KeyCheck, open_paths: tuple[str, ...]):
+    def __init__(
+        self, app, rest_app, max_body_bytes: int, key_check: KeyCheck, open_paths: tuple[str, ...], noop_route: bool
+    ):
         self.app = app  # BentoML's full stack
+        self.exact = {**EXACT, ("POST", "/noop"): noop} if noop_route else EXACT
         self.rest_app = rest_app  # the handlers read the core and the data plane from its state
         self.max_body_bytes = max_body_bytes
         self.keys_needed = key_check.enabled
@@ -64,7 +73,7 @@ class FastLane:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
-            handler, path_params = route(scope["method"], scope["path"])
+            handler, path_params = route(scope["method"], scope["path"], self.exact)
             if handler is not None:
                 scope["app"], scope["path_params"], scope["cnnserve.handler"] = self.rest_app, path_params, handler
                 if self.keys_needed or not self.declared_within_limit(scope):

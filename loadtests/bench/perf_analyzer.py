@@ -11,18 +11,18 @@ from pathlib import Path
 from ..triton_tools import PERF_ANALYZER, perf_analyzer_env, require
 
 
-def perf_analyzer(model: str, address: str, protocol: str, concurrency: int, requests: int) -> dict:
+def perf_analyzer(model: str, address: str, protocol: str, concurrency: int, seconds: float) -> dict:
     """One concurrency level; ``protocol`` is ``http`` (binary tensors) or ``grpc``.
 
-    Count windows of ``requests`` requests each; perf_analyzer's stability
-    check is relaxed (3 windows are taken as they come) so a run is bounded.
+    Three time windows of ``seconds`` each, averaged: perf_analyzer's stability
+    check is relaxed (the windows are taken as they come) so a run is bounded.
     """
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.csv"
         command = [
             str(require(PERF_ANALYZER)), "-m", model, "-u", address, "-i", protocol,
             "--input-data", "zero", "--concurrency-range", str(concurrency),
-            "--measurement-mode", "count_windows", "--measurement-request-count", str(requests),
+            "--measurement-mode", "time_windows", "--measurement-interval", str(int(seconds * 1000)),
             "--stability-percentage", "1000", "--max-trials", "3", "-f", str(report),
         ]
         result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600, env=perf_analyzer_env())

@@ -49,7 +49,7 @@ def time_calls(call, seconds: float, min_calls: int = 5) -> list[float]:
     return durations
 
 
-def measure_raw(model: ModelVersion, cores: int, seconds: float, batch_sizes=BATCH_SIZES) -> list[RawPoint]:
+def measure_raw(model: ModelVersion, cores: int, seconds: float, batch_sizes=BATCH_SIZES, quiet=False) -> list[RawPoint]:
     points = []
     path = str(model.file_for("fp32")[0])
     for threads in sorted({1, cores}):
@@ -59,8 +59,9 @@ def measure_raw(model: ModelVersion, cores: int, seconds: float, batch_sizes=BAT
             durations = time_calls(functools.partial(sess.run, None, {"images": images}), seconds)
             points.append(RawPoint(threads, batch, batch * len(durations) / sum(durations),
                                    float(np.median(durations)) * 1000))
-            print(f"  raw {model.name}: {threads} thread(s), batch {batch:>2}: "
-                  f"{points[-1].images_per_s:8.0f} images/s, {points[-1].p50_ms:7.2f} ms per call", flush=True)
+            if not quiet:
+                print(f"  raw {model.name}: {threads} thread(s), batch {batch:>2}: "
+                      f"{points[-1].images_per_s:8.0f} images/s, {points[-1].p50_ms:7.2f} ms per call", flush=True)
     return points
 
 

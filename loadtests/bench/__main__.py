@@ -1,0 +1,187 @@
+"""``python -m loadtests.bench``: how fast is cnnserve on this machine, and where does the time go?
+
+In one run, on one machine:
+
+1. the limit: raw in-process ONNX Runtime per committed model (batch 1 and the best batch);
+2. the sweep: each model over ``/predict`` (PNG files, wrk), V2 REST binary and gRPC
+   (perf_analyzer) at each concurrency, batching on and off, with the mean batch the
+   server formed, next to the hand-written FastAPI + ONNX Runtime baseline;
+3. the targets: the ratios the project promises, measured head to head in
+   interleaved rounds (both servers up, one loaded at a time) and reported as medians.
+
+It writes ``bench.md``, ``bench.json`` and ``bench.png`` under
+``loadtests/results/<date>/``. ``make bench`` runs it with the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from service.config import load_settings
+from service.repository import discover
+
+from ..local_server import running_server
+from . import raw
+from .machine import describe_machine
+from .report import write_report
+from .served import PROTOCOLS, baseline_measure, measure, running_baseline, v2_binary_body
+from .wrk import HttpLoad, wrk
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TARGET_MODELS = ("resnet18-digits", "lenet5-digits")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def sweep(args, versions, workers: int, threads: int, tmp: Path) -> tuple[list[dict], list[dict]]:
+    served, baseline = [], []
+    for batching in ("on", "off"):
+        settings = {"noop_route": "true", "batching": "true" if batching == "on" else "false",
+                    "serve": ",".join(v.name for v in versions)}
+        with running_server(tmp, models_dir=str(args.models_dir.resolve()), **settings) as server:
+            for version in versions:
+                shape = [1, *version.input_shape]
+                for protocol in args.protocols:
+                    for concurrency in args.concurrency:
+                        row = measure(server, version.name, shape, protocol, concurrency, args.seconds)
+                        served.append({"model": version.name, "protocol": protocol, "batching": batching,
+                                       "concurrency": concurrency, **row})
+                        log(f"{version.name:<16} {protocol:<8} batching {batching:<3} c={concurrency:<3} "
+                            f"{row['throughput_rps']:8.1f} req/s  p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:8.2f} ms"
+                            f"  mean batch {row['mean_batch'] or 0:5.1f}  errors {row['errors']}")
+    if args.baseline:
+        for version in versions:
+            with running_baseline(version.file_for("fp32")[0], workers, threads, tmp) as server:
+                for concurrency in args.concurrency:
+                    row = baseline_measure(server, version.name, concurrency, args.seconds)
+                    baseline.append({"model": version.name, "concurrency": concurrency, **row})
+                    log(f"{version.name:<16} FastAPI  c={concurrency:<3} {row['throughput_rps']:8.1f} req/s  "
+                        f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:8.2f} ms")
+    return served, baseline
+
+
+def target_round(server, fastapi, versions: dict, cores: int, seconds: float) -> dict:
+    """One round of the head-to-head measurements behind the targets."""
+    resnet, lenet = versions["resnet18-digits"], versions["lenet5-digits"]
+    found = {}
+    points = raw.measure_raw(resnet, cores, seconds=seconds / 2, batch_sizes=(16, 32, 64), quiet=True)
+    found["resnet18_raw_best"] = raw.best(points).images_per_s
+    for protocol in PROTOCOLS:
+        row = measure(server, resnet.name, [1, *resnet.input_shape], protocol, 64, seconds)
+        found[f"resnet18_{protocol}_c64"] = row["throughput_rps"]
+        found[f"resnet18_{protocol}_c64_mean_batch"] = row["mean_batch"]
+    found["lenet5_v2-http_c64"] = measure(server, lenet.name, [1, *lenet.input_shape], "v2-http", 64, seconds)[
+        "throughput_rps"]
+    found["lenet5_fastapi_c64"] = baseline_measure(fastapi, lenet.name, 64, seconds)["throughput_rps"]
+    body, header_length = v2_binary_body([1, *lenet.input_shape])
+    headers = {"Inference-Header-Content-Length": str(header_length)}
+    infer = HttpLoad("POST", f"/v2/models/{lenet.name}/infer", [body], headers=headers)
+    found["lenet5_wrk_infer_c64"] = wrk(server.url, infer, 64, seconds)["throughput_rps"]
+    found["noop_wrk_c64"] = wrk(server.url, HttpLoad("POST", "/noop", [body], headers=headers), 64, seconds)[
+        "throughput_rps"]
+    for version in versions.values():
+        ones = raw.measure_raw(version, cores, seconds=seconds / 4, batch_sizes=(1,), quiet=True)
+        found[f"{version.name}_raw_b1_ms"] = raw.batch1(ones).p50_ms
+        found[f"{version.name}_predict_c1_p50_ms"] = measure(
+            server, version.name, [1, *version.input_shape], "predict", 1, seconds)["p50_ms"]
+    return found
+
+
+def targets(args, versions, workers: int, threads: int, cores: int, tmp: Path) -> dict:
+    by_name = {v.name: v for v in versions}
+    missing = [m for m in TARGET_MODELS if m not in by_name]
+    if missing:
+        return {"skipped": f"the targets need {missing}"}
+    rounds = []
+    with running_server(tmp, models_dir=str(args.models_dir.resolve()), noop_route="true") as server, \
+            running_baseline(by_name["lenet5-digits"].file_for("fp32")[0], workers, threads, tmp) as fastapi:
+        worker_processes = len(psutil.Process(server.process.pid).children())
+        for index in range(args.rounds):
+            rounds.append(target_round(server, fastapi, by_name, cores, args.seconds))
+            log(f"target round {index + 1}/{args.rounds}: " + ", ".join(f"{k} {v:.4g}" for k, v in rounds[-1].items()
+                                                                        if v is not None))
+    return {"rounds": rounds, "worker_processes": worker_processes}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
+    parser.add_argument("--bench-models-dir", type=Path, default=REPO_ROOT / "models-bench",
+                        help="benchmark-only exports (make bench-models); measured raw and over gRPC when present")
+    parser.add_argument("--models", nargs="+", help="default: every committed model")
+    parser.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS))
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--seconds", type=float, default=2.0, help="per measurement window")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds for the targets (0: skip)")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the FastAPI baseline")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "loadtests" / "results")
+    args = parser.parse_args()
+
+    settings = load_settings({}, Path(os.devnull))
+    cores = os.cpu_count() or 1
+    workers, threads = settings.inference_workers(cores), settings.session_threads(cores)
+    versions = [v for v in discover(args.models_dir).versions() if not args.models or v.name in args.models]
+    bench_versions = discover(args.bench_models_dir).versions() if args.bench_models_dir.exists() else []
+    started = datetime.datetime.now(datetime.UTC)
+    results = {
+        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "python -m loadtests.bench " + shlex.join(sys.argv[1:]),
+        "machine": describe_machine(),
+        "serving": {"workers": workers, "threads": threads, "cores": cores},
+        "raw": {},
+    }
+    log(f"machine: {results['machine']['cpu']}, {cores} cores; cnnserve defaults: {workers} workers × {threads} threads")
+    for version in [*versions, *bench_versions]:
+        log(f"raw ONNX Runtime: {version.name}")
+        points = raw.measure_raw(version, cores, seconds=1.0)
+        results["raw"][version.name] = {
+            "points": [vars(p) for p in points],
+            "best": vars(raw.best(points)),
+            "batch1": vars(raw.batch1(points)),
+            "decode_ms": raw.decode_ms(version),
+            "input_shape": list(version.input_shape),
+        }
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        results["served"], results["baseline"] = sweep(args, versions, workers, threads, tmp)
+        if bench_versions:
+            results["served"] += bench_sweep(args, bench_versions, tmp)
+        if args.rounds:
+            results["targets"] = targets(args, versions, workers, threads, cores, tmp)
+    results["minutes"] = round((datetime.datetime.now(datetime.UTC) - started).total_seconds() / 60, 1)
+    folder = args.out / started.strftime("%Y-%m-%d")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "bench.json").write_text(json.dumps(results, indent=1))
+    summary = write_report(results, folder)
+    print(summary)
+    log(f"wrote {folder}/bench.md, bench.json, bench.png")
+
+
+def bench_sweep(args, versions, tmp: Path) -> list[dict]:
+    """The benchmark-only ImageNet-shaped models: gRPC only, at most 32 clients (they are slow here)."""
+    rows = []
+    with running_server(tmp, models_dir=str(args.bench_models_dir.resolve()), max_queue_images="4096") as server:
+        for version in versions:
+            for concurrency in [c for c in args.concurrency if c <= 32]:
+                row = measure(server, version.name, [1, *version.input_shape], "grpc", concurrency, args.seconds * 2)
+                rows.append({"model": version.name, "protocol": "grpc", "batching": "on",
+                             "concurrency": concurrency, **row})
+                log(f"{version.name:<16} grpc     c={concurrency:<3} {row['throughput_rps']:8.1f} req/s  "
+                    f"p50 {row['p50_ms']:7.2f} ms  mean batch {row['mean_batch'] or 0:5.1f}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

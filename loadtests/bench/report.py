@@ -1,0 +1,160 @@
+"""The benchmark's markdown table and plot, from the figures ``__main__`` collected."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+PROTOCOL_NAMES = {"predict": "/predict (PNG)", "v2-http": "V2 REST binary", "grpc": "V2 gRPC"}
+
+
+def median(rounds: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rounds if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def target_rows(results: dict) -> list[tuple[str, str, str, bool]]:
+    """(target, measured, threshold, met) for each promise, from the medians of the rounds."""
+    targets = results.get("targets", {})
+    rounds = targets.get("rounds")
+    if not rounds:
+        return []
+    rows = []
+    resnet_paths = {p: [r[f"resnet18_{p}_c64"] / r["resnet18_raw_best"] for r in rounds] for p in PROTOCOL_NAMES}
+    best_path = max(resnet_paths, key=lambda p: statistics.median(resnet_paths[p]))
+    ratio = statistics.median(resnet_paths[best_path])
+    detail = ", ".join(f"{PROTOCOL_NAMES[p]} {statistics.median(v):.2f}" for p, v in resnet_paths.items())
+    rows.append(("resnet18-digits, 64 clients, served ÷ raw ONNX Runtime best", f"{ratio:.2f} ({detail})", "≥ 0.80",
+                 ratio >= 0.80))
+    vs_fastapi = statistics.median([r["lenet5_v2-http_c64"] / r["lenet5_fastapi_c64"] for r in rounds])
+    rows.append(("lenet5-digits, 64 clients, V2 REST ÷ FastAPI baseline (perf_analyzer)",
+                 f"{vs_fastapi:.2f} ({median(rounds, 'lenet5_v2-http_c64'):.0f} vs "
+                 f"{median(rounds, 'lenet5_fastapi_c64'):.0f} req/s)", "≥ 1.30", vs_fastapi >= 1.3))
+    vs_noop = statistics.median([r["lenet5_wrk_infer_c64"] / r["noop_wrk_c64"] for r in rounds])
+    rows.append(("lenet5-digits, 64 clients, V2 REST infer ÷ no-op POST on the same server (wrk)",
+                 f"{vs_noop:.2f} ({median(rounds, 'lenet5_wrk_infer_c64'):.0f} vs "
+                 f"{median(rounds, 'noop_wrk_c64'):.0f} req/s)", "≥ 0.50", vs_noop >= 0.5))
+    batch = median(rounds, f"resnet18_{best_path}_c64_mean_batch")
+    rows.append((f"resnet18-digits, 64 clients, mean batch ({PROTOCOL_NAMES[best_path]})", f"{batch:.1f} images",
+                 "≥ 16", batch >= 16))
+    for name, facts in results["raw"].items():
+        key = f"{name}_predict_c1_p50_ms"
+        if key not in rounds[0]:
+            continue
+        served, raw_b1 = median(rounds, key), median(rounds, f"{name}_raw_b1_ms")
+        allowed = raw_b1 + facts["decode_ms"] + 2
+        rows.append((f"{name}, 1 client, /predict p50 ≤ raw batch 1 + decode + 2 ms", f"{served:.2f} ms",
+                     f"≤ {allowed:.2f} ms ({raw_b1:.2f} + {facts['decode_ms']:.2f} + 2)", served <= allowed))
+    serving = results["serving"]
+    used = serving["workers"] * serving["threads"]
+    rows.append(("workers × ONNX Runtime threads ≤ cores (defaults)",
+                 f"{serving['workers']} × {serving['threads']} = {used} "
+                 f"({targets.get('worker_processes')} worker processes seen)", f"≤ {serving['cores']}",
+                 used <= serving["cores"] and targets.get("worker_processes") == serving["workers"]))
+    return rows
+
+
+def raw_rows(results: dict) -> list[str]:
+    lines = ["| model | input | batch 1 (best threads) | best | decode one PNG |", "|---|---|---|---|---|"]
+    for name, facts in results["raw"].items():
+        one, best = facts["batch1"], facts["best"]
+        lines.append(
+            f"| {name} | {'×'.join(map(str, facts['input_shape']))} | {one['p50_ms']:.2f} ms "
+            f"({one['images_per_s']:.0f} img/s, {one['threads']} thr) | {best['images_per_s']:.0f} img/s "
+            f"(batch {best['batch']}, {best['threads']} thr) | {facts['decode_ms']:.2f} ms |"
+        )
+    return lines
+
+
+def served_rows(results: dict) -> list[str]:
+    lines = [
+        "| model | path | batching | clients | req/s | p50 ms | p99 ms | ÷ raw best | mean batch | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows = [{**r, "path": PROTOCOL_NAMES[r["protocol"]]} for r in results["served"]]
+    rows += [{**r, "path": "FastAPI baseline (V2 REST)", "batching": "none"} for r in results["baseline"]]
+    for r in rows:
+        best = results["raw"][r["model"]]["best"]["images_per_s"]
+        batch = f"{r['mean_batch']:.1f}" if r.get("mean_batch") else "-"
+        lines.append(
+            f"| {r['model']} | {r['path']} | {r['batching']} | {r['concurrency']} | {r['throughput_rps']:.0f} | "
+            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['throughput_rps'] / best:.2f} | {batch} | {r['errors']} |"
+        )
+    return lines
+
+
+def plot(results: dict, path: Path) -> None:
+    models = list(dict.fromkeys(r["model"] for r in results["served"]))
+    figure, axes = plt.subplots(len(models), 2, figsize=(12, 3.6 * len(models)), squeeze=False)
+    for row, model in enumerate(models):
+        speed, latency = axes[row]
+        series = {}
+        for r in results["served"]:
+            if r["model"] == model:
+                series.setdefault(f"{PROTOCOL_NAMES[r['protocol']]}, batching {r['batching']}", []).append(r)
+        baseline = [r for r in results["baseline"] if r["model"] == model]
+        if baseline:
+            series["FastAPI baseline"] = baseline
+        for label, points in series.items():
+            x = [p["concurrency"] for p in points]
+            style = "--" if "off" in label or "FastAPI" in label else "-"
+            line, = speed.plot(x, [p["throughput_rps"] for p in points], style, marker="o", label=label)
+            latency.plot(x, [p["p50_ms"] for p in points], style, marker="o", color=line.get_color())
+            latency.plot(x, [p["p99_ms"] for p in points], style, marker="^", color=line.get_color(), alpha=0.45)
+        speed.axhline(results["raw"][model]["best"]["images_per_s"], color="black", linestyle=":",
+                      label="raw ONNX Runtime, best batch")
+        speed.set(title=f"{model}: throughput", xlabel="concurrent clients", ylabel="requests/s (1 image each)",
+                  xscale="log", ylim=(0, None))
+        latency.set(title=f"{model}: latency (● p50, ▲ p99)", xlabel="concurrent clients", ylabel="ms",
+                    xscale="log", yscale="log")
+        for axis in (speed, latency):
+            axis.set_xticks(sorted({p["concurrency"] for p in results["served"]}))
+            axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            axis.grid(alpha=0.3)
+        speed.legend(fontsize=7)
+    figure.suptitle(f"cnnserve on {results['machine']['cpu']} ({results['machine']['cores']} cores), {results['date']}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def write_report(results: dict, folder: Path) -> str:
+    """Write bench.md and bench.png into ``folder``; return the targets table (for the console)."""
+    machine = results["machine"]
+    serving = results["serving"]
+    targets = ["| target | measured (median of rounds) | threshold | met |", "|---|---|---|---|"]
+    targets += [f"| {t} | {m} | {th} | {'yes' if ok else '**no**'} |" for t, m, th, ok in target_rows(results)]
+    lines = [
+        f"# cnnserve benchmark, {results['date']}",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
+        f"{'a GPU' if machine['gpu'] else 'no GPU'}; Python {machine['python']}, ONNX Runtime {machine['onnxruntime']} "
+        f"({', '.join(machine['providers'])}), BentoML {machine['bentoml']}. Server defaults: "
+        f"{serving['workers']} workers × {serving['threads']} ONNX Runtime thread(s). Clients run on the same "
+        "machine (perf_analyzer for V2 REST and gRPC, wrk for /predict and the no-op), and share its cores.",
+        "",
+        f"Made by `{results['command']}` in {results['minutes']} min. Raw figures: `bench.json`.",
+        "",
+        "## Targets",
+        "",
+        *targets,
+        "",
+        "## The limit: raw ONNX Runtime, in process",
+        "",
+        *raw_rows(results),
+        "",
+        "## Served, one image per request",
+        "",
+        "![throughput and latency](bench.png)",
+        "",
+        *served_rows(results),
+        "",
+    ]
+    (folder / "bench.md").write_text("\n".join(lines))
+    plot(results, folder / "bench.png")
+    return "\n".join(targets)

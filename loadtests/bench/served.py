@@ -1,0 +1,94 @@
+"""One measurement of a running server: a protocol at a concurrency, with the
+mean batch the server formed meanwhile (read from its own metrics)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from ..digit_images import digit_files
+from ..local_server import free_port, stop
+from ..predict_bench import batch_totals
+from .perf_analyzer import perf_analyzer
+from .wrk import HttpLoad, multipart, wrk
+
+PROTOCOLS = ("predict", "v2-http", "grpc")
+
+
+def predict_load(channels: int, size: int) -> HttpLoad:
+    """``POST /predict`` with 32 different PNG digits at the model's own size."""
+    bodies, content_type = [], ""
+    for f in digit_files(channels, size, count=32, seed=1):
+        body, content_type = multipart("image", f.data, "digit.png")
+        bodies.append(body)
+    return HttpLoad("POST", "/predict?model={model}", bodies, content_type)
+
+
+def v2_binary_body(shape: list[int]) -> tuple[bytes, int]:
+    """A V2 REST request with one zero FP32 tensor, outputs asked for in binary (what perf_analyzer sends)."""
+    count = math.prod(shape)
+    header = json.dumps({
+        "inputs": [{"name": "images", "datatype": "FP32", "shape": shape, "parameters": {"binary_data_size": 4 * count}}],
+        "parameters": {"binary_data_output": True},
+    }).encode()
+    return header + bytes(4 * count), len(header)
+
+
+def measure(server, model: str, shape: list[int], protocol: str, concurrency: int, seconds: float) -> dict:
+    """``protocol``: ``predict`` (PNG files, wrk), ``v2-http`` (binary tensors) or ``grpc`` (perf_analyzer)."""
+    before = batch_totals(httpx.get(f"{server.url}/metrics", timeout=30).text, model)
+    if protocol == "predict":
+        load = predict_load(shape[1], shape[-1])
+        load.path = load.path.format(model=model)
+        row = wrk(server.url, load, concurrency, seconds)
+    else:
+        address = server.grpc_address if protocol == "grpc" else server.url.removeprefix("http://")
+        row = perf_analyzer(model, address, "grpc" if protocol == "grpc" else "http", concurrency, seconds)
+    after = batch_totals(httpx.get(f"{server.url}/metrics", timeout=30).text, model)
+    images, batches = after[0] - before[0], after[1] - before[1]
+    return {**row, "mean_batch": images / batches if batches else None}
+
+
+class Baseline:
+    """The hand-written FastAPI server (baseline_fastapi.py) on 127.0.0.1, one model."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.grpc_address = None
+
+
+@contextlib.contextmanager
+def running_baseline(model_file: Path, workers: int, threads: int, log_dir: Path):
+    port = free_port()
+    env = {**os.environ, "CNNSERVE_BASELINE_MODEL": str(model_file), "CNNSERVE_BASELINE_THREADS": str(threads)}
+    command = [
+        sys.executable, "-m", "uvicorn", "loadtests.bench.baseline_fastapi:app", "--host", "127.0.0.1",
+        "--port", str(port), "--workers", str(workers), "--no-access-log",
+    ]
+    with (log_dir / f"baseline-{port}.log").open("w") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the FastAPI baseline did not start; see {log.name}")
+            time.sleep(0.25)
+        yield Baseline(url)
+    finally:
+        stop(process)
+
+
+def baseline_measure(baseline: Baseline, model: str, concurrency: int, seconds: float) -> dict:
+    return {**perf_analyzer(model, baseline.url.removeprefix("http://"), "http", concurrency, seconds), "mean_batch": 1.0}
