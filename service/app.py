@@ -28,13 +28,22 @@ from .auth import ApiKeyMiddleware, KeyCheck, load_digests
 from .batcher import AdaptiveBatcher, BatchResult, inline_up_to
 from .config import load_settings
 from .core import InferenceCore
+from .cores import SOLO_MAX_BATCH, CoreTokens, ModelRunner
 from .errors import ModelUnavailable
 from .fastlane import FastLane
 from .limits import BodyLimit
 from .metrics import ModelMetrics, child
 from .repository import ModelVersion, discover
 from .rest import build_rest_app
-from .runtime import LoadedModel, ModelInvalid, choose_providers, cuda_device_count, load_model, tensorrt_loads
+from .runtime import (
+    CPU,
+    LoadedModel,
+    ModelInvalid,
+    choose_providers,
+    cuda_device_count,
+    load_model,
+    tensorrt_loads,
+)
 from .v2.dataplane import DataPlane
 
 log = logging.getLogger("cnnserve")
@@ -66,6 +75,12 @@ class ModelHost:
             settings.providers, ort.get_available_providers(), cuda_device_count(), tensorrt_loads()
         )
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+        self.cores = os.cpu_count() or 1
+        self.tokens = (
+            CoreTokens(self.cores, self.threads, (bentoml.server_context.worker_index or 1) - 1)
+            if settings.borrow_idle_cores and self.threads < self.cores and self.providers[0] == CPU
+            else None
+        )
         self.loaded: dict[str, LoadedModel] = {}
         self.batchers: dict[str, AdaptiveBatcher] = {}
         self.failures: dict[str, str] = {}
@@ -80,6 +95,7 @@ class ModelHost:
         try:
             loaded = load_model(model, self.providers, settings.precision, self.threads, cache_dir)
             warm_up = loaded.warm_up(batching.max_batch_size) if settings.warmup else {}
+            runner = self.runner(loaded, warm_up, cache_dir)
         except (ModelInvalid, ValueError) as exc:
             self.failures[model.key] = str(exc)
             self.metrics.model_ready.labels(*labels).set(0)
@@ -94,20 +110,34 @@ class ModelHost:
 
         self.batchers[model.key] = AdaptiveBatcher(
             model.key,
-            lambda images: loaded.run(np.ascontiguousarray(images, dtype=np.float32)),
+            runner,
             self.executor,
             max_batch_size=batching.max_batch_size if settings.batching else 1,
             max_queue_delay_ms=batching.max_queue_delay_ms,
             max_queue_images=batching.max_queue_images,
             on_batch=observe,
-            inline_up_to=inline_up_to(warm_up),
+            inline_up_to=runner.inline_up_to,
         )
         log.info(
             "model %s ready on %s (%s, %d thread(s); warm-up: batch 1 %.2f ms, batch %d %.2f ms; "
-            "batches up to %d run on the event loop)",
+            "batches up to %d run on the event loop, up to %d on every core when the others are idle)",
             model.key, loaded.providers[0], loaded.variant, self.threads, 1000 * warm_up.get(1, 0),
-            batching.max_batch_size, 1000 * warm_up.get(batching.max_batch_size, 0), inline_up_to(warm_up),
+            batching.max_batch_size, 1000 * warm_up.get(batching.max_batch_size, 0), runner.inline_up_to,
+            runner.solo_up_to,
         )
+
+    def runner(self, loaded: LoadedModel, warm_up: dict[int, float], cache_dir: Path) -> ModelRunner:
+        """How this model's batches run. With idle cores to borrow, a model too large to run on the
+        event loop gets a second session with a thread per core, for batches of up to SOLO_MAX_BATCH
+        (core tokens: service/cores.py). Warm-up timings cannot choose the sizes: every worker
+        warms up at once, so a session with a thread per core looks slower then than it is."""
+        inline = inline_up_to(warm_up)
+        if self.tokens is None or inline >= SOLO_MAX_BATCH:
+            return ModelRunner(loaded, inline)
+        solo = load_model(loaded.model, self.providers, settings.precision, self.cores, cache_dir, spin=True)
+        if settings.warmup:
+            solo.warm_up(SOLO_MAX_BATCH)
+        return ModelRunner(loaded, inline, self.tokens, solo, SOLO_MAX_BATCH)
 
     def batcher(self, model: ModelVersion) -> AdaptiveBatcher:
         batcher = self.batchers.get(model.key)

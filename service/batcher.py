@@ -4,8 +4,11 @@ One ``AdaptiveBatcher`` per model version. Requests queue; whenever the model
 is idle, everything queued (up to ``max_batch_size`` images) runs as one ONNX
 Runtime call. At low load a request therefore runs at once, alone, and pays no
 batching delay; under load, requests pile up while a batch computes and the
-next batch is as large as the load. ``max_queue_delay_ms`` can hold an idle
-model back a little to fill batches further (Triton's knob of the same name).
+next batch is as large as the load. After a batch, when fewer images wait than
+it held, the model waits up to a tenth of its compute time for its clients to
+come back (``fill``), so batches grow with the load instead of alternating.
+``max_queue_delay_ms`` can hold an idle model back a little to fill batches
+further (Triton's knob of the same name).
 
 Admission is bounded: a request that would take the queue past
 ``max_queue_images`` is refused at once (``Overloaded``: 503 / RESOURCE_EXHAUSTED
@@ -38,6 +41,7 @@ from .errors import DeadlineExceeded, Overloaded
 
 RunBatch = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
 INLINE_BELOW_S = 2e-3
+REGATHER_FRACTION = 0.1
 
 
 def inline_up_to(warm_up_seconds: dict[int, float]) -> int:
@@ -88,6 +92,9 @@ class AdaptiveBatcher:
         self.arrived = asyncio.Event()
         self.worker: asyncio.Task | None = None
         self.inline_up_to = inline_up_to
+        self.last_batch_images = 0
+        self.last_finished = 0.0
+        self.last_compute = 0.0
 
     def check_room(self, count: int) -> None:
         """Refuse at once (before any decoding) when ``count`` more images would overflow the queue."""
@@ -124,16 +131,31 @@ class AdaptiveBatcher:
             await self.run_jobs(jobs)
 
     async def fill(self) -> None:
-        """With a queue delay set, wait for a full batch or for the delay to pass."""
-        if not self.max_queue_delay:
-            return
-        deadline = self.queue[0].enqueued + self.max_queue_delay
-        while self.queued_images < self.max_batch_size and (remaining := deadline - time.perf_counter()) > 0:
+        """Wait a little for more requests when that should pay, else return at once.
+
+        Two waits, each ended early once its batch size is queued:
+        ``max_queue_delay_ms`` (if set) for a full batch; and a regathering wait
+        when fewer images are queued than the last batch held: the clients that
+        batch answered are likely on their way back, so the model waits up to
+        ``REGATHER_FRACTION`` of that batch's compute time for as many images.
+        Under steady load this merges alternating half-batches into one; a lone
+        client (last batch 1) never waits.
+        """
+        waits = []
+        if self.max_queue_delay:
+            waits.append((self.queue[0].enqueued + self.max_queue_delay, self.max_batch_size))
+        if self.queued_images < self.last_batch_images:
+            waits.append((self.last_finished + REGATHER_FRACTION * self.last_compute, self.last_batch_images))
+        while True:
+            now = time.perf_counter()
+            pending = [until - now for until, size in waits if self.queued_images < size and until > now]
+            if not pending:
+                return
             self.arrived.clear()
             try:
-                await asyncio.wait_for(self.arrived.wait(), remaining)
+                await asyncio.wait_for(self.arrived.wait(), max(pending))
             except TimeoutError:
-                break
+                pass
 
     def take(self) -> list[Job]:
         """The next batch: queued jobs in order, skipping those whose caller left or whose deadline passed."""
@@ -177,6 +199,7 @@ class AdaptiveBatcher:
                     job.future.set_exception(exc)
             return
         self.on_batch(len(batch), seconds)
+        self.last_batch_images, self.last_finished, self.last_compute = len(batch), time.perf_counter(), seconds
         offset = 0
         for job in jobs:
             n = len(job.images)

@@ -94,7 +94,7 @@ class FastLane:
             return
         except HTTPException as exc:  # Starlette's own refusals, e.g. a multipart body without a boundary
             response = JSONResponse({"error": exc.detail, "code": exc.status_code}, status_code=exc.status_code)
-        except Exception:  # noqa: BLE001  (a bug must answer 500, as Starlette's error middleware would)
+        except Exception:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             response = JSONResponse({"error": "internal server error", "code": 500}, status_code=500)
         await response(scope, receive, send)

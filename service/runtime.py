@@ -98,15 +98,16 @@ def choose_variant(precision: str, providers: list[str], variants: list[str]) ->
     return "fp32"
 
 
-def session_options(threads: int) -> ort.SessionOptions:
+def session_options(threads: int, spin: bool = False) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.enable_cpu_mem_arena = True
-    # Idle worker threads must not spin: the gateway and other workers need the cores.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Idle worker threads must not spin: other workers and the event loops need the cores. The
+    # exception is a session used only while it holds every core (service/cores.py).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     options.log_severity_level = 3
     return options
 
@@ -187,7 +188,7 @@ def verify_contract(model: ModelVersion, session: ort.InferenceSession) -> list[
 
 
 def load_model(
-    model: ModelVersion, providers: list[str], precision: str, threads: int, cache_dir: Path
+    model: ModelVersion, providers: list[str], precision: str, threads: int, cache_dir: Path, spin: bool = False
 ) -> LoadedModel:
     variant = choose_variant(precision, providers, model.variants())
     path, expected_sha = model.file_for(variant)
@@ -200,7 +201,7 @@ def load_model(
     try:
         session = ort.InferenceSession(
             str(path),
-            session_options(threads),
+            session_options(threads, spin),
             providers=[(p, provider_options(p, cache_dir)) for p in providers],
         )
     except Exception as exc:  # noqa: BLE001  (ONNX Runtime raises its own types for corrupt files)
