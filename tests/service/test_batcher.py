@@ -1,15 +1,17 @@
 """The adaptive batcher: a lone request runs at once, batches grow while the
-model is busy, every caller gets its own rows, the queue is bounded, and a
-request past its deadline never runs."""
+model is busy and regather when clients come back, every caller gets its own
+rows, the queue is bounded, a request past its deadline never runs, and tiny
+batches skip the thread hand-off."""
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-from service.batcher import AdaptiveBatcher
+from service.batcher import AdaptiveBatcher, inline_up_to
 from service.errors import DeadlineExceeded, Overloaded
 
 FAR = 3600.0
@@ -118,3 +120,49 @@ async def test_a_failing_model_fails_every_caller_of_the_batch():
     b = batcher(broken)
     results = await asyncio.gather(*(b.submit(images(1.0), deadline()) for _ in range(3)), return_exceptions=True)
     assert all(isinstance(r, RuntimeError) for r in results)
+
+
+async def test_clients_coming_back_after_a_batch_are_regathered_into_one():
+    """After a batch of 4, the next batch waits (up to a tenth of 4's compute) until 4 are queued again."""
+    model = SlowModel(seconds=0.2)
+    b = batcher(model)
+    await asyncio.gather(*(b.submit(images(1.0), deadline()) for _ in range(4)))  # one batch of 4
+    assert model.batches == [4]
+
+    async def comes_back(delay: float):
+        await asyncio.sleep(delay)
+        return await b.submit(images(1.0), deadline())
+
+    began = time.perf_counter()
+    await asyncio.gather(*(comes_back(0.002 * i) for i in range(4)))  # within 6 ms, well inside 20 ms
+    assert model.batches == [4, 4]
+    assert time.perf_counter() - began < 0.2 + 0.1
+
+
+async def test_the_regathering_wait_ends_after_a_tenth_of_the_last_compute():
+    model = SlowModel(seconds=0.2)
+    b = batcher(model)
+    await asyncio.gather(*(b.submit(images(1.0), deadline()) for _ in range(4)))
+    result = await b.submit(images(1.0), deadline())  # nobody else comes back
+    assert model.batches == [4, 1]
+    assert 15 <= result.queue_ms < 100  # waited about 20 ms, not for ever
+
+
+async def test_tiny_batches_run_on_the_event_loop_others_on_the_executor():
+    threads = []
+
+    def model(batch):
+        threads.append(threading.current_thread().name)
+        return batch.reshape(len(batch), -1), None
+
+    b = AdaptiveBatcher("m/1", model, ThreadPoolExecutor(1, thread_name_prefix="executor"), max_batch_size=8,
+                        inline_up_to=2)
+    await b.submit(images(1.0, 2), deadline())
+    await b.submit(images(1.0, 3), deadline())
+    assert threads == [threading.current_thread().name, "executor_0"]
+
+
+def test_inline_sizes_come_from_warm_up_timings():
+    assert inline_up_to({1: 0.0001, 2: 0.0003, 4: 0.0015, 8: 0.004}) == 4
+    assert inline_up_to({1: 0.006, 2: 0.009}) == 0
+    assert inline_up_to({}) == 0
