@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 3000
 
-.PHONY: serve test setup setup-test models bench-models protos soak container-check clean
+.PHONY: serve test setup setup-test models bench-models bench protos soak container-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ setup-test: $(BIN)/python $(TRITON_VENV)/bin/perf_analyzer
 	@command -v promtool >/dev/null || { \
 		command -v apt-get >/dev/null || { echo "the tests need Debian's prometheus (prometheus, promtool)"; exit 1; }; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; }
+	@command -v wrk >/dev/null || { \
+		command -v apt-get >/dev/null || { echo "the tests and benchmarks need wrk"; exit 1; }; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 
 # NVIDIA's tritonclient (and the perf_analyzer its wheel carries) pin an older
 # protobuf than BentoML: they get their own environment. perf_analyzer needs
@@ -50,6 +53,12 @@ models: setup-test
 # Untrained ImageNet-shaped exports for throughput benchmarks (git-ignored).
 bench-models: setup-test
 	$(BIN)/python -m training bench-models --out models-bench
+
+# The benchmark (about 20 minutes): raw ONNX Runtime, every protocol at 1-64 clients with batching on and off,
+# the FastAPI baseline, ResNet-50 at 224, and the targets; writes loadtests/results/<date>/bench.{md,json,png}.
+bench: setup-test
+	@test -d models-bench || $(BIN)/python -m training bench-models --out models-bench
+	$(BIN)/python -m loadtests.bench $(BENCH_ARGS)
 
 # A bounded soak run (not in CI): 70% of measured capacity for SOAK_MINUTES against a fresh server.
 SOAK_MINUTES ?= 10

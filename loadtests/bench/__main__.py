@@ -121,6 +121,8 @@ def main() -> None:
     parser.add_argument("--bench-models-dir", type=Path, default=REPO_ROOT / "models-bench",
                         help="benchmark-only exports (make bench-models); measured raw and over gRPC when present")
     parser.add_argument("--models", nargs="+", help="default: every committed model")
+    parser.add_argument("--bench-models", nargs="*", default=["resnet50-imagenet-untrained"],
+                        help="which benchmark-only models to run (VGG-16 at 224 is too slow for 2 cores)")
     parser.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS))
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--seconds", type=float, default=2.0, help="per measurement window")
@@ -133,7 +135,10 @@ def main() -> None:
     cores = os.cpu_count() or 1
     workers, threads = settings.inference_workers(cores), settings.session_threads(cores)
     versions = [v for v in discover(args.models_dir).versions() if not args.models or v.name in args.models]
-    bench_versions = discover(args.bench_models_dir).versions() if args.bench_models_dir.exists() else []
+    bench_versions = [
+        v for v in (discover(args.bench_models_dir).versions() if args.bench_models_dir.exists() else [])
+        if v.name in args.bench_models
+    ]
     started = datetime.datetime.now(datetime.UTC)
     results = {
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
@@ -145,7 +150,7 @@ def main() -> None:
     log(f"machine: {results['machine']['cpu']}, {cores} cores; cnnserve defaults: {workers} workers × {threads} threads")
     for version in [*versions, *bench_versions]:
         log(f"raw ONNX Runtime: {version.name}")
-        points = raw.measure_raw(version, cores, seconds=1.0)
+        points = raw.measure_raw(version, cores, seconds=args.seconds / 2)
         results["raw"][version.name] = {
             "points": [vars(p) for p in points],
             "best": vars(raw.best(points)),

@@ -1,0 +1,60 @@
+"""The benchmark harness, shortened: it measures the raw limit, a real server over
+/predict (wrk) and V2 REST (perf_analyzer), the FastAPI baseline on the same
+model, and writes the table, the figures and the plot."""
+
+import json
+import subprocess
+import sys
+
+from loadtests.bench.report import target_rows
+from loadtests.local_server import REPO_ROOT
+
+
+def test_a_short_benchmark_writes_its_table_figures_and_plot(tmp_path):
+    command = [sys.executable, "-m", "loadtests.bench", "--models", "lenet5-digits", "--bench-models",
+               "--protocols", "predict", "v2-http", "--concurrency", "1", "4", "--seconds", "1", "--rounds", "0",
+               "--out", str(tmp_path)]
+    result = subprocess.run(command, check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (folder,) = tmp_path.iterdir()
+    figures = json.loads((folder / "bench.json").read_text())
+    assert figures["raw"]["lenet5-digits"]["best"]["images_per_s"] > 0
+    served = {(r["protocol"], r["batching"], r["concurrency"]): r for r in figures["served"]}
+    assert set(served) == {(p, b, c) for p in ("predict", "v2-http") for b in ("on", "off") for c in (1, 4)}
+    assert all(r["throughput_rps"] > 0 and r["errors"] == 0 for r in served.values())
+    assert all(r["mean_batch"] == 1 for (_, batching, _), r in served.items() if batching == "off")
+    assert [r["concurrency"] for r in figures["baseline"]] == [1, 4]
+    table = (folder / "bench.md").read_text()
+    assert "FastAPI baseline" in table and "V2 REST binary" in table and "/predict (PNG)" in table
+    assert (folder / "bench.png").read_bytes().startswith(b"\x89PNG")
+
+
+def round_figures(**changes) -> dict:
+    figures = {
+        "resnet18_raw_best": 500.0, "resnet18_predict_c64": 380.0, "resnet18_v2-http_c64": 420.0,
+        "resnet18_grpc_c64": 390.0, "resnet18_predict_c64_mean_batch": 20.0, "resnet18_v2-http_c64_mean_batch": 24.0,
+        "resnet18_grpc_c64_mean_batch": 15.0, "lenet5_v2-http_c64": 4000.0, "lenet5_fastapi_c64": 3000.0,
+        "lenet5_wrk_infer_c64": 6000.0, "noop_wrk_c64": 18000.0,
+        "lenet5-digits_raw_b1_ms": 0.05, "lenet5-digits_predict_c1_p50_ms": 1.0,
+    }
+    return {**figures, **changes}
+
+
+def test_targets_are_judged_on_the_medians_of_the_rounds():
+    results = {
+        "raw": {"lenet5-digits": {"decode_ms": 0.1}},
+        "serving": {"workers": 2, "threads": 1, "cores": 2},
+        "targets": {"worker_processes": 2, "rounds": [
+            round_figures(), round_figures(**{"resnet18_v2-http_c64": 300.0}), round_figures(**{"noop_wrk_c64": 9000.0}),
+        ]},
+    }
+    rows = target_rows(results)
+    assert [(target.split(",")[0], met) for target, _, _, met in rows] == [
+        ("resnet18-digits", True),  # median of 0.84, 0.60, 0.84 over V2 REST
+        ("lenet5-digits", True),  # 4000 / 3000
+        ("lenet5-digits", False),  # no-op: median 6000 / 18000
+        ("resnet18-digits", True),  # mean batch on the best path: 24
+        ("lenet5-digits", True),  # 1.0 ms ≤ 0.05 + 0.1 + 2
+        ("workers × ONNX Runtime threads ≤ cores (defaults)", True),
+    ]
+    assert "no-op" in rows[2][0] and "V2 REST binary" in rows[3][0]
