@@ -42,6 +42,7 @@ from .errors import DeadlineExceeded, Overloaded
 RunBatch = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
 INLINE_BELOW_S = 2e-3
 REGATHER_FRACTION = 0.1
+REGATHER_MIN_S = 1e-3  # shorter waits are not worth a timer (the event loop's resolution is a millisecond)
 
 
 def inline_up_to(warm_up_seconds: dict[int, float]) -> int:
@@ -139,12 +140,13 @@ class AdaptiveBatcher:
         batch answered are likely on their way back, so the model waits up to
         ``REGATHER_FRACTION`` of that batch's compute time for as many images.
         Under steady load this merges alternating half-batches into one; a lone
-        client (last batch 1) never waits.
+        client (last batch 1) never waits, nor does a model whose batches compute in
+        under 10 ms (LeNet-5: a sub-millisecond timer cost more than it gathered).
         """
         waits = []
         if self.max_queue_delay:
             waits.append((self.queue[0].enqueued + self.max_queue_delay, self.max_batch_size))
-        if self.queued_images < self.last_batch_images:
+        if self.queued_images < self.last_batch_images and REGATHER_FRACTION * self.last_compute >= REGATHER_MIN_S:
             waits.append((self.last_finished + REGATHER_FRACTION * self.last_compute, self.last_batch_images))
         while True:
             now = time.perf_counter()
