@@ -117,13 +117,14 @@ class ModelHost:
             max_queue_images=batching.max_queue_images,
             on_batch=observe,
             inline_up_to=runner.inline_up_to,
+            run_now=runner.run_if_cores_free,
         )
         log.info(
             "model %s ready on %s (%s, %d thread(s); warm-up: batch 1 %.2f ms, batch %d %.2f ms; "
             "batches up to %d run on the event loop, up to %d on every core when the others are idle)",
             model.key, loaded.providers[0], loaded.variant, self.threads, 1000 * warm_up.get(1, 0),
             batching.max_batch_size, 1000 * warm_up.get(batching.max_batch_size, 0), runner.inline_up_to,
-            runner.solo_up_to,
+            SOLO_MAX_BATCH if runner.solo else 0,
         )
 
     def runner(self, loaded: LoadedModel, warm_up: dict[int, float], cache_dir: Path) -> ModelRunner:
@@ -137,7 +138,7 @@ class ModelHost:
         solo = load_model(loaded.model, self.providers, settings.precision, self.cores, cache_dir, spin=True)
         if settings.warmup:
             solo.warm_up(SOLO_MAX_BATCH)
-        return ModelRunner(loaded, inline, self.tokens, solo, SOLO_MAX_BATCH)
+        return ModelRunner(loaded, inline, self.tokens, solo)
 
     def batcher(self, model: ModelVersion) -> AdaptiveBatcher:
         batcher = self.batchers.get(model.key)

@@ -24,24 +24,24 @@ def hold_token_in_another_process(path, token: int) -> subprocess.Popen:
     return process
 
 
-def test_a_worker_alone_may_borrow_every_core(tmp_path):
+def test_a_worker_alone_may_take_every_core(tmp_path):
     tokens = CoreTokens(cores=2, share=1, worker_index=0, path=tmp_path / "cores.lock")
-    with tokens.claim(all_if_free=True) as held:
-        assert held == 2
-    with tokens.claim(all_if_free=False) as held:
-        assert held == 1
+    with tokens.claim_all_now() as every_core:
+        assert every_core
 
 
 def test_a_busy_worker_keeps_its_cores_and_a_dead_one_gives_them_back(tmp_path):
     path = tmp_path / "cores.lock"
     tokens = CoreTokens(cores=2, share=1, worker_index=0, path=path)
     other = hold_token_in_another_process(path, token=1)
-    with tokens.claim(all_if_free=True) as held:
-        assert held == 1
+    with tokens.claim_all_now() as every_core:
+        assert not every_core
+    with tokens.claim():  # its own token 0 is still free
+        pass
     other.kill()
     other.wait()
-    with tokens.claim(all_if_free=True) as held:
-        assert held == 2
+    with tokens.claim_all_now() as every_core:
+        assert every_core
 
 
 class Session:
@@ -53,15 +53,15 @@ class Session:
         return images, None
 
 
-def test_the_runner_uses_the_every_core_session_only_for_small_batches_with_every_core_held(tmp_path):
+def test_only_a_small_batch_with_every_core_free_runs_now_on_every_core(tmp_path):
     calls = []
     path = tmp_path / "cores.lock"
     tokens = CoreTokens(cores=2, share=1, worker_index=0, path=path)
-    runner = ModelRunner(Session("own", calls), inline_up_to=0, tokens=tokens, solo=Session("solo", calls),
-                         solo_up_to=4)
-    runner(np.zeros((4, 1)))
-    runner(np.zeros((5, 1)))
+    runner = ModelRunner(Session("own", calls), inline_up_to=0, tokens=tokens, solo=Session("solo", calls))
+    assert runner.run_if_cores_free(np.zeros((4, 1))) is not None
+    assert runner.run_if_cores_free(np.zeros((5, 1))) is None  # a large batch means load: its own cores
     other = hold_token_in_another_process(path, token=1)
+    assert runner.run_if_cores_free(np.zeros((1, 1))) is None
     runner(np.zeros((1, 1)))
     other.kill()
-    assert calls == [("solo", 4), ("own", 5), ("own", 1)]
+    assert calls == [("solo", 4), ("own", 1)]
