@@ -117,7 +117,7 @@ class ModelHost:
             max_queue_images=batching.max_queue_images,
             on_batch=observe,
             inline_up_to=runner.inline_up_to,
-            run_now=runner.run_if_cores_free,
+            run_now=runner.run_if_cores_free if runner.solo else None,
         )
         log.info(
             "model %s ready on %s (%s, %d thread(s); warm-up: batch 1 %.2f ms, batch %d %.2f ms; "

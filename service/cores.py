@@ -78,11 +78,10 @@ class ModelRunner:
         self.solo = solo  # the same model with a thread per core
 
     def __call__(self, images: np.ndarray):
-        images = np.ascontiguousarray(images, dtype=np.float32)
-        if self.tokens is None or len(images) <= self.inline_up_to:
-            return self.loaded.run(images)
-        with self.tokens.claim():
-            return self.loaded.run(images)
+        """A batch small enough for the event loop needs no tokens: it runs on the loop's own thread."""
+        on_own_cores = self.tokens is not None and len(images) > self.inline_up_to
+        with self.tokens.claim() if on_own_cores else contextlib.nullcontext():
+            return self.loaded.run(np.ascontiguousarray(images, dtype=np.float32))
 
     def run_if_cores_free(self, images: np.ndarray):
         """The outputs, computed now on every core, or None when the batch is large or a core is taken.

@@ -152,15 +152,16 @@ class LoadedModel:
 
     def warm_up(self, max_batch_size: int) -> dict[int, float]:
         """Run every batch size the batcher can form (powers of two up to the maximum)
-        and return seconds per size, the model's own cost table: the faster of two
-        runs (the first allocates), of three when a run is shorter than 50 ms."""
+        and return seconds per size, the model's own cost table. A size whose first
+        run (which allocates) took under 50 ms is timed twice more and the fastest
+        kept; longer ones are not re-run, as only short sizes decide anything."""
         sizes = sorted({1, max_batch_size, *(2**i for i in range(max_batch_size.bit_length()) if 2**i <= max_batch_size)})
         seconds = {}
         for size in sizes:
             images = np.zeros((size, *self.model.input_shape), np.float32)
-            timings = [self.timed_run(images) for _ in range(2)]
-            if timings[-1] < 0.05:
-                timings.append(self.timed_run(images))
+            timings = [self.timed_run(images)]
+            if timings[0] < 0.05:
+                timings += [self.timed_run(images) for _ in range(2)]
             seconds[size] = min(timings)
         return seconds
 

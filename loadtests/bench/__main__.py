@@ -63,16 +63,16 @@ def sweep(args, versions, workers: int, threads: int, tmp: Path) -> tuple[list[d
                             f"  mean batch {row['mean_batch'] or 0:5.1f}  errors {row['errors']}")
     if args.baseline:
         for version in versions:
-            with running_baseline(version.file_for("fp32")[0], workers, threads, tmp) as server:
+            with running_baseline(version.file_for("fp32")[0], workers, threads, tmp) as url:
                 for concurrency in args.concurrency:
-                    row = baseline_measure(server, version.name, concurrency, args.seconds)
+                    row = baseline_measure(url, version.name, concurrency, args.seconds)
                     baseline.append({"model": version.name, "concurrency": concurrency, **row})
                     log(f"{version.name:<16} FastAPI  c={concurrency:<3} {row['throughput_rps']:8.1f} req/s  "
                         f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:8.2f} ms")
     return served, baseline
 
 
-def target_round(server, fastapi, versions: dict, cores: int, seconds: float) -> dict:
+def target_round(server, fastapi_url: str, versions: dict, cores: int, seconds: float) -> dict:
     """One round of the head-to-head measurements behind the targets."""
     resnet, lenet = versions["resnet18-digits"], versions["lenet5-digits"]
     found = {}
@@ -84,7 +84,7 @@ def target_round(server, fastapi, versions: dict, cores: int, seconds: float) ->
         found[f"resnet18_{protocol}_c64_mean_batch"] = row["mean_batch"]
     found["lenet5_v2-http_c64"] = measure(server, lenet.name, [1, *lenet.input_shape], "v2-http", 64, seconds)[
         "throughput_rps"]
-    found["lenet5_fastapi_c64"] = baseline_measure(fastapi, lenet.name, 64, seconds)["throughput_rps"]
+    found["lenet5_fastapi_c64"] = baseline_measure(fastapi_url, lenet.name, 64, seconds)["throughput_rps"]
     body, header_length = v2_binary_body([1, *lenet.input_shape])
     headers = {"Inference-Header-Content-Length": str(header_length)}
     infer = HttpLoad("POST", f"/v2/models/{lenet.name}/infer", [body], headers=headers)
@@ -106,10 +106,10 @@ def targets(args, versions, workers: int, threads: int, cores: int, tmp: Path) -
         return {"skipped": f"the targets need {missing}"}
     rounds = []
     with running_server(tmp, models_dir=str(args.models_dir.resolve()), noop_route="true") as server, \
-            running_baseline(by_name["lenet5-digits"].file_for("fp32")[0], workers, threads, tmp) as fastapi:
+            running_baseline(by_name["lenet5-digits"].file_for("fp32")[0], workers, threads, tmp) as fastapi_url:
         worker_processes = len(psutil.Process(server.process.pid).children())
         for index in range(args.rounds):
-            rounds.append(target_round(server, fastapi, by_name, cores, args.seconds))
+            rounds.append(target_round(server, fastapi_url, by_name, cores, args.seconds))
             log(f"target round {index + 1}/{args.rounds}: " + ", ".join(f"{k} {v:.4g}" for k, v in rounds[-1].items()
                                                                         if v is not None))
     return {"rounds": rounds, "worker_processes": worker_processes}

@@ -4,6 +4,7 @@ mean batch the server formed meanwhile (read from its own metrics)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -23,13 +24,14 @@ from .wrk import HttpLoad, multipart, wrk
 PROTOCOLS = ("predict", "v2-http", "grpc")
 
 
-def predict_load(channels: int, size: int) -> HttpLoad:
-    """``POST /predict`` with 32 different PNG digits at the model's own size."""
+@functools.lru_cache
+def predict_load(model: str, channels: int, size: int) -> HttpLoad:
+    """``POST /predict`` with 32 different PNG digits at the model's own size (rendered once per model)."""
     bodies, content_type = [], ""
     for f in digit_files(channels, size, count=32, seed=1):
         body, content_type = multipart("image", f.data, "digit.png")
         bodies.append(body)
-    return HttpLoad("POST", "/predict?model={model}", bodies, content_type)
+    return HttpLoad("POST", f"/predict?model={model}", bodies, content_type)
 
 
 def v2_binary_body(shape: list[int]) -> tuple[bytes, int]:
@@ -46,9 +48,7 @@ def measure(server, model: str, shape: list[int], protocol: str, concurrency: in
     """``protocol``: ``predict`` (PNG files, wrk), ``v2-http`` (binary tensors) or ``grpc`` (perf_analyzer)."""
     before = batch_totals(httpx.get(f"{server.url}/metrics", timeout=30).text, model)
     if protocol == "predict":
-        load = predict_load(shape[1], shape[-1])
-        load.path = load.path.format(model=model)
-        row = wrk(server.url, load, concurrency, seconds)
+        row = wrk(server.url, predict_load(model, shape[1], shape[-1]), concurrency, seconds)
     else:
         address = server.grpc_address if protocol == "grpc" else server.url.removeprefix("http://")
         row = perf_analyzer(model, address, "grpc" if protocol == "grpc" else "http", concurrency, seconds)
@@ -57,16 +57,9 @@ def measure(server, model: str, shape: list[int], protocol: str, concurrency: in
     return {**row, "mean_batch": images / batches if batches else None}
 
 
-class Baseline:
-    """The hand-written FastAPI server (baseline_fastapi.py) on 127.0.0.1, one model."""
-
-    def __init__(self, url: str):
-        self.url = url
-        self.grpc_address = None
-
-
 @contextlib.contextmanager
 def running_baseline(model_file: Path, workers: int, threads: int, log_dir: Path):
+    """The hand-written FastAPI server (baseline_fastapi.py) on 127.0.0.1 for one model; yields its URL."""
     port = free_port()
     env = {**os.environ, "CNNSERVE_BASELINE_MODEL": str(model_file), "CNNSERVE_BASELINE_THREADS": str(threads)}
     command = [
@@ -85,10 +78,10 @@ def running_baseline(model_file: Path, workers: int, threads: int, log_dir: Path
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the FastAPI baseline did not start; see {log.name}")
             time.sleep(0.25)
-        yield Baseline(url)
+        yield url
     finally:
         stop(process)
 
 
-def baseline_measure(baseline: Baseline, model: str, concurrency: int, seconds: float) -> dict:
-    return {**perf_analyzer(model, baseline.url.removeprefix("http://"), "http", concurrency, seconds), "mean_batch": 1.0}
+def baseline_measure(url: str, model: str, concurrency: int, seconds: float) -> dict:
+    return {**perf_analyzer(model, url.removeprefix("http://"), "http", concurrency, seconds), "mean_batch": 1.0}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LUA = """
-local bodies, types, extra = {}, {}, {}
+local bodies = {}
 local count = %(count)d
 for i = 1, count do
   local f = io.open("%(dir)s/" .. i .. ".body", "rb")
