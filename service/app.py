@@ -32,6 +32,7 @@ from .cores import SOLO_MAX_BATCH, CoreTokens, ModelRunner
 from .errors import ModelUnavailable
 from .fastlane import FastLane
 from .limits import BodyLimit
+from .listening import listen_on_own_socket, spread_connections
 from .metrics import ModelMetrics, child
 from .repository import ModelVersion, discover
 from .rest import build_rest_app
@@ -61,6 +62,8 @@ def configure_logging() -> None:
 
 configure_logging()
 settings = load_settings()
+if settings.spread_connections:
+    spread_connections()  # takes effect in the arbiter, which imports this before it binds the HTTP port
 repository = discover(settings.models_dir, settings.serve)
 rest_app = build_rest_app()
 
@@ -200,13 +203,18 @@ bentoml_to_asgi = type(CnnServe).to_asgi
 
 
 def to_asgi_with_fast_lane(service, is_main: bool = True):
-    """What each worker's uvicorn serves: BentoML's app, with the fast lane in front (service/fastlane.py).
+    """What each worker's uvicorn serves: BentoML's app, with the fast lane in front (service/fastlane.py),
+    on the worker's own listening socket (service/listening.py).
 
     BentoML builds the app by calling ``to_asgi`` on the service class, so the
     fast lane goes in there; services other than this one are left alone.
     """
     app = bentoml_to_asgi(service, is_main)
-    if service is not CnnServe or not settings.fast_lane:
+    if service is not CnnServe:
+        return app
+    if settings.spread_connections:
+        listen_on_own_socket()
+    if not settings.fast_lane:
         return app
     return FastLane(app, rest_app, settings.max_body_bytes, key_check, settings.auth_open_paths, settings.noop_route)
 
