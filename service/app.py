@@ -188,7 +188,7 @@ class CnnServe:
         rest_app.state.core = self.core
         rest_app.state.dataplane = DataPlane(self.core)
 
-    async def runtime_status(self) -> dict:
+    def runtime_status(self) -> dict:
         return self.host.status
 
     def __is_ready__(self) -> bool:

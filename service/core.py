@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
@@ -28,7 +27,7 @@ from .repository import ModelVersion, Repository
 INLINE_DECODE_BYTES = 256 * 1024  # larger payloads are decoded in a worker thread
 
 Backend = Callable[[ModelVersion, np.ndarray, float], Awaitable[BatchResult]]
-StatusSource = Callable[[], Awaitable[dict]]
+StatusSource = Callable[[], dict]
 RoomCheck = Callable[[ModelVersion, int], None]
 
 
@@ -44,9 +43,38 @@ def check_tensor(model: ModelVersion, images: np.ndarray) -> None:
         raise InvalidInput("the input contains NaN or infinite values")
 
 
-@dataclass
-class RequestRecord:
-    model: ModelVersion | None = None
+class Tracked:
+    """One request being counted: its outcome and duration, and in-flight once admitted.
+
+    Requests that never resolve a model are labelled ``unknown``, so a client
+    cannot grow the label set with made-up model names. A plain class rather
+    than a generator context manager: it runs on every request.
+    """
+
+    __slots__ = ("metrics", "protocol", "model", "started")
+
+    def __init__(self, metrics: RequestMetrics, protocol: str):
+        self.metrics, self.protocol = metrics, protocol
+        self.model: ModelVersion | None = None
+        self.started = time.perf_counter()
+
+    def __enter__(self) -> "Tracked":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            outcome = "success"
+        elif isinstance(error, ServiceError):
+            outcome = error.outcome
+        elif isinstance(error, asyncio.CancelledError):  # the client left
+            outcome = "client_error"
+        else:
+            outcome = "server_error"
+        labels = self.model.metric_labels if self.model else ("unknown", "")
+        if self.model:
+            child(self.metrics.inflight, *labels).dec()
+        child(self.metrics.requests, *labels, self.protocol, outcome).inc()
+        child(self.metrics.request_duration, *labels, self.protocol, outcome).observe(time.perf_counter() - self.started)
 
 
 @dataclass
@@ -72,46 +100,24 @@ class InferenceCore:
         self.runtime_status = runtime_status
         self.check_room = check_room
         self.metrics = RequestMetrics()
+        self.batch_limits: dict[str, int] = {}
 
-    async def resolve(self, name: str | None, version: int | None) -> ModelVersion:
+    def resolve(self, name: str | None, version: int | None) -> ModelVersion:
         name = name or self.repository.default_model()
         if name is None:
             raise ModelUnavailable("no model is being served; see GET /models for the reasons")
         model = self.repository.resolve(name, version)
-        status = (await self.runtime_status()).get(model.key)
+        status = self.runtime_status().get(model.key)
         if status is None or status["status"] != "ready":
             reason = status["reason"] if status else "the inference service has not reported it yet"
             raise ModelUnavailable(f"model {model.key} is not ready: {reason}")
         return model
 
-    @contextmanager
-    def track(self, protocol: str):
-        """Count one request: its outcome and duration, and in-flight once admitted.
+    def track(self, protocol: str) -> "Tracked":
+        """Count one request (``with core.track(protocol) as record:``); see ``Tracked``."""
+        return Tracked(self.metrics, protocol)
 
-        Requests that never resolve a model are labelled ``unknown``, so a
-        client cannot grow the label set with made-up model names.
-        """
-        record = RequestRecord()
-        started = time.perf_counter()
-        outcome = "success"
-        try:
-            yield record
-        except ServiceError as exc:
-            outcome = exc.outcome
-            raise
-        except Exception:
-            outcome = "server_error"
-            raise
-        finally:
-            labels = record.model.metric_labels if record.model else ("unknown", "")
-            if record.model:
-                child(self.metrics.inflight, *labels).dec()
-            child(self.metrics.requests, *labels, protocol, outcome).inc()
-            child(self.metrics.request_duration, *labels, protocol, outcome).observe(
-                time.perf_counter() - started
-            )
-
-    def admit(self, record: "RequestRecord", model: ModelVersion) -> None:
+    def admit(self, record: "Tracked", model: ModelVersion) -> None:
         record.model = model
         child(self.metrics.inflight, *model.metric_labels).inc()
 
@@ -173,7 +179,7 @@ class InferenceCore:
         """Answers (label, top-k, box in the image's own pixels) for image files."""
         with self.track(protocol) as record:
             deadline = self.deadline(timeout_ms)
-            resolved = await self.resolve(model, version)
+            resolved = self.resolve(model, version)
             self.admit(record, resolved)
             top_k = self.check_top_k(resolved, top_k)
             self.check_images(resolved, len(files))
@@ -192,21 +198,25 @@ class InferenceCore:
 
     async def run(self, model: ModelVersion, images: np.ndarray, deadline: float) -> TensorResult:
         """Send images through the model's batcher, in chunks no larger than its batches."""
-        limit = self.settings.batching_for(model.name).max_batch_size if self.settings.batching else 1
+        limit = self.batch_limits.get(model.name) or self.batch_limit(model.name)
         if len(images) <= limit:
-            results = [await self.backend(model, images, deadline)]
+            result = await self.backend(model, images, deadline)
+            queue_ms, compute_ms, batch_images = result.queue_ms, result.compute_ms, result.batch_images
+            probabilities, boxes = result.probabilities, result.boxes
         else:
             chunks = [images[i : i + limit] for i in range(0, len(images), limit)]
             results = await asyncio.gather(*(self.backend(model, chunk, deadline) for chunk in chunks))
-        queue_ms = max(r.queue_ms for r in results)
+            queue_ms = max(r.queue_ms for r in results)
+            compute_ms = max(r.compute_ms for r in results)
+            batch_images = max(r.batch_images for r in results)
+            probabilities = np.concatenate([r.probabilities for r in results])
+            boxes = None if results[0].boxes is None else np.concatenate([r.boxes for r in results])
         child(self.metrics.queue_duration, *model.metric_labels).observe(queue_ms / 1000)
-        return TensorResult(
-            model,
-            np.concatenate([r.probabilities for r in results]),
-            None if results[0].boxes is None else np.concatenate([r.boxes for r in results]),
-            {
-                "queue_ms": round(queue_ms, 3),
-                "compute_ms": round(max(r.compute_ms for r in results), 3),
-                "batch_images": max(r.batch_images for r in results),
-            },
-        )
+        timings = {"queue_ms": round(queue_ms, 3), "compute_ms": round(compute_ms, 3), "batch_images": batch_images}
+        return TensorResult(model, probabilities, boxes, timings)
+
+    def batch_limit(self, name: str) -> int:
+        """The most images one batch of model ``name`` takes (1 with batching off); looked up once."""
+        limit = self.settings.batching_for(name).max_batch_size if self.settings.batching else 1
+        self.batch_limits[name] = limit
+        return limit

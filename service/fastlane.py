@@ -24,7 +24,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from .auth import ApiKeyMiddleware, KeyCheck
-from .http_common import header
+from .http_common import header, read_body
 from .limits import BodyLimit
 from .rest import predict, predict_batch
 from .v2.rest import infer, server_live
@@ -37,7 +37,7 @@ EXACT = {("POST", "/predict"): predict, ("POST", "/predict_batch"): predict_batc
 
 async def noop(request: Request) -> Response:
     """``POST /noop`` (with ``noop_route``): read the body, answer ``{}``; the server's own cost per request."""
-    await request.body()
+    await read_body(request)
     return Response(b"{}", media_type="application/json")
 
 

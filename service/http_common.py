@@ -1,7 +1,8 @@
-"""What every HTTP route shares: the error body, and the per-request timeout header."""
+"""What every HTTP route shares: the error body, the request body, and the per-request timeout header."""
 
 from __future__ import annotations
 
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from .errors import InvalidInput, ServiceError
@@ -34,3 +35,20 @@ def timeout_ms(scope: dict) -> float | None:
         return float(value)
     except ValueError:
         raise InvalidInput(f"X-Timeout-Ms must be a number of milliseconds, got {value!r}") from None
+
+
+async def read_body(request: Request) -> bytes:
+    """The whole request body, read straight from the ASGI messages.
+
+    Starlette's ``request.body()`` gets there through an async generator, a
+    few microseconds a request that the prediction routes do not need to pay.
+    """
+    message = await request.receive()
+    chunks = []
+    while True:
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        message = await request.receive()

@@ -46,6 +46,11 @@ class ModelVersion:
         return self.card["labels"]
 
     @functools.cached_property
+    def output_names(self) -> list[str]:
+        """What the model answers, in the contract's order: probabilities, then boxes if it has them."""
+        return [PROBABILITIES, BOXES] if self.has_boxes else [PROBABILITIES]
+
+    @functools.cached_property
     def has_boxes(self) -> bool:
         return any(o["name"] == BOXES for o in self.card["outputs"])
 

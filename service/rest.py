@@ -150,7 +150,7 @@ async def openapi(request: Request) -> JSONResponse:
 
 async def list_models(request: Request) -> JSONResponse:
     core = request.app.state.core
-    statuses = await core.runtime_status()
+    statuses = core.runtime_status()
     return JSONResponse(model_listing(core.repository, statuses, core.settings))
 
 

@@ -52,12 +52,12 @@ class DataPlane:
         return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
 
     async def server_ready(self) -> bool:
-        statuses = await self.core.runtime_status()
+        statuses = self.core.runtime_status()
         return all(key in statuses for key in (m.key for m in self.repository.versions()))
 
     async def model_ready(self, name: str, version: str | int | None = None) -> bool:
         model = self.repository.resolve(name, parse_version(version))
-        status = (await self.core.runtime_status()).get(model.key)
+        status = self.core.runtime_status().get(model.key)
         return bool(status and status["status"] == "ready")
 
     def model_metadata(self, name: str, version: str | int | None = None) -> dict:
@@ -116,32 +116,33 @@ class DataPlane:
         core = self.core
         with core.track(protocol) as record:
             deadline = core.deadline(timeout_ms)
-            model = await core.resolve(name, parse_version(version))
+            model = core.resolve(name, parse_version(version))
             core.admit(record, model)
-            available = [PROBABILITIES] + ([BOXES] if model.has_boxes else [])
+            available = model.output_names
             wanted = requested or available
-            unknown = [o for o in wanted if o not in available]
-            if unknown:
+            if requested and not set(requested) <= set(available):
+                unknown = [o for o in requested if o not in available]
                 raise InvalidInput(f"unknown output(s) {unknown}; {model.name} gives {available}")
-            images = await self.images_from(model, read_inputs())
+            tensor = single_input(read_inputs())
+            if tensor.name == IMAGE_BYTES:
+                images = await self.decoded(model, tensor)
+            else:
+                images = self.pixels(model, tensor)
             result = await core.run(model, images, deadline)
         outputs = {PROBABILITIES: result.probabilities, BOXES: result.boxes}
-        tensors = [Tensor(n, "FP32", np.ascontiguousarray(outputs[n], dtype=np.float32)) for n in wanted]
-        return model, tensors, result.timings
+        return model, [Tensor(n, "FP32", np.asarray(outputs[n], dtype=np.float32)) for n in wanted], result.timings
 
-    async def images_from(self, model: ModelVersion, inputs: list[Tensor]) -> np.ndarray:
-        """The model input from the one tensor sent: pixels as they are, or files decoded."""
-        if len(inputs) != 1:
-            names = [t.name for t in inputs] or "none"
-            raise InvalidInput(f"send exactly one input, {INPUT_NAME!r} or {IMAGE_BYTES!r}; got {names}")
-        tensor = inputs[0]
-        if tensor.name == IMAGE_BYTES:
-            if tensor.datatype != BYTES or tensor.array.ndim not in (1, 2) or tensor.array.shape[1:] not in ((), (1,)):
-                raise InvalidInput(f"{IMAGE_BYTES!r} must be BYTES of shape [N] or [N, 1]")
-            files = list(tensor.array.ravel())
-            self.core.check_images(model, len(files))
-            images, _ = await self.core.decode(model, files)
-            return images
+    async def decoded(self, model: ModelVersion, tensor: Tensor) -> np.ndarray:
+        """The model input from encoded image files, decoded and resized by the server."""
+        if tensor.datatype != BYTES or tensor.array.ndim not in (1, 2) or tensor.array.shape[1:] not in ((), (1,)):
+            raise InvalidInput(f"{IMAGE_BYTES!r} must be BYTES of shape [N] or [N, 1]")
+        files = list(tensor.array.ravel())
+        self.core.check_images(model, len(files))
+        images, _ = await self.core.decode(model, files)
+        return images
+
+    def pixels(self, model: ModelVersion, tensor: Tensor) -> np.ndarray:
+        """The model input from pixels as sent: FP32 in [0, 1], or UINT8 in [0, 255]."""
         if tensor.name != INPUT_NAME:
             raise InvalidInput(f"unknown input {tensor.name!r}; {model.name} takes {INPUT_NAME!r} or {IMAGE_BYTES!r}")
         if tensor.datatype == "FP32":
@@ -152,4 +153,11 @@ class DataPlane:
             raise InvalidInput(f"input {INPUT_NAME!r} must be FP32 (or UINT8), got {tensor.datatype}")
         check_tensor(model, images)
         self.core.check_images(model, len(images))
-        return np.ascontiguousarray(images, dtype=np.float32)
+        return images
+
+
+def single_input(inputs: list[Tensor]) -> Tensor:
+    if len(inputs) != 1:
+        names = [t.name for t in inputs] or "none"
+        raise InvalidInput(f"send exactly one input, {INPUT_NAME!r} or {IMAGE_BYTES!r}; got {names}")
+    return inputs[0]

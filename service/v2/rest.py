@@ -10,6 +10,7 @@ binary when asked (``parameters.binary_data`` per output, or
 
 from __future__ import annotations
 
+import functools
 import json
 
 from starlette.requests import Request
@@ -18,7 +19,7 @@ from starlette.routing import Route
 
 from ..errors import InvalidInput, ModelUnavailable, ServiceError
 from ..http_common import error_response as error
-from ..http_common import header, timeout_ms
+from ..http_common import header, read_body, timeout_ms
 from .dataplane import DataPlane
 from .tensors import Tensor, from_raw, from_values, raw_bytes
 
@@ -102,18 +103,18 @@ def requested_outputs(payload: dict) -> tuple[list[str] | None, set[str]]:
 def encode_response(model, request_id, outputs: list[Tensor], binary: set[str], timings: dict) -> Response:
     described, chunks = [], []
     for tensor in outputs:
-        entry = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.array.shape)}
         if "*" in binary or tensor.name in binary:
             chunk = raw_bytes(tensor)
-            entry["parameters"] = {"binary_data_size": len(chunk)}
+            described.append(binary_output(tensor.name, tensor.datatype, tensor.array.shape, len(chunk)))
             chunks.append(chunk)
         else:
+            entry = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.array.shape)}
             entry["data"] = tensor.array.ravel().tolist()
-        described.append(entry)
-    header = {"model_name": model.name, "model_version": str(model.version), "parameters": timings, "outputs": described}
+            described.append(json.dumps(entry, separators=(",", ":")))
+    header = {"model_name": model.name, "model_version": str(model.version), "parameters": timings}
     if request_id:
         header["id"] = request_id
-    text = json.dumps(header, separators=(",", ":")).encode()
+    text = (json.dumps(header, separators=(",", ":"))[:-1] + ',"outputs":[' + ",".join(described) + "]}").encode()
     if not chunks:
         return Response(text, media_type="application/json")
     return Response(
@@ -121,6 +122,13 @@ def encode_response(model, request_id, outputs: list[Tensor], binary: set[str], 
         media_type="application/octet-stream",
         headers={"Inference-Header-Content-Length": str(len(text))},
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def binary_output(name: str, datatype: str, shape: tuple[int, ...], size: int) -> str:
+    """The JSON that describes one binary output; the same few shapes recur, so it is encoded once each."""
+    entry = {"name": name, "datatype": datatype, "shape": list(shape), "parameters": {"binary_data_size": size}}
+    return json.dumps(entry, separators=(",", ":"))
 
 
 def request_timeout_ms(payload: dict, request: Request) -> float | None:
@@ -134,13 +142,15 @@ def request_timeout_ms(payload: dict, request: Request) -> float | None:
 
 
 async def infer(request: Request) -> Response:
+    dataplane = plane(request)
     try:
-        payload, binary = split_body(await request.body(), header(request.scope, HEADER_LENGTH))
-        max_elements = plane(request).core.settings.max_tensor_elements
+        payload, binary = split_body(await read_body(request), header(request.scope, HEADER_LENGTH))
+        max_elements = dataplane.core.settings.max_tensor_elements
         names, binary_outputs = requested_outputs(payload)
-        model, outputs, timings = await plane(request).infer(
-            request.path_params["name"],
-            request.path_params.get("version"),
+        path = request.scope["path_params"]
+        model, outputs, timings = await dataplane.infer(
+            path["name"],
+            path.get("version"),
             lambda: parse_inputs(payload, binary, max_elements),
             names,
             "v2-rest",
