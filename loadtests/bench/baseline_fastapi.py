@@ -84,6 +84,7 @@ async def infer(name: str, request: Request) -> Response:
     else:
         images = np.frombuffer(body[header_length:], np.float32).reshape(tensor["shape"])
     results = session.run(OUTPUTS, {INPUT.name: images})
+    echo = {"id": header["id"]} if "id" in header else {}  # the protocol's request id, which perf_analyzer --async checks
     binary = header.get("parameters", {}).get("binary_data_output", False) or any(
         o.get("parameters", {}).get("binary_data") for o in header.get("outputs", [])
     )
@@ -92,12 +93,12 @@ async def infer(name: str, request: Request) -> Response:
             {"name": n, "datatype": "FP32", "shape": list(r.shape), "data": r.ravel().tolist()}
             for n, r in zip(OUTPUTS, results)
         ]
-        return Response(json.dumps({"model_name": MODEL_NAME, "outputs": outputs}), media_type="application/json")
+        return Response(json.dumps({"model_name": MODEL_NAME, **echo, "outputs": outputs}), media_type="application/json")
     outputs = [
         {"name": n, "datatype": "FP32", "shape": list(r.shape), "parameters": {"binary_data_size": r.nbytes}}
         for n, r in zip(OUTPUTS, results)
     ]
-    head = json.dumps({"model_name": MODEL_NAME, "outputs": outputs}).encode()
+    head = json.dumps({"model_name": MODEL_NAME, **echo, "outputs": outputs}).encode()
     return Response(
         head + b"".join(r.tobytes() for r in results),
         media_type="application/octet-stream",
