@@ -126,7 +126,8 @@ def main() -> None:
     parser.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS))
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--seconds", type=float, default=2.0, help="per measurement window")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds for the targets (0: skip)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="interleaved rounds for the targets, reported as medians: the machine drifts (0: skip)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the FastAPI baseline")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "loadtests" / "results")
     args = parser.parse_args()
