@@ -51,14 +51,14 @@ class Tracked:
     than a generator context manager: it runs on every request.
     """
 
-    __slots__ = ("metrics", "protocol", "model", "started")
+    __slots__ = ("metrics", "model", "protocol", "started")
 
     def __init__(self, metrics: RequestMetrics, protocol: str):
         self.metrics, self.protocol = metrics, protocol
         self.model: ModelVersion | None = None
         self.started = time.perf_counter()
 
-    def __enter__(self) -> "Tracked":
+    def __enter__(self) -> Tracked:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
@@ -113,11 +113,11 @@ class InferenceCore:
             raise ModelUnavailable(f"model {model.key} is not ready: {reason}")
         return model
 
-    def track(self, protocol: str) -> "Tracked":
+    def track(self, protocol: str) -> Tracked:
         """Count one request (``with core.track(protocol) as record:``); see ``Tracked``."""
         return Tracked(self.metrics, protocol)
 
-    def admit(self, record: "Tracked", model: ModelVersion) -> None:
+    def admit(self, record: Tracked, model: ModelVersion) -> None:
         record.model = model
         child(self.metrics.inflight, *model.metric_labels).inc()
 

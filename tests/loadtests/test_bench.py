@@ -58,3 +58,15 @@ def test_targets_are_judged_on_the_medians_of_the_rounds():
         ("workers × ONNX Runtime threads ≤ cores (defaults)", True),
     ]
     assert "no-op" in rows[2][0] and "V2 REST binary" in rows[3][0]
+
+
+def test_the_in_process_harness_prices_each_route_without_sockets():
+    """Every route answers 200 through the real core, and the no-op costs less than any inference."""
+    command = [sys.executable, "-m", "loadtests.bench.inproc", "--clients", "4", "--seconds", "0.2", "--rounds", "1",
+               "--profile", "v2-binary"]
+    result = subprocess.run(command, check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    costs = {line.split()[0]: float(line.split()[1]) for line in result.stdout.splitlines() if "µs of CPU" in line}
+    assert set(costs) == {"v2-binary", "predict", "noop"}
+    assert 0 < costs["noop"] < costs["v2-binary"] and costs["noop"] < costs["predict"]
+    assert "function calls" in result.stdout  # the profile of one route
