@@ -100,7 +100,9 @@ class InferenceCore:
         self.runtime_status = runtime_status
         self.check_room = check_room
         self.metrics = RequestMetrics()
-        self.batch_limits: dict[str, int] = {}
+        self.batch_limits = {  # the most images one batch of each model takes (1 with batching off)
+            name: settings.batching_for(name).max_batch_size if settings.batching else 1 for name in repository.models
+        }
 
     def resolve(self, name: str | None, version: int | None) -> ModelVersion:
         name = name or self.repository.default_model()
@@ -198,7 +200,7 @@ class InferenceCore:
 
     async def run(self, model: ModelVersion, images: np.ndarray, deadline: float) -> TensorResult:
         """Send images through the model's batcher, in chunks no larger than its batches."""
-        limit = self.batch_limits.get(model.name) or self.batch_limit(model.name)
+        limit = self.batch_limits[model.name]
         if len(images) <= limit:
             result = await self.backend(model, images, deadline)
             queue_ms, compute_ms, batch_images = result.queue_ms, result.compute_ms, result.batch_images
@@ -214,9 +216,3 @@ class InferenceCore:
         child(self.metrics.queue_duration, *model.metric_labels).observe(queue_ms / 1000)
         timings = {"queue_ms": round(queue_ms, 3), "compute_ms": round(compute_ms, 3), "batch_images": batch_images}
         return TensorResult(model, probabilities, boxes, timings)
-
-    def batch_limit(self, name: str) -> int:
-        """The most images one batch of model ``name`` takes (1 with batching off); looked up once."""
-        limit = self.settings.batching_for(name).max_batch_size if self.settings.batching else 1
-        self.batch_limits[name] = limit
-        return limit

@@ -43,12 +43,11 @@ async def read_body(request: Request) -> bytes:
     Starlette's ``request.body()`` gets there through an async generator, a
     few microseconds a request that the prediction routes do not need to pay.
     """
-    message = await request.receive()
     chunks = []
     while True:
+        message = await request.receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnect()
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        message = await request.receive()

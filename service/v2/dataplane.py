@@ -120,8 +120,8 @@ class DataPlane:
             core.admit(record, model)
             available = model.output_names
             wanted = requested or available
-            if requested and not set(requested) <= set(available):
-                unknown = [o for o in requested if o not in available]
+            unknown = [o for o in wanted if o not in available]
+            if unknown:
                 raise InvalidInput(f"unknown output(s) {unknown}; {model.name} gives {available}")
             tensor = single_input(read_inputs())
             if tensor.name == IMAGE_BYTES:

@@ -108,8 +108,8 @@ def encode_response(model, request_id, outputs: list[Tensor], binary: set[str], 
             described.append(binary_output(tensor.name, tensor.datatype, tensor.array.shape, len(chunk)))
             chunks.append(chunk)
         else:
-            entry = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.array.shape)}
-            entry["data"] = tensor.array.ravel().tolist()
+            entry = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.array.shape),
+                     "data": tensor.array.ravel().tolist()}
             described.append(json.dumps(entry, separators=(",", ":")))
     header = {"model_name": model.name, "model_version": str(model.version), "parameters": timings}
     if request_id:
@@ -147,10 +147,9 @@ async def infer(request: Request) -> Response:
         payload, binary = split_body(await read_body(request), header(request.scope, HEADER_LENGTH))
         max_elements = dataplane.core.settings.max_tensor_elements
         names, binary_outputs = requested_outputs(payload)
-        path = request.scope["path_params"]
         model, outputs, timings = await dataplane.infer(
-            path["name"],
-            path.get("version"),
+            request.path_params["name"],
+            request.path_params.get("version"),
             lambda: parse_inputs(payload, binary, max_elements),
             names,
             "v2-rest",
