@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 3000
 
-.PHONY: serve test setup setup-test models bench-models bench protos soak container-check clean
+.PHONY: serve test setup setup-test models bench-models bench profile protos soak container-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,11 @@ bench-models: setup-test
 bench: setup-test
 	@test -d models-bench || $(BIN)/python -m training bench-models --out models-bench
 	$(BIN)/python -m loadtests.bench $(BENCH_ARGS)
+
+# Where a real server's CPU goes per request under wrk load, by layer (py-spy on every worker; about 1 minute);
+# writes loadtests/results/<date>/profile-<model>-c<clients>.{md,json,png}.
+profile: setup-test
+	$(BIN)/python -m loadtests.bench.profile $(PROFILE_ARGS)
 
 # A bounded soak run (not in CI): 70% of measured capacity for SOAK_MINUTES against a fresh server.
 SOAK_MINUTES ?= 10

@@ -34,8 +34,8 @@ from ..local_server import running_server
 from . import raw
 from .machine import describe_machine
 from .report import write_report
-from .served import PROTOCOLS, baseline_measure, measure, running_baseline, v2_binary_body
-from .wrk import HttpLoad, wrk
+from .served import PROTOCOLS, baseline_measure, measure, route_loads, running_baseline
+from .wrk import wrk
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TARGET_MODELS = ("resnet18-digits", "lenet5-digits")
@@ -85,12 +85,9 @@ def target_round(server, fastapi_url: str, versions: dict, cores: int, seconds: 
     found["lenet5_v2-http_c64"] = measure(server, lenet.name, [1, *lenet.input_shape], "v2-http", 64, seconds)[
         "throughput_rps"]
     found["lenet5_fastapi_c64"] = baseline_measure(fastapi_url, lenet.name, 64, seconds)["throughput_rps"]
-    body, header_length = v2_binary_body([1, *lenet.input_shape])
-    headers = {"Inference-Header-Content-Length": str(header_length)}
-    infer = HttpLoad("POST", f"/v2/models/{lenet.name}/infer", [body], headers=headers)
-    found["lenet5_wrk_infer_c64"] = wrk(server.url, infer, 64, seconds)["throughput_rps"]
-    found["noop_wrk_c64"] = wrk(server.url, HttpLoad("POST", "/noop", [body], headers=headers), 64, seconds)[
-        "throughput_rps"]
+    loads = route_loads(lenet)
+    found["lenet5_wrk_infer_c64"] = wrk(server.url, loads["v2-binary"], 64, seconds)["throughput_rps"]
+    found["noop_wrk_c64"] = wrk(server.url, loads["noop"], 64, seconds)["throughput_rps"]
     for version in versions.values():
         ones = raw.measure_raw(version, cores, seconds=seconds / 4, batch_sizes=(1,), quiet=True)
         found[f"{version.name}_raw_b1_ms"] = raw.batch1(ones).p50_ms

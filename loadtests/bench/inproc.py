@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .served import predict_load, v2_binary_body
+from .served import ROUTES, route_loads
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,16 +60,14 @@ def build_lane(models_dir: Path, model_name: str):
 
 
 def requests_for(model) -> dict[str, tuple[str, str, list[tuple[bytes, bytes]], bytes]]:
-    """Per route: path, query string, headers and body of one request."""
-    tensor, header_length = v2_binary_body([1, *model.input_shape])
-    binary = [(b"content-type", b"application/octet-stream"),
-              (b"inference-header-content-length", str(header_length).encode())]
-    png = predict_load(model.name, model.input_shape[0], model.input_shape[-1])
-    return {
-        "v2-binary": (f"/v2/models/{model.name}/infer", "", binary, tensor),
-        "predict": ("/predict", f"model={model.name}", [(b"content-type", png.content_type.encode())], png.bodies[0]),
-        "noop": ("/noop", "", binary, tensor),
-    }
+    """Per route: path, query string, headers and body of one request (the first of what wrk would send)."""
+    requests = {}
+    for route, load in route_loads(model).items():
+        path, _, query = load.path.partition("?")
+        headers = [(b"content-type", load.content_type.encode()),
+                   *((k.lower().encode(), v.encode()) for k, v in (load.headers or {}).items())]
+        requests[route] = (path, query, headers, load.bodies[0])
+    return requests
 
 
 async def cpu_per_request(lane, request, clients: int, seconds: float) -> float:
@@ -107,12 +105,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
     parser.add_argument("--model", default="lenet5-digits")
-    parser.add_argument("--routes", nargs="+", choices=("v2-binary", "predict", "noop"),
-                        default=["v2-binary", "predict", "noop"])
+    parser.add_argument("--routes", nargs="+", choices=ROUTES, default=list(ROUTES))
     parser.add_argument("--clients", type=int, default=32, help="requests in flight")
     parser.add_argument("--seconds", type=float, default=0.5, help="per route and round")
     parser.add_argument("--rounds", type=int, default=5, help="routes interleaved; the minimum is reported")
-    parser.add_argument("--profile", choices=("v2-binary", "predict", "noop"), help="cProfile one route after")
+    parser.add_argument("--profile", choices=ROUTES, help="cProfile one route after")
     args = parser.parse_args()
 
     lane, model = build_lane(args.models_dir, args.model)

@@ -22,6 +22,7 @@ from .perf_analyzer import perf_analyzer
 from .wrk import HttpLoad, multipart, wrk
 
 PROTOCOLS = ("predict", "v2-http", "grpc")
+ROUTES = ("v2-binary", "predict", "noop")  # the HTTP routes wrk loads (route_loads)
 
 
 @functools.lru_cache
@@ -42,6 +43,18 @@ def v2_binary_body(shape: list[int]) -> tuple[bytes, int]:
         "parameters": {"binary_data_output": True},
     }).encode()
     return header + bytes(4 * count), len(header)
+
+
+def route_loads(model) -> dict[str, HttpLoad]:
+    """What wrk sends to each prediction route: V2 REST with a binary tensor, ``/predict`` with PNG files, and
+    the no-op route with the V2 request's body (the server's own cost for the same bytes)."""
+    tensor, header_length = v2_binary_body([1, *model.input_shape])
+    binary = {"Inference-Header-Content-Length": str(header_length)}
+    return {
+        "v2-binary": HttpLoad("POST", f"/v2/models/{model.name}/infer", [tensor], headers=binary),
+        "predict": predict_load(model.name, model.input_shape[0], model.input_shape[-1]),
+        "noop": HttpLoad("POST", "/noop", [tensor], headers=binary),
+    }
 
 
 def measure(server, model: str, shape: list[int], protocol: str, concurrency: int, seconds: float) -> dict:

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+from loadtests.bench.profile import layer_of
 from loadtests.bench.report import target_rows
 from loadtests.local_server import REPO_ROOT
 
@@ -70,3 +71,30 @@ def test_the_in_process_harness_prices_each_route_without_sockets():
     assert set(costs) == {"v2-binary", "predict", "noop"}
     assert 0 < costs["noop"] < costs["v2-binary"] and costs["noop"] < costs["predict"]
     assert "function calls" in result.stdout  # the profile of one route
+
+
+def test_a_profile_sample_belongs_to_its_innermost_known_layer():
+    outer = ["Runner.run (asyncio/runners.py:118)", "FastLane.handle (service/fastlane.py:92)",
+             "infer (service/v2/rest.py:147)"]
+    assert layer_of([*outer, "loads (json/__init__.py:346)", "JSONDecoder.decode (json/decoder.py:337)"]) == "JSON"
+    assert layer_of([*outer, "Gauge.inc (prometheus_client/metrics.py:440)"]) == "metrics (prometheus-client)"
+    assert layer_of(outer) == "cnnserve"
+    assert layer_of(["Thread._bootstrap (threading.py:1002)", "Condition.wait (threading.py:327)"]) is None
+
+
+def test_a_profile_of_a_real_server_prices_each_layer_of_a_request(tmp_path):
+    """py-spy on the workers of a real server under wrk: only inference pays for ONNX Runtime."""
+    command = [sys.executable, "-m", "loadtests.bench.profile", "--routes", "v2-binary", "noop", "--clients", "4",
+               "--seconds", "1", "--out", str(tmp_path)]
+    result = subprocess.run(command, check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (folder,) = tmp_path.iterdir()
+    routes = json.loads((folder / "profile-lenet5-digits-c4.json").read_text())["routes"]
+    assert routes["v2-binary"]["layers_us"]["ONNX Runtime"] > 0
+    assert routes["noop"]["layers_us"].get("ONNX Runtime", 0) == 0
+    for figures in routes.values():
+        assert figures["samples"] > 0
+        assert abs(sum(figures["layers_us"].values()) - figures["cpu_us"]) < 0.01 * figures["cpu_us"]
+    assert "| server CPU per request |" in (folder / "profile-lenet5-digits-c4.md").read_text()
+    assert (folder / "profile-lenet5-digits-c4.png").read_bytes().startswith(b"\x89PNG")
+    assert list(folder.glob("profile-lenet5-digits-c4-v2-binary-worker*.collapsed"))

@@ -1,0 +1,202 @@
+"""Where a real server's time goes under load: py-spy samples every worker while wrk loads one route at a time.
+
+    python -m loadtests.bench.profile --model lenet5-digits --routes v2-binary noop --clients 64
+
+Starts ``bentoml serve`` on 127.0.0.1 with the model (and the no-op route),
+then for each route: an unprofiled wrk window for the request rate and the
+server's CPU per request (every worker process, from psutil), and a second
+window with py-spy attached to each worker. Each sample is put in the layer
+of its innermost recognisable frame (ONNX Runtime, metrics, JSON, cnnserve,
+uvicorn, ...), so the report says how many microseconds of a request each
+layer costs. Writes ``profile-<model>-c<clients>.{md,json,png}`` under
+``loadtests/results/<date>/``, and the raw stacks (``.collapsed``, open them
+in speedscope or flamegraph.pl) beside them. py-spy needs ptrace: root, or
+``CAP_SYS_PTRACE`` in a container.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from service.repository import discover
+
+from ..local_server import running_server
+from .machine import describe_machine
+from .served import ROUTES, route_loads
+from .wrk import wrk
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PY_SPY = Path(sys.executable).parent / "py-spy"
+SAMPLE_RATE = 200
+# (layer, text in a py-spy frame "function (file:line)"), tried from the innermost frame outwards
+LAYERS = (
+    ("ONNX Runtime", "(onnxruntime/"),
+    ("metrics (prometheus-client)", "(prometheus_client/"),
+    ("JSON", "(json/"),
+    ("image decoding (Pillow)", "(PIL/"),
+    ("multipart parsing", "(multipart/"),
+    ("multipart parsing", "(starlette/formparsers.py"),
+    ("numpy", "(numpy/"),
+    ("response writing (uvicorn send, socket write)", "RequestResponseCycle.send ("),
+    ("cnnserve", "(service/"),
+    ("Starlette", "(starlette/"),
+    ("uvicorn and httptools (HTTP parsing, ASGI)", "(uvicorn/"),
+    ("asyncio event loop", "(asyncio/"),
+)
+OTHER = "other"
+WAITING = ("(threading.py", "(queue.py")  # parked pool threads that py-spy does not always see as idle
+
+
+def layer_of(frames: list[str]) -> str | None:
+    """The layer of one sample (frames outermost first); None for a thread parked in a wait."""
+    if any(waiting in frames[-1] for waiting in WAITING):
+        return None
+    for frame in reversed(frames):
+        for layer, marker in LAYERS:
+            if marker in frame:
+                return layer
+    return OTHER
+
+
+def read_collapsed(paths: list[Path]) -> tuple[collections.Counter, collections.Counter, int]:
+    """Samples per layer, and per cnnserve function (inclusive), from py-spy's raw (collapsed stack) files."""
+    layers, functions, total = collections.Counter(), collections.Counter(), 0
+    for path in paths:
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            frames = stack.split(";")
+            layer = layer_of(frames)
+            if layer is None:
+                continue
+            total += int(count)
+            layers[layer] += int(count)
+            for name in {f.rsplit(":", 1)[0] + ")" for f in frames if "(service/" in f}:
+                functions[name] += int(count)
+    return layers, functions, total
+
+
+def server_cpu_seconds(processes: list[psutil.Process]) -> float:
+    return sum(p.cpu_times().user + p.cpu_times().system for p in processes)
+
+
+def profile_route(server, workers: list[psutil.Process], load, clients: int, seconds: float, stem: Path) -> dict:
+    before = server_cpu_seconds(workers)
+    plain = wrk(server.url, load, clients, seconds)
+    cpu_us = 1e6 * (server_cpu_seconds(workers) - before) / (plain["throughput_rps"] * max(1, round(seconds)))
+    result = {}
+    loader = threading.Thread(target=lambda: result.update(wrk(server.url, load, clients, seconds + 2)))
+    loader.start()
+    time.sleep(1)
+    paths = [stem.with_name(f"{stem.name}-worker{i}.collapsed") for i in range(len(workers))]
+    spies = [
+        subprocess.Popen([str(PY_SPY), "record", "--format", "raw", "-r", str(SAMPLE_RATE), "-d", str(max(1, round(seconds))),
+                          "-o", str(path), "-p", str(worker.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for worker, path in zip(workers, paths)
+    ]
+    for spy in spies:
+        _, error = spy.communicate()
+        if spy.returncode != 0:
+            raise RuntimeError(f"py-spy failed (it needs ptrace: root or CAP_SYS_PTRACE): {error.decode()[-500:]}")
+    loader.join()
+    layers, functions, total = read_collapsed(paths)
+    return {"throughput_rps": plain["throughput_rps"], "profiled_rps": result["throughput_rps"], "cpu_us": cpu_us,
+            "layers_us": {k: cpu_us * v / total for k, v in layers.items()},
+            "functions_us": {k: cpu_us * v / total for k, v in functions.most_common(12)}, "samples": total}
+
+
+def write_report(model: str, clients: int, profiles: dict, command: str, stem: Path) -> str:
+    machine = describe_machine()
+    layer_names = sorted({k for p in profiles.values() for k in p["layers_us"]},
+                         key=lambda k: -max(p["layers_us"].get(k, 0) for p in profiles.values()))
+    routes = list(profiles)
+    lines = [
+        f"# Where the time goes: {model}, {clients} clients ({datetime.date.today()})", "",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores; the wrk client shares them. Made by `{command}`.",
+        "Microseconds of server CPU (all worker processes) per request, split by py-spy samples: each sample counts",
+        "for the innermost frame that belongs to a known layer.", "",
+        "| | " + " | ".join(routes) + " |", "|---|" + "---:|" * len(routes),
+        "| requests/s (unprofiled) | " + " | ".join(f"{p['throughput_rps']:,.0f}" for p in profiles.values()) + " |",
+        "| server CPU per request | " + " | ".join(f"**{p['cpu_us']:.0f} µs**" for p in profiles.values()) + " |",
+    ]
+    lines += [f"| {name} | " + " | ".join(f"{p['layers_us'].get(name, 0):.1f}" for p in profiles.values()) + " |"
+              for name in layer_names]
+    for route, p in profiles.items():
+        lines += ["", f"cnnserve functions on `{route}` (inclusive µs per request, {p['samples']} samples):", ""]
+        lines += [f"- {us:6.1f} µs  `{name}`" for name, us in p["functions_us"].items()]
+    lines += ["", f"Raw stacks: `{stem.name}-<route>-worker<n>.collapsed`."]
+    text = "\n".join(lines) + "\n"
+    stem.with_suffix(".md").write_text(text)
+    stem.with_suffix(".json").write_text(json.dumps({"model": model, "clients": clients, "command": command,
+                                                     "machine": machine, "routes": profiles}, indent=1))
+    plot(profiles, layer_names, model, clients, stem.with_suffix(".png"))
+    return text
+
+
+def plot(profiles: dict, layer_names: list[str], model: str, clients: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.6 * len(profiles)))
+    routes = list(profiles)
+    left = [0.0] * len(routes)
+    colors = plt.get_cmap("tab20").colors
+    for i, name in enumerate(layer_names):
+        widths = [profiles[r]["layers_us"].get(name, 0) for r in routes]
+        ax.barh(routes, widths, left=left, label=name, color=colors[i % len(colors)])
+        left = [a + b for a, b in zip(left, widths)]
+    ax.set_xlabel("server CPU per request (µs)")
+    ax.set_title(f"{model}, {clients} clients: where a request's CPU goes")
+    ax.invert_yaxis()
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=3, frameon=False)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
+    parser.add_argument("--model", default="lenet5-digits")
+    parser.add_argument("--routes", nargs="+", choices=ROUTES, default=["v2-binary", "noop"])
+    parser.add_argument("--clients", type=int, default=64, help="wrk connections")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per window (two per route)")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "loadtests" / "results")
+    args = parser.parse_args()
+    if not PY_SPY.exists() and shutil.which("py-spy") is None:
+        raise SystemExit("py-spy is missing: pip install 'cnnserve[load]' (make setup-test installs it)")
+
+    model = discover(args.models_dir).resolve(args.model)
+    loads = route_loads(model)
+    folder = args.out / datetime.date.today().isoformat()
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = folder / f"profile-{model.name}-c{args.clients}"
+    profiles = {}
+    with tempfile.TemporaryDirectory() as tmp, running_server(
+            Path(tmp), models_dir=str(args.models_dir.resolve()), noop_route="true", serve=model.name) as server:
+        workers = psutil.Process(server.process.pid).children(recursive=True)
+        for route in args.routes:
+            wrk(server.url, loads[route], args.clients, 1)  # warm
+            profiles[route] = profile_route(server, workers, loads[route], args.clients, args.seconds,
+                                            stem.with_name(f"{stem.name}-{route}"))
+            print(f"{route:<10} {profiles[route]['throughput_rps']:8,.0f} req/s, "
+                  f"{profiles[route]['cpu_us']:6.1f} µs of server CPU per request", flush=True)
+    command = "python -m loadtests.bench.profile " + " ".join(sys.argv[1:])
+    print(write_report(model.name, args.clients, profiles, command.strip(), stem))
+    print(f"wrote {stem}.md, .json and .png")
+
+
+if __name__ == "__main__":
+    main()
