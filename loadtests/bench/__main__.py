@@ -7,9 +7,11 @@ In one run, on one machine:
    (perf_analyzer) at each concurrency, batching on and off, with the mean batch the
    server formed, next to the hand-written FastAPI + ONNX Runtime baseline;
 3. the targets: the ratios the project promises, measured head to head in
-   interleaved rounds (both servers up, one loaded at a time) and reported as medians.
+   interleaved rounds (both servers up, one loaded at a time) and reported as medians;
+4. where the time goes: py-spy profiles of a real server (``profile.py``), LeNet-5's
+   V2 REST and the no-op at 64 clients, and ResNet-18's ``/predict`` at one client.
 
-It writes ``bench.md``, ``bench.json`` and ``bench.png`` under
+It writes ``bench.md``, ``bench.json`` and ``bench.png`` (and the profiles) under
 ``loadtests/results/<date>/``. ``make bench`` runs it with the defaults.
 """
 
@@ -33,12 +35,14 @@ from service.repository import discover
 from ..local_server import running_server
 from . import raw
 from .machine import describe_machine
+from .profile import profile_model, require_py_spy
 from .report import write_report
 from .served import PROTOCOLS, baseline_measure, measure, route_loads, running_baseline
 from .wrk import wrk
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TARGET_MODELS = ("resnet18-digits", "lenet5-digits")
+PROFILES = (("lenet5-digits", ["v2-binary", "noop"], 64), ("resnet18-digits", ["predict"], 1))  # model, routes, clients
 
 
 def log(message: str) -> None:
@@ -125,6 +129,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="per measurement window")
     parser.add_argument("--rounds", type=int, default=5,
                         help="interleaved rounds for the targets, reported as medians: the machine drifts (0: skip)")
+    parser.add_argument("--profile-seconds", type=float, default=8.0,
+                        help="per py-spy window of the profiles (0: skip them)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the FastAPI baseline")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "loadtests" / "results")
     args = parser.parse_args()
@@ -163,13 +169,33 @@ def main() -> None:
             results["served"] += bench_sweep(args, bench_versions, tmp)
         if args.rounds:
             results["targets"] = targets(args, versions, workers, threads, cores, tmp)
-    results["minutes"] = round((datetime.datetime.now(datetime.UTC) - started).total_seconds() / 60, 1)
     folder = args.out / started.strftime("%Y-%m-%d")
     folder.mkdir(parents=True, exist_ok=True)
+    if args.profile_seconds:
+        results["profiles"] = profiles(args, {v.name for v in versions}, folder)
+    results["minutes"] = round((datetime.datetime.now(datetime.UTC) - started).total_seconds() / 60, 1)
     (folder / "bench.json").write_text(json.dumps(results, indent=1))
     summary = write_report(results, folder)
     print(summary)
     log(f"wrote {folder}/bench.md, bench.json, bench.png")
+
+
+def profiles(args, served: set[str], folder: Path) -> list[str]:
+    """The profiles of ``PROFILES`` whose model was measured; the stems of their files in ``folder``."""
+    try:
+        require_py_spy()
+    except FileNotFoundError as exc:
+        log(f"profiles skipped: {exc}")
+        return []
+    stems = []
+    for model, routes, clients in PROFILES:
+        if model in served:
+            log(f"profiling {model} ({', '.join(routes)}) at {clients} client(s) with py-spy")
+            command = shlex.join(["python", "-m", "loadtests.bench.profile", "--model", model, "--routes", *routes,
+                                  "--clients", str(clients), "--seconds", str(args.profile_seconds)])
+            stems.append(profile_model(args.models_dir, model, routes, clients, args.profile_seconds, folder,
+                                       command).name)
+    return stems
 
 
 def bench_sweep(args, versions, tmp: Path) -> list[dict]:

@@ -5,7 +5,7 @@
 Starts ``bentoml serve`` on 127.0.0.1 with the model (and the no-op route),
 then for each route: an unprofiled wrk window for the request rate and the
 server's CPU per request (every worker process, from psutil), and a second
-window with py-spy attached to each worker. Each sample is put in the layer
+window with py-spy attached to each worker. Each Python sample is put in the layer
 of its innermost recognisable frame (ONNX Runtime, metrics, JSON, cnnserve,
 uvicorn, ...), so the report says how many microseconds of a request each
 layer costs. Writes ``profile-<model>-c<clients>.{md,json,png}`` under
@@ -56,6 +56,7 @@ LAYERS = (
     ("asyncio event loop", "(asyncio/"),
 )
 OTHER = "other"
+NATIVE = "threads without Python frames (ONNX Runtime's pool)"
 WAITING = ("(threading.py", "(queue.py")  # parked pool threads that py-spy does not always see as idle
 
 
@@ -70,13 +71,15 @@ def layer_of(frames: list[str]) -> str | None:
     return OTHER
 
 
-def read_collapsed(paths: list[Path]) -> tuple[collections.Counter, collections.Counter, int]:
-    """Samples per layer, and per cnnserve function (inclusive), from py-spy's raw (collapsed stack) files."""
-    layers, functions, total = collections.Counter(), collections.Counter(), 0
+def read_collapsed(paths: list[Path]) -> tuple[collections.Counter, collections.Counter, int, set[int]]:
+    """Samples per layer and per cnnserve function (inclusive), and the threads seen, from py-spy's raw
+    (collapsed stack, ``--threads``) files."""
+    layers, functions, total, threads = collections.Counter(), collections.Counter(), 0, set()
     for path in paths:
         for line in path.read_text().splitlines():
             stack, _, count = line.rpartition(" ")
-            frames = stack.split(";")
+            thread, *frames = stack.split(";")
+            threads.add(int(thread.removeprefix("thread (").split(")")[0]))
             layer = layer_of(frames)
             if layer is None:
                 continue
@@ -84,24 +87,25 @@ def read_collapsed(paths: list[Path]) -> tuple[collections.Counter, collections.
             layers[layer] += int(count)
             for name in {f.rsplit(":", 1)[0] + ")" for f in frames if "(service/" in f}:
                 functions[name] += int(count)
-    return layers, functions, total
+    return layers, functions, total, threads
 
 
-def server_cpu_seconds(processes: list[psutil.Process]) -> float:
-    return sum(p.cpu_times().user + p.cpu_times().system for p in processes)
+def thread_cpu_seconds(processes: list[psutil.Process]) -> dict[int, float]:
+    return {t.id: t.user_time + t.system_time for p in processes for t in p.threads()}
 
 
 def profile_route(server, workers: list[psutil.Process], load, clients: int, seconds: float, stem: Path) -> dict:
-    before = server_cpu_seconds(workers)
+    before = sum(thread_cpu_seconds(workers).values())
     plain = wrk(server.url, load, clients, seconds)
-    cpu_us = 1e6 * (server_cpu_seconds(workers) - before) / (plain["throughput_rps"] * max(1, round(seconds)))
+    cpu_us = 1e6 * (sum(thread_cpu_seconds(workers).values()) - before) / (plain["throughput_rps"] * max(1, round(seconds)))
     result = {}
     loader = threading.Thread(target=lambda: result.update(wrk(server.url, load, clients, seconds + 2)))
     loader.start()
     time.sleep(1)
+    before = thread_cpu_seconds(workers)
     paths = [stem.with_name(f"{stem.name}-worker{i}.collapsed") for i in range(len(workers))]
     spies = [
-        subprocess.Popen([str(PY_SPY), "record", "--format", "raw", "-r", str(SAMPLE_RATE), "-d", str(max(1, round(seconds))),
+        subprocess.Popen([require_py_spy(), "record", "--threads", "--format", "raw", "-r", str(SAMPLE_RATE), "-d", str(max(1, round(seconds))),
                           "-o", str(path), "-p", str(worker.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         for worker, path in zip(workers, paths)
     ]
@@ -109,11 +113,16 @@ def profile_route(server, workers: list[psutil.Process], load, clients: int, sec
         _, error = spy.communicate()
         if spy.returncode != 0:
             raise RuntimeError(f"py-spy failed (it needs ptrace: root or CAP_SYS_PTRACE): {error.decode()[-500:]}")
+    spent = {tid: cpu - before.get(tid, 0.0) for tid, cpu in thread_cpu_seconds(workers).items()}
     loader.join()
-    layers, functions, total = read_collapsed(paths)
+    layers, functions, total, python_threads = read_collapsed(paths)
+    python_us = cpu_us * sum(spent.get(t, 0.0) for t in python_threads) / max(sum(spent.values()), 1e-9)
+    layers_us = {k: python_us * v / total for k, v in layers.items()}
+    if cpu_us - python_us > 0.005 * cpu_us:
+        layers_us[NATIVE] = cpu_us - python_us
     return {"throughput_rps": plain["throughput_rps"], "profiled_rps": result["throughput_rps"], "cpu_us": cpu_us,
-            "layers_us": {k: cpu_us * v / total for k, v in layers.items()},
-            "functions_us": {k: cpu_us * v / total for k, v in functions.most_common(12)}, "samples": total}
+            "layers_us": layers_us, "functions_us": {k: python_us * v / total for k, v in functions.most_common(12)},
+            "samples": total}
 
 
 def write_report(model: str, clients: int, profiles: dict, command: str, stem: Path) -> str:
@@ -124,8 +133,9 @@ def write_report(model: str, clients: int, profiles: dict, command: str, stem: P
     lines = [
         f"# Where the time goes: {model}, {clients} clients ({datetime.date.today()})", "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores; the wrk client shares them. Made by `{command}`.",
-        "Microseconds of server CPU (all worker processes) per request, split by py-spy samples: each sample counts",
-        "for the innermost frame that belongs to a known layer.", "",
+        "Microseconds of server CPU (all worker processes, from psutil) per request. The Python threads' share is",
+        "split by py-spy samples, each counted for its innermost frame that belongs to a known layer; threads",
+        "py-spy never saw in Python code (ONNX Runtime's own pool) are one row.", "",
         "| | " + " | ".join(routes) + " |", "|---|" + "---:|" * len(routes),
         "| requests/s (unprofiled) | " + " | ".join(f"{p['throughput_rps']:,.0f}" for p in profiles.values()) + " |",
         "| server CPU per request | " + " | ".join(f"**{p['cpu_us']:.0f} µs**" for p in profiles.values()) + " |",
@@ -166,6 +176,35 @@ def plot(profiles: dict, layer_names: list[str], model: str, clients: int, path:
     plt.close(fig)
 
 
+def require_py_spy() -> str:
+    found = PY_SPY if PY_SPY.exists() else shutil.which("py-spy")
+    if found is None:
+        raise FileNotFoundError("py-spy is missing: pip install 'cnnserve[load]' (make setup-test installs it)")
+    return str(found)
+
+
+def profile_model(models_dir: Path, model_name: str, routes: list[str], clients: int, seconds: float, folder: Path,
+                  command: str) -> Path:
+    """Profile ``routes`` of one model on a fresh server; write the report into ``folder`` and return its stem."""
+    require_py_spy()
+    model = discover(models_dir).resolve(model_name)
+    loads = route_loads(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = folder / f"profile-{model.name}-c{clients}"
+    profiles = {}
+    with tempfile.TemporaryDirectory() as tmp, running_server(
+            Path(tmp), models_dir=str(models_dir.resolve()), noop_route="true", serve=model.name) as server:
+        workers = psutil.Process(server.process.pid).children(recursive=True)
+        for route in routes:
+            wrk(server.url, loads[route], clients, 1)  # warm
+            profiles[route] = profile_route(server, workers, loads[route], clients, seconds,
+                                            stem.with_name(f"{stem.name}-{route}"))
+            print(f"{model.name} {route:<10} c={clients:<3} {profiles[route]['throughput_rps']:8,.0f} req/s, "
+                  f"{profiles[route]['cpu_us']:7.1f} µs of server CPU per request", flush=True)
+    write_report(model.name, clients, profiles, command, stem)
+    return stem
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
@@ -175,26 +214,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="per window (two per route)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "loadtests" / "results")
     args = parser.parse_args()
-    if not PY_SPY.exists() and shutil.which("py-spy") is None:
-        raise SystemExit("py-spy is missing: pip install 'cnnserve[load]' (make setup-test installs it)")
-
-    model = discover(args.models_dir).resolve(args.model)
-    loads = route_loads(model)
-    folder = args.out / datetime.date.today().isoformat()
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = folder / f"profile-{model.name}-c{args.clients}"
-    profiles = {}
-    with tempfile.TemporaryDirectory() as tmp, running_server(
-            Path(tmp), models_dir=str(args.models_dir.resolve()), noop_route="true", serve=model.name) as server:
-        workers = psutil.Process(server.process.pid).children(recursive=True)
-        for route in args.routes:
-            wrk(server.url, loads[route], args.clients, 1)  # warm
-            profiles[route] = profile_route(server, workers, loads[route], args.clients, args.seconds,
-                                            stem.with_name(f"{stem.name}-{route}"))
-            print(f"{route:<10} {profiles[route]['throughput_rps']:8,.0f} req/s, "
-                  f"{profiles[route]['cpu_us']:6.1f} µs of server CPU per request", flush=True)
-    command = "python -m loadtests.bench.profile " + " ".join(sys.argv[1:])
-    print(write_report(model.name, args.clients, profiles, command.strip(), stem))
+    try:
+        require_py_spy()
+    except FileNotFoundError as exc:
+        raise SystemExit(str(exc)) from None
+    command = " ".join(["python -m loadtests.bench.profile", *sys.argv[1:]])
+    stem = profile_model(args.models_dir, args.model, args.routes, args.clients, args.seconds,
+                         args.out / datetime.date.today().isoformat(), command)
+    print(stem.with_suffix(".md").read_text())
     print(f"wrote {stem}.md, .json and .png")
 
 

@@ -155,6 +155,12 @@ def write_report(results: dict, folder: Path) -> str:
         *served_rows(results),
         "",
     ]
+    if results.get("profiles"):
+        lines += ["## Where the time goes", "",
+                  "Server CPU per request by layer, from py-spy on every worker under wrk load (details and the "
+                  "functions: each profile's own page).", ""]
+        lines += [f"[![{stem}]({stem}.png)]({stem}.md)" for stem in results["profiles"]]
+        lines.append("")
     (folder / "bench.md").write_text("\n".join(lines))
     plot(results, folder / "bench.png")
     return "\n".join(targets)

@@ -1,6 +1,6 @@
 """The benchmark harness, shortened: it measures the raw limit, a real server over
 /predict (wrk) and V2 REST (perf_analyzer), the FastAPI baseline on the same
-model, and writes the table, the figures and the plot."""
+model, profiles a real server with py-spy, and writes the table, the figures and the plots."""
 
 import json
 import subprocess
@@ -14,7 +14,7 @@ from loadtests.local_server import REPO_ROOT
 def test_a_short_benchmark_writes_its_table_figures_and_plot(tmp_path):
     command = [sys.executable, "-m", "loadtests.bench", "--models", "lenet5-digits", "--bench-models",
                "--protocols", "predict", "v2-http", "--concurrency", "1", "4", "--seconds", "1", "--rounds", "0",
-               "--out", str(tmp_path)]
+               "--profile-seconds", "1", "--out", str(tmp_path)]
     result = subprocess.run(command, check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (folder,) = tmp_path.iterdir()
@@ -28,6 +28,8 @@ def test_a_short_benchmark_writes_its_table_figures_and_plot(tmp_path):
     table = (folder / "bench.md").read_text()
     assert "FastAPI baseline" in table and "V2 REST binary" in table and "/predict (PNG)" in table
     assert (folder / "bench.png").read_bytes().startswith(b"\x89PNG")
+    assert figures["profiles"] == ["profile-lenet5-digits-c64"]  # ResNet-18's is skipped: not measured
+    assert "[![profile-lenet5-digits-c64](profile-lenet5-digits-c64.png)](profile-lenet5-digits-c64.md)" in table
 
 
 def round_figures(**changes) -> dict:
