@@ -46,6 +46,7 @@ from .runtime import (
     tensorrt_loads,
 )
 from .v2.dataplane import DataPlane
+from .writes import coalesce_responses
 
 log = logging.getLogger("cnnserve")
 
@@ -204,7 +205,7 @@ bentoml_to_asgi = type(CnnServe).to_asgi
 
 def to_asgi_with_fast_lane(service, is_main: bool = True):
     """What each worker's uvicorn serves: BentoML's app, with the fast lane in front (service/fastlane.py),
-    on the worker's own listening socket (service/listening.py).
+    on the worker's own listening socket (service/listening.py), each response in one write (service/writes.py).
 
     BentoML builds the app by calling ``to_asgi`` on the service class, so the
     fast lane goes in there; services other than this one are left alone.
@@ -214,6 +215,8 @@ def to_asgi_with_fast_lane(service, is_main: bool = True):
         return app
     if settings.spread_connections:
         listen_on_own_socket()
+    if settings.coalesce_writes:
+        coalesce_responses()
     if not settings.fast_lane:
         return app
     return FastLane(app, rest_app, settings.max_body_bytes, key_check, settings.auth_open_paths, settings.noop_route)
