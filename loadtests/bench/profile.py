@@ -71,10 +71,10 @@ def layer_of(frames: list[str]) -> str | None:
     return OTHER
 
 
-def read_collapsed(paths: list[Path]) -> tuple[collections.Counter, collections.Counter, int, set[int]]:
+def read_collapsed(paths: list[Path]) -> tuple[collections.Counter, collections.Counter, set[int]]:
     """Samples per layer and per cnnserve function (inclusive), and the threads seen, from py-spy's raw
     (collapsed stack, ``--threads``) files."""
-    layers, functions, total, threads = collections.Counter(), collections.Counter(), 0, set()
+    layers, functions, threads = collections.Counter(), collections.Counter(), set()
     for path in paths:
         for line in path.read_text().splitlines():
             stack, _, count = line.rpartition(" ")
@@ -83,29 +83,30 @@ def read_collapsed(paths: list[Path]) -> tuple[collections.Counter, collections.
             layer = layer_of(frames)
             if layer is None:
                 continue
-            total += int(count)
             layers[layer] += int(count)
             for name in {f.rsplit(":", 1)[0] + ")" for f in frames if "(service/" in f}:
                 functions[name] += int(count)
-    return layers, functions, total, threads
+    return layers, functions, threads
 
 
 def thread_cpu_seconds(processes: list[psutil.Process]) -> dict[int, float]:
     return {t.id: t.user_time + t.system_time for p in processes for t in p.threads()}
 
 
-def profile_route(server, workers: list[psutil.Process], load, clients: int, seconds: float, stem: Path) -> dict:
+def profile_route(server, workers: list[psutil.Process], load, clients: int, seconds: float, stem: Path,
+                  py_spy: str) -> dict:
+    window = max(1, round(seconds))  # wrk and py-spy take whole seconds
     before = sum(thread_cpu_seconds(workers).values())
-    plain = wrk(server.url, load, clients, seconds)
-    cpu_us = 1e6 * (sum(thread_cpu_seconds(workers).values()) - before) / (plain["throughput_rps"] * max(1, round(seconds)))
+    plain = wrk(server.url, load, clients, window)
+    cpu_us = 1e6 * (sum(thread_cpu_seconds(workers).values()) - before) / (plain["throughput_rps"] * window)
     result = {}
-    loader = threading.Thread(target=lambda: result.update(wrk(server.url, load, clients, seconds + 2)))
+    loader = threading.Thread(target=lambda: result.update(wrk(server.url, load, clients, window + 2)))
     loader.start()
     time.sleep(1)
     before = thread_cpu_seconds(workers)
     paths = [stem.with_name(f"{stem.name}-worker{i}.collapsed") for i in range(len(workers))]
     spies = [
-        subprocess.Popen([require_py_spy(), "record", "--threads", "--format", "raw", "-r", str(SAMPLE_RATE), "-d", str(max(1, round(seconds))),
+        subprocess.Popen([py_spy, "record", "--threads", "--format", "raw", "-r", str(SAMPLE_RATE), "-d", str(window),
                           "-o", str(path), "-p", str(worker.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         for worker, path in zip(workers, paths)
     ]
@@ -115,7 +116,8 @@ def profile_route(server, workers: list[psutil.Process], load, clients: int, sec
             raise RuntimeError(f"py-spy failed (it needs ptrace: root or CAP_SYS_PTRACE): {error.decode()[-500:]}")
     spent = {tid: cpu - before.get(tid, 0.0) for tid, cpu in thread_cpu_seconds(workers).items()}
     loader.join()
-    layers, functions, total, python_threads = read_collapsed(paths)
+    layers, functions, python_threads = read_collapsed(paths)
+    total = sum(layers.values())
     python_us = cpu_us * sum(spent.get(t, 0.0) for t in python_threads) / max(sum(spent.values()), 1e-9)
     layers_us = {k: python_us * v / total for k, v in layers.items()}
     if cpu_us - python_us > 0.005 * cpu_us:
@@ -186,7 +188,7 @@ def require_py_spy() -> str:
 def profile_model(models_dir: Path, model_name: str, routes: list[str], clients: int, seconds: float, folder: Path,
                   command: str) -> Path:
     """Profile ``routes`` of one model on a fresh server; write the report into ``folder`` and return its stem."""
-    require_py_spy()
+    py_spy = require_py_spy()
     model = discover(models_dir).resolve(model_name)
     loads = route_loads(model)
     folder.mkdir(parents=True, exist_ok=True)
@@ -198,7 +200,7 @@ def profile_model(models_dir: Path, model_name: str, routes: list[str], clients:
         for route in routes:
             wrk(server.url, loads[route], clients, 1)  # warm
             profiles[route] = profile_route(server, workers, loads[route], clients, seconds,
-                                            stem.with_name(f"{stem.name}-{route}"))
+                                            stem.with_name(f"{stem.name}-{route}"), py_spy)
             print(f"{model.name} {route:<10} c={clients:<3} {profiles[route]['throughput_rps']:8,.0f} req/s, "
                   f"{profiles[route]['cpu_us']:7.1f} µs of server CPU per request", flush=True)
     write_report(model.name, clients, profiles, command, stem)
@@ -214,13 +216,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="per window (two per route)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "loadtests" / "results")
     args = parser.parse_args()
+    command = " ".join(["python -m loadtests.bench.profile", *sys.argv[1:]])
     try:
-        require_py_spy()
+        stem = profile_model(args.models_dir, args.model, args.routes, args.clients, args.seconds,
+                             args.out / datetime.date.today().isoformat(), command)
     except FileNotFoundError as exc:
         raise SystemExit(str(exc)) from None
-    command = " ".join(["python -m loadtests.bench.profile", *sys.argv[1:]])
-    stem = profile_model(args.models_dir, args.model, args.routes, args.clients, args.seconds,
-                         args.out / datetime.date.today().isoformat(), command)
     print(stem.with_suffix(".md").read_text())
     print(f"wrote {stem}.md, .json and .png")
 
