@@ -34,6 +34,7 @@ from .fastlane import FastLane
 from .limits import BodyLimit
 from .listening import listen_on_own_socket, spread_connections
 from .metrics import ModelMetrics, child
+from .noop import zero_compute
 from .repository import ModelVersion, discover
 from .rest import build_rest_app
 from .runtime import (
@@ -188,6 +189,7 @@ class CnnServe:
         self.core = InferenceCore(settings, repository, self.host.infer, self.runtime_status, self.host.check_room)
         rest_app.state.core = self.core
         rest_app.state.dataplane = DataPlane(self.core)
+        rest_app.state.noop_dataplane = DataPlane(self.core, compute=zero_compute)
 
     def runtime_status(self) -> dict:
         return self.host.status

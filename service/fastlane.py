@@ -21,34 +21,34 @@ import re
 
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 
 from .auth import ApiKeyMiddleware, KeyCheck
-from .http_common import header, read_body
+from .http_common import header
 from .limits import BodyLimit
+from .noop import noop, noop_infer
 from .rest import predict, predict_batch
 from .v2.rest import infer, server_live
 
 log = logging.getLogger("cnnserve")
 
-V2_INFER = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
+V2_INFER = re.compile(r"^(?P<noop>/noop)?/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
 EXACT = {("POST", "/predict"): predict, ("POST", "/predict_batch"): predict_batch, ("GET", "/v2/health/live"): server_live}
 
 
-async def noop(request: Request) -> Response:
-    """``POST /noop`` (with ``noop_route``): read the body, answer ``{}``; the server's own cost per request."""
-    await read_body(request)
-    return Response(b"{}", media_type="application/json")
+def route(method: str, path: str, noop_route: bool = False):
+    """The handler and path parameters of a fast-lane route, or (None, None).
 
-
-def route(method: str, path: str, exact: dict = EXACT):
-    """The handler and path parameters of a fast-lane route, or (None, None)."""
-    handler = exact.get((method, path))
+    With ``noop_route``, also the no-op routes (service/noop.py).
+    """
+    handler = EXACT.get((method, path)) or (noop if noop_route and (method, path) == ("POST", "/noop") else None)
     if handler is not None:
         return handler, {}
     if method == "POST" and (match := V2_INFER.match(path)):
-        version = match.group("version")
-        return infer, {"name": match.group("name")} if version is None else {"name": match.group("name"), "version": version}
+        if match.group("noop") and not noop_route:
+            return None, None
+        params = {key: value for key in ("name", "version") if (value := match.group(key)) is not None}
+        return noop_infer if match.group("noop") else infer, params
     return None, None
 
 
@@ -65,7 +65,7 @@ class FastLane:
         self, app, rest_app, max_body_bytes: int, key_check: KeyCheck, open_paths: tuple[str, ...], noop_route: bool
     ):
         self.app = app  # BentoML's full stack
-        self.exact = {**EXACT, ("POST", "/noop"): noop} if noop_route else EXACT
+        self.noop_route = noop_route
         self.rest_app = rest_app  # the handlers read the core and the data plane from its state
         self.max_body_bytes = max_body_bytes
         self.keys_needed = key_check.enabled
@@ -73,7 +73,7 @@ class FastLane:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
-            handler, path_params = route(scope["method"], scope["path"], self.exact)
+            handler, path_params = route(scope["method"], scope["path"], self.noop_route)
             if handler is not None:
                 scope["app"], scope["path_params"], scope["cnnserve.handler"] = self.rest_app, path_params, handler
                 if self.keys_needed or not self.declared_within_limit(scope):

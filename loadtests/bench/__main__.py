@@ -9,7 +9,7 @@ In one run, on one machine:
 3. the targets: the ratios the project promises, measured head to head in
    interleaved rounds (both servers up, one loaded at a time) and reported as medians;
 4. where the time goes: py-spy profiles of a real server (``profile.py``), LeNet-5's
-   V2 REST and the no-op at 64 clients, and ResNet-18's ``/predict`` at one client.
+   V2 REST and the two no-op routes at 64 clients, and ResNet-18's ``/predict`` at one client.
 
 It writes ``bench.md``, ``bench.json`` and ``bench.png`` (and the profiles) under
 ``loadtests/results/<date>/``. ``make bench`` runs it with the defaults.
@@ -42,7 +42,7 @@ from .wrk import wrk
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TARGET_MODELS = ("resnet18-digits", "lenet5-digits")
-PROFILES = (("lenet5-digits", ["v2-binary", "noop"], 64), ("resnet18-digits", ["predict"], 1))  # model, routes, clients
+PROFILES = (("lenet5-digits", ["v2-binary", "noop-v2", "noop"], 64), ("resnet18-digits", ["predict"], 1))  # model, routes, clients
 
 
 def log(message: str) -> None:
@@ -91,6 +91,7 @@ def target_round(server, fastapi_url: str, versions: dict, cores: int, seconds: 
     found["lenet5_fastapi_c64"] = baseline_measure(fastapi_url, lenet.name, 64, seconds)["throughput_rps"]
     loads = route_loads(lenet)
     found["lenet5_wrk_infer_c64"] = wrk(server.url, loads["v2-binary"], 64, seconds)["throughput_rps"]
+    found["noop_v2_wrk_c64"] = wrk(server.url, loads["noop-v2"], 64, seconds)["throughput_rps"]
     found["noop_wrk_c64"] = wrk(server.url, loads["noop"], 64, seconds)["throughput_rps"]
     for version in versions.values():
         ones = raw.measure_raw(version, cores, seconds=seconds / 4, batch_sizes=(1,), quiet=True)

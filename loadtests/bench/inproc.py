@@ -28,7 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def build_lane(models_dir: Path, model_name: str):
-    """The fast lane over one model's real core and batcher, with the no-op route; and the model."""
+    """The fast lane over one model's real core and batcher, with the no-op routes; and the model."""
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="cnnserve-inproc-"))
     from service.auth import KeyCheck
     from service.batcher import AdaptiveBatcher, inline_up_to
@@ -36,6 +36,7 @@ def build_lane(models_dir: Path, model_name: str):
     from service.core import InferenceCore
     from service.cores import ModelRunner
     from service.fastlane import FastLane
+    from service.noop import zero_compute
     from service.repository import discover
     from service.rest import build_rest_app
     from service.runtime import CPU, load_model
@@ -56,6 +57,7 @@ def build_lane(models_dir: Path, model_name: str):
                          lambda _model, count: batcher.check_room(count))
     app = build_rest_app()
     app.state.core, app.state.dataplane = core, DataPlane(core)
+    app.state.noop_dataplane = DataPlane(core, compute=zero_compute)
     return FastLane(None, app, settings.max_body_bytes, KeyCheck([]), (), noop_route=True), model
 
 

@@ -1,6 +1,6 @@
 """Where a real server's time goes under load: py-spy samples every worker while wrk loads one route at a time.
 
-    python -m loadtests.bench.profile --model lenet5-digits --routes v2-binary noop --clients 64
+    python -m loadtests.bench.profile --model lenet5-digits --routes v2-binary noop-v2 noop --clients 64
 
 Starts ``bentoml serve`` on 127.0.0.1 with the model (and the no-op route),
 then for each route: an unprofiled wrk window for the request rate and the
@@ -211,7 +211,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
     parser.add_argument("--model", default="lenet5-digits")
-    parser.add_argument("--routes", nargs="+", choices=ROUTES, default=["v2-binary", "noop"])
+    parser.add_argument("--routes", nargs="+", choices=ROUTES, default=["v2-binary", "noop-v2", "noop"])
     parser.add_argument("--clients", type=int, default=64, help="wrk connections")
     parser.add_argument("--seconds", type=float, default=10.0, help="per window (two per route)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "loadtests" / "results")

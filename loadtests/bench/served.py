@@ -22,7 +22,7 @@ from .perf_analyzer import perf_analyzer
 from .wrk import HttpLoad, multipart, wrk
 
 PROTOCOLS = ("predict", "v2-http", "grpc")
-ROUTES = ("v2-binary", "predict", "noop")  # the HTTP routes wrk loads (route_loads)
+ROUTES = ("v2-binary", "predict", "noop-v2", "noop")  # the HTTP routes wrk loads (route_loads)
 
 
 @functools.lru_cache
@@ -47,12 +47,14 @@ def v2_binary_body(shape: list[int]) -> tuple[bytes, int]:
 
 def route_loads(model) -> dict[str, HttpLoad]:
     """What wrk sends to each prediction route: V2 REST with a binary tensor, ``/predict`` with PNG files, and
-    the no-op route with the V2 request's body (the server's own cost for the same bytes)."""
+    the same V2 request to the two no-op routes (service/noop.py): the V2 route without inference, and a bare
+    POST that only reads the body."""
     tensor, header_length = v2_binary_body([1, *model.input_shape])
     binary = {"Inference-Header-Content-Length": str(header_length)}
     return {
         "v2-binary": HttpLoad("POST", f"/v2/models/{model.name}/infer", [tensor], headers=binary),
         "predict": predict_load(model.name, model.input_shape[0], model.input_shape[-1]),
+        "noop-v2": HttpLoad("POST", f"/noop/v2/models/{model.name}/infer", [tensor], headers=binary),
         "noop": HttpLoad("POST", "/noop", [tensor], headers=binary),
     }
 

@@ -14,13 +14,13 @@ Outputs: ``probabilities`` [N, K] and ``boxes`` [N, 4], both FP32.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Awaitable, Callable
 
 import numpy as np
 
 from .. import __version__
 from ..contract import BOXES, INPUT_NAME, PROBABILITIES
-from ..core import InferenceCore, check_tensor
+from ..core import InferenceCore, TensorResult, check_tensor
 from ..errors import InvalidInput
 from ..repository import ModelVersion
 from .tensors import BYTES, Tensor
@@ -29,6 +29,8 @@ IMAGE_BYTES = "image_bytes"
 SERVER_NAME = "cnnserve"
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
 PLATFORM = "onnxruntime_onnx"
+
+Compute = Callable[[ModelVersion, np.ndarray, float], Awaitable[TensorResult]]
 
 
 def parse_version(version: str | int | None) -> int | None:
@@ -41,8 +43,11 @@ def parse_version(version: str | int | None) -> int | None:
 
 
 class DataPlane:
-    def __init__(self, core: InferenceCore):
+    def __init__(self, core: InferenceCore, compute: Compute | None = None):
+        """``compute`` turns a model's input into its outputs: the core's batcher and ONNX Runtime unless
+        given (the no-op routes give zeros, service/noop.py)."""
         self.core = core
+        self.compute = compute or core.run
 
     @property
     def repository(self):
@@ -128,7 +133,7 @@ class DataPlane:
                 images = await self.decoded(model, tensor)
             else:
                 images = self.pixels(model, tensor)
-            result = await core.run(model, images, deadline)
+            result = await self.compute(model, images, deadline)
         outputs = {PROBABILITIES: result.probabilities, BOXES: result.boxes}
         return model, [Tensor(n, "FP32", np.asarray(outputs[n], dtype=np.float32)) for n in wanted], result.timings
 

@@ -142,7 +142,11 @@ def request_timeout_ms(payload: dict, request: Request) -> float | None:
 
 
 async def infer(request: Request) -> Response:
-    dataplane = plane(request)
+    return await answer_infer(request, plane(request), "v2-rest")
+
+
+async def answer_infer(request: Request, dataplane: DataPlane, protocol: str) -> Response:
+    """One V2 REST inference request through ``dataplane``, counted under ``protocol``."""
     try:
         payload, binary = split_body(await read_body(request), header(request.scope, HEADER_LENGTH))
         max_elements = dataplane.core.settings.max_tensor_elements
@@ -152,7 +156,7 @@ async def infer(request: Request) -> Response:
             request.path_params.get("version"),
             lambda: parse_inputs(payload, binary, max_elements),
             names,
-            "v2-rest",
+            protocol,
             request_timeout_ms(payload, request),
         )
     except ServiceError as exc:

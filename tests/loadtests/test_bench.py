@@ -37,7 +37,7 @@ def round_figures(**changes) -> dict:
         "resnet18_raw_best": 500.0, "resnet18_predict_c64": 380.0, "resnet18_v2-http_c64": 420.0,
         "resnet18_grpc_c64": 390.0, "resnet18_predict_c64_mean_batch": 20.0, "resnet18_v2-http_c64_mean_batch": 24.0,
         "resnet18_grpc_c64_mean_batch": 15.0, "lenet5_v2-http_c64": 4000.0, "lenet5_fastapi_c64": 3000.0,
-        "lenet5_wrk_infer_c64": 6000.0, "noop_wrk_c64": 18000.0,
+        "lenet5_wrk_infer_c64": 6000.0, "noop_v2_wrk_c64": 9000.0, "noop_wrk_c64": 18000.0,
         "lenet5-digits_raw_b1_ms": 0.05, "lenet5-digits_predict_c1_p50_ms": 1.0,
     }
     return {**figures, **changes}
@@ -48,30 +48,33 @@ def test_targets_are_judged_on_the_medians_of_the_rounds():
         "raw": {"lenet5-digits": {"decode_ms": 0.1}},
         "serving": {"workers": 2, "threads": 1, "cores": 2},
         "targets": {"worker_processes": 2, "rounds": [
-            round_figures(), round_figures(**{"resnet18_v2-http_c64": 300.0}), round_figures(**{"noop_wrk_c64": 9000.0}),
+            round_figures(), round_figures(**{"resnet18_v2-http_c64": 300.0}), round_figures(**{"noop_v2_wrk_c64": 13000.0}),
         ]},
     }
     rows = target_rows(results)
     assert [(target.split(",")[0], met) for target, _, _, met in rows] == [
         ("resnet18-digits", True),  # median of 0.84, 0.60, 0.84 over V2 REST
         ("lenet5-digits", True),  # 4000 / 3000
-        ("lenet5-digits", False),  # no-op: median 6000 / 18000
+        ("lenet5-digits", True),  # the V2 no-op: median of 6000 / 9000, 6000 / 9000, 6000 / 13000
         ("resnet18-digits", True),  # mean batch on the best path: 24
         ("lenet5-digits", True),  # 1.0 ms ≤ 0.05 + 0.1 + 2
         ("workers × ONNX Runtime threads ≤ cores (defaults)", True),
     ]
-    assert "no-op" in rows[2][0] and "V2 REST binary" in rows[3][0]
+    assert "V2 no-op" in rows[2][0] and "bare no-op POST 0.33" in rows[2][1] and "V2 REST binary" in rows[3][0]
+    slower = {**results, "targets": {**results["targets"], "rounds": [round_figures(**{"noop_v2_wrk_c64": 13000.0})]}}
+    assert not target_rows(slower)[2][3]  # 6000 / 13000 < 0.5
 
 
 def test_the_in_process_harness_prices_each_route_without_sockets():
-    """Every route answers 200 through the real core, and the no-op costs less than any inference."""
+    """Every route answers 200 through the real core; the bare no-op costs less than the V2 no-op, which costs
+    less than inference."""
     command = [sys.executable, "-m", "loadtests.bench.inproc", "--clients", "4", "--seconds", "0.2", "--rounds", "1",
                "--profile", "v2-binary"]
     result = subprocess.run(command, check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     costs = {line.split()[0]: float(line.split()[1]) for line in result.stdout.splitlines() if "µs of CPU" in line}
-    assert set(costs) == {"v2-binary", "predict", "noop"}
-    assert 0 < costs["noop"] < costs["v2-binary"] and costs["noop"] < costs["predict"]
+    assert set(costs) == {"v2-binary", "predict", "noop-v2", "noop"}
+    assert 0 < costs["noop"] < costs["noop-v2"] < costs["v2-binary"] and costs["noop"] < costs["predict"]
     assert "function calls" in result.stdout  # the profile of one route
 
 
@@ -86,14 +89,14 @@ def test_a_profile_sample_belongs_to_its_innermost_known_layer():
 
 def test_a_profile_of_a_real_server_prices_each_layer_of_a_request(tmp_path):
     """py-spy on the workers of a real server under wrk: only inference pays for ONNX Runtime."""
-    command = [sys.executable, "-m", "loadtests.bench.profile", "--routes", "v2-binary", "noop", "--clients", "4",
+    command = [sys.executable, "-m", "loadtests.bench.profile", "--routes", "v2-binary", "noop-v2", "--clients", "4",
                "--seconds", "1", "--out", str(tmp_path)]
     result = subprocess.run(command, check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (folder,) = tmp_path.iterdir()
     routes = json.loads((folder / "profile-lenet5-digits-c4.json").read_text())["routes"]
     assert routes["v2-binary"]["layers_us"]["ONNX Runtime"] > 0
-    assert routes["noop"]["layers_us"].get("ONNX Runtime", 0) == 0
+    assert routes["noop-v2"]["layers_us"].get("ONNX Runtime", 0) == 0
     for figures in routes.values():
         assert figures["samples"] > 0
         assert abs(sum(figures["layers_us"].values()) - figures["cpu_us"]) < 0.01 * figures["cpu_us"]

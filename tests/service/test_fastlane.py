@@ -2,12 +2,15 @@
 HTTP metrics do not count them) yet keep our limits; every other route, and
 every route with ``fast_lane`` off, goes through BentoML's stack."""
 
+import math
+
 import httpx
 import pytest
 
 from loadtests.digit_images import digit_files
 from loadtests.local_server import running_server
 from service.fastlane import route
+from service.noop import noop, noop_infer
 from service.rest import predict, predict_batch
 from service.v2.rest import infer, server_live
 
@@ -25,10 +28,20 @@ def test_hot_routes_take_the_fast_lane(method, path, handler, params):
 
 @pytest.mark.parametrize(("method", "path"), [
     ("GET", "/predict"), ("GET", "/models"), ("GET", "/metrics"), ("POST", "/v2/models/x/ready"),
-    ("GET", "/v2/models/lenet5-digits/infer"), ("POST", "/noop"),
+    ("GET", "/v2/models/lenet5-digits/infer"), ("POST", "/noop"), ("POST", "/noop/v2/models/lenet5-digits/infer"),
 ])
 def test_everything_else_goes_through_bentoml(method, path):
     assert route(method, path) == (None, None)
+
+
+@pytest.mark.parametrize(("path", "handler", "params"), [
+    ("/noop", noop, {}),
+    ("/noop/v2/models/lenet5-digits/infer", noop_infer, {"name": "lenet5-digits"}),
+    ("/noop/v2/models/lenet5-digits/versions/1/infer", noop_infer, {"name": "lenet5-digits", "version": "1"}),
+])
+def test_the_noop_routes_exist_only_with_noop_route(path, handler, params):
+    assert route("POST", path, noop_route=True) == (handler, params)
+    assert route("POST", path) == (None, None)
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +76,29 @@ def test_with_the_fast_lane_off_bentoml_sees_every_request_and_noop_route_answer
     with running_server(tmp_path, serve="lenet5-digits", noop_route="true") as on:
         answer = httpx.post(f"{on.url}/noop", content=b"x" * 4096, timeout=30)
         assert answer.status_code == 200 and answer.json() == {}
+
+
+def v2_request(shape: list[int]) -> dict:
+    return {"inputs": [{"name": "images", "datatype": "FP32", "shape": shape, "data": [0.5] * math.prod(shape)}]}
+
+
+def test_the_v2_noop_route_answers_as_the_model_would_with_zeros_and_without_inference(tmp_path):
+    with running_server(tmp_path, serve="lenet5-digits", noop_route="true") as server:
+        noop_url = f"{server.url}/noop/v2/models/lenet5-digits/infer"
+        answer = httpx.post(noop_url, json=v2_request([2, 1, 32, 32]), timeout=30)
+        assert answer.status_code == 200, answer.text
+        outputs = {o["name"]: o for o in answer.json()["outputs"]}
+        assert outputs["probabilities"]["shape"] == [2, 10] and set(outputs["probabilities"]["data"]) == {0.0}
+        assert outputs["boxes"]["shape"] == [2, 4]
+        real = httpx.post(f"{server.url}/v2/models/lenet5-digits/infer", json=v2_request([2, 1, 32, 32]), timeout=30)
+        assert [o["shape"] for o in real.json()["outputs"]] == [o["shape"] for o in answer.json()["outputs"]]
+        wrong_shape = httpx.post(noop_url, json=v2_request([1, 1, 28, 28]), timeout=30)
+        assert wrong_shape.status_code == 400 and "shape" in wrong_shape.json()["error"]
+        metrics = server.metrics()
+        assert 'protocol="noop-v2-rest"' in metrics
+        assert batched_images(metrics) == 2  # only the real request reached the batcher
+
+
+def batched_images(metrics: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("cnnserve_batch_size_images_sum{") and 'model="lenet5-digits"' in line)

@@ -1,0 +1,43 @@
+"""The benchmark's no-op routes (``noop_route``): what the server itself costs per request.
+
+- ``POST /noop`` reads the body and answers ``{}``: HTTP and the fast lane alone.
+- ``POST /noop/v2/models/{name}[/versions/{v}]/infer`` is the V2 REST route as
+  served (parsing, validation, admission, metrics, response encoding), with the
+  model's outputs replaced by zeros of their shapes: no batcher, no ONNX Runtime.
+  It is Triton's zero-compute model for this server: the same protocol, minus inference.
+
+Together with the real route they split a request's cost into HTTP, the V2
+protocol, and inference (``make bench``, ``make profile``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .core import TensorResult
+from .http_common import read_body
+from .repository import ModelVersion
+from .v2.rest import answer_infer
+
+NOOP_PROTOCOL = "noop-v2-rest"  # the protocol label its requests are counted under
+
+
+async def noop(request: Request) -> Response:
+    """``POST /noop``: read the body, answer ``{}``."""
+    await read_body(request)
+    return Response(b"{}", media_type="application/json")
+
+
+async def noop_infer(request: Request) -> Response:
+    """``POST /noop/v2/models/.../infer``: the V2 REST route with zero outputs."""
+    return await answer_infer(request, request.app.state.noop_dataplane, NOOP_PROTOCOL)
+
+
+async def zero_compute(model: ModelVersion, images: np.ndarray, deadline: float) -> TensorResult:
+    """The model's outputs for ``images``, all zeros, at once."""
+    count = len(images)
+    boxes = np.zeros((count, 4), np.float32) if model.has_boxes else None
+    timings = {"queue_ms": 0.0, "compute_ms": 0.0, "batch_images": count}
+    return TensorResult(model, np.zeros((count, len(model.labels)), np.float32), boxes, timings)
