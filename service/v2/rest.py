@@ -24,6 +24,7 @@ from .dataplane import DataPlane
 from .tensors import Tensor, from_raw, from_values, raw_bytes
 
 HEADER_LENGTH = b"inference-header-content-length"
+COMPACT = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps with options builds one a call
 
 
 def plane(request: Request) -> DataPlane:
@@ -110,11 +111,11 @@ def encode_response(model, request_id, outputs: list[Tensor], binary: set[str], 
         else:
             entry = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.array.shape),
                      "data": tensor.array.ravel().tolist()}
-            described.append(json.dumps(entry, separators=(",", ":")))
+            described.append(COMPACT.encode(entry))
     header = {"model_name": model.name, "model_version": str(model.version), "parameters": timings}
     if request_id:
         header["id"] = request_id
-    text = (json.dumps(header, separators=(",", ":"))[:-1] + ',"outputs":[' + ",".join(described) + "]}").encode()
+    text = (COMPACT.encode(header)[:-1] + ',"outputs":[' + ",".join(described) + "]}").encode()
     if not chunks:
         return Response(text, media_type="application/json")
     return Response(
@@ -128,7 +129,7 @@ def encode_response(model, request_id, outputs: list[Tensor], binary: set[str], 
 def binary_output(name: str, datatype: str, shape: tuple[int, ...], size: int) -> str:
     """The JSON that describes one binary output; the same few shapes recur, so it is encoded once each."""
     entry = {"name": name, "datatype": datatype, "shape": list(shape), "parameters": {"binary_data_size": size}}
-    return json.dumps(entry, separators=(",", ":"))
+    return COMPACT.encode(entry)
 
 
 def request_timeout_ms(payload: dict, request: Request) -> float | None:
