@@ -33,7 +33,7 @@ from .errors import ModelUnavailable
 from .fastlane import FastLane
 from .limits import BodyLimit
 from .listening import listen_on_own_socket, spread_connections
-from .metrics import ModelMetrics, child
+from .metrics import ModelMetrics, child, pass_totals
 from .noop import zero_compute
 from .repository import ModelVersion, discover
 from .rest import build_rest_app
@@ -110,8 +110,9 @@ class ModelHost:
         self.metrics.model_ready.labels(*labels).set(1)
 
         def observe(images: int, seconds: float) -> None:
-            child(self.metrics.batch_size, *labels).observe(images)
-            child(self.metrics.compute_duration, *labels).observe(seconds)
+            totals = pass_totals()
+            totals.observe(child(self.metrics.batch_size, *labels), images)
+            totals.observe(child(self.metrics.compute_duration, *labels), seconds)
 
         self.batchers[model.key] = AdaptiveBatcher(
             model.key,

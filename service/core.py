@@ -19,7 +19,7 @@ import numpy as np
 from .batcher import BatchResult
 from .config import Settings
 from .errors import InvalidInput, ModelUnavailable, ServiceError, TooLarge
-from .metrics import RequestMetrics, child
+from .metrics import RequestMetrics, child, pass_totals
 from .postprocess import describe
 from .preprocess import decode_image
 from .repository import ModelVersion, Repository
@@ -71,10 +71,12 @@ class Tracked:
         else:
             outcome = "server_error"
         labels = self.model.metric_labels if self.model else ("unknown", "")
+        totals = pass_totals()
         if self.model:
-            child(self.metrics.inflight, *labels).dec()
-        child(self.metrics.requests, *labels, self.protocol, outcome).inc()
-        child(self.metrics.request_duration, *labels, self.protocol, outcome).observe(time.perf_counter() - self.started)
+            totals.inc(child(self.metrics.inflight, *labels), -1)
+        totals.inc(child(self.metrics.requests, *labels, self.protocol, outcome))
+        totals.observe(child(self.metrics.request_duration, *labels, self.protocol, outcome),
+                       time.perf_counter() - self.started)
 
 
 @dataclass
@@ -121,7 +123,7 @@ class InferenceCore:
 
     def admit(self, record: Tracked, model: ModelVersion) -> None:
         record.model = model
-        child(self.metrics.inflight, *model.metric_labels).inc()
+        pass_totals().inc(child(self.metrics.inflight, *model.metric_labels))
 
     def check_images(self, model: ModelVersion, count: int) -> None:
         """Refuse before any decoding: no image, too many for one request, or no room in the model's queue."""
@@ -159,7 +161,8 @@ class InferenceCore:
             decoded = await asyncio.to_thread(self.decode_all, model, files)
         else:
             decoded = self.decode_all(model, files)
-        child(self.metrics.preprocess_duration, *model.metric_labels).observe(time.perf_counter() - began)
+        seconds = time.perf_counter() - began
+        pass_totals().observe(child(self.metrics.preprocess_duration, *model.metric_labels), seconds)
         return decoded
 
     def deadline(self, timeout_ms: float | None) -> float:
@@ -213,6 +216,6 @@ class InferenceCore:
             batch_images = max(r.batch_images for r in results)
             probabilities = np.concatenate([r.probabilities for r in results])
             boxes = None if results[0].boxes is None else np.concatenate([r.boxes for r in results])
-        child(self.metrics.queue_duration, *model.metric_labels).observe(queue_ms / 1000)
+        pass_totals().observe(child(self.metrics.queue_duration, *model.metric_labels), queue_ms / 1000)
         timings = {"queue_ms": round(queue_ms, 3), "compute_ms": round(compute_ms, 3), "batch_images": batch_images}
         return TensorResult(model, probabilities, boxes, timings)
