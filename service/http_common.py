@@ -51,3 +51,22 @@ async def read_body(request: Request) -> bytes:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class BytesResponse:
+    """A 200 with a ready body: its ASGI header list built directly.
+
+    Starlette's ``Response`` normalises a header mapping on every request,
+    3 µs of the V2 REST route's 72 in process; the hot routes know their headers.
+    """
+
+    __slots__ = ("body", "headers")
+
+    def __init__(self, body: bytes, content_type: bytes, *extra_headers: tuple[bytes, bytes]):
+        self.body = body
+        self.headers = [(b"content-length", str(len(body)).encode()), (b"content-type", content_type), *extra_headers]
+
+    async def __call__(self, scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body})
+

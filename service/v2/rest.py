@@ -18,8 +18,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import InvalidInput, ModelUnavailable, ServiceError
+from ..http_common import BytesResponse, header, read_body, timeout_ms
 from ..http_common import error_response as error
-from ..http_common import header, read_body, timeout_ms
 from .dataplane import DataPlane
 from .tensors import Tensor, from_raw, from_values, raw_bytes
 
@@ -101,7 +101,7 @@ def requested_outputs(payload: dict) -> tuple[list[str] | None, set[str]]:
     return names, binary
 
 
-def encode_response(model, request_id, outputs: list[Tensor], binary: set[str], timings: dict) -> Response:
+def encode_response(model, request_id, outputs: list[Tensor], binary: set[str], timings: dict) -> BytesResponse:
     described, chunks = [], []
     for tensor in outputs:
         if "*" in binary or tensor.name in binary:
@@ -117,12 +117,9 @@ def encode_response(model, request_id, outputs: list[Tensor], binary: set[str], 
         header["id"] = request_id
     text = (COMPACT.encode(header)[:-1] + ',"outputs":[' + ",".join(described) + "]}").encode()
     if not chunks:
-        return Response(text, media_type="application/json")
-    return Response(
-        text + b"".join(chunks),
-        media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(len(text))},
-    )
+        return BytesResponse(text, b"application/json")
+    return BytesResponse(text + b"".join(chunks), b"application/octet-stream",
+                         (HEADER_LENGTH, str(len(text)).encode()))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -142,11 +139,11 @@ def request_timeout_ms(payload: dict, request: Request) -> float | None:
     return timeout_us / 1000
 
 
-async def infer(request: Request) -> Response:
+async def infer(request: Request) -> Response | BytesResponse:
     return await answer_infer(request, plane(request), "v2-rest")
 
 
-async def answer_infer(request: Request, dataplane: DataPlane, protocol: str) -> Response:
+async def answer_infer(request: Request, dataplane: DataPlane, protocol: str) -> Response | BytesResponse:
     """One V2 REST inference request through ``dataplane``, counted under ``protocol``."""
     try:
         payload, binary = split_body(await read_body(request), header(request.scope, HEADER_LENGTH))

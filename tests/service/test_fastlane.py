@@ -72,7 +72,10 @@ def test_fast_lane_predictions_skip_bentoml_middlewares_but_not_our_limits(serve
 def test_with_the_fast_lane_off_bentoml_sees_every_request_and_noop_route_answers(tmp_path, digit_png):
     with running_server(tmp_path, serve="lenet5-digits", fast_lane="false", noop_route="true") as off:
         assert predict_once(off.url, digit_png).status_code == 200
-        assert bentoml_counted(off.metrics(), "/predict")
+        v2 = httpx.post(f"{off.url}/v2/models/lenet5-digits/infer", json=v2_request([1, 1, 32, 32]), timeout=30)
+        assert v2.status_code == 200 and v2.json()["outputs"][0]["shape"] == [1, 10]
+        metrics = off.metrics()
+        assert bentoml_counted(metrics, "/predict") and bentoml_counted(metrics, "/v2/models/lenet5-digits/infer")
     with running_server(tmp_path, serve="lenet5-digits", noop_route="true") as on:
         answer = httpx.post(f"{on.url}/noop", content=b"x" * 4096, timeout=30)
         assert answer.status_code == 200 and answer.json() == {}
