@@ -34,6 +34,7 @@ log = logging.getLogger("cnnserve")
 
 V2_INFER = re.compile(r"^(?P<noop>/noop)?/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
 EXACT = {("POST", "/predict"): predict, ("POST", "/predict_batch"): predict_batch, ("GET", "/v2/health/live"): server_live}
+EXACT_WITH_NOOP = {**EXACT, ("POST", "/noop"): noop}
 
 
 def route(method: str, path: str, noop_route: bool = False):
@@ -41,15 +42,14 @@ def route(method: str, path: str, noop_route: bool = False):
 
     With ``noop_route``, also the no-op routes (service/noop.py).
     """
-    handler = EXACT.get((method, path)) or (noop if noop_route and (method, path) == ("POST", "/noop") else None)
+    handler = (EXACT_WITH_NOOP if noop_route else EXACT).get((method, path))
     if handler is not None:
         return handler, {}
-    if method == "POST" and (match := V2_INFER.match(path)):
-        if match.group("noop") and not noop_route:
-            return None, None
-        params = {key: value for key in ("name", "version") if (value := match.group(key)) is not None}
-        return noop_infer if match.group("noop") else infer, params
-    return None, None
+    match = V2_INFER.match(path) if method == "POST" else None
+    if match is None or (match.group("noop") and not noop_route):
+        return None, None
+    params = {key: value for key in ("name", "version") if (value := match.group(key)) is not None}
+    return noop_infer if match.group("noop") else infer, params
 
 
 class FastLane:
