@@ -10,7 +10,6 @@ decoding, so a decompression bomb costs nothing.
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -44,18 +43,21 @@ def decode_image(data: bytes, channels: int, height: int, width: int, max_pixels
     if w == 0 or h == 0:
         raise InvalidInput(f"image has no pixels ({w}x{h})")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
-            original = (h, w) if orientation in SWAPS_AXES else (w, h)
-            if image.format == "JPEG":
-                side = max(height, width)
-                image.draft("L" if channels == 1 else "RGB", (side, side))  # decode at a reduced scale
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+        original = (h, w) if orientation in SWAPS_AXES else (w, h)
+        if image.format == "JPEG":
+            side = max(height, width)
+            image.draft("L" if channels == 1 else "RGB", (side, side))  # decode at a reduced scale
+        if orientation != 1:
             image = ImageOps.exif_transpose(image)
-            image = image.convert("L" if channels == 1 else "RGB")
-            resized = image.resize((width, height), Image.BILINEAR)
+        mode = "L" if channels == 1 else "RGB"
+        if image.mode != mode:
+            image = image.convert(mode)
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.BILINEAR)
+        pixels = np.asarray(image)  # decodes now, if nothing above had to
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidInput(f"corrupt or truncated image: {exc}") from None
-    array = np.asarray(resized, dtype=np.float32) * (1.0 / 255.0)
-    array = array[None] if channels == 1 else array.transpose(2, 0, 1)
-    return np.ascontiguousarray(array), original
+    scaled = np.empty((channels, height, width), np.float32)
+    np.multiply(pixels[None] if channels == 1 else pixels.transpose(2, 0, 1), np.float32(1 / 255), out=scaled)
+    return scaled, original
