@@ -15,14 +15,14 @@ import asyncio
 import contextlib
 
 from starlette.applications import Starlette
-from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from .config import Settings
-from .errors import InvalidInput, ServiceError, TooLarge
+from .errors import InvalidInput, ServiceError
 from .http_common import error_response, timeout_ms
+from .multipart import parse_form
 from .openapi import openapi_document
 from .repository import ModelVersion, Repository
 from .shutdown import stop_listening_on_sigterm
@@ -66,15 +66,15 @@ def model_listing(repository: Repository, statuses: dict, settings: Settings) ->
     return {"default_model": repository.default_model(), "models": models, "failed": failures}
 
 
-PREDICT_FIELDS = {"image", "images", "model", "version", "top_k"}
+PREDICT_OPTIONS = {"model", "version", "top_k"}
 
 
 def integer_field(form, name: str) -> int | None:
     value = form.get(name)
     if value in (None, ""):
         return None
-    problem = InvalidInput(f"{name} must be an integer, got {value if isinstance(value, str) else 'a file'!r}")
-    if not isinstance(value, str) or not value.isascii():
+    problem = InvalidInput(f"{name} must be an integer, got {value!r}")
+    if not value.isascii():
         raise problem
     try:
         return int(value)
@@ -83,30 +83,24 @@ def integer_field(form, name: str) -> int | None:
 
 
 async def read_files(request: Request, field: str, max_files: int) -> tuple[list[bytes], dict]:
-    """The uploaded files of one multipart field, and the other (text) fields.
+    """The uploaded files of one multipart field, and the text options beside them.
 
     A text value where a file belongs is refused: it is never taken for a URL to
     fetch, which BentoML's own multipart parser would do.
     """
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
         raise InvalidInput(f"send the image(s) as multipart/form-data field {field!r}")
-    try:
-        form = await request.form(max_files=max_files + 1, max_fields=len(PREDICT_FIELDS))
-    except MultiPartException as exc:
-        raise InvalidInput(f"malformed multipart body: {exc.message}") from None
-    unknown = set(form) - PREDICT_FIELDS
-    if unknown:
-        raise InvalidInput(f"unknown field(s) {sorted(unknown)}; this endpoint takes {field!r}, model, version, top_k")
-    uploads = form.getlist(field)
-    if not uploads:
-        raise InvalidInput(f"missing multipart file field {field!r}")
-    if any(isinstance(u, str) for u in uploads):
+    form = parse_form(await request.body(), content_type, {field, *PREDICT_OPTIONS}, max_files)
+    if field in form.texts:
         raise InvalidInput(f"field {field!r} must be an uploaded file, not text")
-    if len(uploads) > max_files:
-        raise TooLarge(f"{len(uploads)} images in one request; the limit is {max_files}")
-    files = [await upload.read() for upload in uploads]
-    await form.close()
-    return files, {k: v for k, v in form.items() if k in ("model", "version", "top_k")}
+    files = form.files.get(field)
+    if not files:
+        raise InvalidInput(f"missing multipart file field {field!r}")
+    options_sent_as_files = PREDICT_OPTIONS & set(form.files)
+    if options_sent_as_files:
+        raise InvalidInput(f"{', '.join(sorted(options_sent_as_files))} must be text, not a file")
+    return files, form.texts
 
 
 async def predict_route(request: Request, field: str) -> dict:
