@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import re
 
-from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
@@ -92,8 +91,6 @@ class FastLane:
             response = await scope["cnnserve.handler"](Request(scope, receive))
         except ClientDisconnect:
             return
-        except HTTPException as exc:  # Starlette's own refusals, e.g. a multipart body without a boundary
-            response = JSONResponse({"error": exc.detail, "code": exc.status_code}, status_code=exc.status_code)
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             response = JSONResponse({"error": "internal server error", "code": 500}, status_code=500)

@@ -164,6 +164,11 @@ def test_bad_requests_get_a_clear_4xx_and_the_server_carries_on(server, files, d
     assert good.status_code == 200
 
 
+def test_a_multipart_body_without_a_boundary_is_refused_by_name(server):
+    response = server.client.post("/predict", content=b"--b--\r\n", headers={"content-type": "multipart/form-data"})
+    assert response.status_code == 400 and "no boundary" in response.json()["error"]
+
+
 def multipart_text(fields: dict) -> bytes:
     parts = [f'--b\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n' for k, v in fields.items()]
     return ("".join(parts) + "--b--\r\n").encode()
