@@ -130,6 +130,8 @@ class AdaptiveBatcher:
                 self.arrived.clear()
                 await self.arrived.wait()
             await self.fill()
+            if self.queued_images < self.last_batch_images:
+                await asyncio.sleep(0)  # the requests of this pass that have yet to queue (see fill)
             jobs = self.take()
             await self.run_jobs(jobs)
 
@@ -144,6 +146,12 @@ class AdaptiveBatcher:
         Under steady load this merges alternating half-batches into one; a lone
         client (last batch 1) never waits, nor does a model whose batches compute in
         under 10 ms (LeNet-5: a sub-millisecond timer cost more than it gathered).
+
+        After ``fill``, a queue still smaller than the last batch waits one more
+        pass of the event loop, without a timer: the task was woken by the first
+        request of a pass, and the other requests read in that pass queue behind
+        it. Under perf_analyzer (64 clients, LeNet-5) batches grew from 8 to 23
+        images and the request rate by 7–17%; a lone client never waits.
         """
         waits = []
         if self.max_queue_delay:
