@@ -43,8 +43,7 @@ class PassTotals:
 
     def inc(self, metric, amount: float = 1.0) -> None:
         self.increments[metric] = self.increments.get(metric, 0.0) + amount
-        if not self.flush_scheduled:
-            self.schedule()
+        self.schedule()
 
     def observe(self, histogram, value: float) -> None:
         values = self.observations.get(histogram)
@@ -52,12 +51,13 @@ class PassTotals:
             self.observations[histogram] = [value]
         else:
             values.append(value)
-        if not self.flush_scheduled:
-            self.schedule()
+        self.schedule()
 
     def schedule(self) -> None:
-        self.flush_scheduled = True
-        self.loop.call_soon(self.flush)
+        """A flush at the end of this pass, once."""
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         increments, observations = self.increments, self.observations

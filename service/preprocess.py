@@ -45,12 +45,12 @@ def decode_image(data: bytes, channels: int, height: int, width: int, max_pixels
     try:
         orientation = image.getexif().get(EXIF_ORIENTATION, 1)
         original = (h, w) if orientation in SWAPS_AXES else (w, h)
+        mode = "L" if channels == 1 else "RGB"
         if image.format == "JPEG":
             side = max(height, width)
-            image.draft("L" if channels == 1 else "RGB", (side, side))  # decode at a reduced scale
+            image.draft(mode, (side, side))  # decode at a reduced scale
         if orientation != 1:
             image = ImageOps.exif_transpose(image)
-        mode = "L" if channels == 1 else "RGB"
         if image.mode != mode:
             image = image.convert(mode)
         if image.size != (width, height):

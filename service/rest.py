@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from .config import Settings
 from .errors import InvalidInput, ServiceError
-from .http_common import error_response, timeout_ms
+from .http_common import error_response, read_body, timeout_ms
 from .multipart import parse_form
 from .openapi import openapi_document
 from .repository import ModelVersion, Repository
@@ -91,7 +91,7 @@ async def read_files(request: Request, field: str, max_files: int) -> tuple[list
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise InvalidInput(f"send the image(s) as multipart/form-data field {field!r}")
-    form = parse_form(await request.body(), content_type, {field, *PREDICT_OPTIONS}, max_files)
+    form = parse_form(await read_body(request), content_type, {field, *PREDICT_OPTIONS}, max_files)
     if field in form.texts:
         raise InvalidInput(f"field {field!r} must be an uploaded file, not text")
     files = form.files.get(field)
