@@ -33,6 +33,7 @@ from .errors import ModelUnavailable
 from .fastlane import FastLane
 from .limits import BodyLimit
 from .listening import listen_on_own_socket, spread_connections
+from .lone import lone_http_request
 from .metrics import ModelMetrics, child, pass_totals
 from .noop import zero_compute
 from .repository import ModelVersion, discover
@@ -124,6 +125,7 @@ class ModelHost:
             on_batch=observe,
             inline_up_to=runner.inline_up_to,
             run_now=runner.run_if_cores_free if runner.solo else None,
+            alone=lone_http_request,
         )
         log.info(
             "model %s ready on %s (%s, %d thread(s); warm-up: batch 1 %.2f ms, batch %d %.2f ms; "

@@ -16,6 +16,11 @@ with Retry-After) instead of joining an unbounded queue. A request still queued
 at its deadline is dropped without running (``DeadlineExceeded``: 504 /
 DEADLINE_EXCEEDED).
 
+A lone HTTP request on an idle model skips the queue: ``submit`` runs it
+itself when it can run on the event loop (``run_alone``), and saves the two
+passes of the loop the queue costs (the batcher's task wakes, then the
+caller). Requests read in the same pass as it are not alone (service/lone.py).
+
 Batches run on one executor thread per worker, shared by every model, so ONNX
 Runtime's threads never oversubscribe the cores; ONNX Runtime releases the GIL,
 so the event loop keeps reading, decoding and answering requests meanwhile.
@@ -81,6 +86,7 @@ class AdaptiveBatcher:
         on_batch: Callable[[int, float], None] | None = None,
         inline_up_to: int = 0,
         run_now: Callable[[np.ndarray], tuple | None] | None = None,
+        alone: Callable[[], bool] | None = None,
     ):
         self.name = name
         self.run = run
@@ -93,8 +99,10 @@ class AdaptiveBatcher:
         self.queued_images = 0
         self.arrived = asyncio.Event()
         self.worker: asyncio.Task | None = None
+        self.idle = True  # no batch is being formed or computed
         self.inline_up_to = inline_up_to
         self.run_now = run_now  # tried on the loop first; None from it means "not now" (cores.py)
+        self.alone = alone or (lambda: False)  # is the caller the worker's only request? (lone.py)
         self.last_batch_images = 0
         self.last_finished = 0.0
         self.last_compute = 0.0
@@ -116,6 +124,8 @@ class AdaptiveBatcher:
         if len(images) > self.max_batch_size:
             raise ValueError(f"{len(images)} images exceed the batch limit {self.max_batch_size}; split them first")
         self.check_room(len(images))
+        if self.idle and not self.queue and self.alone() and (result := self.run_alone(images, deadline)) is not None:
+            return result
         job = Job(images, asyncio.get_running_loop().create_future(), deadline)
         self.queue.append(job)
         self.queued_images += len(images)
@@ -128,7 +138,9 @@ class AdaptiveBatcher:
         while True:
             if not self.queue:
                 self.arrived.clear()
+                self.idle = True
                 await self.arrived.wait()
+                self.idle = False
             await self.fill()
             if self.queued_images < self.last_batch_images:
                 await asyncio.sleep(0)  # the requests of this pass that have yet to queue (see fill)
@@ -194,26 +206,50 @@ class AdaptiveBatcher:
         outputs = (run or self.run)(batch)
         return outputs, time.perf_counter() - began
 
+    def run_on_loop(self, batch: np.ndarray):
+        """``timed_run`` right here on the event loop, if the batch is small enough or every core is free; else None."""
+        if len(batch) <= self.inline_up_to:
+            return self.timed_run(batch)
+        if self.run_now and (now := self.timed_run(batch, self.run_now))[0] is not None:
+            return now
+        return None
+
+    def finished(self, images: int, seconds: float) -> None:
+        self.on_batch(images, seconds)
+        self.last_batch_images, self.last_finished, self.last_compute = images, time.perf_counter(), seconds
+
+    def run_alone(self, images: np.ndarray, deadline: float) -> BatchResult | None:
+        """A lone request's rows, computed now on the loop; None if the model cannot take them at once.
+
+        At one client the queue's two event-loop passes cost 0.15-0.2 ms of a
+        cold CPU (docs/architecture.md). A ``max_queue_delay_ms`` asks to wait
+        for company, so it always queues.
+        """
+        if self.max_queue_delay or time.perf_counter() > deadline:
+            return None
+        done = self.run_on_loop(images)
+        if done is None:
+            return None
+        (probabilities, boxes), seconds = done
+        self.finished(len(images), seconds)
+        return BatchResult(probabilities, boxes, queue_ms=0.0, compute_ms=seconds * 1000, batch_images=len(images))
+
     async def run_jobs(self, jobs: list[Job]) -> None:
         if not jobs:
             return
         started = time.perf_counter()
         batch = jobs[0].images if len(jobs) == 1 else np.concatenate([j.images for j in jobs])
         try:
-            if len(batch) <= self.inline_up_to:
-                (probabilities, boxes), seconds = self.timed_run(batch)
-            elif self.run_now and (now := self.timed_run(batch, self.run_now))[0] is not None:
-                (probabilities, boxes), seconds = now
-            else:
-                loop = asyncio.get_running_loop()
-                (probabilities, boxes), seconds = await loop.run_in_executor(self.executor, self.timed_run, batch)
+            done = self.run_on_loop(batch)
+            if done is None:
+                done = await asyncio.get_running_loop().run_in_executor(self.executor, self.timed_run, batch)
+            (probabilities, boxes), seconds = done
         except Exception as exc:  # noqa: BLE001  (every waiting caller gets the failure)
             for job in jobs:
                 if not job.future.done():
                     job.future.set_exception(exc)
             return
-        self.on_batch(len(batch), seconds)
-        self.last_batch_images, self.last_finished, self.last_compute = len(batch), time.perf_counter(), seconds
+        self.finished(len(batch), seconds)
         offset = 0
         for job in jobs:
             n = len(job.images)

@@ -24,6 +24,8 @@ import logging
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+from . import lone
+
 log = logging.getLogger("cnnserve")
 
 FLUSH_AT_BYTES = 64 * 1024
@@ -78,9 +80,13 @@ class CoalescingTransport:
 
 
 class CoalescingHttpProtocol(AutoHTTPProtocol):
-    """uvicorn's default HTTP protocol (httptools, else h11), over a ``CoalescingTransport``."""
+    """uvicorn's default HTTP protocol (httptools, else h11), over a ``CoalescingTransport``.
+
+    It also shows ``service/lone.py`` the worker's set of request tasks.
+    """
 
     def connection_made(self, transport: asyncio.Transport) -> None:
+        lone.watch(self.server_state.tasks)
         super().connection_made(CoalescingTransport(transport, self.loop))
 
 

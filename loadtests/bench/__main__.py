@@ -96,6 +96,7 @@ def target_round(server, fastapi_url: str, versions: dict, cores: int, seconds: 
     for version in versions.values():
         ones = raw.measure_raw(version, cores, seconds=seconds / 4, batch_sizes=(1,), quiet=True)
         found[f"{version.name}_raw_b1_ms"] = raw.batch1(ones).p50_ms
+        found[f"{version.name}_decode_then_run_ms"] = raw.decode_then_run(version, cores, seconds / 4).p50_ms
         found[f"{version.name}_predict_c1_p50_ms"] = measure(
             server, version.name, [1, *version.input_shape], "predict", 1, seconds)["p50_ms"]
     return found
@@ -161,6 +162,7 @@ def main() -> None:
             "best": vars(raw.best(points)),
             "batch1": vars(raw.batch1(points)),
             "decode_ms": raw.decode_ms(version),
+            "decode_then_run": vars(raw.decode_then_run(version, cores, seconds=args.seconds / 2)),
             "input_shape": list(version.input_shape),
         }
     with tempfile.TemporaryDirectory() as tmp_name:

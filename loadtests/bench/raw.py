@@ -3,11 +3,14 @@
 Sessions use ONNX Runtime's defaults (spinning threads and all) so the figure
 is the best the library does on this machine; every thread count from 1 to the
 core count and every power-of-two batch size is tried, and the best kept.
+``decode_then_run`` is the one-client baseline: what a script without a server
+pays per image.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import time
 from dataclasses import dataclass
 
@@ -74,13 +77,41 @@ def batch1(points: list[RawPoint]) -> RawPoint:
     return min((p for p in points if p.batch == 1), key=lambda p: p.p50_ms)
 
 
+def png_files(model: ModelVersion, count: int) -> list[bytes]:
+    """PNG digits at the model's size: the files the served benchmark sends."""
+    channels, _, width = model.input_shape
+    return [f.data for f in digit_files(channels, width, count=count, seed=1)]
+
+
 def decode_ms(model: ModelVersion, count: int = 64) -> float:
-    """p50 time to decode one of the PNG files the served benchmark sends."""
-    channels, height, width = model.input_shape
-    files = digit_files(channels, width, count=count, seed=1)
+    """p50 time to decode one of the PNG files the served benchmark sends, back to back."""
     durations = []
-    for f in files * 4:
+    for data in png_files(model, count) * 4:
         began = time.perf_counter()
-        decode_image(f.data, channels, height, width, max_pixels=1 << 30)
+        decode_image(data, *model.input_shape, max_pixels=1 << 30)
         durations.append(time.perf_counter() - began)
     return float(np.median(durations)) * 1000
+
+
+def decode_then_run(model: ModelVersion, cores: int, seconds: float) -> RawPoint:
+    """Decode one PNG, then run it alone, image after image, in process (best thread count).
+
+    This is what a script without a server pays per image, and the baseline of
+    the one-client target. Each step finds the caches full of the other's data,
+    so it costs more than the two back-to-back medians added (ResNet-18 here:
+    4.19-4.36 ms against 3.76-4.04; docs/architecture.md).
+    """
+    files = png_files(model, 32)
+    path = str(model.file_for("fp32")[0])
+    points = []
+    for threads in sorted({1, cores}):
+        sess = session(path, threads)
+        rotation = itertools.cycle(files)
+
+        def one_image() -> None:
+            images, _ = decode_image(next(rotation), *model.input_shape, max_pixels=1 << 30)
+            sess.run(None, {"images": images[None]})
+
+        durations = time_calls(one_image, seconds)
+        points.append(RawPoint(threads, 1, len(durations) / sum(durations), float(np.median(durations)) * 1000))
+    return min(points, key=lambda p: p.p50_ms)

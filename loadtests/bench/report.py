@@ -48,10 +48,11 @@ def target_rows(results: dict) -> list[tuple[str, str, str, bool]]:
         key = f"{name}_predict_c1_p50_ms"
         if key not in rounds[0]:
             continue
-        served, raw_b1 = median(rounds, key), median(rounds, f"{name}_raw_b1_ms")
-        allowed = raw_b1 + facts["decode_ms"] + 2
-        rows.append((f"{name}, 1 client, /predict p50 ≤ raw batch 1 + decode + 2 ms", f"{served:.2f} ms",
-                     f"≤ {allowed:.2f} ms ({raw_b1:.2f} + {facts['decode_ms']:.2f} + 2)", served <= allowed))
+        served, in_turn = median(rounds, key), median(rounds, f"{name}_decode_then_run_ms")
+        apart = median(rounds, f"{name}_raw_b1_ms") + facts["decode_ms"]
+        rows.append((f"{name}, 1 client, /predict p50 ≤ in-process decode + batch-1 run + 2 ms", f"{served:.2f} ms",
+                     f"≤ {in_turn + 2:.2f} ms ({in_turn:.2f} + 2; the two measured apart: {apart:.2f})",
+                     served <= in_turn + 2))
     serving = results["serving"]
     used = serving["workers"] * serving["threads"]
     rows.append(("workers × ONNX Runtime threads ≤ cores (defaults)",
@@ -62,13 +63,15 @@ def target_rows(results: dict) -> list[tuple[str, str, str, bool]]:
 
 
 def raw_rows(results: dict) -> list[str]:
-    lines = ["| model | input | batch 1 (best threads) | best | decode one PNG |", "|---|---|---|---|---|"]
+    lines = ["| model | input | batch 1 (best threads) | best | decode one PNG | decode, then run it alone |",
+             "|---|---|---|---|---|---|"]
     for name, facts in results["raw"].items():
-        one, best = facts["batch1"], facts["best"]
+        one, best, in_turn = facts["batch1"], facts["best"], facts["decode_then_run"]
         lines.append(
             f"| {name} | {'×'.join(map(str, facts['input_shape']))} | {one['p50_ms']:.2f} ms "
             f"({one['images_per_s']:.0f} img/s, {one['threads']} thr) | {best['images_per_s']:.0f} img/s "
-            f"(batch {best['batch']}, {best['threads']} thr) | {facts['decode_ms']:.2f} ms |"
+            f"(batch {best['batch']}, {best['threads']} thr) | {facts['decode_ms']:.2f} ms | "
+            f"{in_turn['p50_ms']:.2f} ms ({in_turn['threads']} thr) |"
         )
     return lines
 
@@ -149,6 +152,10 @@ def write_report(results: dict, folder: Path) -> str:
         "## The limit: raw ONNX Runtime, in process",
         "",
         *raw_rows(results),
+        "",
+        "The last column decodes one of the PNG files `/predict` is sent, then runs it at batch 1, image after "
+        "image: what a script without a server pays per image, and the baseline of the one-client targets. It "
+        "costs more than the two columns before it added, as each step finds the caches full of the other's data.",
         "",
         "## Served, one image per request",
         "",
