@@ -33,6 +33,7 @@ class RawPoint:
     p50_ms: float  # one call of this batch size
 
 
+@functools.cache  # the target rounds measure the same sessions again
 def session(path: str, threads: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
