@@ -43,7 +43,7 @@ from .wrk import wrk
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TARGET_MODELS = ("resnet18-digits", "lenet5-digits")
-ONE_CLIENT_PAIRS = 3
+ONE_CLIENT_PAIRS = 6
 PROFILES = (("lenet5-digits", ["v2-binary", "noop-v2", "noop"], 64), ("resnet18-digits", ["predict"], 1))  # model, routes, clients
 
 
@@ -104,12 +104,13 @@ def target_round(server, fastapi_url: str, versions: dict, cores: int, seconds: 
 
 def one_client(server, version, cores: int, seconds: float) -> dict:
     """The one-client target: in-process decode-then-run and served ``/predict``, measured in turn
-    ``ONE_CLIENT_PAIRS`` times, and what the server adds judged pair by pair. The machine has slow
-    spells of a second or two (VGG-11's batch 1 went 8 -> 12 ms), so both sides of a pair share one."""
+    ``ONE_CLIENT_PAIRS`` times in short turns, and what the server adds judged pair by pair. The machine
+    has slow spells of a second or two (VGG-11's batch 1 went 8 -> 12 ms, in process as much as served), so
+    both sides of a pair mostly share one, and the median of the pairs outvotes those that do not."""
     in_turn, served = [], []
     for _ in range(ONE_CLIENT_PAIRS):
-        in_turn.append(raw.decode_then_run(version, cores, seconds / 4).p50_ms)
-        served.append(measure(server, version.name, [1, *version.input_shape], "predict", 1, seconds / 2)["p50_ms"])
+        in_turn.append(raw.decode_then_run(version, cores, seconds / 8).p50_ms)
+        served.append(measure(server, version.name, [1, *version.input_shape], "predict", 1, seconds / 4)["p50_ms"])
     return {
         f"{version.name}_decode_then_run_ms": statistics.median(in_turn),
         f"{version.name}_predict_c1_p50_ms": statistics.median(served),

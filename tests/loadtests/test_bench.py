@@ -53,7 +53,7 @@ def test_targets_are_judged_on_the_medians_of_the_rounds():
         ]},
     }
     rows = target_rows(results)
-    assert [(target.split(",")[0], met) for target, _, _, met in rows] == [
+    assert [(row.target.split(",")[0], row.met) for row in rows] == [
         ("resnet18-digits", True),  # median of 0.84, 0.60, 0.84 over V2 REST
         ("lenet5-digits", True),  # 4000 / 3000
         ("lenet5-digits", True),  # the V2 no-op: median of 6000 / 9000, 6000 / 9000, 6000 / 13000
@@ -61,13 +61,15 @@ def test_targets_are_judged_on_the_medians_of_the_rounds():
         ("lenet5-digits", True),  # /predict added 0.8 ms to decoding then running in process
         ("workers × ONNX Runtime threads ≤ cores (defaults)", True),
     ]
-    assert "V2 no-op" in rows[2][0] and "bare no-op POST 0.33" in rows[2][1] and "V2 REST binary" in rows[3][0]
+    assert "V2 no-op" in rows[2].target and "bare no-op POST 0.33" in rows[2].measured
+    assert "V2 REST binary" in rows[3].target
+    assert rows[0].rounds == "0.60–0.84"  # how firm each median is: its lowest and highest round
     slower = {**results, "targets": {**results["targets"], "rounds": [round_figures(**{"noop_v2_wrk_c64": 13000.0})]}}
-    assert not target_rows(slower)[2][3]  # 6000 / 13000 < 0.5
-    assert rows[4][1] == "0.80 ms (paired; /predict 1.00, in process 0.20, or 0.15 measured apart)"
+    assert not target_rows(slower)[2].met  # 6000 / 13000 < 0.5
+    assert rows[4].measured == "0.80 ms (paired; /predict 1.00, in process 0.20, or 0.15 measured apart)"
     one_client = {**results, "targets": {**results["targets"], "rounds": [
         round_figures(**{"lenet5-digits_c1_added_ms": 2.1})]}}
-    assert not target_rows(one_client)[4][3]  # added 2.1 ms > 2
+    assert not target_rows(one_client)[4].met  # added 2.1 ms > 2
 
 
 def test_the_in_process_harness_prices_each_route_without_sockets():
