@@ -78,13 +78,17 @@ def sweep(args, versions, workers: int, threads: int, tmp: Path) -> tuple[list[d
     return served, baseline
 
 
-def target_round(server, fastapi_url: str, versions: dict, cores: int, seconds: float) -> dict:
-    """One round of the head-to-head measurements behind the targets."""
+def target_round(server, fastapi_url: str, versions: dict, raw_best: dict, cores: int, seconds: float) -> dict:
+    """One round of the head-to-head measurements behind the targets.
+
+    Each protocol's ResNet-18 throughput is divided by raw ONNX Runtime measured just before it, at the
+    best thread count and batch size of the raw sweep (``raw_best``), for as long: the machine's speed
+    drifts by a tenth within a minute, and the best of several short raw windows reads high."""
     resnet, lenet = versions["resnet18-digits"], versions["lenet5-digits"]
     found = {}
-    points = raw.measure_raw(resnet, cores, seconds=seconds / 2, batch_sizes=(16, 32, 64), quiet=True)
-    found["resnet18_raw_best"] = raw.best(points).images_per_s
     for protocol in PROTOCOLS:
+        found[f"resnet18_{protocol}_raw"] = raw.measure_point(
+            resnet, raw_best["threads"], raw_best["batch"], seconds).images_per_s
         row = measure(server, resnet.name, [1, *resnet.input_shape], protocol, 64, seconds)
         found[f"resnet18_{protocol}_c64"] = row["throughput_rps"]
         found[f"resnet18_{protocol}_c64_mean_batch"] = row["mean_batch"]
@@ -96,7 +100,7 @@ def target_round(server, fastapi_url: str, versions: dict, cores: int, seconds: 
     found["noop_v2_wrk_c64"] = wrk(server.url, loads["noop-v2"], 64, seconds)["throughput_rps"]
     found["noop_wrk_c64"] = wrk(server.url, loads["noop"], 64, seconds)["throughput_rps"]
     for version in versions.values():
-        ones = raw.measure_raw(version, cores, seconds=seconds / 4, batch_sizes=(1,), quiet=True)
+        ones = [raw.measure_point(version, threads, 1, seconds / 4) for threads in sorted({1, cores})]
         found[f"{version.name}_raw_b1_ms"] = raw.batch1(ones).p50_ms
         found.update(one_client(server, version, cores, seconds))
     return found
@@ -118,7 +122,7 @@ def one_client(server, version, cores: int, seconds: float) -> dict:
     }
 
 
-def targets(args, versions, workers: int, threads: int, cores: int, tmp: Path) -> dict:
+def targets(args, versions, raw_best: dict, workers: int, threads: int, cores: int, tmp: Path) -> dict:
     by_name = {v.name: v for v in versions}
     missing = [m for m in TARGET_MODELS if m not in by_name]
     if missing:
@@ -128,7 +132,7 @@ def targets(args, versions, workers: int, threads: int, cores: int, tmp: Path) -
             running_baseline(by_name["lenet5-digits"].file_for("fp32")[0], workers, threads, tmp) as fastapi_url:
         worker_processes = len(psutil.Process(server.process.pid).children())
         for index in range(args.rounds):
-            rounds.append(target_round(server, fastapi_url, by_name, cores, args.seconds))
+            rounds.append(target_round(server, fastapi_url, by_name, raw_best, cores, args.seconds))
             log(f"target round {index + 1}/{args.rounds}: " + ", ".join(f"{k} {v:.4g}" for k, v in rounds[-1].items()
                                                                         if v is not None))
     return {"rounds": rounds, "worker_processes": worker_processes}
@@ -187,7 +191,8 @@ def main() -> None:
         if bench_versions:
             results["served"] += bench_sweep(args, bench_versions, tmp)
         if args.rounds:
-            results["targets"] = targets(args, versions, workers, threads, cores, tmp)
+            raw_best = results["raw"]["resnet18-digits"]["best"] if "resnet18-digits" in results["raw"] else {}
+            results["targets"] = targets(args, versions, raw_best, workers, threads, cores, tmp)
     folder = args.out / started.strftime("%Y-%m-%d")
     folder.mkdir(parents=True, exist_ok=True)
     if args.profile_seconds:

@@ -53,19 +53,21 @@ def time_calls(call, seconds: float, min_calls: int = 5) -> list[float]:
     return durations
 
 
-def measure_raw(model: ModelVersion, cores: int, seconds: float, batch_sizes=BATCH_SIZES, quiet=False) -> list[RawPoint]:
+def measure_point(model: ModelVersion, threads: int, batch: int, seconds: float) -> RawPoint:
+    """One thread count and batch size, called back to back for about ``seconds``."""
+    sess = session(str(model.file_for("fp32")[0]), threads)
+    images = np.random.default_rng(0).random((batch, *model.input_shape), dtype=np.float32)
+    durations = time_calls(functools.partial(sess.run, None, {"images": images}), seconds)
+    return RawPoint(threads, batch, batch * len(durations) / sum(durations), float(np.median(durations)) * 1000)
+
+
+def measure_raw(model: ModelVersion, cores: int, seconds: float) -> list[RawPoint]:
     points = []
-    path = str(model.file_for("fp32")[0])
     for threads in sorted({1, cores}):
-        sess = session(path, threads)
-        for batch in batch_sizes:
-            images = np.random.default_rng(0).random((batch, *model.input_shape), dtype=np.float32)
-            durations = time_calls(functools.partial(sess.run, None, {"images": images}), seconds)
-            points.append(RawPoint(threads, batch, batch * len(durations) / sum(durations),
-                                   float(np.median(durations)) * 1000))
-            if not quiet:
-                print(f"  raw {model.name}: {threads} thread(s), batch {batch:>2}: "
-                      f"{points[-1].images_per_s:8.0f} images/s, {points[-1].p50_ms:7.2f} ms per call", flush=True)
+        for batch in BATCH_SIZES:
+            points.append(measure_point(model, threads, batch, seconds))
+            print(f"  raw {model.name}: {threads} thread(s), batch {batch:>2}: "
+                  f"{points[-1].images_per_s:8.0f} images/s, {points[-1].p50_ms:7.2f} ms per call", flush=True)
     return points
 
 

@@ -34,7 +34,8 @@ def test_a_short_benchmark_writes_its_table_figures_and_plot(tmp_path):
 
 def round_figures(**changes) -> dict:
     figures = {
-        "resnet18_raw_best": 500.0, "resnet18_predict_c64": 380.0, "resnet18_v2-http_c64": 420.0,
+        "resnet18_predict_raw": 500.0, "resnet18_v2-http_raw": 500.0, "resnet18_grpc_raw": 500.0,
+        "resnet18_predict_c64": 380.0, "resnet18_v2-http_c64": 420.0,
         "resnet18_grpc_c64": 390.0, "resnet18_predict_c64_mean_batch": 20.0, "resnet18_v2-http_c64_mean_batch": 24.0,
         "resnet18_grpc_c64_mean_batch": 15.0, "lenet5_v2-http_c64": 4000.0, "lenet5_fastapi_c64": 3000.0,
         "lenet5_wrk_infer_c64": 6000.0, "noop_v2_wrk_c64": 9000.0, "noop_wrk_c64": 18000.0,
@@ -46,7 +47,7 @@ def round_figures(**changes) -> dict:
 
 def test_targets_are_judged_on_the_medians_of_the_rounds():
     results = {
-        "raw": {"lenet5-digits": {"decode_ms": 0.1}},
+        "raw": {"lenet5-digits": {"decode_ms": 0.1}, "resnet18-digits": {"decode_ms": 0.2, "best": {"threads": 2, "batch": 32}}},
         "serving": {"workers": 2, "threads": 1, "cores": 2},
         "targets": {"worker_processes": 2, "rounds": [
             round_figures(), round_figures(**{"resnet18_v2-http_c64": 300.0}), round_figures(**{"noop_v2_wrk_c64": 13000.0}),
@@ -70,6 +71,18 @@ def test_targets_are_judged_on_the_medians_of_the_rounds():
     one_client = {**results, "targets": {**results["targets"], "rounds": [
         round_figures(**{"lenet5-digits_c1_added_ms": 2.1})]}}
     assert not target_rows(one_client)[4].met  # added 2.1 ms > 2
+
+
+def test_each_protocol_is_divided_by_the_raw_figure_measured_just_before_it():
+    results = {
+        "raw": {"resnet18-digits": {"decode_ms": 0.2, "best": {"threads": 2, "batch": 32}}},
+        "serving": {"workers": 2, "threads": 1, "cores": 2},
+        "targets": {"worker_processes": 2, "rounds": [round_figures(**{"resnet18_v2-http_raw": 600.0})]},
+    }
+    row = target_rows(results)[0]
+    assert row.measured == ("0.78 (/predict (PNG) 0.76, V2 REST binary 0.70, V2 gRPC 0.78; "
+                            "raw: batch 32 on 2 threads, 500 images/s)")
+    assert not row.met
 
 
 def test_the_in_process_harness_prices_each_route_without_sockets():
