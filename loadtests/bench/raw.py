@@ -108,13 +108,12 @@ def decode_then_run(model: ModelVersion, cores: int, seconds: float) -> RawPoint
     path = str(model.file_for("fp32")[0])
     points = []
     for threads in sorted({1, cores}):
-        sess = session(path, threads)
-        rotation = itertools.cycle(files)
-
-        def one_image() -> None:
-            images, _ = decode_image(next(rotation), *model.input_shape, max_pixels=1 << 30)
-            sess.run(None, {"images": images[None]})
-
+        one_image = functools.partial(decode_and_run, model, session(path, threads), itertools.cycle(files))
         durations = time_calls(one_image, seconds)
         points.append(RawPoint(threads, 1, len(durations) / sum(durations), float(np.median(durations)) * 1000))
     return min(points, key=lambda p: p.p50_ms)
+
+
+def decode_and_run(model: ModelVersion, sess: ort.InferenceSession, files) -> None:
+    images, _ = decode_image(next(files), *model.input_shape, max_pixels=1 << 30)
+    sess.run(None, {"images": images[None]})
