@@ -122,11 +122,12 @@ def one_client(server, version, cores: int, seconds: float) -> dict:
     }
 
 
-def targets(args, versions, raw_best: dict, workers: int, threads: int, cores: int, tmp: Path) -> dict:
+def targets(args, versions, raw_results: dict, workers: int, threads: int, cores: int, tmp: Path) -> dict:
     by_name = {v.name: v for v in versions}
     missing = [m for m in TARGET_MODELS if m not in by_name]
     if missing:
         return {"skipped": f"the targets need {missing}"}
+    raw_best = raw_results["resnet18-digits"]["best"]
     rounds = []
     with running_server(tmp, models_dir=str(args.models_dir.resolve()), noop_route="true") as server, \
             running_baseline(by_name["lenet5-digits"].file_for("fp32")[0], workers, threads, tmp) as fastapi_url:
@@ -191,8 +192,7 @@ def main() -> None:
         if bench_versions:
             results["served"] += bench_sweep(args, bench_versions, tmp)
         if args.rounds:
-            raw_best = results["raw"]["resnet18-digits"]["best"] if "resnet18-digits" in results["raw"] else {}
-            results["targets"] = targets(args, versions, raw_best, workers, threads, cores, tmp)
+            results["targets"] = targets(args, versions, results["raw"], workers, threads, cores, tmp)
     folder = args.out / started.strftime("%Y-%m-%d")
     folder.mkdir(parents=True, exist_ok=True)
     if args.profile_seconds:

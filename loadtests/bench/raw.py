@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import itertools
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,6 +115,6 @@ def decode_then_run(model: ModelVersion, cores: int, seconds: float) -> RawPoint
     return min(points, key=lambda p: p.p50_ms)
 
 
-def decode_and_run(model: ModelVersion, sess: ort.InferenceSession, files) -> None:
+def decode_and_run(model: ModelVersion, sess: ort.InferenceSession, files: Iterator[bytes]) -> None:
     images, _ = decode_image(next(files), *model.input_shape, max_pixels=1 << 30)
     sess.run(None, {"images": images[None]})
