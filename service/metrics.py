@@ -115,6 +115,12 @@ def pass_totals() -> PassTotals | Immediate:
     return _current
 
 
+def flush_pass_totals() -> None:
+    """Write the running pass's metric updates now, ahead of a response that leaves early (service/writes.py)."""
+    if _current is not None:
+        _current.flush()
+
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.012, 0.016, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256, 512)
 OUTCOMES = ("success", "client_error", "server_error", "rejected")

@@ -15,6 +15,14 @@ loop and sends it as one write at the end of that pass. It sends at once when
 connection's transport in it. BentoML builds uvicorn's configuration itself,
 so the worker swaps the default protocol in uvicorn's table before uvicorn
 reads it.
+
+A lone request's response leaves as soon as it is complete, not at the end of
+the pass: no other response can join its write, and the rest of the pass (its
+task's last steps, the metric updates) delays it. Measured at one client, from
+a response's first write to its send: LeNet-5 40 -> 31 µs; VGG-11, whose run
+leaves the caches cold, 106-178 -> 78-101 µs (end to end, within the noise).
+The metric updates of the pass are written first (``flush_pass_totals``), so
+a scrape that follows a response still sees it.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import logging
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from . import lone
+from .metrics import flush_pass_totals
 
 log = logging.getLogger("cnnserve")
 
@@ -82,12 +91,19 @@ class CoalescingTransport:
 class CoalescingHttpProtocol(AutoHTTPProtocol):
     """uvicorn's default HTTP protocol (httptools, else h11), over a ``CoalescingTransport``.
 
-    It also shows ``service/lone.py`` the worker's set of request tasks.
+    It also shows ``service/lone.py`` the worker's set of request tasks, and
+    sends a lone request's response as soon as it is complete.
     """
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         lone.watch(self.server_state.tasks)
         super().connection_made(CoalescingTransport(transport, self.loop))
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if lone.lone_http_request():
+            flush_pass_totals()
+            self.transport.flush()
 
 
 def coalesce_responses() -> None:

@@ -1,6 +1,7 @@
 """Each HTTP response leaves in one socket write: what is written during one
-pass of the event loop goes out together, except past 64 KiB (flow control),
-and a real uvicorn server over the coalescing protocol answers intact."""
+pass of the event loop goes out together, except past 64 KiB (flow control)
+and a lone request's response, which leaves as soon as it is complete; a real
+uvicorn server over the coalescing protocol answers intact."""
 
 import asyncio
 import socket
@@ -10,11 +11,14 @@ import time
 import httpx
 import pytest
 import uvicorn
+from prometheus_client import CollectorRegistry, Counter
 from starlette.applications import Starlette
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from uvicorn import config as uvicorn_config
 
+from loadtests.local_server import free_port
+from service.metrics import pass_totals
 from service.writes import FLUSH_AT_BYTES, CoalescingHttpProtocol, CoalescingTransport, coalesce_responses
 
 
@@ -96,6 +100,12 @@ def test_once_installed_uvicorn_serves_http_with_the_coalescing_protocol(monkeyp
     assert config.http_protocol_class is CoalescingHttpProtocol
 
 
+def wait_started(server: uvicorn.Server) -> None:
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 @pytest.fixture
 def coalescing_server():
     """A real uvicorn on 127.0.0.1 over the coalescing protocol: a small answer and a 1 MiB stream."""
@@ -110,17 +120,13 @@ def coalescing_server():
 
         return StreamingResponse(pieces(), media_type="application/octet-stream")
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     app = Starlette(routes=[Route("/small", small), Route("/stream", stream)])
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=CoalescingHttpProtocol,
                                            log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_started(server)
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(10)
@@ -134,3 +140,39 @@ def test_a_real_server_answers_intact_over_one_keep_alive_connection(coalescing_
         streamed = client.get("/stream")
         assert streamed.content == b"".join(bytes([i]) * 4096 for i in range(256))
         assert client.get("/small").json() == {"ok": True}
+
+
+def test_a_lone_response_leaves_when_complete_with_its_metric_updates_already_written():
+    """The handler blocks the event loop once its response is complete: the client must get the
+    answer meanwhile, and the metric updated before it must already read 1."""
+    registry = CollectorRegistry()
+    answered = Counter("answered", "", registry=registry)
+    client_read = threading.Event()
+    seen = {}
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        pass_totals().inc(answered)
+        await Response(b"done")(scope, receive, send)
+        seen["released"] = client_read.wait(10)  # the loop's pass cannot end before the client reads
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=CoalescingHttpProtocol,
+                                           log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_started(server)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = conn.recv(4096)
+            seen["metric"] = registry.get_sample_value("answered_total")
+            client_read.set()
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"done")
+        assert seen["metric"] == 1
+    finally:
+        client_read.set()
+        server.should_exit = True
+        thread.join(10)
+    assert seen["released"]
