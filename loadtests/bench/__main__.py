@@ -44,6 +44,7 @@ from .wrk import wrk
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TARGET_MODELS = ("resnet18-digits", "lenet5-digits")
 ONE_CLIENT_PAIRS = 6
+RATIO_PAIRS = 3
 PROFILES = (("lenet5-digits", ["v2-binary", "noop-v2", "noop"], 64), ("resnet18-digits", ["predict"], 1))  # model, routes, clients
 
 
@@ -79,19 +80,11 @@ def sweep(args, versions, workers: int, threads: int, tmp: Path) -> tuple[list[d
 
 
 def target_round(server, fastapi_url: str, versions: dict, raw_best: dict, cores: int, seconds: float) -> dict:
-    """One round of the head-to-head measurements behind the targets.
-
-    Each protocol's ResNet-18 throughput is divided by raw ONNX Runtime measured just before it, at the
-    best thread count and batch size of the raw sweep (``raw_best``), for as long: the machine's speed
-    drifts by a tenth within a minute, and the best of several short raw windows reads high."""
+    """One round of the head-to-head measurements behind the targets."""
     resnet, lenet = versions["resnet18-digits"], versions["lenet5-digits"]
     found = {}
     for protocol in PROTOCOLS:
-        found[f"resnet18_{protocol}_raw"] = raw.measure_point(
-            resnet, raw_best["threads"], raw_best["batch"], seconds).images_per_s
-        row = measure(server, resnet.name, [1, *resnet.input_shape], protocol, 64, seconds)
-        found[f"resnet18_{protocol}_c64"] = row["throughput_rps"]
-        found[f"resnet18_{protocol}_c64_mean_batch"] = row["mean_batch"]
+        found.update(resnet_against_raw(server, resnet, raw_best, protocol, seconds))
     found["lenet5_v2-http_c64"] = measure(server, lenet.name, [1, *lenet.input_shape], "v2-http", 64, seconds)[
         "throughput_rps"]
     found["lenet5_fastapi_c64"] = baseline_measure(fastapi_url, lenet.name, 64, seconds)["throughput_rps"]
@@ -104,6 +97,25 @@ def target_round(server, fastapi_url: str, versions: dict, raw_best: dict, cores
         found[f"{version.name}_raw_b1_ms"] = raw.batch1(ones).p50_ms
         found.update(one_client(server, version, cores, seconds))
     return found
+
+
+def resnet_against_raw(server, resnet, raw_best: dict, protocol: str, seconds: float) -> dict:
+    """ResNet-18 served at 64 clients over ``protocol`` ÷ raw ONNX Runtime at the raw sweep's best thread count
+    and batch size (``raw_best``): ``RATIO_PAIRS`` turns of each, alternated, and the median of the pairs'
+    ratios. The machine's speed swings by a third within minutes (raw 435-647 images/s across one run's
+    rounds), and one turn of each could catch a slow spell on one side only."""
+    raws, served, batches = [], [], []
+    for _ in range(RATIO_PAIRS):
+        raws.append(raw.measure_point(resnet, raw_best["threads"], raw_best["batch"], seconds / 2).images_per_s)
+        row = measure(server, resnet.name, [1, *resnet.input_shape], protocol, 64, seconds)
+        served.append(row["throughput_rps"])
+        batches.append(row["mean_batch"])
+    return {
+        f"resnet18_{protocol}_raw": statistics.median(raws),
+        f"resnet18_{protocol}_c64": statistics.median(served),
+        f"resnet18_{protocol}_c64_mean_batch": statistics.median(batches),
+        f"resnet18_{protocol}_ratio": statistics.median(s / r for s, r in zip(served, raws)),
+    }
 
 
 def one_client(server, version, cores: int, seconds: float) -> dict:

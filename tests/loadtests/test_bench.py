@@ -5,8 +5,13 @@ model, profiles a real server with py-spy, and writes the table, the figures and
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
+import pytest
+
+import loadtests.bench.__main__ as bench_main
 from loadtests.bench.profile import layer_of
+from loadtests.bench.raw import RawPoint
 from loadtests.bench.report import target_rows
 from loadtests.local_server import REPO_ROOT
 
@@ -37,7 +42,8 @@ def round_figures(**changes) -> dict:
         "resnet18_predict_raw": 500.0, "resnet18_v2-http_raw": 500.0, "resnet18_grpc_raw": 500.0,
         "resnet18_predict_c64": 380.0, "resnet18_v2-http_c64": 420.0,
         "resnet18_grpc_c64": 390.0, "resnet18_predict_c64_mean_batch": 20.0, "resnet18_v2-http_c64_mean_batch": 24.0,
-        "resnet18_grpc_c64_mean_batch": 15.0, "lenet5_v2-http_c64": 4000.0, "lenet5_fastapi_c64": 3000.0,
+        "resnet18_grpc_c64_mean_batch": 15.0, "resnet18_predict_ratio": 0.76, "resnet18_v2-http_ratio": 0.84,
+        "resnet18_grpc_ratio": 0.78, "lenet5_v2-http_c64": 4000.0, "lenet5_fastapi_c64": 3000.0,
         "lenet5_wrk_infer_c64": 6000.0, "noop_v2_wrk_c64": 9000.0, "noop_wrk_c64": 18000.0,
         "lenet5-digits_raw_b1_ms": 0.05, "lenet5-digits_decode_then_run_ms": 0.2, "lenet5-digits_predict_c1_p50_ms": 1.0,
         "lenet5-digits_c1_added_ms": 0.8,
@@ -50,7 +56,7 @@ def test_targets_are_judged_on_the_medians_of_the_rounds():
         "raw": {"lenet5-digits": {"decode_ms": 0.1}, "resnet18-digits": {"decode_ms": 0.2, "best": {"threads": 2, "batch": 32}}},
         "serving": {"workers": 2, "threads": 1, "cores": 2},
         "targets": {"worker_processes": 2, "rounds": [
-            round_figures(), round_figures(**{"resnet18_v2-http_c64": 300.0}), round_figures(**{"noop_v2_wrk_c64": 13000.0}),
+            round_figures(), round_figures(**{"resnet18_v2-http_ratio": 0.60}), round_figures(**{"noop_v2_wrk_c64": 13000.0}),
         ]},
     }
     rows = target_rows(results)
@@ -73,16 +79,28 @@ def test_targets_are_judged_on_the_medians_of_the_rounds():
     assert not target_rows(one_client)[4].met  # added 2.1 ms > 2
 
 
-def test_each_protocol_is_divided_by_the_raw_figure_measured_just_before_it():
+def test_resnet18_is_judged_on_each_rounds_paired_ratios_not_on_a_ratio_of_medians():
     results = {
         "raw": {"resnet18-digits": {"decode_ms": 0.2, "best": {"threads": 2, "batch": 32}}},
         "serving": {"workers": 2, "threads": 1, "cores": 2},
-        "targets": {"worker_processes": 2, "rounds": [round_figures(**{"resnet18_v2-http_raw": 600.0})]},
+        "targets": {"worker_processes": 2, "rounds": [round_figures(**{"resnet18_v2-http_ratio": 0.70})]},
     }
     row = target_rows(results)[0]
     assert row.measured == ("0.78 (/predict (PNG) 0.76, V2 REST binary 0.70, V2 gRPC 0.78; "
                             "raw: batch 32 on 2 threads, 500 images/s)")
     assert not row.met
+
+
+def test_a_slow_spell_on_one_side_of_a_pair_is_outvoted_by_the_other_pairs(monkeypatch):
+    raws = iter([600.0, 500.0, 640.0])  # the second raw turn caught a slow spell
+    served = iter([560.0, 300.0, 560.0])  # and so did the second served turn, harder
+    monkeypatch.setattr(bench_main.raw, "measure_point",
+                        lambda model, threads, batch, seconds: RawPoint(threads, batch, next(raws), 100.0))
+    monkeypatch.setattr(bench_main, "measure", lambda *args: {"throughput_rps": next(served), "mean_batch": 30.0})
+    resnet = SimpleNamespace(name="resnet18-digits", input_shape=(3, 64, 64))
+    found = bench_main.resnet_against_raw(None, resnet, {"threads": 2, "batch": 64}, "v2-http", 2.0)
+    assert found["resnet18_v2-http_ratio"] == pytest.approx(560 / 640)  # pairs 0.93, 0.60, 0.875
+    assert found["resnet18_v2-http_raw"] == 600 and found["resnet18_v2-http_c64"] == 560
 
 
 def test_the_in_process_harness_prices_each_route_without_sockets():
