@@ -26,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -44,7 +45,7 @@ from .wrk import wrk
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TARGET_MODELS = ("resnet18-digits", "lenet5-digits")
 ONE_CLIENT_PAIRS = 6
-RATIO_PAIRS = 3
+RATIO_PASSES = 3
 PROFILES = (("lenet5-digits", ["v2-binary", "noop-v2", "noop"], 64), ("resnet18-digits", ["predict"], 1))  # model, routes, clients
 
 
@@ -80,18 +81,33 @@ def sweep(args, versions, workers: int, threads: int, tmp: Path) -> tuple[list[d
 
 
 def target_round(server, fastapi_url: str, versions: dict, raw_best: dict, cores: int, seconds: float) -> dict:
-    """One round of the head-to-head measurements behind the targets."""
+    """One round of the head-to-head measurements behind the targets.
+
+    Every ratio is taken within a pass of alternated turns and the median of the passes kept: the machine's
+    speed swings by a third within minutes (raw ResNet-18 read 435-647 images/s across one run's rounds,
+    LeNet-5 over V2 REST 6,600-8,800 req/s in eight back-to-back measurements) and has slow spells of a
+    second or two, and one turn of each side could catch a spell on one side only.
+    """
     resnet, lenet = versions["resnet18-digits"], versions["lenet5-digits"]
     found = {}
     for protocol in PROTOCOLS:
         found.update(resnet_against_raw(server, resnet, raw_best, protocol, seconds))
-    found["lenet5_v2-http_c64"] = measure(server, lenet.name, [1, *lenet.input_shape], "v2-http", 64, seconds)[
-        "throughput_rps"]
-    found["lenet5_fastapi_c64"] = baseline_measure(fastapi_url, lenet.name, 64, seconds)["throughput_rps"]
+    passes = in_turns([
+        lambda: {"lenet5_v2-http_c64": measure(server, lenet.name, [1, *lenet.input_shape], "v2-http", 64,
+                                               seconds / 2)["throughput_rps"]},
+        lambda: {"lenet5_fastapi_c64": baseline_measure(fastapi_url, lenet.name, 64, seconds / 2)["throughput_rps"]},
+    ], RATIO_PASSES)
+    found.update(medians(passes))
+    found["lenet5_vs_fastapi"] = median_ratio(passes, "lenet5_v2-http_c64", "lenet5_fastapi_c64")
     loads = route_loads(lenet)
-    found["lenet5_wrk_infer_c64"] = wrk(server.url, loads["v2-binary"], 64, seconds)["throughput_rps"]
-    found["noop_v2_wrk_c64"] = wrk(server.url, loads["noop-v2"], 64, seconds)["throughput_rps"]
-    found["noop_wrk_c64"] = wrk(server.url, loads["noop"], 64, seconds)["throughput_rps"]
+    passes = in_turns([
+        lambda: {"lenet5_wrk_infer_c64": wrk(server.url, loads["v2-binary"], 64, seconds / 2)["throughput_rps"]},
+        lambda: {"noop_v2_wrk_c64": wrk(server.url, loads["noop-v2"], 64, seconds / 2)["throughput_rps"]},
+        lambda: {"noop_wrk_c64": wrk(server.url, loads["noop"], 64, seconds / 2)["throughput_rps"]},
+    ], RATIO_PASSES)
+    found.update(medians(passes))
+    found["lenet5_vs_noop_v2"] = median_ratio(passes, "lenet5_wrk_infer_c64", "noop_v2_wrk_c64")
+    found["lenet5_vs_noop"] = median_ratio(passes, "lenet5_wrk_infer_c64", "noop_wrk_c64")
     for version in versions.values():
         ones = [raw.measure_point(version, threads, 1, seconds / 4) for threads in sorted({1, cores})]
         found[f"{version.name}_raw_b1_ms"] = raw.batch1(ones).p50_ms
@@ -99,23 +115,34 @@ def target_round(server, fastapi_url: str, versions: dict, raw_best: dict, cores
     return found
 
 
+def in_turns(measurements: list[Callable[[], dict]], passes: int) -> list[dict]:
+    """Each measurement (a callable returning named figures) in turn, ``passes`` times over: one dict of
+    figures per pass, so that a ratio is taken between figures measured seconds apart."""
+    return [{name: value for measured in measurements for name, value in measured().items()} for _ in range(passes)]
+
+
+def medians(passes: list[dict]) -> dict:
+    return {name: statistics.median(p[name] for p in passes) for name in passes[0]}
+
+
+def median_ratio(passes: list[dict], numerator: str, denominator: str) -> float:
+    return statistics.median(p[numerator] / p[denominator] for p in passes)
+
+
 def resnet_against_raw(server, resnet, raw_best: dict, protocol: str, seconds: float) -> dict:
-    """ResNet-18 served at 64 clients over ``protocol`` ÷ raw ONNX Runtime at the raw sweep's best thread count
-    and batch size (``raw_best``): ``RATIO_PAIRS`` turns of each, alternated, and the median of the pairs'
-    ratios. The machine's speed swings by a third within minutes (raw 435-647 images/s across one run's
-    rounds), and one turn of each could catch a slow spell on one side only."""
-    raws, served, batches = [], [], []
-    for _ in range(RATIO_PAIRS):
-        raws.append(raw.measure_point(resnet, raw_best["threads"], raw_best["batch"], seconds / 2).images_per_s)
+    """ResNet-18 served at 64 clients over ``protocol``, and raw ONNX Runtime at the raw sweep's best
+    thread count and batch size (``raw_best``), in turns; the ratio is the median of the passes'."""
+    raw_key, served_key = f"resnet18_{protocol}_raw", f"resnet18_{protocol}_c64"
+
+    def served() -> dict:
         row = measure(server, resnet.name, [1, *resnet.input_shape], protocol, 64, seconds)
-        served.append(row["throughput_rps"])
-        batches.append(row["mean_batch"])
-    return {
-        f"resnet18_{protocol}_raw": statistics.median(raws),
-        f"resnet18_{protocol}_c64": statistics.median(served),
-        f"resnet18_{protocol}_c64_mean_batch": statistics.median(batches),
-        f"resnet18_{protocol}_ratio": statistics.median(s / r for s, r in zip(served, raws)),
-    }
+        return {served_key: row["throughput_rps"], f"{served_key}_mean_batch": row["mean_batch"]}
+
+    passes = in_turns([
+        lambda: {raw_key: raw.measure_point(resnet, raw_best["threads"], raw_best["batch"], seconds / 2).images_per_s},
+        served,
+    ], RATIO_PASSES)
+    return {**medians(passes), f"resnet18_{protocol}_ratio": median_ratio(passes, served_key, raw_key)}
 
 
 def one_client(server, version, cores: int, seconds: float) -> dict:
@@ -123,15 +150,12 @@ def one_client(server, version, cores: int, seconds: float) -> dict:
     ``ONE_CLIENT_PAIRS`` times in short turns, and what the server adds judged pair by pair. The machine
     has slow spells of a second or two (VGG-11's batch 1 went 8 -> 12 ms, in process as much as served), so
     both sides of a pair mostly share one, and the median of the pairs outvotes those that do not."""
-    in_turn, served = [], []
-    for _ in range(ONE_CLIENT_PAIRS):
-        in_turn.append(raw.decode_then_run(version, cores, seconds / 8).p50_ms)
-        served.append(measure(server, version.name, [1, *version.input_shape], "predict", 1, seconds / 4)["p50_ms"])
-    return {
-        f"{version.name}_decode_then_run_ms": statistics.median(in_turn),
-        f"{version.name}_predict_c1_p50_ms": statistics.median(served),
-        f"{version.name}_c1_added_ms": statistics.median(s - i for s, i in zip(served, in_turn)),
-    }
+    in_turn, served = f"{version.name}_decode_then_run_ms", f"{version.name}_predict_c1_p50_ms"
+    passes = in_turns([
+        lambda: {in_turn: raw.decode_then_run(version, cores, seconds / 8).p50_ms},
+        lambda: {served: measure(server, version.name, [1, *version.input_shape], "predict", 1, seconds / 4)["p50_ms"]},
+    ], ONE_CLIENT_PAIRS)
+    return {**medians(passes), f"{version.name}_c1_added_ms": statistics.median(p[served] - p[in_turn] for p in passes)}
 
 
 def targets(args, versions, raw_results: dict, workers: int, threads: int, cores: int, tmp: Path) -> dict:
@@ -148,7 +172,8 @@ def targets(args, versions, raw_results: dict, workers: int, threads: int, cores
             rounds.append(target_round(server, fastapi_url, by_name, raw_best, cores, args.seconds))
             log(f"target round {index + 1}/{args.rounds}: " + ", ".join(f"{k} {v:.4g}" for k, v in rounds[-1].items()
                                                                         if v is not None))
-    return {"rounds": rounds, "worker_processes": worker_processes}
+    return {"rounds": rounds, "worker_processes": worker_processes,
+            "passes": {"ratios": RATIO_PASSES, "one_client": ONE_CLIENT_PAIRS}}
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import pytest
 import loadtests.bench.__main__ as bench_main
 from loadtests.bench.profile import layer_of
 from loadtests.bench.raw import RawPoint
-from loadtests.bench.report import target_rows
+from loadtests.bench.report import how_targets_are_measured, target_rows
 from loadtests.local_server import REPO_ROOT
 
 
@@ -43,7 +43,8 @@ def round_figures(**changes) -> dict:
         "resnet18_predict_c64": 380.0, "resnet18_v2-http_c64": 420.0,
         "resnet18_grpc_c64": 390.0, "resnet18_predict_c64_mean_batch": 20.0, "resnet18_v2-http_c64_mean_batch": 24.0,
         "resnet18_grpc_c64_mean_batch": 15.0, "resnet18_predict_ratio": 0.76, "resnet18_v2-http_ratio": 0.84,
-        "resnet18_grpc_ratio": 0.78, "lenet5_v2-http_c64": 4000.0, "lenet5_fastapi_c64": 3000.0,
+        "resnet18_grpc_ratio": 0.78, "lenet5_vs_fastapi": 4000 / 3000, "lenet5_vs_noop_v2": 6000 / 9000,
+        "lenet5_vs_noop": 6000 / 18000, "lenet5_v2-http_c64": 4000.0, "lenet5_fastapi_c64": 3000.0,
         "lenet5_wrk_infer_c64": 6000.0, "noop_v2_wrk_c64": 9000.0, "noop_wrk_c64": 18000.0,
         "lenet5-digits_raw_b1_ms": 0.05, "lenet5-digits_decode_then_run_ms": 0.2, "lenet5-digits_predict_c1_p50_ms": 1.0,
         "lenet5-digits_c1_added_ms": 0.8,
@@ -56,7 +57,7 @@ def test_targets_are_judged_on_the_medians_of_the_rounds():
         "raw": {"lenet5-digits": {"decode_ms": 0.1}, "resnet18-digits": {"decode_ms": 0.2, "best": {"threads": 2, "batch": 32}}},
         "serving": {"workers": 2, "threads": 1, "cores": 2},
         "targets": {"worker_processes": 2, "rounds": [
-            round_figures(), round_figures(**{"resnet18_v2-http_ratio": 0.60}), round_figures(**{"noop_v2_wrk_c64": 13000.0}),
+            round_figures(), round_figures(**{"resnet18_v2-http_ratio": 0.60}), round_figures(**{"lenet5_vs_noop_v2": 6 / 13}),
         ]},
     }
     rows = target_rows(results)
@@ -71,7 +72,9 @@ def test_targets_are_judged_on_the_medians_of_the_rounds():
     assert "V2 no-op" in rows[2].target and "bare no-op POST 0.33" in rows[2].measured
     assert "V2 REST binary" in rows[3].target
     assert rows[0].rounds == "0.60–0.84"  # how firm each median is: its lowest and highest round
-    slower = {**results, "targets": {**results["targets"], "rounds": [round_figures(**{"noop_v2_wrk_c64": 13000.0})]}}
+    told = how_targets_are_measured({**results["targets"], "passes": {"ratios": 3, "one_client": 6}})[0]
+    assert told.startswith("Each row is the median of 3 rounds") and "in turn, 3 times over (6 for" in told
+    slower = {**results, "targets": {**results["targets"], "rounds": [round_figures(**{"lenet5_vs_noop_v2": 6 / 13})]}}
     assert not target_rows(slower)[2].met  # 6000 / 13000 < 0.5
     assert rows[4].measured == "0.80 ms (paired; /predict 1.00, in process 0.20, or 0.15 measured apart)"
     one_client = {**results, "targets": {**results["targets"], "rounds": [
