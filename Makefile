@@ -54,7 +54,7 @@ models: setup-test
 bench-models: setup-test
 	$(BIN)/python -m training bench-models --out models-bench
 
-# The benchmark (about 20 minutes): raw ONNX Runtime, every protocol at 1-64 clients with batching on and off,
+# The benchmark (about 25 minutes): raw ONNX Runtime, every protocol at 1-64 clients with batching on and off,
 # the FastAPI baseline, ResNet-50 at 224, and the targets; writes loadtests/results/<date>/bench.{md,json,png}.
 bench: setup-test
 	@test -d models-bench || $(BIN)/python -m training bench-models --out models-bench
