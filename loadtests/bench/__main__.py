@@ -38,7 +38,7 @@ from ..local_server import running_server
 from . import raw
 from .machine import describe_machine
 from .profile import profile_model, require_py_spy
-from .report import write_report
+from .report import median, write_report
 from .served import PROTOCOLS, baseline_measure, measure, route_loads, running_baseline
 from .wrk import wrk
 
@@ -122,7 +122,7 @@ def in_turns(measurements: list[Callable[[], dict]], passes: int) -> list[dict]:
 
 
 def medians(passes: list[dict]) -> dict:
-    return {name: statistics.median(p[name] for p in passes) for name in passes[0]}
+    return {name: median(passes, name) for name in passes[0]}
 
 
 def median_ratio(passes: list[dict], numerator: str, denominator: str) -> float:

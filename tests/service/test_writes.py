@@ -4,6 +4,7 @@ and a lone request's response, which leaves as soon as it is complete; a real
 uvicorn server over the coalescing protocol answers intact."""
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -100,10 +101,22 @@ def test_once_installed_uvicorn_serves_http_with_the_coalescing_protocol(monkeyp
     assert config.http_protocol_class is CoalescingHttpProtocol
 
 
-def wait_started(server: uvicorn.Server) -> None:
+@contextlib.contextmanager
+def serving(app):
+    """A real uvicorn on 127.0.0.1 over the coalescing protocol, in a thread; yields its port."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=CoalescingHttpProtocol,
+                                           log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
     deadline = time.monotonic() + 10
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.02)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 @pytest.fixture
@@ -120,16 +133,8 @@ def coalescing_server():
 
         return StreamingResponse(pieces(), media_type="application/octet-stream")
 
-    port = free_port()
-    app = Starlette(routes=[Route("/small", small), Route("/stream", stream)])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=CoalescingHttpProtocol,
-                                           log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_started(server)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serving(Starlette(routes=[Route("/small", small), Route("/stream", stream)])) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def test_a_real_server_answers_intact_over_one_keep_alive_connection(coalescing_server):
@@ -157,22 +162,14 @@ def test_a_lone_response_leaves_when_complete_with_its_metric_updates_already_wr
         await Response(b"done")(scope, receive, send)
         seen["released"] = client_read.wait(10)  # the loop's pass cannot end before the client reads
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=CoalescingHttpProtocol,
-                                           log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_started(server)
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
-            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            answer = conn.recv(4096)
-            seen["metric"] = registry.get_sample_value("answered_total")
+    with serving(app) as port:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+                conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                answer = conn.recv(4096)
+                seen["metric"] = registry.get_sample_value("answered_total")
+        finally:
             client_read.set()
-        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"done")
-        assert seen["metric"] == 1
-    finally:
-        client_read.set()
-        server.should_exit = True
-        thread.join(10)
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"done")
+    assert seen["metric"] == 1
     assert seen["released"]
