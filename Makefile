@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 3000
 
-.PHONY: serve test setup setup-test models bench-models bench profile protos soak container-check clean
+.PHONY: serve test setup setup-test models variants accuracy bench-models bench profile protos soak container-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,11 +44,24 @@ serve: setup
 test: setup-test
 	$(BIN)/python -m pytest
 
-# Retrain and re-export the three committed models (about 40 minutes on 2 cores).
+COMMITTED_MODELS := lenet5-digits resnet18-digits vgg11-digits
+
+# Retrain and re-export the three committed models, then measure them through a real server on the
+# robustness suite and write the results on their cards (about 2.5 hours on 2 cores; the cards say each one's).
 models: setup-test
-	for recipe in lenet5-digits resnet18-digits vgg11-digits; do \
+	for recipe in $(COMMITTED_MODELS); do \
 		$(BIN)/python -m training train --recipe $$recipe || exit 1; \
 	done
+	$(BIN)/python -m loadtests.accuracy --write-cards
+
+# The derived INT8 and FP16 files of the committed models (never committed; training writes them too).
+variants: setup-test
+	$(BIN)/python -m training derive $(foreach m,$(COMMITTED_MODELS),$(lastword $(sort $(wildcard models/$(m)/*))))
+
+# The robustness suite against a fresh server on the committed models: per-condition accuracy and mean IoU
+# through POST /predict (about 5 minutes); writes loadtests/results/<date>/accuracy.{md,json,png}.
+accuracy: setup-test
+	$(BIN)/python -m loadtests.accuracy $(ACCURACY_ARGS)
 
 # Untrained ImageNet-shaped exports for throughput benchmarks (git-ignored).
 bench-models: setup-test

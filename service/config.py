@@ -56,6 +56,7 @@ class Settings:
     per_model: dict[str, Batching] = field(default_factory=dict)
     request_timeout_ms: float = 10_000.0  # a request not started by then gets 504; clients may ask for less
     default_top_k: int = 5
+    zoom_in_below: float = 0.5  # look again at a digit whose box spans less of the input's side (0: never)
     max_images_per_request: int = 64
     max_image_pixels: int = 40_000_000
     max_body_bytes: int = 32 * 1024 * 1024
@@ -96,6 +97,8 @@ def _parse(name: str, raw: Any, current: Any) -> Any:
         return raw if isinstance(raw, bool) else str(raw).strip().lower() in ("1", "true", "yes", "on")
     if isinstance(current, int):
         return 0 if raw == "auto" else int(raw)
+    if name == "zoom_in_below" and not 0.0 <= float(raw) <= 1.0:
+        raise ValueError(f"zoom_in_below is a share of the input's side, from 0 (never zoom) to 1, not {raw!r}")
     if isinstance(current, float):
         return float(raw)
     if isinstance(current, Path):

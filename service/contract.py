@@ -16,7 +16,7 @@ MODEL_FILE = "model.onnx"
 VARIANT_FILES = {"fp32": MODEL_FILE, "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 
 BOX_FORMAT = "xyxy, normalized to [0, 1] of the input image"
-RESIZE_POLICY = "stretch"
+RESIZE_POLICY = "letterbox"  # written on new cards; see letterbox.py (cards without it: stretch)
 
 
 def file_sha256(path: Path) -> str:

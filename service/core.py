@@ -2,8 +2,10 @@
 
 An adapter hands it image files or a decoded tensor plus the model it wants;
 the core resolves the model, decodes, sends the images to the model's batcher
-(where requests from every protocol meet), and turns the outputs into answers. It records the request metrics, so every
-protocol is counted the same way.
+(where requests from every protocol meet), looks again at small digits (the
+zoom-in pass, ``refine.py``), maps boxes back to each image and turns the
+outputs into answers. It records the request metrics, so every protocol is
+counted the same way.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from .config import Settings
 from .errors import InvalidInput, ModelUnavailable, ServiceError, TooLarge
 from .metrics import RequestMetrics, child, pass_totals
 from .postprocess import describe
+from .letterbox import WHOLE, Placement, Region
 from .preprocess import decode_image
+from .refine import needs_zoom, zoom_region
 from .repository import ModelVersion, Repository
 
 INLINE_DECODE_BYTES = 256 * 1024  # larger payloads are decoded in a worker thread
@@ -83,8 +87,13 @@ class Tracked:
 class TensorResult:
     model: ModelVersion
     probabilities: np.ndarray
-    boxes: np.ndarray | None
+    boxes: np.ndarray | None  # normalized to the model input, or (FilesResult) to each image
     timings: dict
+
+
+@dataclass
+class FilesResult(TensorResult):
+    placements: list[Placement]
 
 
 class InferenceCore:
@@ -139,28 +148,35 @@ class InferenceCore:
             raise InvalidInput(f"top_k must be between 1 and {len(model.labels)} for {model.name}, got {top_k}")
         return top_k
 
-    def decode_all(self, model: ModelVersion, files: list[bytes]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    def decode_all(
+        self, model: ModelVersion, files: list[bytes], regions: list[Region] | None = None
+    ) -> tuple[np.ndarray, list[Placement]]:
         channels, height, width = model.input_shape
-        arrays, sizes = [], []
+        arrays, placements = [], []
         for index, data in enumerate(files):
+            region = regions[index] if regions else WHOLE
             try:
-                array, size = decode_image(data, channels, height, width, self.settings.max_image_pixels)
+                array, where = decode_image(
+                    data, channels, height, width, self.settings.max_image_pixels, model.resize_policy, region
+                )
             except ServiceError as exc:
                 if len(files) > 1:
                     exc.message = f"image {index}: {exc.message}"
                     exc.args = (exc.message,)
                 raise
             arrays.append(array)
-            sizes.append(size)
-        return np.stack(arrays), sizes
+            placements.append(where)
+        return np.stack(arrays), placements
 
-    async def decode(self, model: ModelVersion, files: list[bytes]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    async def decode(
+        self, model: ModelVersion, files: list[bytes], regions: list[Region] | None = None
+    ) -> tuple[np.ndarray, list[Placement]]:
         """Decode on the event loop when small, in a worker thread when large; timed."""
         began = time.perf_counter()
         if sum(len(f) for f in files) > INLINE_DECODE_BYTES:
-            decoded = await asyncio.to_thread(self.decode_all, model, files)
+            decoded = await asyncio.to_thread(self.decode_all, model, files, regions)
         else:
-            decoded = self.decode_all(model, files)
+            decoded = self.decode_all(model, files, regions)
         seconds = time.perf_counter() - began
         pass_totals().observe(child(self.metrics.preprocess_duration, *model.metric_labels), seconds)
         return decoded
@@ -189,17 +205,50 @@ class InferenceCore:
             top_k = self.check_top_k(resolved, top_k)
             self.check_images(resolved, len(files))
             began = time.perf_counter()
-            images, sizes = await self.decode(resolved, files)
-            decode_ms = (time.perf_counter() - began) * 1000
-            result = await self.run(resolved, images, deadline)
+            result = await self.infer_files(resolved, files, deadline)
             predictions = [
                 describe(result.probabilities[i], None if result.boxes is None else result.boxes[i],
-                         resolved.labels, top_k, sizes[i])
+                         resolved.labels, top_k, result.placements[i].source)
                 for i in range(len(files))
             ]
-            timings = {"decode_ms": round(decode_ms, 3), **result.timings}
-            timings["total_ms"] = round((time.perf_counter() - began) * 1000, 3)
+            timings = {**result.timings, "total_ms": round((time.perf_counter() - began) * 1000, 3)}
             return {"model": resolved.name, "version": resolved.version, "predictions": predictions, "timings": timings}
+
+    async def infer_files(
+        self, model: ModelVersion, files: list[bytes], deadline: float, compute: Backend | None = None
+    ) -> FilesResult:
+        """Decode, run, look again at small digits, and map boxes to each image ([0, 1] of its own size).
+
+        ``compute`` is ``run`` unless given (the no-op routes give zeros).
+        """
+        compute = compute or self.run
+        began = time.perf_counter()
+        images, placements = await self.decode(model, files)
+        decode_ms = (time.perf_counter() - began) * 1000
+        result = await compute(model, images, deadline)
+        probabilities, boxes, timings = result.probabilities, result.boxes, result.timings
+        zoomed = []
+        if boxes is not None:
+            below = self.settings.zoom_in_below
+            zoomed = [i for i in range(len(files)) if below > 0 and needs_zoom(boxes[i], below)]
+            boxes = np.stack([where.to_source(box) for where, box in zip(placements, boxes)])
+        if zoomed:
+            began = time.perf_counter()
+            regions = [zoom_region(boxes[i], placements[i].source) for i in zoomed]
+            crops, crop_placements = await self.decode(model, [files[i] for i in zoomed], regions)
+            decode_ms += (time.perf_counter() - began) * 1000
+            second = await compute(model, crops, deadline)
+            probabilities = probabilities.copy()
+            for j, i in enumerate(zoomed):
+                probabilities[i] = second.probabilities[j]
+                boxes[i] = crop_placements[j].to_source(second.boxes[j])
+            timings = {
+                **timings,
+                "queue_ms": round(timings["queue_ms"] + second.timings["queue_ms"], 3),
+                "compute_ms": round(timings["compute_ms"] + second.timings["compute_ms"], 3),
+            }
+        timings = {"decode_ms": round(decode_ms, 3), **timings, "zoomed_images": len(zoomed)}
+        return FilesResult(model, probabilities, boxes, timings, placements)
 
     async def run(self, model: ModelVersion, images: np.ndarray, deadline: float) -> TensorResult:
         """Send images through the model's batcher, in chunks no larger than its batches."""

@@ -1,20 +1,24 @@
 """Image files to model input: one home for decoding, shared by every protocol.
 
 Any common format (PNG, JPEG, WebP, BMP, GIF's first frame, TIFF) in any mode
-becomes float32 [C, H, W] in [0, 1] at the model's size (stretched, as in
-training). EXIF orientation is honoured, so boxes map back to the image as a
-viewer shows it. The pixel count is checked from the header, before any
-decoding, so a decompression bomb costs nothing.
+becomes float32 [C, H, W] in [0, 1] at the model's size, fitted by the model's
+resize policy through ``letterbox.to_model_input``, the function training
+renders its data with. EXIF orientation is honoured, so boxes map back to the
+image as a viewer shows it. The pixel count is checked from the header, before
+any decoding, so a decompression bomb costs nothing. ``region`` decodes only a
+part of the image (the zoom-in pass, ``refine.py``) at the model's size.
 """
 
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidInput, TooLarge, UnsupportedImage
+from .letterbox import LETTERBOX, WHOLE, Placement, Region, to_model_input
 
 SUPPORTED_FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF", "TIFF"}
 SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
@@ -23,8 +27,16 @@ EXIF_ORIENTATION = 0x0112
 Image.MAX_IMAGE_PIXELS = None  # our own limit below applies, with a clear message
 
 
-def decode_image(data: bytes, channels: int, height: int, width: int, max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Return the model input and the image's own (width, height) after EXIF orientation."""
+def decode_image(
+    data: bytes,
+    channels: int,
+    height: int,
+    width: int,
+    max_pixels: int,
+    policy: str = LETTERBOX,
+    region: Region = WHOLE,
+) -> tuple[np.ndarray, Placement]:
+    """Return the model input and where the image (or ``region`` of it) landed in it."""
     if not data:
         raise InvalidInput("the image is empty (0 bytes)")
     try:
@@ -45,19 +57,13 @@ def decode_image(data: bytes, channels: int, height: int, width: int, max_pixels
     try:
         orientation = image.getexif().get(EXIF_ORIENTATION, 1)
         original = (h, w) if orientation in SWAPS_AXES else (w, h)
-        mode = "L" if channels == 1 else "RGB"
         if image.format == "JPEG":
-            side = max(height, width)
-            image.draft(mode, (side, side))  # decode at a reduced scale
+            # Decode at a reduced scale, never below what the input (or the region's share of it) needs.
+            side = int(max(height, width) / min(region[2], region[3]))
+            image.draft("L" if channels == 1 else "RGB", (side, side))
         if orientation != 1:
             image = ImageOps.exif_transpose(image)
-        if image.mode != mode:
-            image = image.convert(mode)
-        if image.size != (width, height):
-            image = image.resize((width, height), Image.BILINEAR)
-        pixels = np.asarray(image)  # decodes now, if nothing above had to
+        array, where = to_model_input(image, channels, width, height, policy, region)  # decodes now
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidInput(f"corrupt or truncated image: {exc}") from None
-    scaled = np.empty((channels, height, width), np.float32)
-    np.multiply(pixels[None] if channels == 1 else pixels.transpose(2, 0, 1), np.float32(1 / 255), out=scaled)
-    return scaled, original
+    return array, replace(where, source=original)  # a draft decode is smaller: boxes go to the file's own pixels

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .contract import BOXES, CARD_FILE, INPUT_NAME, MODEL_FILE, PROBABILITIES
 from .errors import ModelNotFound, ModelUnavailable
+from .letterbox import POLICIES, STRETCH
 
 log = logging.getLogger("cnnserve.repository")
 
@@ -41,6 +42,11 @@ class ModelVersion:
         _, channels, height, width = self.card["input"]["shape"]
         return channels, height, width
 
+    @functools.cached_property
+    def resize_policy(self) -> str:
+        """How images are fitted to the input; cards written before letterbox existed stretch."""
+        return self.card["input"].get("resize", STRETCH)
+
     @property
     def labels(self) -> list[str]:
         return self.card["labels"]
@@ -62,7 +68,9 @@ class ModelVersion:
         return self.folder / entry["file"], entry.get("sha256")
 
     def variants(self) -> list[str]:
-        return list(self.card.get("files", {"fp32": {}}))
+        """The precisions this version can serve: its contract file, and derived files that are present."""
+        files = self.card.get("files", {"fp32": {}})
+        return [v for v, entry in files.items() if not entry.get("derived") or (self.folder / entry["file"]).exists()]
 
 
 @dataclass
@@ -115,6 +123,8 @@ def read_card(folder: Path, name: str, version: int) -> dict:
         raise ValueError(f"input must be named {INPUT_NAME!r}, card says {spec.get('name')!r}")
     if not (isinstance(shape, list) and len(shape) == 4 and shape[1] in (1, 3) and all(d > 0 for d in shape[1:])):
         raise ValueError(f"input shape must be [N, C(1 or 3), H, W], card says {shape}")
+    if spec.get("resize", STRETCH) not in POLICIES:
+        raise ValueError(f"input.resize must be one of {', '.join(POLICIES)}, card says {spec.get('resize')!r}")
     outputs = card.get("outputs") or [{"name": PROBABILITIES}]
     names = [o.get("name") for o in outputs]
     if PROBABILITIES not in names or not set(names) <= {PROBABILITIES, BOXES}:

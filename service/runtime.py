@@ -91,7 +91,10 @@ def choose_variant(precision: str, providers: list[str], variants: list[str]) ->
     """FP16 on a GPU when shipped, else FP32; an explicit precision must exist."""
     if precision != "auto":
         if precision not in variants:
-            raise ValueError(f"precision {precision} requested but the model ships only {variants}")
+            raise ValueError(
+                f"precision {precision} requested but only {variants} are present; derived files are made by "
+                "`python -m training derive <version folder>` (or `make variants`)"
+            )
         return precision
     if providers[0] in GPU_PROVIDERS and "fp16" in variants:
         return "fp16"

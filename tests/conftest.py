@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.committed import VERSION
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO_ROOT / "models"
 
@@ -15,7 +17,7 @@ def repo_copy(tmp_path):
     root = tmp_path / "models"
     root.mkdir()
 
-    def copy(name: str, version: int = 1, as_name: str | None = None, as_version: int | None = None) -> Path:
+    def copy(name: str, version: int = VERSION, as_name: str | None = None, as_version: int | None = None) -> Path:
         target = root / (as_name or name) / str(as_version or version)
         shutil.copytree(MODELS_DIR / name / str(version), target)
         return target

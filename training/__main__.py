@@ -5,6 +5,7 @@ Usage:
     python -m training train --recipe lenet5-digits --dry-run   # tiny smoke run
     python -m training train --arch vgg11_bn --name my-vgg --channels 3 --input-size 64 \\
         --epochs 10 --data-dir path/to/folder                   # your own data
+    python -m training derive models/resnet18-digits/2          # its INT8 and FP16 files (not committed)
     python -m training bench-models                              # untrained ImageNet-shaped exports
     python -m training list                                      # architectures and recipes
 """
@@ -23,7 +24,7 @@ import torch
 
 from .architectures import list_models
 from .data import digits_task, folder_task
-from .pipeline import build_untrained, build_version
+from .pipeline import build_untrained, build_version, derive_variants
 from .recipes import RECIPES
 from .train import TrainConfig
 
@@ -39,7 +40,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     tr.add_argument("--recipe", choices=sorted(RECIPES), help="start from a committed model's settings")
     tr.add_argument("--arch", choices=list_models())
     tr.add_argument("--name", help="model name in the repository (default: the recipe name)")
-    tr.add_argument("--version", type=int, default=1)
+    tr.add_argument("--version", type=int, help="version folder to write (default: the recipe's, else 1)")
     tr.add_argument("--channels", type=int, choices=(1, 3))
     tr.add_argument("--input-size", type=int)
     tr.add_argument("--epochs", type=int)
@@ -58,6 +59,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     bench.add_argument("--out", type=Path, default=Path("models-bench"))
     bench.add_argument("--classes", type=int, default=1000)
 
+    derive = sub.add_parser("derive", help="write the INT8 and FP16 files of committed models (never committed)")
+    derive.add_argument("folders", type=Path, nargs="+", help="model version folders, e.g. models/resnet18-digits/2")
+
     sub.add_parser("list", help="list architectures and recipes")
 
     cards = sub.add_parser("cards", help="print the model repository's cards as a markdown table")
@@ -73,7 +77,8 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         options[key] = json.loads(value)
     given = {
         key: getattr(args, key)
-        for key in ("arch", "channels", "input_size", "epochs", "batch_size", "lr", "box_weight", "copies_per_epoch")
+        for key in ("arch", "channels", "input_size", "epochs", "batch_size", "lr", "box_weight", "copies_per_epoch",
+                    "version")
         if getattr(args, key) is not None
     }
     if args.dry_run:
@@ -112,6 +117,10 @@ def main(argv: list[str]) -> None:
     if args.command == "cards":
         print_cards(args.models)
         return
+    if args.command == "derive":
+        for folder in args.folders:
+            derive_variants(folder)
+        return
     if args.command == "bench-models":
         for arch, size in BENCH_MODELS:
             build_untrained(arch, size, args.classes, args.out)
@@ -126,7 +135,7 @@ def main(argv: list[str]) -> None:
         task = digits_task(config.channels, config.input_size, config.seed, config.copies_per_epoch, limit)
     command = "python -m training " + shlex.join(argv)
     print(f"training {config.name} ({config.arch}) on {task.description}")
-    build_version(config, task, args.out, args.version, command)
+    build_version(config, task, args.out, config.version, command)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ def model_card(
     metrics: dict | None,
     variant_metrics: dict[str, dict],
     parity: dict,
+    weights: dict | None = None,
 ) -> dict:
     """Assemble the card; ``training``/``metrics`` are None for untrained exports."""
     trained = training is not None
@@ -68,13 +69,15 @@ def model_card(
         ],
         "training": training,
         "metrics": metrics,
-        "onnx": {"opset": OPSET, "parity_with_torch": parity},
+        "onnx": {"opset": OPSET, "parity_with_torch": parity, "weights": weights},
         "files": {
             variant: {
                 "file": path.name,
                 "sha256": file_sha256(path),
                 "bytes": path.stat().st_size,
                 "metrics": variant_metrics.get(variant),
+                # Derived variants are made from model.onnx by training and never committed; served when present.
+                "derived": variant != "fp32",
             }
             for variant, path in files.items()
         },

@@ -5,10 +5,13 @@ dynamic), normalizes inside, and returns ``probabilities`` (softmax applied)
 and ``boxes`` ((x1, y1, x2, y2) in [0, 1]). Every export is checked with
 ``onnx.checker`` and against torch on random inputs through ONNX Runtime.
 
-Two derived variants sit beside ``model.onnx`` in the same version folder and
-keep the same float32 inputs and outputs, so clients never see a difference:
-``model.int8.onnx`` (static QDQ quantization calibrated on training images,
-for CPU) and ``model.fp16.onnx`` (float16 weights and compute, for GPU).
+The committed ``model.onnx`` stores its large weights as float16 behind a Cast
+to float32 (``store_weights_fp16``): half the bytes, float32 compute (ONNX
+Runtime folds the casts when it loads the graph), and the accuracy change is
+measured and written on the card. Two variants are derived from it, never
+committed, with the same float32 inputs and outputs, so clients never see a
+difference: ``model.int8.onnx`` (static QDQ quantization calibrated on training
+images, for CPU) and ``model.fp16.onnx`` (float16 weights and compute, for GPU).
 """
 
 from __future__ import annotations
@@ -135,6 +138,32 @@ def quantize_int8(source: Path, target: Path, calibration: np.ndarray) -> None:
     finally:
         prepared.unlink(missing_ok=True)
     onnx.checker.check_model(str(target))
+
+
+COMPACT_MIN_ELEMENTS = 4096  # smaller tensors (biases, norms) stay float32: they weigh nothing
+
+
+def store_weights_fp16(source: Path, target: Path) -> None:
+    """Rewrite ``source`` with every large float32 initializer stored as float16 plus a Cast back."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(source))
+    graph = model.graph
+    kept, casts = [], []
+    for tensor in graph.initializer:
+        if tensor.data_type != TensorProto.FLOAT or int(np.prod(tensor.dims)) < COMPACT_MIN_ELEMENTS:
+            kept.append(tensor)
+            continue
+        half = numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), f"{tensor.name}.fp16")
+        kept.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [tensor.name], to=TensorProto.FLOAT, name=f"{tensor.name}.cast"))
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(target))
+    onnx.checker.check_model(str(target), full_check=True)
 
 
 def convert_fp16(source: Path, target: Path) -> None:

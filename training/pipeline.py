@@ -1,24 +1,28 @@
 """From settings to a finished model version folder: train, export, check
-parity, measure on the test split (through ONNX Runtime, i.e. what is served),
-derive the INT8 and FP16 variants, and write the card and training plot."""
+parity, store the weights compactly, measure on the test split (through ONNX
+Runtime, i.e. what is served), derive the INT8 and FP16 variants, and write the
+card and training plot."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from service.contract import MODEL_FILE, VARIANT_FILES
+from service.contract import CARD_FILE, MODEL_FILE, VARIANT_FILES, file_sha256
 
 from .architectures import create_model
 from .card import model_card, write_card
-from .data import TaskData
-from .export import check_parity, convert_fp16, export_onnx, onnx_predictor, quantize_int8
+from .data import TaskData, digits_task
+from .export import check_parity, convert_fp16, export_onnx, onnx_predictor, quantize_int8, store_weights_fp16
 from .train import Normalized, TrainConfig, evaluate, train
 
 CALIBRATION_IMAGES = 256
+CHECKPOINTS = Path("runs")  # git-ignored: the trained torch weights, to re-export without retraining
+FULL_PRECISION_FILE = "model.float32.onnx"  # the export before its weights are stored compactly; removed
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
@@ -31,17 +35,38 @@ def export_variants(folder: Path, calibration: np.ndarray) -> dict[str, Path]:
     return files
 
 
+def derive_variants(folder: Path, log=print) -> dict[str, Path]:
+    """Write a committed digits model's INT8 and FP16 files from its model.onnx, calibrated as training did."""
+    card = json.loads((folder / CARD_FILE).read_text())
+    channels, size = card["input"]["channels"], card["input"]["shape"][-1]
+    # Calibration takes the first images of training's epoch 0: the first rendering of the first training digits.
+    task = digits_task(channels, size, seed=card["training"]["seed"], copies_per_epoch=1)
+    files = export_variants(folder, task.train_epoch(0)[0][:CALIBRATION_IMAGES])
+    for variant, path in files.items():
+        recorded = card["files"].get(variant, {}).get("sha256")
+        same = "matches its card" if recorded == file_sha256(path) else "DIFFERS from its card (another ONNX Runtime?)"
+        log(f"{path}: {same}")
+    return files
+
+
 def build_version(config: TrainConfig, task: TaskData, out_root: Path, version: int, command: str, log=print) -> Path:
     started = time.perf_counter()
     model, history = train(config, task, log=log)
     train_seconds = time.perf_counter() - started
     folder = out_root / config.name / str(version)
-    export_onnx(model, folder / MODEL_FILE, config.channels, config.input_size)
-    parity = check_parity(model, folder / MODEL_FILE, config.channels, config.input_size)
+    CHECKPOINTS.mkdir(exist_ok=True)
+    torch.save(model.state_dict(), CHECKPOINTS / f"{config.name}-{version}.pt")
+    full = folder / FULL_PRECISION_FILE
+    export_onnx(model, full, config.channels, config.input_size)
+    parity = check_parity(model, full, config.channels, config.input_size)
     log(f"parity ONNX Runtime vs torch (max abs diff): {parity['max_abs_diff']}")
+    test = task.split("test")
+    store_weights_fp16(full, folder / MODEL_FILE)
+    full_metrics = evaluate(onnx_predictor(full), test)
+    full.unlink()
+    log(f"test split, float32 weights: accuracy {full_metrics['accuracy']:.4f}  mean IoU {full_metrics['mean_iou']:.4f}")
 
     files = export_variants(folder, task.train_epoch(0)[0][:CALIBRATION_IMAGES])
-    test = task.split("test")
     variant_metrics = {variant: evaluate(onnx_predictor(path), test) for variant, path in files.items()}
     for variant, metrics in variant_metrics.items():
         log(f"test split, {variant:>4} ONNX: accuracy {metrics['accuracy']:.4f}  mean IoU {metrics['mean_iou']:.4f}")
@@ -69,6 +94,8 @@ def build_version(config: TrainConfig, task: TaskData, out_root: Path, version: 
         metrics={"split": "test", **variant_metrics["fp32"]},
         variant_metrics=variant_metrics,
         parity=parity,
+        weights={"stored": "float16 behind Cast to float32 (tensors of 4096 elements or more)", "compute": "float32",
+                 "test_metrics_with_float32_weights": full_metrics},
     )
     write_card(folder, card)
     plot_history(history, folder / "training.png", config.name)

@@ -40,6 +40,7 @@ class TrainConfig:
     seed: int = 0
     copies_per_epoch: int = 4
     options: dict = field(default_factory=dict)
+    version: int = 1  # the model repository version it is written as
 
 
 class Normalized(nn.Module):

@@ -8,8 +8,9 @@ Inputs a model accepts (exactly one per request):
 - ``images``: FP32 [N, C, H, W] in [0, 1] (the model contract), or UINT8 of the
   same shape in [0, 255];
 - ``image_bytes``: BYTES [N] (or [N, 1]) of encoded image files, decoded and
-  resized by the server.
-Outputs: ``probabilities`` [N, K] and ``boxes`` [N, 4], both FP32.
+  fitted by the server (with the zoom-in pass for small digits).
+Outputs: ``probabilities`` [N, K] and ``boxes`` [N, 4], both FP32; boxes are
+normalized to the input tensor, or for ``image_bytes`` to each image file.
 """
 
 from __future__ import annotations
@@ -130,21 +131,19 @@ class DataPlane:
                 raise InvalidInput(f"unknown output(s) {unknown}; {model.name} gives {available}")
             tensor = single_input(read_inputs())
             if tensor.name == IMAGE_BYTES:
-                images = await self.decoded(model, tensor)
+                result = await self.core.infer_files(model, self.files(model, tensor), deadline, self.compute)
             else:
-                images = self.pixels(model, tensor)
-            result = await self.compute(model, images, deadline)
+                result = await self.compute(model, self.pixels(model, tensor), deadline)
         outputs = {PROBABILITIES: result.probabilities, BOXES: result.boxes}
         return model, [Tensor(n, "FP32", np.asarray(outputs[n], dtype=np.float32)) for n in wanted], result.timings
 
-    async def decoded(self, model: ModelVersion, tensor: Tensor) -> np.ndarray:
-        """The model input from encoded image files, decoded and resized by the server."""
+    def files(self, model: ModelVersion, tensor: Tensor) -> list[bytes]:
+        """Encoded image files, for the server to decode and fit (boxes come back normalized to each image)."""
         if tensor.datatype != BYTES or tensor.array.ndim not in (1, 2) or tensor.array.shape[1:] not in ((), (1,)):
             raise InvalidInput(f"{IMAGE_BYTES!r} must be BYTES of shape [N] or [N, 1]")
         files = list(tensor.array.ravel())
         self.core.check_images(model, len(files))
-        images, _ = await self.core.decode(model, files)
-        return images
+        return files
 
     def pixels(self, model: ModelVersion, tensor: Tensor) -> np.ndarray:
         """The model input from pixels as sent: FP32 in [0, 1], or UINT8 in [0, 255]."""

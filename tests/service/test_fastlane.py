@@ -20,7 +20,7 @@ from service.v2.rest import infer, server_live
     ("POST", "/predict_batch", predict_batch, {}),
     ("GET", "/v2/health/live", server_live, {}),
     ("POST", "/v2/models/lenet5-digits/infer", infer, {"name": "lenet5-digits"}),
-    ("POST", "/v2/models/lenet5-digits/versions/1/infer", infer, {"name": "lenet5-digits", "version": "1"}),
+    ("POST", "/v2/models/lenet5-digits/versions/2/infer", infer, {"name": "lenet5-digits", "version": "2"}),
 ])
 def test_hot_routes_take_the_fast_lane(method, path, handler, params):
     assert route(method, path) == (handler, params)
@@ -37,7 +37,7 @@ def test_everything_else_goes_through_bentoml(method, path):
 @pytest.mark.parametrize(("path", "handler", "params"), [
     ("/noop", noop, {}),
     ("/noop/v2/models/lenet5-digits/infer", noop_infer, {"name": "lenet5-digits"}),
-    ("/noop/v2/models/lenet5-digits/versions/1/infer", noop_infer, {"name": "lenet5-digits", "version": "1"}),
+    ("/noop/v2/models/lenet5-digits/versions/2/infer", noop_infer, {"name": "lenet5-digits", "version": "2"}),
 ])
 def test_the_noop_routes_exist_only_with_noop_route(path, handler, params):
     assert route("POST", path, noop_route=True) == (handler, params)

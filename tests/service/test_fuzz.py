@@ -30,10 +30,10 @@ SEEDS = [encoded(fmt) for fmt in ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")]
 
 def decodes_or_refuses(data: bytes) -> None:
     try:
-        array, size = decode_image(data, 3, 16, 16, 4_000_000)
+        array, where = decode_image(data, 3, 16, 16, 4_000_000)
     except ServiceError:
         return
-    assert array.shape == (3, 16, 16) and np.isfinite(array).all() and min(size) > 0
+    assert array.shape == (3, 16, 16) and np.isfinite(array).all() and min(where.source) > 0
 
 
 @BOUNDED

@@ -27,11 +27,12 @@ def gradient(width=40, height=30) -> Image.Image:
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_common_formats_decode_to_model_input(fmt, channels):
-    array, size = decode_image(encode(gradient(), fmt), channels, 16, 24, LIMIT)
+    array, where = decode_image(encode(gradient(), fmt), channels, 16, 24, LIMIT)
     assert array.shape == (channels, 16, 24) and array.dtype == np.float32
-    assert size == (40, 30)
+    assert where.source == (40, 30)
     assert 0 <= array.min() and array.max() <= 1
-    assert array[:, :, -1].mean() > array[:, :, 0].mean() + 0.5, "the gradient survives decoding"
+    left, _, width, _ = where.content
+    assert array[:, :, left + width - 1].mean() > array[:, :, left].mean() + 0.5, "the gradient survives decoding"
 
 
 @pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGBA", "CMYK", "I", "F"])
@@ -45,8 +46,8 @@ def test_exif_orientation_is_honoured():
     image = gradient(40, 30)
     exif = Image.Exif()
     exif[0x0112] = 6  # stored sideways: a viewer rotates it 90 degrees clockwise
-    array, size = decode_image(encode(image, "JPEG", exif=exif), 1, 30, 40, LIMIT)
-    assert size == (30, 40), "width and height as a viewer shows the image"
+    array, where = decode_image(encode(image, "JPEG", exif=exif), 1, 30, 40, LIMIT)
+    assert where.source == (30, 40), "width and height as a viewer shows the image"
     assert array[0, -1, :].mean() > array[0, 0, :].mean() + 0.5, "the gradient now runs top to bottom"
 
 
@@ -60,8 +61,8 @@ def test_gif_first_frame_is_used():
 
 def test_large_jpeg_decodes_at_reduced_scale_to_the_same_answer():
     big = gradient(2000, 1500)
-    array, size = decode_image(encode(big, "JPEG", quality=95), 3, 32, 32, LIMIT)
-    assert size == (2000, 1500)
+    array, where = decode_image(encode(big, "JPEG", quality=95), 3, 32, 32, LIMIT)
+    assert where.source == (2000, 1500)
     reference, _ = decode_image(encode(big, "PNG"), 3, 32, 32, LIMIT)
     assert np.abs(array - reference).mean() < 0.02
 

@@ -7,6 +7,7 @@ import pytest
 
 from service.errors import ModelNotFound, ModelUnavailable
 from service.repository import discover
+from tests.committed import VERSION
 
 
 def test_committed_models_are_discovered():
@@ -24,7 +25,7 @@ def test_highest_version_is_the_default_and_others_resolve_by_number(repo_copy):
     repo_copy("lenet5-digits", as_version=3)
     repository = discover(repo_copy.root)
     assert repository.resolve("lenet5-digits").version == 3
-    assert repository.resolve("lenet5-digits", 1).version == 1
+    assert repository.resolve("lenet5-digits", VERSION).version == VERSION
     with pytest.raises(ModelNotFound, match="versions: 1, 3"):
         repository.resolve("lenet5-digits", 2)
 

@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loadtests.digit_images import digit_files
+from loadtests.digit_images import Condition, DigitFile, digit_files, render
 from loadtests.local_server import MAX_BODY_BYTES as MAX_BODY
+from tests.committed import INPUTS, VERSION
 from training.boxes import iou
+from training.data.digits import load_source_digits, split_indices
+
 
 def png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
@@ -25,21 +28,55 @@ def png(image: Image.Image) -> bytes:
 GOOD = png(Image.new("RGB", (64, 64), (20, 20, 20)))
 
 
-@pytest.mark.parametrize(("model", "channels", "size"), [
-    ("lenet5-digits", 1, 32), ("resnet18-digits", 3, 64), ("vgg11-digits", 3, 64),
-])
+@pytest.mark.parametrize(("model", "channels", "size"), [(name, *shape) for name, shape in INPUTS.items()])
 def test_predictions_match_labels_and_boxes_across_sizes_and_formats(server, model, channels, size):
     hits, ious = [], []
     for file in digit_files(channels, size, count=36, seed=7, assorted=True):
         response = server.client.post("/predict", files={"image": ("d", file.data)}, data={"model": model})
         assert response.status_code == 200, response.text
         answer = response.json()
-        assert answer["model"] == model and answer["version"] == 1
+        assert answer["model"] == model and answer["version"] == VERSION
         hits.append(answer["label"] == str(file.label))
         got = answer["box"]
         ious.append(iou(np.array([[got["x1"], got["y1"], got["x2"], got["y2"]]]), file.box[None])[0])
     assert np.mean(hits) >= 0.9, f"accuracy {np.mean(hits):.3f}"
     assert np.mean(ious) >= 0.7, f"mean IoU {np.mean(ious):.3f}"
+
+
+def picture(condition: Condition, digit_index: int, file_index: int) -> DigitFile:
+    """One test-split digit drawn by the suite's renderer (not training's) under ``condition``."""
+    digits, labels = load_source_digits()
+    index = int(split_indices(len(digits), seed=0)["test"][digit_index])
+    return render(digits[index], int(labels[index]), condition, np.random.default_rng([5, digit_index]), file_index)
+
+
+def box_iou(answer: dict, file: DigitFile) -> float:
+    got = answer["box"]
+    return float(iou(np.array([[got["x1"], got["y1"], got["x2"], got["y2"]]]), file.box[None])[0])
+
+
+def test_box_lands_on_the_drawn_digit_of_an_exif_rotated_non_square_photo(server):
+    """A 3:2 photo stored sideways with EXIF orientation 6: the box comes back in the pixels a viewer sees."""
+    sideways = Condition("sideways", "", (1.5, 1.5), (300, 300), (0.6, 0.6), "dark-on-light", photo=True,
+                         formats=(("JPEG", 95),))
+    file = picture(sideways, digit_index=3, file_index=0)  # every third photo carries an orientation tag
+    assert Image.open(io.BytesIO(file.data)).getexif()[0x0112] == 6
+    answer = server.client.post("/predict", files={"image": ("p.jpg", file.data)},
+                                data={"model": "resnet18-digits"}).json()
+    assert (answer["image_size"]["width"], answer["image_size"]["height"]) == file.size
+    assert answer["label"] == str(file.label)
+    assert box_iou(answer, file) >= 0.9
+
+
+def test_a_small_digit_in_a_large_photo_gets_a_second_look(server):
+    small = Condition("small", "", (4 / 3, 4 / 3), (900, 900), (0.12, 0.12), "dark-on-light",
+                      formats=(("PNG", 0),))
+    file = picture(small, digit_index=8, file_index=1)
+    answer = server.client.post("/predict", files={"image": ("p.png", file.data)},
+                                data={"model": "resnet18-digits"}).json()
+    assert answer["timings"]["zoomed_images"] == 1
+    assert answer["label"] == str(file.label)
+    assert box_iou(answer, file) >= 0.8
 
 
 def test_answer_has_the_documented_fields(server):

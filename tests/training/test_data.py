@@ -1,7 +1,10 @@
-"""The digits task is deterministic, split by source digit, and its boxes are
-the tight boxes around the ink; the folder format reads a user's own data."""
+"""The digits task is deterministic, split by source digit, covers the pictures
+users send, and reaches the model exactly as the server would fit the same
+picture; its boxes are the tight boxes around the ink; the folder format reads
+a user's own data."""
 
 import csv
+import io
 import json
 
 import numpy as np
@@ -9,7 +12,8 @@ import pytest
 from PIL import Image
 
 from training.data import digits_task, folder_task
-from training.data.digits import CanvasSpec, ink_box, load_source_digits, render_sample, split_indices
+from service.preprocess import decode_image
+from training.data.digits import PageSpec, ink_box, load_source_digits, render_page, render_sample, split_indices
 
 
 def test_splits_are_disjoint_and_cover_every_source_digit():
@@ -43,17 +47,34 @@ def test_box_is_the_tight_box_of_ink_above_a_quarter():
     assert ink_box(ink) == (3, 2, 8, 5)
 
 
-def test_rendered_box_encloses_the_bright_digit():
+def test_training_inputs_are_what_the_server_makes_of_the_same_picture():
+    """Same function, same pixels: a training sample equals the server's decoding of its picture as a PNG file."""
     digits, _ = load_source_digits()
-    rng = np.random.default_rng(0)
-    spec = CanvasSpec(64, 1)
-    for digit in digits[:20]:
-        image, box = render_sample(digit, spec, rng)
-        x1, y1, x2, y2 = (box * 64).round().astype(int)
-        inside = image[0, y1:y2, x1:x2].max()
-        outside = image[0].copy()
-        outside[y1:y2, x1:x2] = 0
-        assert inside > outside.max() - 0.05, "the brightest ink lies inside the box"
+    for channels, size in ((1, 32), (3, 64)):
+        spec = PageSpec(size, channels)
+        for i, digit in enumerate(digits[:12]):
+            picture, box = render_page(digit, spec, np.random.default_rng([7, i]))
+            trained, trained_box = render_sample(digit, spec, np.random.default_rng([7, i]))
+            file = io.BytesIO()
+            picture.save(file, format="PNG")
+            served, where = decode_image(file.getvalue(), channels, size, size, 10**7)
+            np.testing.assert_array_equal(trained, served)
+            np.testing.assert_allclose(where.to_source(trained_box), box, atol=1e-6)
+
+
+def test_pictures_cover_both_polarities_and_every_shape():
+    digits, _ = load_source_digits()
+    spec = PageSpec(64, 3)
+    aspects, dark_ink = [], []
+    for i in range(200):
+        picture, box = render_page(digits[i], spec, np.random.default_rng([3, i]))
+        width, height = picture.size
+        aspects.append(width / height)
+        grey = np.asarray(picture.convert("L"), np.float32)
+        x1, y1, x2, y2 = (box * [width, height, width, height]).round().astype(int)
+        dark_ink.append(grey[y1:y2, x1:x2].mean() < np.median(grey))
+    assert min(aspects) < 1 / 3 and max(aspects) > 3, "from about 1:4 to 4:1"
+    assert 0.35 < np.mean(dark_ink) < 0.65, "dark on light and light on dark in similar shares"
 
 
 def write_folder(root, rows, as_json=False):

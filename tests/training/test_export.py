@@ -1,9 +1,12 @@
 """Exports follow the model contract and match torch through ONNX Runtime;
-the dry-run pipeline produces a complete, servable version folder."""
+weights stored compactly keep the outputs; the dry-run pipeline produces a
+complete, servable version folder; derived variants are reproducible."""
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -12,8 +15,12 @@ import torch
 
 from service.contract import CARD_FILE, MODEL_FILE, VARIANT_FILES, file_sha256
 from training.architectures import create_model, list_models
-from training.export import PARITY_TOLERANCE, check_parity, cpu_session, export_onnx
+from tests.committed import VERSION
+from training.export import PARITY_TOLERANCE, check_parity, cpu_session, export_onnx, store_weights_fp16
+from training.pipeline import derive_variants
 from training.train import Normalized
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -58,14 +65,39 @@ def test_dry_run_writes_a_complete_version_folder(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "parity ONNX Runtime vs torch" in result.stdout
-    folder = tmp_path / "lenet5-digits" / "1"
+    folder = tmp_path / "lenet5-digits" / "2"
     card = json.loads((folder / CARD_FILE).read_text())
-    assert card["name"] == "lenet5-digits" and card["version"] == 1 and card["trained"]
-    assert card["input"]["shape"] == [-1, 1, 32, 32]
+    assert card["name"] == "lenet5-digits" and card["version"] == 2 and card["trained"]
+    assert card["input"]["shape"] == [-1, 1, 32, 32] and card["input"]["resize"] == "letterbox"
     assert card["training"]["seed"] == 0 and "--dry-run" in card["training"]["command"]
     assert set(card["files"]) == set(VARIANT_FILES)
-    for entry in card["files"].values():
+    for variant, entry in card["files"].items():
         assert entry["sha256"] == file_sha256(folder / entry["file"])
         assert 0 <= entry["metrics"]["accuracy"] <= 1
+        assert entry["derived"] == (variant != "fp32")
     assert card["files"]["fp32"]["file"] == MODEL_FILE
+    assert card["onnx"]["weights"]["compute"] == "float32"
+    assert sorted(p.name for p in folder.glob("*.onnx")) == sorted(VARIANT_FILES.values()), "no stray exports"
     assert (folder / "training.png").stat().st_size > 0
+
+
+def test_weights_stored_as_float16_halve_the_file_and_keep_the_outputs(tmp_path):
+    torch.manual_seed(0)
+    model = Normalized(create_model("resnet18", num_classes=10, in_channels=3, input_size=32), [0.5] * 3, [0.2] * 3)
+    export_onnx(model.eval(), tmp_path / "full.onnx", 3, 32)
+    store_weights_fp16(tmp_path / "full.onnx", tmp_path / "compact.onnx")
+    assert (tmp_path / "compact.onnx").stat().st_size < 0.55 * (tmp_path / "full.onnx").stat().st_size
+    images = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
+    full, compact = (cpu_session(tmp_path / f).run(None, {"images": images}) for f in ("full.onnx", "compact.onnx"))
+    assert [o.type for o in cpu_session(tmp_path / "compact.onnx").get_inputs()] == ["tensor(float)"]
+    for a, b in zip(full, compact):
+        np.testing.assert_allclose(a, b, atol=2e-3)
+
+
+def test_derived_variants_of_a_committed_model_are_reproduced_exactly(tmp_path):
+    """`python -m training derive` rebuilds the INT8 and FP16 files the card describes, byte for byte."""
+    folder = tmp_path / "lenet5-digits"
+    shutil.copytree(MODELS / "lenet5-digits" / str(VERSION), folder)
+    card = json.loads((folder / CARD_FILE).read_text())
+    for variant, path in derive_variants(folder, log=lambda line: None).items():
+        assert file_sha256(path) == card["files"][variant]["sha256"], variant

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .digits import LABELS, CanvasSpec, load_source_digits, render_split, split_indices
+from .digits import LABELS, PageSpec, load_source_digits, render_split, split_indices
 from .folder import load_folder
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]  # images, class ids, normalized boxes
 TRAIN_STREAM_BASE, VAL_STREAM, TEST_STREAM = 1000, 1, 2
-TRAIN_ROTATION = 10.0  # degrees of random rotation in training renderings only
 
 
 @dataclass
@@ -38,7 +37,7 @@ class TaskData:
             return self._fixed["train"]
         if epoch == 0 and "train-0" in self._fixed:
             return self._fixed["train-0"]
-        arrays = self._render("train", TRAIN_STREAM_BASE + epoch, self.copies_per_epoch, TRAIN_ROTATION)
+        arrays = self._render("train", TRAIN_STREAM_BASE + epoch, self.copies_per_epoch)
         if epoch == 0:
             self._fixed["train-0"] = arrays
         return arrays
@@ -49,9 +48,9 @@ class TaskData:
             self._fixed[name] = self._render(name, stream, copies=3)
         return self._fixed[name]
 
-    def _render(self, split: str, stream: int, copies: int, rotation: float = 0.0) -> Arrays:
+    def _render(self, split: str, stream: int, copies: int) -> Arrays:
         digits, targets, indices = self._digits
-        spec = CanvasSpec(self.input_size, self.channels, max_rotation=rotation)
+        spec = PageSpec(self.input_size, self.channels)
         images, boxes, order = render_split(digits, indices[split], spec, self.seed, stream, copies)
         return images, targets[order], boxes
 
@@ -64,9 +63,10 @@ def digits_task(channels: int, input_size: int, seed: int, copies_per_epoch: int
         indices = {name: idx[:limit] for name, idx in indices.items()}
     description = (
         f"scikit-learn digits ({len(indices['train'])}/{len(indices['val'])}/{len(indices['test'])} "
-        f"source digits train/val/test, split by source digit) rendered on {input_size}x{input_size} "
-        f"{'grayscale' if channels == 1 else 'tinted RGB'} canvases; {copies_per_epoch} new renderings "
-        f"of each training digit per epoch (rotated up to {TRAIN_ROTATION:g} degrees), 3 fixed renderings per val/test digit"
+        f"source digits train/val/test, split by source digit) written on pages of aspect 1:4 to 4:1 at "
+        f"10-90% of the short side, either polarity, grey or coloured, with uneven light, clutter, noise, blur "
+        f"and JPEG, letterboxed into {input_size}x{input_size} {'grayscale' if channels == 1 else 'RGB'}; "
+        f"{copies_per_epoch} new renderings of each training digit per epoch, 3 fixed renderings per val/test digit"
     )
     return TaskData(
         LABELS, channels, input_size, description, (digits, targets, indices), seed=seed,

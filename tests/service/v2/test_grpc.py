@@ -13,6 +13,7 @@ from loadtests.digit_images import digit_files
 from service.preprocess import decode_image
 from service.v2 import inference_pb2 as pb
 from service.v2 import inference_pb2_grpc as pb_grpc
+from tests.committed import VERSION
 
 MODEL = "resnet18-digits"
 
@@ -47,7 +48,7 @@ def output(response, name) -> np.ndarray:
 def test_server_and_model_health(stub):
     assert stub.ServerLive(pb.ServerLiveRequest()).live
     assert stub.ServerReady(pb.ServerReadyRequest()).ready
-    assert stub.ModelReady(pb.ModelReadyRequest(name=MODEL, version="1")).ready
+    assert stub.ModelReady(pb.ModelReadyRequest(name=MODEL, version=str(VERSION))).ready
 
 
 def test_standard_health_service_reports_serving(server):

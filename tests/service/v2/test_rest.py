@@ -10,6 +10,7 @@ import pytest
 
 from loadtests.digit_images import digit_files
 from service.preprocess import decode_image
+from tests.committed import VERSION
 
 MODEL = "lenet5-digits"
 
@@ -60,12 +61,12 @@ def test_health_endpoints(server):
     assert server.client.get("/v2/health/live").status_code == 200
     assert server.client.get("/v2/health/ready").status_code == 200
     assert server.client.get(f"/v2/models/{MODEL}/ready").status_code == 200
-    assert server.client.get(f"/v2/models/{MODEL}/versions/1/ready").status_code == 200
+    assert server.client.get(f"/v2/models/{MODEL}/versions/{VERSION}/ready").status_code == 200
     assert server.client.get("/v2/models/nope/ready").status_code == 404
 
 
 def test_model_metadata_has_a_dynamic_batch_axis(server):
-    for path in (f"/v2/models/{MODEL}", f"/v2/models/{MODEL}/versions/1"):
+    for path in (f"/v2/models/{MODEL}", f"/v2/models/{MODEL}/versions/{VERSION}"):
         metadata = server.client.get(path).json()
         assert metadata["inputs"] == [{"name": "images", "datatype": "FP32", "shape": [-1, 1, 32, 32]}]
         assert [o["name"] for o in metadata["outputs"]] == ["probabilities", "boxes"]
@@ -86,7 +87,7 @@ def test_json_inference_matches_the_predict_endpoint(server, digits):
     response = infer_json(server, images)
     assert response.status_code == 200, response.text
     answer = response.json()
-    assert answer["model_name"] == MODEL and answer["model_version"] == "1"
+    assert answer["model_name"] == MODEL and answer["model_version"] == str(VERSION)
     probabilities = np.array(answer["outputs"][0]["data"]).reshape(answer["outputs"][0]["shape"])
     for file, row in zip(files, probabilities):
         predicted = server.client.post("/predict", files={"image": ("d", file.data)}, data={"model": MODEL}).json()
@@ -125,9 +126,11 @@ def test_image_bytes_are_decoded_by_the_server(server, digits):
     body, headers = binary_request([("image_bytes", "BYTES", [len(files)], payload)])
     response = server.client.post(f"/v2/models/{MODEL}/infer", content=body, headers=headers)
     assert response.status_code == 200, response.text
-    from_files = np.array(response.json()["outputs"][0]["data"])
-    from_pixels = np.array(infer_json(server, images).json()["outputs"][0]["data"])
-    np.testing.assert_allclose(from_files, from_pixels, atol=1e-5)
+    answer = response.json()
+    assert answer["parameters"]["zoomed_images"] == 0, "large digits: no second look"
+    from_pixels = infer_json(server, images).json()
+    for got, expected in zip(answer["outputs"], from_pixels["outputs"]):  # square files: the same boxes too
+        np.testing.assert_allclose(got["data"], expected["data"], atol=1e-5)
 
 
 def nan_images():
