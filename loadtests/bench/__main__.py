@@ -8,7 +8,9 @@ In one run, on one machine:
    server formed, next to the hand-written FastAPI + ONNX Runtime baseline;
 3. the targets: the ratios the project promises, measured head to head in
    interleaved rounds (both servers up, one loaded at a time) and reported as medians;
-4. where the time goes: py-spy profiles of a real server (``profile.py``), LeNet-5's
+4. what the zoom-in pass costs: ``/predict`` with small-digit photos (each one gets
+   a second look) and with the sweep's large-digit PNGs, on servers with the pass on and off;
+5. where the time goes: py-spy profiles of a real server (``profile.py``), LeNet-5's
    V2 REST and the two no-op routes at 64 clients, and ResNet-18's ``/predict`` at one client.
 
 It writes ``bench.md``, ``bench.json`` and ``bench.png`` (and the profiles) under
@@ -39,13 +41,14 @@ from . import raw
 from .machine import describe_machine
 from .profile import profile_model, require_py_spy
 from .report import median, write_report
-from .served import PROTOCOLS, baseline_measure, measure, route_loads, running_baseline
+from .served import PROTOCOLS, baseline_measure, measure, predict_load, route_loads, running_baseline, small_digit_load
 from .wrk import wrk
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TARGET_MODELS = ("resnet18-digits", "lenet5-digits")
 ONE_CLIENT_PAIRS = 6
 RATIO_PASSES = 3
+ZOOM_CLIENTS = (1, 8)
 PROFILES = (("lenet5-digits", ["v2-binary", "noop-v2", "noop"], 64), ("resnet18-digits", ["predict"], 1))  # model, routes, clients
 
 
@@ -192,6 +195,7 @@ def main() -> None:
     parser.add_argument("--profile-seconds", type=float, default=8.0,
                         help="per py-spy window of the profiles (0: skip them)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the FastAPI baseline")
+    parser.add_argument("--no-zoom", dest="zoom", action="store_false", help="skip the zoom-in pass's cost")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "loadtests" / "results")
     args = parser.parse_args()
 
@@ -230,6 +234,8 @@ def main() -> None:
             results["served"] += bench_sweep(args, bench_versions, tmp)
         if args.rounds:
             results["targets"] = targets(args, versions, results["raw"], workers, threads, cores, tmp)
+        if args.zoom:
+            results["zoom"] = zoom_cost(args, versions, tmp)
     folder = args.out / started.strftime("%Y-%m-%d")
     folder.mkdir(parents=True, exist_ok=True)
     if args.profile_seconds:
@@ -239,6 +245,25 @@ def main() -> None:
     summary = write_report(results, folder)
     print(summary)
     log(f"wrote {folder}/bench.md, bench.json, bench.png")
+
+
+def zoom_cost(args, versions, tmp: Path) -> list[dict]:
+    """``/predict`` throughput and latency with the zoom-in pass on (the default) and off, for photos of small
+    digits (every one zoomed) and the sweep's large-digit PNGs (none zoomed): what the second look costs."""
+    rows = []
+    for zoom in ("0.5", "0"):
+        with running_server(tmp, models_dir=str(args.models_dir.resolve()), zoom_in_below=zoom) as server:
+            for version in versions:
+                channels, size = version.input_shape[0], version.input_shape[-1]
+                for images, load in (("small-digit photos", small_digit_load(version.name)),
+                                     ("large-digit PNGs", predict_load(version.name, channels, size))):
+                    for clients in ZOOM_CLIENTS:
+                        row = wrk(server.url, load, clients, args.seconds * 2)
+                        rows.append({"model": version.name, "zoom_in_below": float(zoom), "images": images,
+                                     "concurrency": clients, **row})
+                        log(f"{version.name:<16} zoom_in_below {zoom:<3} {images:<18} c={clients:<2} "
+                            f"{row['throughput_rps']:8.1f} req/s  p50 {row['p50_ms']:7.2f} ms  errors {row['errors']}")
+    return rows
 
 
 def profiles(args, served: set[str], folder: Path) -> list[str]:

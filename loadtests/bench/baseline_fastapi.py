@@ -5,7 +5,7 @@ tensors) for perf_analyzer to drive it, one ``session.run`` per request, so the
 benchmark compares cnnserve with it on the same client, model and inputs. It
 deliberately imports nothing from cnnserve.
 
-    CNNSERVE_BASELINE_MODEL=models/resnet18-digits/1/model.onnx \\
+    CNNSERVE_BASELINE_MODEL=models/resnet18-digits/2/model.onnx \\
         uvicorn loadtests.bench.baseline_fastapi:app --host 127.0.0.1 --port 8000 --workers 2
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 from fastapi import FastAPI, HTTPException, Request, Response
 
-MODEL_PATH = Path(os.environ.get("CNNSERVE_BASELINE_MODEL", "models/lenet5-digits/1/model.onnx"))
+MODEL_PATH = Path(os.environ.get("CNNSERVE_BASELINE_MODEL", "models/lenet5-digits/2/model.onnx"))
 MODEL_NAME = MODEL_PATH.parents[1].name
 THREADS = int(os.environ.get("CNNSERVE_BASELINE_THREADS", "1"))
 

@@ -117,6 +117,22 @@ def served_rows(results: dict) -> list[str]:
     return lines
 
 
+def zoom_rows(results: dict) -> list[str]:
+    """The zoom-in pass on against off, side by side per model, images and clients."""
+    lines = ["| model | images | clients | req/s, zoom on | req/s, off | on ÷ off | p50 ms, on | p50 ms, off |",
+             "|---|---|---|---|---|---|---|---|"]
+    rows = results.get("zoom", [])
+    for on in (r for r in rows if r["zoom_in_below"] > 0):
+        off = next(r for r in rows if r["zoom_in_below"] == 0 and all(
+            r[k] == on[k] for k in ("model", "images", "concurrency")))
+        lines.append(
+            f"| {on['model']} | {on['images']} | {on['concurrency']} | {on['throughput_rps']:.0f} | "
+            f"{off['throughput_rps']:.0f} | {on['throughput_rps'] / off['throughput_rps']:.2f} | "
+            f"{on['p50_ms']:.2f} | {off['p50_ms']:.2f} |"
+        )
+    return lines
+
+
 def plot(results: dict, path: Path) -> None:
     models = list(dict.fromkeys(r["model"] for r in results["served"]))
     figure, axes = plt.subplots(len(models), 2, figsize=(12, 3.6 * len(models)), squeeze=False)
@@ -201,6 +217,12 @@ def write_report(results: dict, folder: Path) -> str:
         *served_rows(results),
         "",
     ]
+    if results.get("zoom"):
+        lines += ["## What the zoom-in pass costs", "",
+                  "`POST /predict` on servers with `zoom_in_below` 0.5 (the default) and 0 (off), wrk, measured "
+                  "one after the other: photos from the robustness suite's small-digit condition, where every "
+                  "answer takes a second decode of the region around the first box and a second run, and the "
+                  "sweep's large-digit PNGs, which never need one.", "", *zoom_rows(results), ""]
     if results.get("profiles"):
         lines += ["## Where the time goes", "",
                   "Server CPU per request by layer, from py-spy on every worker under wrk load (details and the "

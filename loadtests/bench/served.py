@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from ..digit_images import digit_files
+from ..digit_images import CONDITIONS_BY_NAME, condition_files, digit_files
 from ..local_server import free_port, stop
 from ..predict_bench import batch_totals
 from .perf_analyzer import perf_analyzer
@@ -31,6 +31,16 @@ def predict_load(model: str, channels: int, size: int) -> HttpLoad:
     bodies, content_type = [], ""
     for f in digit_files(channels, size, count=32, seed=1):
         body, content_type = multipart("image", f.data, "digit.png")
+        bodies.append(body)
+    return HttpLoad("POST", f"/predict?model={model}", bodies, content_type)
+
+
+@functools.lru_cache
+def small_digit_load(model: str) -> HttpLoad:
+    """``POST /predict`` with 32 of the robustness suite's small-digit photos: each one needs the zoom-in pass."""
+    bodies, content_type = [], ""
+    for f in condition_files(CONDITIONS_BY_NAME["small digit"], count=32):
+        body, content_type = multipart("image", f.data, "photo.png")
         bodies.append(body)
     return HttpLoad("POST", f"/predict?model={model}", bodies, content_type)
 

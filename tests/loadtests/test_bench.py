@@ -33,6 +33,11 @@ def test_a_short_benchmark_writes_its_table_figures_and_plot(tmp_path):
     table = (folder / "bench.md").read_text()
     assert "FastAPI baseline" in table and "V2 REST binary" in table and "/predict (PNG)" in table
     assert (folder / "bench.png").read_bytes().startswith(b"\x89PNG")
+    zoom = {(r["zoom_in_below"], r["images"], r["concurrency"]): r for r in figures["zoom"]}
+    assert set(zoom) == {(z, i, c) for z in (0.5, 0.0) for i in ("small-digit photos", "large-digit PNGs")
+                         for c in (1, 8)}
+    assert all(r["throughput_rps"] > 0 and r["errors"] == 0 for r in zoom.values())
+    assert "What the zoom-in pass costs" in table
     assert figures["profiles"] == ["profile-lenet5-digits-c64"]  # ResNet-18's is skipped: not measured
     assert "[![profile-lenet5-digits-c64](profile-lenet5-digits-c64.png)](profile-lenet5-digits-c64.md)" in table
 

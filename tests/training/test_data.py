@@ -101,7 +101,8 @@ def test_folder_format_normalizes_boxes_and_uses_the_split_column(tmp_path, as_j
     assert task.labels == ["cat", "dog"]
     images, classes, boxes = task.split("test")
     assert images.shape == (2, 3, 16, 16)
-    np.testing.assert_allclose(boxes[0], [0.1, 0.1, 0.5, 0.5])
+    # 40x20 letterboxed into 16x16: content 16x8 at y 4, so the box's y maps into 0.25..0.75 of the input.
+    np.testing.assert_allclose(boxes[0], [0.1, 0.3, 0.5, 0.5])
     assert task.train_epoch(0)[0].shape[0] == 2
 
 

@@ -91,7 +91,9 @@ def digit_ink(digit: np.ndarray, height: int, width: int, angle: float, rng: np.
     patch = Image.fromarray(digit, mode="F").resize((width, height), resample)
     if angle:
         patch = patch.rotate(angle, Image.BILINEAR, expand=True)
-    return np.clip(np.asarray(patch), 0.0, 1.0) ** rng.uniform(0.5, 1.6)
+    ink = np.clip(np.asarray(patch), 0.0, 1.0) ** rng.uniform(0.5, 1.6)
+    peak = float(ink.max())
+    return ink / peak if peak <= INK_THRESHOLD else ink  # a thin pen on a tiny digit still leaves a mark
 
 
 def colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

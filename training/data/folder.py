@@ -7,8 +7,9 @@ Each row names one image and its single object::
 
 Boxes are in the image's own pixels; labels are any strings (the class list is
 their sorted set); the optional ``split`` column (train/val/test) fixes the
-split, otherwise rows are split 70/15/15 from the seed. Images are resized to
-the model input by stretching, the same policy the service applies.
+split, otherwise rows are split 70/15/15 from the seed. Each file is decoded and
+letterboxed into the model input by the server's own ``decode_image``, and its
+box follows through the same placement, so training sees what serving will.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+
+from service.letterbox import LETTERBOX, Placement
+from service.preprocess import decode_image
 
 from .digits import SPLIT_FRACTIONS
 
+MAX_PIXELS = 1 << 31  # the user's own files: no server limit applies
 REQUIRED_COLUMNS = ("file", "label", "x1", "y1", "x2", "y2")
 
 
@@ -42,14 +46,9 @@ def read_rows(root: Path) -> list[dict[str, str]]:
     return rows
 
 
-def load_image(path: Path, channels: int, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Image as float32 [C, size, size] in [0, 1], and its original (width, height)."""
-    with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img).convert("L" if channels == 1 else "RGB")
-        original = img.size
-        array = np.asarray(img.resize((size, size), Image.BILINEAR), np.float32) / 255.0
-    array = array[None] if channels == 1 else array.transpose(2, 0, 1)
-    return np.ascontiguousarray(array), original
+def load_image(path: Path, channels: int, size: int) -> tuple[np.ndarray, Placement]:
+    """Image as float32 [C, size, size] in [0, 1] exactly as the server would fit it, and where it landed."""
+    return decode_image(path.read_bytes(), channels, size, size, max_pixels=MAX_PIXELS, policy=LETTERBOX)
 
 
 def load_folder(root: Path, channels: int, size: int, seed: int) -> tuple[list[str], dict[str, tuple]]:
@@ -59,11 +58,12 @@ def load_folder(root: Path, channels: int, size: int, seed: int) -> tuple[list[s
     class_of = {label: i for i, label in enumerate(labels)}
     images, classes, boxes = [], [], []
     for row in rows:
-        image, (width, height) = load_image(root / row["file"], channels, size)
-        box = np.array([float(row[k]) for k in ("x1", "y1", "x2", "y2")], np.float32)
+        image, where = load_image(root / row["file"], channels, size)
+        width, height = where.source
+        box = np.array([float(row[k]) for k in ("x1", "y1", "x2", "y2")]) / [width, height, width, height]
         images.append(image)
         classes.append(class_of[row["label"]])
-        boxes.append(np.clip(box / np.array([width, height, width, height], np.float32), 0.0, 1.0))
+        boxes.append(np.clip(where.to_input(box), 0.0, 1.0).astype(np.float32))
     if all(row.get("split") for row in rows):
         names = np.array([row["split"] for row in rows])
     else:
