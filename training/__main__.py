@@ -95,15 +95,15 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def print_cards(root: Path) -> None:
-    print("| model | architecture | input | test accuracy | test mean IoU | ONNX file | training time here |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | architecture | input | resize | test accuracy | test mean IoU | ONNX file | training time here |")
+    print("|---|---|---|---|---|---|---|---|")
     for path in sorted(root.glob("*/*/card.json")):
         card = json.loads(path.read_text())
         metrics, fp32 = card["metrics"] or {}, card["files"]["fp32"]
         minutes = f"{card['training']['seconds'] / 60:.1f} min" if card["training"] else "untrained"
         print(
             f"| {card['name']}/{card['version']} | {card['architecture']} | {'x'.join(map(str, card['input']['shape'][1:]))} "
-            f"| {metrics.get('accuracy', '-')} | {metrics.get('mean_iou', '-')} | {fp32['bytes'] / 1e6:.1f} MB | {minutes} |"
+            f"| {card['input'].get('resize', 'stretch')} | {metrics.get('accuracy', '-')} | {metrics.get('mean_iou', '-')} | {fp32['bytes'] / 1e6:.1f} MB | {minutes} |"
         )
 
 
