@@ -22,7 +22,7 @@ from .batcher import BatchResult
 from .config import Settings
 from .errors import InvalidInput, ModelUnavailable, ServiceError, TooLarge
 from .metrics import RequestMetrics, child, pass_totals
-from .postprocess import describe
+from .postprocess import describe, ordered_corners
 from .letterbox import WHOLE, Placement, Region
 from .preprocess import decode_image
 from .refine import needs_zoom, zoom_region
@@ -267,4 +267,4 @@ class InferenceCore:
             boxes = None if results[0].boxes is None else np.concatenate([r.boxes for r in results])
         pass_totals().observe(child(self.metrics.queue_duration, *model.metric_labels), queue_ms / 1000)
         timings = {"queue_ms": round(queue_ms, 3), "compute_ms": round(compute_ms, 3), "batch_images": batch_images}
-        return TensorResult(model, probabilities, boxes, timings)
+        return TensorResult(model, probabilities, None if boxes is None else ordered_corners(boxes), timings)

@@ -8,6 +8,11 @@ from __future__ import annotations
 import numpy as np
 
 
+def ordered_corners(boxes: np.ndarray) -> np.ndarray:
+    """[N, 4] boxes with x1 <= x2 and y1 <= y2: a box regressor trained with an order-free loss may swap them."""
+    return np.concatenate([np.minimum(boxes[:, :2], boxes[:, 2:]), np.maximum(boxes[:, :2], boxes[:, 2:])], axis=1)
+
+
 def box_in_pixels(box: np.ndarray, width: int, height: int) -> tuple[dict, dict]:
     """Corners ordered and clipped to the image; returns (pixels, normalized).
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from service.postprocess import box_in_pixels, describe
+from service.postprocess import box_in_pixels, describe, ordered_corners
 
 LABELS = ["cat", "dog", "fox"]
 
@@ -27,3 +27,8 @@ def test_swapped_corners_are_ordered_and_clipped():
 def test_classification_only_model_says_it_has_no_box():
     answer = describe(np.array([0.7, 0.2, 0.1]), None, LABELS, 1, (5, 5))
     assert answer["box"] is None and "no box" in answer["note"]
+
+
+def test_every_protocol_gets_boxes_with_ordered_corners():
+    boxes = np.array([[0.8, 0.1, 0.3, 0.9], [0.1, 0.7, 0.4, 0.2]], np.float32)
+    np.testing.assert_allclose(ordered_corners(boxes), [[0.3, 0.1, 0.8, 0.9], [0.1, 0.2, 0.4, 0.7]], rtol=1e-6)

@@ -112,7 +112,7 @@ def test_model_listing_shows_provider_metrics_and_status(server):
     version = names["resnet18-digits"]["versions"][0]
     assert version["status"] == "ready"
     assert version["provider"] == "CPUExecutionProvider"
-    assert version["metrics"]["accuracy"] >= 0.97
+    assert version["metrics"]["conditions"]["results"]["photo-like"]["accuracy"] >= 0.97
     assert version["input"]["shape"] == [-1, 3, 64, 64]
     assert version["batching"]["max_batch_size"] > 1
 
@@ -137,7 +137,7 @@ def test_a_concurrent_burst_rides_in_shared_batches(server):
         statuses = list(pool.map(call, range(192)))
     assert statuses == [200] * 192
     after = server.metrics()
-    labels = {"model": "resnet18-digits", "version": "1"}
+    labels = {"model": "resnet18-digits", "version": str(VERSION)}
     images = counter(after, "cnnserve_batch_size_images_sum", **labels) - counter(before, "cnnserve_batch_size_images_sum", **labels)
     batches = counter(after, "cnnserve_batch_size_images_count", **labels) - counter(before, "cnnserve_batch_size_images_count", **labels)
     assert images == 192
