@@ -1,11 +1,12 @@
 """Digit images with known labels, sized for the model under test.
 
-Seed 0's first 10 assorted files and first 8 plain renderings are test-split
+Seed 10's first 8 assorted files and first 6 plain renderings are test-split
 digits that every committed model labels correctly with a clear margin
 (tests/loadtests/test_samples.py checks it against the real server), so under
 load a wrong label points at the serving path, not at the model's accuracy.
-Version 2's models are right on 0.94-1.00 of the robustness suite's pictures,
-so a larger set would hold a miss: seeds 0-79 of 24 + 16 pictures all did.
+Version 2's models are right on 0.93-1.00 of the robustness suite's pictures,
+so a larger set would hold a miss: seeds 0-79 of 24 + 16 pictures all did, and
+of seeds 0-149 of 8 + 6, only 10 and 22 held none for all three models.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from PIL import Image
 from ..digit_images import digit_files
 from .target import ModelTarget
 
-SEED = 0
-FILE_COUNT = 10
-TENSOR_COUNT = 8
+SEED = 10
+FILE_COUNT = 8
+TENSOR_COUNT = 6
 
 
 @dataclass(frozen=True)
