@@ -174,7 +174,7 @@ def render(digit: np.ndarray, label: int, condition: Condition, rng: np.random.G
 
 
 def condition_files(condition: Condition, count: int | None = None, seed: int = 0) -> list[DigitFile]:
-    """One picture of each of the first ``count`` test-split digits (all 270 by default) under ``condition``."""
+    """One picture of each of the first ``count`` test-split digits (all 271 by default) under ``condition``."""
     digits, labels = load_source_digits()
     test = split_indices(len(digits), seed=0)["test"]
     chosen = test if count is None else test[:count]
