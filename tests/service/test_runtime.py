@@ -2,11 +2,13 @@
 logic, as this machine has no GPU), integrity checks, and running."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from service.repository import discover
+from tests.committed import VERSION
 from service.runtime import (
     CPU,
     CUDA,
@@ -64,11 +66,32 @@ def test_session_threads_are_set_deliberately():
     assert options.intra_op_num_threads == 1 and options.inter_op_num_threads == 1
 
 
-@pytest.mark.parametrize("variant", ["fp32", "int8", "fp16"])
-def test_every_shipped_variant_loads_and_runs(variant, tmp_path):
+@pytest.fixture(scope="module")
+def lenet_with_variants(tmp_path_factory):
+    """A copy of the committed LeNet-5 with its INT8 and FP16 files derived (they are never committed)."""
     from tests.conftest import MODELS_DIR
+    from training.pipeline import derive_variants
 
-    model = discover(MODELS_DIR).resolve("lenet5-digits")
+    root = tmp_path_factory.mktemp("models")
+    shutil.copytree(MODELS_DIR / "lenet5-digits", root / "lenet5-digits",
+                    ignore=shutil.ignore_patterns("model.int8.onnx", "model.fp16.onnx"))
+    derive_variants(root / "lenet5-digits" / str(VERSION), log=lambda line: None)
+    return discover(root).resolve("lenet5-digits")
+
+
+def test_a_derived_precision_that_is_absent_is_refused_with_the_command_to_make_it(repo_copy):
+    folder = repo_copy("lenet5-digits")
+    for name in ("model.int8.onnx", "model.fp16.onnx"):
+        (folder / name).unlink(missing_ok=True)
+    model = discover(repo_copy.root).resolve("lenet5-digits")
+    assert model.variants() == ["fp32"]
+    with pytest.raises(ValueError, match="python -m training derive"):
+        choose_variant("int8", [CPU], model.variants())
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8", "fp16"])
+def test_every_variant_loads_and_runs(variant, lenet_with_variants, tmp_path):
+    model = lenet_with_variants
     loaded = load_model(model, [CPU], variant, threads=1, cache_dir=tmp_path)
     assert loaded.variant == variant
     probabilities, boxes = loaded.run(np.random.rand(3, 1, 32, 32).astype(np.float32))
