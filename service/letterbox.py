@@ -79,7 +79,7 @@ def placement(source: tuple[int, int], width: int, height: int, policy: str, reg
 def border_mean(pixels: np.ndarray) -> np.ndarray:
     """Mean colour of the outermost rows and columns of an [H, W] or [H, W, C] array."""
     edges = [pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]]
-    return np.concatenate([e.reshape(-1, *pixels.shape[2:]) for e in edges]).mean(axis=0)
+    return np.concatenate([e.reshape(-1, *pixels.shape[2:]) for e in edges]).mean(axis=0, dtype=np.float64)
 
 
 def fit(image: Image.Image, width: int, height: int, policy: str, region: Region = WHOLE) -> tuple[np.ndarray, Placement]:
@@ -94,7 +94,7 @@ def fit(image: Image.Image, width: int, height: int, policy: str, region: Region
         scaled = np.asarray(image.resize((cw, ch), RESAMPLE, box=box))
     if (cw, ch) == (width, height):
         return scaled, where
-    fill = np.rint(border_mean(scaled.astype(np.float32))).astype(np.uint8)
+    fill = np.rint(border_mean(scaled)).astype(np.uint8)
     out = np.empty((height, width, *scaled.shape[2:]), np.uint8)
     out[...] = fill
     out[top : top + ch, left : left + cw] = scaled

@@ -20,21 +20,20 @@ ZOOM_MARGIN = 1.6  # the region's side over the first box's longer side: the dig
 
 
 def needs_zoom(input_box: np.ndarray, below: float) -> bool:
-    """Whether a box (normalized to the model input) is small enough to look again."""
+    """Whether a box (normalized to the model input, corners ordered) is small enough to look again."""
     x1, y1, x2, y2 = input_box.tolist()
-    return max(abs(x2 - x1), abs(y2 - y1)) < below
+    return max(x2 - x1, y2 - y1) < below
 
 
 def zoom_region(source_box: np.ndarray, size: tuple[int, int]) -> Region:
-    """A square region (in the image's pixels) around a box normalized to the image, kept inside the image.
+    """A square region (in the image's pixels) around a box normalized to the image (corners ordered, as
+    ``InferenceCore.run`` gives them), kept inside the image.
 
     Where the image is narrower than the square (a digit filling the short side of
     a wide picture) the region takes the image's whole extent on that axis.
     """
     width, height = size
-    x1, y1, x2, y2 = np.clip(source_box, 0.0, 1.0).tolist()
-    x1, x2 = sorted((x1 * width, x2 * width))
-    y1, y2 = sorted((y1 * height, y2 * height))
+    x1, y1, x2, y2 = (np.clip(source_box, 0.0, 1.0) * [width, height, width, height]).tolist()
     side = max(ZOOM_MARGIN * max(x2 - x1, y2 - y1), 4.0)
     spans = []
     for low, high, extent in ((x1, x2, width), (y1, y2, height)):

@@ -17,7 +17,15 @@ from service.contract import CARD_FILE, MODEL_FILE, VARIANT_FILES, file_sha256
 from .architectures import create_model
 from .card import model_card, write_card
 from .data import TaskData, digits_task
-from .export import check_parity, convert_fp16, export_onnx, onnx_predictor, quantize_int8, store_weights_fp16
+from .export import (
+    COMPACT_MIN_ELEMENTS,
+    check_parity,
+    convert_fp16,
+    export_onnx,
+    onnx_predictor,
+    quantize_int8,
+    store_weights_fp16,
+)
 from .train import Normalized, TrainConfig, evaluate, train
 
 CALIBRATION_IMAGES = 256
@@ -39,8 +47,9 @@ def derive_variants(folder: Path, log=print) -> dict[str, Path]:
     """Write a committed digits model's INT8 and FP16 files from its model.onnx, calibrated as training did."""
     card = json.loads((folder / CARD_FILE).read_text())
     channels, size = card["input"]["channels"], card["input"]["shape"][-1]
-    # Calibration takes the first images of training's epoch 0: the first rendering of the first training digits.
-    task = digits_task(channels, size, seed=card["training"]["seed"], copies_per_epoch=1)
+    # Calibration takes the first images of training's epoch 0: the first rendering of the first training digits,
+    # so rendering only those digits gives the same images.
+    task = digits_task(channels, size, seed=card["training"]["seed"], copies_per_epoch=1, limit=CALIBRATION_IMAGES)
     files = export_variants(folder, task.train_epoch(0)[0][:CALIBRATION_IMAGES])
     for variant, path in files.items():
         recorded = card["files"].get(variant, {}).get("sha256")
@@ -94,7 +103,8 @@ def build_version(config: TrainConfig, task: TaskData, out_root: Path, version: 
         metrics={"split": "test", **variant_metrics["fp32"]},
         variant_metrics=variant_metrics,
         parity=parity,
-        weights={"stored": "float16 behind Cast to float32 (tensors of 4096 elements or more)", "compute": "float32",
+        weights={"stored": f"float16 behind Cast to float32 (tensors of {COMPACT_MIN_ELEMENTS} elements or more)",
+                 "compute": "float32",
                  "test_metrics_with_float32_weights": full_metrics},
     )
     write_card(folder, card)
