@@ -27,10 +27,10 @@ RECIPES: dict[str, TrainConfig] = {
         arch="vgg11_bn",
         channels=3,
         input_size=48,
-        epochs=14,
+        epochs=16,
         lr=1e-3,
         copies_per_epoch=14,
         options={"pool_size": 1, "classifier_width": 256, "dropout": 0.1},
-        version=2,
+        version=3,
     ),
 }
