@@ -39,7 +39,7 @@ GRPC_PORT ?= 3001
 
 serve: setup
 	CNNSERVE_GRPC_HOST=127.0.0.1 CNNSERVE_GRPC_PORT=$(GRPC_PORT) \
-		$(BIN)/bentoml serve service.app:CnnServe --host 127.0.0.1 --port $(PORT)
+		$(BIN)/bentoml serve cnnserve.serving.app:CnnServe --host 127.0.0.1 --port $(PORT)
 
 test: setup-test
 	$(BIN)/python -m pytest
@@ -50,13 +50,13 @@ COMMITTED_MODELS := lenet5-digits resnet18-digits vgg11-digits
 # robustness suite and write the results on their cards (about 2.5 hours on 2 cores; the cards say each one's).
 models: setup-test
 	for recipe in $(COMMITTED_MODELS); do \
-		$(BIN)/python -m training train --recipe $$recipe || exit 1; \
+		$(BIN)/python -m cnnserve.training train --recipe $$recipe || exit 1; \
 	done
 	$(BIN)/python -m loadtests.accuracy --write-cards
 
 # The derived INT8 and FP16 files of the committed models (never committed; training writes them too).
 variants: setup-test
-	$(BIN)/python -m training derive $(foreach m,$(COMMITTED_MODELS),$(lastword $(sort $(wildcard models/$(m)/*))))
+	$(BIN)/python -m cnnserve.training derive $(foreach m,$(COMMITTED_MODELS),$(lastword $(sort $(wildcard models/$(m)/*))))
 
 # The robustness suite against a fresh server on the committed models: per-condition accuracy and mean IoU
 # through POST /predict (about 5 minutes); writes loadtests/results/<date>/accuracy.{md,json,png}.
@@ -65,12 +65,12 @@ accuracy: setup-test
 
 # Untrained ImageNet-shaped exports for throughput benchmarks (git-ignored).
 bench-models: setup-test
-	$(BIN)/python -m training bench-models --out models-bench
+	$(BIN)/python -m cnnserve.training bench-models --out models-bench
 
 # The benchmark (about 25 minutes): raw ONNX Runtime, every protocol at 1-64 clients with batching on and off,
 # the FastAPI baseline, ResNet-50 at 224, and the targets; writes loadtests/results/<date>/bench.{md,json,png}.
 bench: setup-test
-	@test -d models-bench || $(BIN)/python -m training bench-models --out models-bench
+	@test -d models-bench || $(BIN)/python -m cnnserve.training bench-models --out models-bench
 	$(BIN)/python -m loadtests.bench $(BENCH_ARGS)
 
 # Where a real server's CPU goes per request under wrk load, by layer (py-spy on every worker; about 1 minute);
@@ -89,12 +89,12 @@ container-check: setup-test
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman buildah runc debootstrap; }
 	bash deploy/podman-build.sh
 
-# Regenerate the gRPC stubs from service/v2/proto/inference.proto (they are committed).
+# Regenerate the gRPC stubs from cnnserve/serving/v2/proto/inference.proto (they are committed).
 protos: setup-test
 	$(BIN)/pip install --quiet grpcio-tools
-	$(BIN)/python -m grpc_tools.protoc -Iservice/v2/proto --python_out=service/v2 --pyi_out=service/v2 \
-		--grpc_python_out=service/v2 service/v2/proto/inference.proto
-	sed -i 's/^import inference_pb2 as/from . import inference_pb2 as/' service/v2/inference_pb2_grpc.py
+	$(BIN)/python -m grpc_tools.protoc -Icnnserve/serving/v2/proto --python_out=cnnserve/serving/v2 --pyi_out=cnnserve/serving/v2 \
+		--grpc_python_out=cnnserve/serving/v2 cnnserve/serving/v2/proto/inference.proto
+	sed -i 's/^import inference_pb2 as/from . import inference_pb2 as/' cnnserve/serving/v2/inference_pb2_grpc.py
 
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) models-bench runs .pytest_cache

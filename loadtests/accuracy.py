@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from training.boxes import iou
+from cnnserve.training.boxes import iou
 
 from .digit_images import CONDITIONS, Condition, DigitFile, condition_files
 

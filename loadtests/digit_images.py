@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from training.data.digits import load_source_digits, split_indices
+from cnnserve.training.data.digits import load_source_digits, split_indices
 
 INK_THRESHOLD = 0.25
 EXIF_ORIENTATION = 0x0112

@@ -58,7 +58,7 @@ def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout: flo
 
 
 @contextlib.contextmanager
-def running_server(tmp_dir: Path, wait: bool = True, target: str = "service.app:CnnServe", cwd: Path = REPO_ROOT,
+def running_server(tmp_dir: Path, wait: bool = True, target: str = "cnnserve.serving.app:CnnServe", cwd: Path = REPO_ROOT,
                    **settings: str):
     """``running_server(tmp, models_dir=..., workers="1")``: keys become CNNSERVE_* variables.
 

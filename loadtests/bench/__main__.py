@@ -33,8 +33,8 @@ from pathlib import Path
 
 import psutil
 
-from service.config import load_settings
-from service.repository import discover
+from cnnserve.serving.config import load_settings
+from cnnserve.serving.repository import discover
 
 from ..local_server import running_server
 from . import raw

@@ -30,17 +30,17 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def build_lane(models_dir: Path, model_name: str):
     """The fast lane over one model's real core and batcher, with the no-op routes; and the model."""
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="cnnserve-inproc-"))
-    from service.auth import KeyCheck
-    from service.batcher import AdaptiveBatcher, inline_up_to
-    from service.config import load_settings
-    from service.core import InferenceCore
-    from service.cores import ModelRunner
-    from service.fastlane import FastLane
-    from service.noop import zero_compute
-    from service.repository import discover
-    from service.rest import build_rest_app
-    from service.runtime import CPU, load_model
-    from service.v2.dataplane import DataPlane
+    from cnnserve.serving.auth import KeyCheck
+    from cnnserve.serving.batcher import AdaptiveBatcher, inline_up_to
+    from cnnserve.serving.config import load_settings
+    from cnnserve.serving.core import InferenceCore
+    from cnnserve.serving.cores import ModelRunner
+    from cnnserve.serving.fastlane import FastLane
+    from cnnserve.serving.noop import zero_compute
+    from cnnserve.serving.repository import discover
+    from cnnserve.serving.rest import build_rest_app
+    from cnnserve.serving.runtime import CPU, load_model
+    from cnnserve.serving.v2.dataplane import DataPlane
 
     settings = load_settings({}, Path(os.devnull))
     repository = discover(models_dir, (model_name,))

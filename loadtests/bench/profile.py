@@ -30,7 +30,7 @@ from pathlib import Path
 
 import psutil
 
-from service.repository import discover
+from cnnserve.serving.repository import discover
 
 from ..local_server import running_server
 from .machine import describe_machine

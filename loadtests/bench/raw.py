@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from service.preprocess import decode_image
-from service.repository import ModelVersion
+from cnnserve.contract.images import decode_image
+from cnnserve.serving.repository import ModelVersion
 
 from ..digit_images import digit_files
 

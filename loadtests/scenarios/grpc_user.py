@@ -14,7 +14,7 @@ import grpc
 import grpc.experimental.gevent as grpc_gevent
 from locust import User, constant, tag, task
 
-from service.v2 import inference_pb2_grpc as pb_grpc
+from cnnserve.serving.v2 import inference_pb2_grpc as pb_grpc
 
 from . import v2_wire
 from .catalog import SCENARIOS

@@ -11,7 +11,7 @@ import json
 
 import numpy as np
 
-from service.v2 import inference_pb2 as pb
+from cnnserve.serving.v2 import inference_pb2 as pb
 
 from .checks import Output, WrongAnswer, require
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.v2 import inference_pb2 as pb
+from cnnserve.serving.v2 import inference_pb2 as pb
 
 from . import rest_wire, v2_wire
 from .samples import KnownFile, KnownTensor, known_files, known_tensors

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from loadtests.local_server import REPO_ROOT, free_port
-from tests.service.test_server import GOOD
+from tests.serving.test_server import GOOD
 
 COMPOSE = REPO_ROOT / "deploy" / "compose"
 DASHBOARD = COMPOSE / "grafana" / "dashboards" / "cnnserve.json"

@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 
+from cnnserve.serving.v2 import inference_pb2 as pb
 from loadtests.scenarios import v2_wire
 from loadtests.scenarios.checks import (
     Output,
@@ -21,7 +22,6 @@ from loadtests.scenarios.checks import (
 )
 from loadtests.scenarios.samples import KnownFile
 from loadtests.scenarios.target import ModelTarget
-from service.v2 import inference_pb2 as pb
 
 TARGET = ModelTarget("digits", 1, 1, 32, 32, tuple(str(d) for d in range(10)), has_boxes=True)
 SEVEN = KnownFile(b"", digit=7, width=200, height=100, format="PNG")

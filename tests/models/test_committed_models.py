@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.contract import CARD_FILE, MODEL_FILE, file_sha256
-from training.data import digits_task
-from training.export import cpu_session, onnx_predictor
+from cnnserve.contract.card import CARD_FILE, MODEL_FILE, file_sha256
+from cnnserve.training.data import digits_task
+from cnnserve.training.export import cpu_session, onnx_predictor
+from cnnserve.training.train import evaluate
 from loadtests.accuracy import judged
 from loadtests.digit_images import CONDITIONS
 from tests.committed import NAMES as COMMITTED
 from tests.committed import VERSION
-from training.train import evaluate
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 MAX_FILE_BYTES = 25 * 1024 * 1024  # the whole tracked tree stays under 50 MiB

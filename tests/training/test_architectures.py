@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from training.architectures import create_model, list_models
+from cnnserve.training.architectures import create_model, list_models
 
 # Published parameter counts for the classic classification-only configurations.
 PUBLISHED = {

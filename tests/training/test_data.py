@@ -11,9 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.data import digits_task, folder_task
-from service.preprocess import decode_image
-from training.data.digits import PageSpec, ink_box, load_source_digits, render_page, render_sample, split_indices
+from cnnserve.contract.images import decode_image
+from cnnserve.training.data import digits_task, folder_task
+from cnnserve.training.data.digits import (
+    PageSpec,
+    ink_box,
+    load_source_digits,
+    render_page,
+    render_sample,
+    split_indices,
+)
 
 
 def test_splits_are_disjoint_and_cover_every_source_digit():

@@ -13,12 +13,13 @@ import onnx
 import pytest
 import torch
 
-from service.contract import CARD_FILE, MODEL_FILE, VARIANT_FILES, file_sha256
-from training.architectures import create_model, list_models
+from cnnserve.contract.card import CARD_FILE, MODEL_FILE, VARIANT_FILES, file_sha256
+from cnnserve.training.architectures import create_model, list_models
+from cnnserve.training.export import PARITY_TOLERANCE, check_parity, cpu_session, export_onnx, store_weights_fp16
+from cnnserve.training.pipeline import derive_variants
+from cnnserve.training.recipes import RECIPES
+from cnnserve.training.train import Normalized
 from tests.committed import VERSION
-from training.export import PARITY_TOLERANCE, check_parity, cpu_session, export_onnx, store_weights_fp16
-from training.pipeline import derive_variants
-from training.train import Normalized
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 
@@ -58,16 +59,17 @@ def test_classification_only_model_exports_probabilities_alone(tmp_path):
 
 def test_dry_run_writes_a_complete_version_folder(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "training", "train", "--recipe", "lenet5-digits", "--dry-run", "--out", str(tmp_path)],
+        [sys.executable, "-m", "cnnserve.training", "train", "--recipe", "lenet5-digits", "--dry-run", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "parity ONNX Runtime vs torch" in result.stdout
-    folder = tmp_path / "lenet5-digits" / "2"
+    version = RECIPES["lenet5-digits"].version
+    folder = tmp_path / "lenet5-digits" / str(version)
     card = json.loads((folder / CARD_FILE).read_text())
-    assert card["name"] == "lenet5-digits" and card["version"] == 2 and card["trained"]
+    assert card["name"] == "lenet5-digits" and card["version"] == version and card["trained"]
     assert card["input"]["shape"] == [-1, 1, 32, 32] and card["input"]["resize"] == "letterbox"
     assert card["training"]["seed"] == 0 and "--dry-run" in card["training"]["command"]
     assert set(card["files"]) == set(VARIANT_FILES)
@@ -95,7 +97,7 @@ def test_weights_stored_as_float16_halve_the_file_and_keep_the_outputs(tmp_path)
 
 
 def test_derived_variants_of_a_committed_model_are_reproduced_exactly(tmp_path):
-    """`python -m training derive` rebuilds the INT8 and FP16 files the card describes, byte for byte."""
+    """`python -m cnnserve.training derive` rebuilds the INT8 and FP16 files the card describes, byte for byte."""
     folder = tmp_path / "lenet5-digits"
     shutil.copytree(MODELS / "lenet5-digits" / str(VERSION), folder)
     card = json.loads((folder / CARD_FILE).read_text())

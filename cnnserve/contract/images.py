@@ -1,0 +1,85 @@
+"""Image files to model input: one home for decoding, shared by every protocol.
+
+Any common format (PNG, JPEG, WebP, BMP, GIF's first frame, TIFF) in any mode
+becomes float32 [C, H, W] in [0, 1] at the model's size, fitted by the model's
+resize policy through ``letterbox.to_model_input``, the function training
+renders its data with. EXIF orientation is honoured, so boxes map back to the
+image as a viewer shows it. The pixel count is checked from the header, before
+any decoding, so a decompression bomb costs nothing. ``region`` decodes only a
+part of the image (the serving zoom-in pass) at the model's size.
+
+A file that cannot be used raises ``ImageRejected`` (or one of its two
+narrower kinds); the server answers each with its own HTTP status.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .letterbox import LETTERBOX, WHOLE, Placement, Region, to_model_input
+
+SUPPORTED_FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF", "TIFF"}
+SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
+EXIF_ORIENTATION = 0x0112
+
+
+
+class ImageRejected(ValueError):
+    """The file is empty, corrupt or has no pixels; the message says which."""
+
+
+class UnsupportedFormat(ImageRejected):
+    """The file is not an image format this contract reads."""
+
+
+class TooManyPixels(ImageRejected):
+    """The header declares more pixels than the caller allows."""
+
+
+Image.MAX_IMAGE_PIXELS = None  # our own limit below applies, with a clear message
+
+
+def decode_image(
+    data: bytes,
+    channels: int,
+    height: int,
+    width: int,
+    max_pixels: int,
+    policy: str = LETTERBOX,
+    region: Region = WHOLE,
+) -> tuple[np.ndarray, Placement]:
+    """Return the model input and where the image (or ``region`` of it) landed in it."""
+    if not data:
+        raise ImageRejected("the image is empty (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise UnsupportedFormat(
+            f"not a recognised image file (supported: {', '.join(sorted(SUPPORTED_FORMATS - {'MPO'}))})"
+        ) from None
+    except Exception as exc:  # noqa: BLE001  (Pillow raises many types on bad headers)
+        raise ImageRejected(f"corrupt image header: {exc}") from None
+    if image.format not in SUPPORTED_FORMATS:
+        raise UnsupportedFormat(f"image format {image.format} is not supported")
+    w, h = image.size
+    if w * h > max_pixels:
+        raise TooManyPixels(f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}")
+    if w == 0 or h == 0:
+        raise ImageRejected(f"image has no pixels ({w}x{h})")
+    try:
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+        original = (h, w) if orientation in SWAPS_AXES else (w, h)
+        if image.format == "JPEG":
+            # Decode at a reduced scale, never below what the input (or the region's share of it) needs.
+            side = int(max(height, width) / min(region[2], region[3]))
+            image.draft("L" if channels == 1 else "RGB", (side, side))
+        if orientation != 1:
+            image = ImageOps.exif_transpose(image)
+        array, where = to_model_input(image, channels, width, height, policy, region)  # decodes now
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageRejected(f"corrupt or truncated image: {exc}") from None
+    return array, replace(where, source=original)  # a draft decode is smaller: boxes go to the file's own pixels

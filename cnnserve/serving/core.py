@@ -1,0 +1,268 @@
+"""The inference core: protocol-neutral, shared by every adapter.
+
+An adapter hands it image files or a decoded tensor plus the model it wants;
+the core resolves the model, decodes, sends the images to the model's batcher
+(where requests from every protocol meet), looks again at small digits (the
+zoom-in pass, ``refine.py``), maps boxes back to each image and turns the
+outputs into answers. It records the request metrics, so every protocol is
+counted the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+import numpy as np
+
+from ..contract.images import ImageRejected, decode_image
+from ..contract.letterbox import WHOLE, Placement, Region
+from .batcher import BatchResult
+from .config import Settings
+from .errors import InvalidInput, ModelUnavailable, ServiceError, TooLarge, rejected_image
+from .metrics import RequestMetrics, child, pass_totals
+from .postprocess import describe, ordered_corners
+from .refine import needs_zoom, zoom_region
+from .repository import ModelVersion, Repository
+
+INLINE_DECODE_BYTES = 256 * 1024  # larger payloads are decoded in a worker thread
+
+Backend = Callable[[ModelVersion, np.ndarray, float], Awaitable[BatchResult]]
+StatusSource = Callable[[], dict]
+RoomCheck = Callable[[ModelVersion, int], None]
+
+
+def check_tensor(model: ModelVersion, images: np.ndarray) -> None:
+    """The contract's input: [N, C, H, W] of finite values (NaN and Inf are refused)."""
+    expected = model.input_shape
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+        raise InvalidInput(
+            f"{model.name} takes images of shape [N, {', '.join(map(str, expected))}], got {list(images.shape)}"
+        )
+    # A NaN or an infinity anywhere makes the sum non-finite; only then look element by element.
+    if not math.isfinite(images.sum()) and not np.isfinite(images).all():
+        raise InvalidInput("the input contains NaN or infinite values")
+
+
+class Tracked:
+    """One request being counted: its outcome and duration, and in-flight once admitted.
+
+    Requests that never resolve a model are labelled ``unknown``, so a client
+    cannot grow the label set with made-up model names. A plain class rather
+    than a generator context manager: it runs on every request.
+    """
+
+    __slots__ = ("metrics", "model", "protocol", "started")
+
+    def __init__(self, metrics: RequestMetrics, protocol: str):
+        self.metrics, self.protocol = metrics, protocol
+        self.model: ModelVersion | None = None
+        self.started = time.perf_counter()
+
+    def __enter__(self) -> Tracked:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            outcome = "success"
+        elif isinstance(error, ServiceError):
+            outcome = error.outcome
+        elif isinstance(error, asyncio.CancelledError):  # the client left
+            outcome = "client_error"
+        else:
+            outcome = "server_error"
+        labels = self.model.metric_labels if self.model else ("unknown", "")
+        totals = pass_totals()
+        if self.model:
+            totals.inc(child(self.metrics.inflight, *labels), -1)
+        totals.inc(child(self.metrics.requests, *labels, self.protocol, outcome))
+        totals.observe(child(self.metrics.request_duration, *labels, self.protocol, outcome),
+                       time.perf_counter() - self.started)
+
+
+@dataclass
+class TensorResult:
+    model: ModelVersion
+    probabilities: np.ndarray
+    boxes: np.ndarray | None  # normalized to the model input, or (FilesResult) to each image
+    timings: dict
+
+
+@dataclass
+class FilesResult(TensorResult):
+    placements: list[Placement]
+
+
+class InferenceCore:
+    def __init__(
+        self,
+        settings: Settings,
+        repository: Repository,
+        backend: Backend,
+        runtime_status: StatusSource,
+        check_room: RoomCheck,
+    ):
+        self.settings = settings
+        self.repository = repository
+        self.backend = backend
+        self.runtime_status = runtime_status
+        self.check_room = check_room
+        self.metrics = RequestMetrics()
+        self.batch_limits = {  # the most images one batch of each model takes (1 with batching off)
+            name: settings.batching_for(name).max_batch_size if settings.batching else 1 for name in repository.models
+        }
+
+    def resolve(self, name: str | None, version: int | None) -> ModelVersion:
+        name = name or self.repository.default_model()
+        if name is None:
+            raise ModelUnavailable("no model is being served; see GET /models for the reasons")
+        model = self.repository.resolve(name, version)
+        status = self.runtime_status().get(model.key)
+        if status is None or status["status"] != "ready":
+            reason = status["reason"] if status else "the inference service has not reported it yet"
+            raise ModelUnavailable(f"model {model.key} is not ready: {reason}")
+        return model
+
+    def track(self, protocol: str) -> Tracked:
+        """Count one request (``with core.track(protocol) as record:``); see ``Tracked``."""
+        return Tracked(self.metrics, protocol)
+
+    def admit(self, record: Tracked, model: ModelVersion) -> None:
+        record.model = model
+        pass_totals().inc(child(self.metrics.inflight, *model.metric_labels))
+
+    def check_images(self, model: ModelVersion, count: int) -> None:
+        """Refuse before any decoding: no image, too many for one request, or no room in the model's queue."""
+        if count == 0:
+            raise InvalidInput("no image was sent")
+        if count > self.settings.max_images_per_request:
+            raise TooLarge(f"{count} images in one request; the limit is {self.settings.max_images_per_request}")
+        self.check_room(model, count)
+
+    def check_top_k(self, model: ModelVersion, top_k: int | None) -> int:
+        top_k = self.settings.default_top_k if top_k is None else top_k
+        if not 1 <= top_k <= len(model.labels):
+            raise InvalidInput(f"top_k must be between 1 and {len(model.labels)} for {model.name}, got {top_k}")
+        return top_k
+
+    def decode_all(
+        self, model: ModelVersion, files: list[bytes], regions: list[Region] | None = None
+    ) -> tuple[np.ndarray, list[Placement]]:
+        channels, height, width = model.input_shape
+        arrays, placements = [], []
+        for index, data in enumerate(files):
+            region = regions[index] if regions else WHOLE
+            try:
+                array, where = decode_image(
+                    data, channels, height, width, self.settings.max_image_pixels, model.resize_policy, region
+                )
+            except ImageRejected as exc:
+                where_said = f"image {index}: " if len(files) > 1 else ""
+                raise rejected_image(exc, where_said) from None
+            arrays.append(array)
+            placements.append(where)
+        return np.stack(arrays), placements
+
+    async def decode(
+        self, model: ModelVersion, files: list[bytes], regions: list[Region] | None = None
+    ) -> tuple[np.ndarray, list[Placement]]:
+        """Decode on the event loop when small, in a worker thread when large; timed."""
+        began = time.perf_counter()
+        if sum(len(f) for f in files) > INLINE_DECODE_BYTES:
+            decoded = await asyncio.to_thread(self.decode_all, model, files, regions)
+        else:
+            decoded = self.decode_all(model, files, regions)
+        seconds = time.perf_counter() - began
+        pass_totals().observe(child(self.metrics.preprocess_duration, *model.metric_labels), seconds)
+        return decoded
+
+    def deadline(self, timeout_ms: float | None) -> float:
+        """A request's deadline: its own timeout if it gave one (never beyond the server's), else the server's."""
+        limit = self.settings.request_timeout_ms
+        if timeout_ms is not None and not 0 < timeout_ms:
+            raise InvalidInput(f"the timeout must be a positive number of milliseconds, got {timeout_ms}")
+        return time.perf_counter() + min(timeout_ms or limit, limit) / 1000
+
+    async def predict_files(
+        self,
+        files: list[bytes],
+        model: str | None,
+        version: int | None,
+        top_k: int | None,
+        protocol: str,
+        timeout_ms: float | None = None,
+    ) -> dict:
+        """Answers (label, top-k, box in the image's own pixels) for image files."""
+        with self.track(protocol) as record:
+            deadline = self.deadline(timeout_ms)
+            resolved = self.resolve(model, version)
+            self.admit(record, resolved)
+            top_k = self.check_top_k(resolved, top_k)
+            self.check_images(resolved, len(files))
+            began = time.perf_counter()
+            result = await self.infer_files(resolved, files, deadline)
+            predictions = [
+                describe(result.probabilities[i], None if result.boxes is None else result.boxes[i],
+                         resolved.labels, top_k, result.placements[i].source)
+                for i in range(len(files))
+            ]
+            timings = {**result.timings, "total_ms": round((time.perf_counter() - began) * 1000, 3)}
+            return {"model": resolved.name, "version": resolved.version, "predictions": predictions, "timings": timings}
+
+    async def infer_files(
+        self, model: ModelVersion, files: list[bytes], deadline: float, compute: Backend | None = None
+    ) -> FilesResult:
+        """Decode, run, look again at small digits, and map boxes to each image ([0, 1] of its own size).
+
+        ``compute`` is ``run`` unless given (the no-op routes give zeros).
+        """
+        compute = compute or self.run
+        began = time.perf_counter()
+        images, placements = await self.decode(model, files)
+        decode_ms = (time.perf_counter() - began) * 1000
+        result = await compute(model, images, deadline)
+        probabilities, boxes, timings = result.probabilities, result.boxes, result.timings
+        zoomed = []
+        if boxes is not None:
+            below = self.settings.zoom_in_below
+            zoomed = [i for i in range(len(files)) if below > 0 and needs_zoom(boxes[i], below)]
+            boxes = np.stack([where.to_source(box) for where, box in zip(placements, boxes)])
+        if zoomed:
+            began = time.perf_counter()
+            regions = [zoom_region(boxes[i], placements[i].source) for i in zoomed]
+            crops, crop_placements = await self.decode(model, [files[i] for i in zoomed], regions)
+            decode_ms += (time.perf_counter() - began) * 1000
+            second = await compute(model, crops, deadline)
+            probabilities = probabilities.copy()
+            for j, i in enumerate(zoomed):
+                probabilities[i] = second.probabilities[j]
+                boxes[i] = crop_placements[j].to_source(second.boxes[j])
+            timings = {
+                **timings,
+                "queue_ms": round(timings["queue_ms"] + second.timings["queue_ms"], 3),
+                "compute_ms": round(timings["compute_ms"] + second.timings["compute_ms"], 3),
+            }
+        timings = {"decode_ms": round(decode_ms, 3), **timings, "zoomed_images": len(zoomed)}
+        return FilesResult(model, probabilities, boxes, timings, placements)
+
+    async def run(self, model: ModelVersion, images: np.ndarray, deadline: float) -> TensorResult:
+        """Send images through the model's batcher, in chunks no larger than its batches."""
+        limit = self.batch_limits[model.name]
+        if len(images) <= limit:
+            result = await self.backend(model, images, deadline)
+            queue_ms, compute_ms, batch_images = result.queue_ms, result.compute_ms, result.batch_images
+            probabilities, boxes = result.probabilities, result.boxes
+        else:
+            chunks = [images[i : i + limit] for i in range(0, len(images), limit)]
+            results = await asyncio.gather(*(self.backend(model, chunk, deadline) for chunk in chunks))
+            queue_ms = max(r.queue_ms for r in results)
+            compute_ms = max(r.compute_ms for r in results)
+            batch_images = max(r.batch_images for r in results)
+            probabilities = np.concatenate([r.probabilities for r in results])
+            boxes = None if results[0].boxes is None else np.concatenate([r.boxes for r in results])
+        pass_totals().observe(child(self.metrics.queue_duration, *model.metric_labels), queue_ms / 1000)
+        timings = {"queue_ms": round(queue_ms, 3), "compute_ms": round(compute_ms, 3), "batch_images": batch_images}
+        return TensorResult(model, probabilities, None if boxes is None else ordered_corners(boxes), timings)

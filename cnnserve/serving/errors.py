@@ -1,0 +1,80 @@
+"""Errors a client can cause or meet, each with its HTTP status and gRPC code.
+
+Protocol adapters catch ``ServiceError`` and encode it for their wire; nothing
+else needs to know which protocol a request came in on.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from ..contract.images import ImageRejected, TooManyPixels, UnsupportedFormat
+
+
+class ServiceError(Exception):
+    status: HTTPStatus = HTTPStatus.BAD_REQUEST
+    grpc_code: str = "INVALID_ARGUMENT"
+    outcome: str = "client_error"  # the `outcome` label in the requests metric
+    retry_after: int | None = None  # seconds, sent as Retry-After when set
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def to_json(self) -> dict:
+        return {"error": self.message, "code": self.status.value}
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+
+
+class InvalidInput(ServiceError):
+    """The request is malformed: not an image, a wrong shape, a bad parameter."""
+
+
+class UnsupportedImage(InvalidInput):
+    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+
+
+class TooLarge(ServiceError):
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class ModelNotFound(ServiceError):
+    status = HTTPStatus.NOT_FOUND
+    grpc_code = "NOT_FOUND"
+
+
+class ModelUnavailable(ServiceError):
+    """The model exists but failed validation or loading; the reason is in the message."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    grpc_code = "UNAVAILABLE"
+    outcome = "server_error"
+
+
+class Overloaded(ServiceError):
+    """The batcher refused the request: its queue cannot meet the latency budget."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    grpc_code = "RESOURCE_EXHAUSTED"
+    outcome = "rejected"
+    retry_after = 1
+
+
+class DeadlineExceeded(ServiceError):
+    """The request waited past its deadline and was dropped before running."""
+
+    status = HTTPStatus.GATEWAY_TIMEOUT
+    grpc_code = "DEADLINE_EXCEEDED"
+    outcome = "rejected"
+    retry_after = 1
+
+
+def rejected_image(exc: ImageRejected, prefix: str = "") -> ServiceError:
+    """The answer to a file the image contract refused: 413 for too many pixels, 415 for an unknown format,
+    400 otherwise; ``prefix`` names the image in a request that sent several."""
+    kind = TooLarge if isinstance(exc, TooManyPixels) else UnsupportedImage if isinstance(exc, UnsupportedFormat) \
+        else InvalidInput
+    return kind(f"{prefix}{exc}")

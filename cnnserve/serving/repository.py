@@ -1,0 +1,167 @@
+"""The model repository: ``<root>/<name>/<version>/{model.onnx, card.json}``.
+
+Discovery reads only the cards (cheap, done by every process); the integrity
+checks that need the model file (sha256, input and output names and shapes)
+run where the model is loaded, in ``runtime``. A model whose card cannot be
+used is kept as a failure with its reason, never silently dropped, and the
+others still serve.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..contract.card import BOXES, CARD_FILE, INPUT_NAME, MODEL_FILE, PROBABILITIES
+from ..contract.letterbox import POLICIES, STRETCH
+from .errors import ModelNotFound, ModelUnavailable
+
+log = logging.getLogger("cnnserve.repository")
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: int
+    folder: Path
+    card: dict
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}/{self.version}"
+
+    @functools.cached_property
+    def metric_labels(self) -> tuple[str, str]:
+        return self.name, str(self.version)
+
+    @functools.cached_property
+    def input_shape(self) -> tuple[int, int, int]:
+        _, channels, height, width = self.card["input"]["shape"]
+        return channels, height, width
+
+    @functools.cached_property
+    def resize_policy(self) -> str:
+        """How images are fitted to the input; cards written before letterbox existed stretch."""
+        return self.card["input"].get("resize", STRETCH)
+
+    @property
+    def labels(self) -> list[str]:
+        return self.card["labels"]
+
+    @functools.cached_property
+    def output_names(self) -> list[str]:
+        """What the model answers, in the contract's order: probabilities, then boxes if it has them."""
+        return [PROBABILITIES, BOXES] if self.has_boxes else [PROBABILITIES]
+
+    @functools.cached_property
+    def has_boxes(self) -> bool:
+        return any(o["name"] == BOXES for o in self.card["outputs"])
+
+    def file_for(self, variant: str) -> tuple[Path, str | None]:
+        """The file of a variant and its recorded sha256 (None when the card has none)."""
+        entry = self.card.get("files", {}).get(variant)
+        if entry is None:
+            return self.folder / MODEL_FILE, None
+        return self.folder / entry["file"], entry.get("sha256")
+
+    def variants(self) -> list[str]:
+        """The precisions this version can serve: its contract file, and derived files that are present."""
+        files = self.card.get("files", {"fp32": {}})
+        return [v for v, entry in files.items() if not entry.get("derived") or (self.folder / entry["file"]).exists()]
+
+
+@dataclass
+class Repository:
+    root: Path
+    models: dict[str, dict[int, ModelVersion]] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)  # "name" or "name/version" -> reason
+
+    def versions(self) -> list[ModelVersion]:
+        return [mv for versions in self.models.values() for mv in versions.values()]
+
+    def resolve(self, name: str, version: int | None = None) -> ModelVersion:
+        """The requested version, or the highest when ``version`` is None or 0."""
+        if name not in self.models:
+            reason = self.failures.get(name) or next(
+                (r for k, r in self.failures.items() if k.startswith(name + "/")), None
+            )
+            if reason:
+                raise ModelUnavailable(f"model {name!r} is not available: {reason}")
+            known = ", ".join(sorted(self.models)) or "none"
+            raise ModelNotFound(f"unknown model {name!r}; served models: {known}")
+        versions = self.models[name]
+        if not version:
+            return versions[max(versions)]
+        if version not in versions:
+            reason = self.failures.get(f"{name}/{version}")
+            if reason:
+                raise ModelUnavailable(f"model {name!r} version {version} is not available: {reason}")
+            raise ModelNotFound(
+                f"model {name!r} has no version {version}; versions: {', '.join(map(str, sorted(versions)))}"
+            )
+        return versions[version]
+
+    def default_model(self) -> str | None:
+        return next(iter(self.models), None)
+
+
+def read_card(folder: Path, name: str, version: int) -> dict:
+    """Load and check a card against the contract; raises ValueError with the reason."""
+    path = folder / CARD_FILE
+    if not path.exists():
+        raise ValueError(f"{CARD_FILE} is missing")
+    try:
+        card = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{CARD_FILE} is not valid JSON: {exc}") from None
+    spec = card.get("input", {})
+    shape = spec.get("shape")
+    if spec.get("name", INPUT_NAME) != INPUT_NAME:
+        raise ValueError(f"input must be named {INPUT_NAME!r}, card says {spec.get('name')!r}")
+    if not (isinstance(shape, list) and len(shape) == 4 and shape[1] in (1, 3) and all(d > 0 for d in shape[1:])):
+        raise ValueError(f"input shape must be [N, C(1 or 3), H, W], card says {shape}")
+    if spec.get("resize", STRETCH) not in POLICIES:
+        raise ValueError(f"input.resize must be one of {', '.join(POLICIES)}, card says {spec.get('resize')!r}")
+    outputs = card.get("outputs") or [{"name": PROBABILITIES}]
+    names = [o.get("name") for o in outputs]
+    if PROBABILITIES not in names or not set(names) <= {PROBABILITIES, BOXES}:
+        raise ValueError(f"outputs must be {PROBABILITIES!r} and optionally {BOXES!r}, card says {names}")
+    labels = card.get("labels")
+    classes = next((o.get("shape", [None, None])[1] for o in outputs if o.get("name") == PROBABILITIES), None)
+    if labels is None and classes:
+        labels = [str(i) for i in range(classes)]
+    if not labels:
+        raise ValueError("the card has no labels and no probabilities shape to count classes from")
+    if classes and classes > 0 and classes != len(labels):
+        raise ValueError(f"card lists {len(labels)} labels for {classes} classes")
+    return {**card, "name": name, "version": version, "labels": labels, "outputs": outputs}
+
+
+def discover(root: Path, serve: tuple[str, ...] = ()) -> Repository:
+    """Find every model version under ``root`` (or only those named in ``serve``)."""
+    repository = Repository(root)
+    if not root.is_dir():
+        repository.failures["*"] = f"models directory {root} does not exist"
+        log.error("models directory %s does not exist", root)
+        return repository
+    names = serve or tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")))
+    for name in names:
+        model_dir = root / name
+        version_dirs = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
+        if not version_dirs:
+            repository.failures[name] = f"no version folders under {model_dir}"
+            log.error("model %s: no version folders under %s", name, model_dir)
+            continue
+        for folder in sorted(version_dirs, key=lambda p: int(p.name)):
+            version = int(folder.name)
+            try:
+                card = read_card(folder, name, version)
+            except ValueError as exc:
+                repository.failures[f"{name}/{version}"] = str(exc)
+                log.error("model %s version %d refused: %s", name, version, exc)
+                continue
+            repository.models.setdefault(name, {})[version] = ModelVersion(name, version, folder, card)
+    return repository

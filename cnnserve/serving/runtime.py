@@ -1,0 +1,217 @@
+"""ONNX Runtime sessions: provider choice, integrity checks, warm-up, running.
+
+Provider choice is TensorRT ▸ CUDA ▸ CPU among those that can really work
+here. ``onnxruntime-gpu`` lists CUDA and TensorRT as available even on a
+machine with no GPU (and then logs errors when a session asks for them), so a
+GPU provider is only chosen when the CUDA driver loads and reports a device,
+and TensorRT only when its library loads too. The precision variant follows:
+FP16 on a GPU when the model ships one, FP32 otherwise (INT8 on request).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from ..contract.card import BOXES, INPUT_NAME, PROBABILITIES, file_sha256
+from .repository import ModelVersion
+
+log = logging.getLogger("cnnserve.runtime")
+
+TENSORRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
+PREFERENCE = (TENSORRT, CUDA, CPU)
+GPU_PROVIDERS = {TENSORRT, CUDA}
+TENSORRT_LIBRARIES = ("libnvinfer.so.10", "libnvinfer.so.8")
+
+
+@functools.cache
+def cuda_device_count() -> int:
+    """Devices the CUDA driver reports; 0 when there is no driver or no GPU."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
+@functools.cache
+def tensorrt_loads() -> bool:
+    for name in TENSORRT_LIBRARIES:
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def choose_providers(
+    requested: tuple[str, ...], available: list[str], gpu_devices: int, tensorrt_usable: bool
+) -> list[str]:
+    """The execution providers to ask for, best first, always ending in CPU.
+
+    ``requested`` is ("auto",) or an explicit list; an explicit provider that
+    this ONNX Runtime build does not have is an error, a GPU provider with no
+    GPU present is dropped with a warning.
+    """
+    if requested == ("auto",):
+        wanted = list(PREFERENCE)
+    else:
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise ValueError(f"provider(s) {', '.join(missing)} not in this ONNX Runtime; available: {available}")
+        wanted = list(requested)
+    chosen = []
+    for provider in wanted:
+        if provider not in available:
+            continue
+        if provider in GPU_PROVIDERS and gpu_devices == 0:
+            if requested != ("auto",):
+                log.warning("%s requested but no GPU is present; falling back", provider)
+            continue
+        if provider == TENSORRT and not tensorrt_usable:
+            continue
+        chosen.append(provider)
+    if CPU not in chosen:
+        chosen.append(CPU)
+    return chosen
+
+
+def choose_variant(precision: str, providers: list[str], variants: list[str]) -> str:
+    """FP16 on a GPU when shipped, else FP32; an explicit precision must exist."""
+    if precision != "auto":
+        if precision not in variants:
+            raise ValueError(
+                f"precision {precision} requested but only {variants} are present; derived files are made by "
+                "`python -m cnnserve.training derive <version folder>` (or `make variants`)"
+            )
+        return precision
+    if providers[0] in GPU_PROVIDERS and "fp16" in variants:
+        return "fp16"
+    return "fp32"
+
+
+def session_options(threads: int, spin: bool = False) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_cpu_mem_arena = True
+    # Idle worker threads must not spin: other workers and the event loops need the cores. The
+    # exception is a session used only while it holds every core (service/cores.py): its threads
+    # spin between the steps of one run (ResNet-18 at batch 1: 4.1 ms instead of 5.3) and stop
+    # when the run returns, before the cores are handed back.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
+    options.log_severity_level = 3
+    return options
+
+
+def provider_options(provider: str, cache_dir: Path) -> dict:
+    if provider == TENSORRT:
+        return {"trt_fp16_enable": True, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir)}
+    return {}
+
+
+class ModelInvalid(Exception):
+    """The model file is missing, corrupt, or does not match its card."""
+
+
+@dataclass
+class LoadedModel:
+    model: ModelVersion
+    session: ort.InferenceSession
+    providers: list[str]
+    variant: str
+    output_names: list[str]
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.providers[0] in GPU_PROVIDERS
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities [N, K] and boxes [N, 4] (None for classification-only models)."""
+        if self.on_gpu:
+            binding = self.session.io_binding()
+            binding.bind_cpu_input(INPUT_NAME, images)
+            for name in self.output_names:
+                binding.bind_output(name)
+            self.session.run_with_iobinding(binding)
+            outputs = dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
+        else:
+            outputs = dict(zip(self.output_names, self.session.run(self.output_names, {INPUT_NAME: images})))
+        return outputs[PROBABILITIES], outputs.get(BOXES)
+
+    def warm_up(self, max_batch_size: int) -> dict[int, float]:
+        """Run every batch size the batcher can form (powers of two up to the maximum)
+        and return seconds per size, the model's own cost table. A size whose first
+        run (which allocates) took under 50 ms is timed twice more and the fastest
+        kept; longer ones are not re-run, as only short sizes decide anything."""
+        sizes = sorted({1, max_batch_size, *(2**i for i in range(max_batch_size.bit_length()) if 2**i <= max_batch_size)})
+        seconds = {}
+        for size in sizes:
+            images = np.zeros((size, *self.model.input_shape), np.float32)
+            timings = [self.timed_run(images)]
+            if timings[0] < 0.05:
+                timings += [self.timed_run(images) for _ in range(2)]
+            seconds[size] = min(timings)
+        return seconds
+
+    def timed_run(self, images: np.ndarray) -> float:
+        began = time.perf_counter()
+        self.run(images)
+        return time.perf_counter() - began
+
+
+def verify_contract(model: ModelVersion, session: ort.InferenceSession) -> list[str]:
+    """Check the graph's inputs and outputs against the card; return output names."""
+    inputs = session.get_inputs()
+    if [i.name for i in inputs] != [INPUT_NAME]:
+        raise ModelInvalid(f"graph inputs are {[i.name for i in inputs]}, the contract wants [{INPUT_NAME!r}]")
+    if inputs[0].type != "tensor(float)":
+        raise ModelInvalid(f"input {INPUT_NAME!r} is {inputs[0].type}, the contract wants tensor(float)")
+    shape = inputs[0].shape
+    if len(shape) != 4 or list(shape[1:]) != list(model.input_shape):
+        raise ModelInvalid(f"input shape {shape} does not match the card's {model.card['input']['shape']}")
+    outputs = {o.name: o for o in session.get_outputs()}
+    expected = [o["name"] for o in model.card["outputs"]]
+    if set(outputs) != set(expected):
+        raise ModelInvalid(f"graph outputs are {sorted(outputs)}, the card says {sorted(expected)}")
+    classes = outputs[PROBABILITIES].shape[-1]
+    if isinstance(classes, int) and classes != len(model.labels):
+        raise ModelInvalid(f"graph has {classes} classes, the card {len(model.labels)} labels")
+    return expected
+
+
+def load_model(
+    model: ModelVersion, providers: list[str], precision: str, threads: int, cache_dir: Path, spin: bool = False
+) -> LoadedModel:
+    variant = choose_variant(precision, providers, model.variants())
+    path, expected_sha = model.file_for(variant)
+    if not path.exists():
+        raise ModelInvalid(f"{path.name} is missing")
+    if expected_sha is None:
+        log.warning("model %s: card records no sha256 for %s; integrity not checked", model.key, path.name)
+    elif (actual := file_sha256(path)) != expected_sha:
+        raise ModelInvalid(f"{path.name} sha256 is {actual[:12]}..., the card says {expected_sha[:12]}...")
+    try:
+        session = ort.InferenceSession(
+            str(path),
+            session_options(threads, spin),
+            providers=[(p, provider_options(p, cache_dir)) for p in providers],
+        )
+    except Exception as exc:  # noqa: BLE001  (ONNX Runtime raises its own types for corrupt files)
+        raise ModelInvalid(f"ONNX Runtime cannot load {path.name}: {exc}") from None
+    output_names = verify_contract(model, session)
+    return LoadedModel(model, session, session.get_providers(), variant, output_names)

@@ -1,0 +1,167 @@
+"""The Open Inference Protocol's data plane, shared by its REST and gRPC adapters.
+
+It speaks in plain dicts and ``Tensor``s; the adapters only translate their
+wire formats. Inference goes through the inference core, and so through the
+same batcher as ``POST /predict``.
+
+Inputs a model accepts (exactly one per request):
+- ``images``: FP32 [N, C, H, W] in [0, 1] (the model contract), or UINT8 of the
+  same shape in [0, 255];
+- ``image_bytes``: BYTES [N] (or [N, 1]) of encoded image files, decoded and
+  fitted by the server (with the zoom-in pass for small digits).
+Outputs: ``probabilities`` [N, K] and ``boxes`` [N, 4], both FP32; boxes are
+normalized to the input tensor, or for ``image_bytes`` to each image file.
+"""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable
+
+import numpy as np
+
+from ...contract.card import BOXES, INPUT_NAME, PROBABILITIES
+from .. import __version__
+from ..core import InferenceCore, TensorResult, check_tensor
+from ..errors import InvalidInput
+from ..repository import ModelVersion
+from .tensors import BYTES, Tensor
+
+IMAGE_BYTES = "image_bytes"
+SERVER_NAME = "cnnserve"
+EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+PLATFORM = "onnxruntime_onnx"
+
+Compute = Callable[[ModelVersion, np.ndarray, float], Awaitable[TensorResult]]
+
+
+def parse_version(version: str | int | None) -> int | None:
+    if version in (None, ""):
+        return None
+    try:
+        return int(version)
+    except ValueError:
+        raise InvalidInput(f"model version must be an integer, got {version!r}") from None
+
+
+class DataPlane:
+    def __init__(self, core: InferenceCore, compute: Compute | None = None):
+        """``compute`` turns a model's input into its outputs: the core's batcher and ONNX Runtime unless
+        given (the no-op routes give zeros, service/noop.py)."""
+        self.core = core
+        self.compute = compute or core.run
+
+    @property
+    def repository(self):
+        return self.core.repository
+
+    def server_metadata(self) -> dict:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+
+    async def server_ready(self) -> bool:
+        statuses = self.core.runtime_status()
+        return all(key in statuses for key in (m.key for m in self.repository.versions()))
+
+    async def model_ready(self, name: str, version: str | int | None = None) -> bool:
+        model = self.repository.resolve(name, parse_version(version))
+        status = self.core.runtime_status().get(model.key)
+        return bool(status and status["status"] == "ready")
+
+    def model_metadata(self, name: str, version: str | int | None = None) -> dict:
+        model = self.repository.resolve(name, parse_version(version))
+        channels, height, width = model.input_shape
+        outputs = [{"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, len(model.labels)]}]
+        if model.has_boxes:
+            outputs.append({"name": BOXES, "datatype": "FP32", "shape": [-1, 4]})
+        return {
+            "name": model.name,
+            "versions": [str(v) for v in sorted(self.repository.models[model.name])],
+            "platform": PLATFORM,
+            "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, channels, height, width]}],
+            "outputs": outputs,
+        }
+
+    def model_config(self, name: str, version: str | int | None = None) -> dict:
+        """Triton's configuration form, which perf_analyzer and Triton's clients read."""
+        model = self.repository.resolve(name, parse_version(version))
+        batching = self.core.settings.batching_for(model.name)
+        metadata = self.model_metadata(name, version)
+        config = {
+            "name": model.name,
+            "platform": PLATFORM,
+            "backend": "onnxruntime",
+            "max_batch_size": self.core.settings.max_images_per_request,
+            "input": [
+                {"name": INPUT_NAME, "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": list(model.input_shape)}
+            ],
+            "output": [
+                {"name": o["name"], "data_type": "TYPE_FP32", "dims": o["shape"][1:]} for o in metadata["outputs"]
+            ],
+        }
+        if self.core.settings.batching:
+            config["dynamic_batching"] = {
+                "preferred_batch_size": [batching.max_batch_size],
+                "max_queue_delay_microseconds": int(batching.max_queue_delay_ms * 1000),
+            }
+        return config
+
+    async def infer(
+        self,
+        name: str,
+        version: str | int | None,
+        read_inputs: Callable[[], list[Tensor]],
+        requested: list[str] | None,
+        protocol: str,
+        timeout_ms: float | None = None,
+    ) -> tuple[ModelVersion, list[Tensor], dict]:
+        """Run one V2 inference request: the model served, the output tensors, and
+        the timings (queue_ms, compute_ms, batch_images) sent back as response parameters.
+
+        ``read_inputs`` decodes the wire tensors; it runs once the model is
+        known, so an unknown model is reported before any malformed data.
+        """
+        core = self.core
+        with core.track(protocol) as record:
+            deadline = core.deadline(timeout_ms)
+            model = core.resolve(name, parse_version(version))
+            core.admit(record, model)
+            available = model.output_names
+            wanted = requested or available
+            unknown = [o for o in wanted if o not in available]
+            if unknown:
+                raise InvalidInput(f"unknown output(s) {unknown}; {model.name} gives {available}")
+            tensor = single_input(read_inputs())
+            if tensor.name == IMAGE_BYTES:
+                result = await self.core.infer_files(model, self.files(model, tensor), deadline, self.compute)
+            else:
+                result = await self.compute(model, self.pixels(model, tensor), deadline)
+        outputs = {PROBABILITIES: result.probabilities, BOXES: result.boxes}
+        return model, [Tensor(n, "FP32", np.asarray(outputs[n], dtype=np.float32)) for n in wanted], result.timings
+
+    def files(self, model: ModelVersion, tensor: Tensor) -> list[bytes]:
+        """Encoded image files, for the server to decode and fit (boxes come back normalized to each image)."""
+        if tensor.datatype != BYTES or tensor.array.ndim not in (1, 2) or tensor.array.shape[1:] not in ((), (1,)):
+            raise InvalidInput(f"{IMAGE_BYTES!r} must be BYTES of shape [N] or [N, 1]")
+        files = list(tensor.array.ravel())
+        self.core.check_images(model, len(files))
+        return files
+
+    def pixels(self, model: ModelVersion, tensor: Tensor) -> np.ndarray:
+        """The model input from pixels as sent: FP32 in [0, 1], or UINT8 in [0, 255]."""
+        if tensor.name != INPUT_NAME:
+            raise InvalidInput(f"unknown input {tensor.name!r}; {model.name} takes {INPUT_NAME!r} or {IMAGE_BYTES!r}")
+        if tensor.datatype == "FP32":
+            images = tensor.array
+        elif tensor.datatype == "UINT8":
+            images = tensor.array.astype(np.float32) * (1.0 / 255.0)
+        else:
+            raise InvalidInput(f"input {INPUT_NAME!r} must be FP32 (or UINT8), got {tensor.datatype}")
+        check_tensor(model, images)
+        self.core.check_images(model, len(images))
+        return images
+
+
+def single_input(inputs: list[Tensor]) -> Tensor:
+    if len(inputs) != 1:
+        names = [t.name for t in inputs] or "none"
+        raise InvalidInput(f"send exactly one input, {INPUT_NAME!r} or {IMAGE_BYTES!r}; got {names}")
+    return inputs[0]

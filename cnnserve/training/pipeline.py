@@ -1,0 +1,164 @@
+"""From settings to a finished model version folder: train, export, check
+parity, store the weights compactly, measure on the test split (through ONNX
+Runtime, i.e. what is served), derive the INT8 and FP16 variants, and write the
+card and training plot."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnserve.contract.card import CARD_FILE, MODEL_FILE, VARIANT_FILES, file_sha256
+
+from .architectures import create_model
+from .card import model_card, write_card
+from .data import TaskData, digits_task
+from .export import (
+    COMPACT_MIN_ELEMENTS,
+    check_parity,
+    convert_fp16,
+    export_onnx,
+    onnx_predictor,
+    quantize_int8,
+    store_weights_fp16,
+)
+from .train import Normalized, TrainConfig, evaluate, train
+
+CALIBRATION_IMAGES = 256
+CHECKPOINTS = Path("runs")  # git-ignored: the trained torch weights, to re-export without retraining
+FULL_PRECISION_FILE = "model.float32.onnx"  # the export before its weights are stored compactly; removed
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def export_variants(folder: Path, calibration: np.ndarray) -> dict[str, Path]:
+    files = {"fp32": folder / MODEL_FILE}
+    files["int8"] = folder / VARIANT_FILES["int8"]
+    quantize_int8(files["fp32"], files["int8"], calibration)
+    files["fp16"] = folder / VARIANT_FILES["fp16"]
+    convert_fp16(files["fp32"], files["fp16"])
+    return files
+
+
+def derive_variants(folder: Path, log=print) -> dict[str, Path]:
+    """Write a committed digits model's INT8 and FP16 files from its model.onnx, calibrated as training did."""
+    card = json.loads((folder / CARD_FILE).read_text())
+    channels, size = card["input"]["channels"], card["input"]["shape"][-1]
+    # Calibration takes the first images of training's epoch 0: the first rendering of the first training digits,
+    # so rendering only those digits gives the same images.
+    task = digits_task(channels, size, seed=card["training"]["seed"], copies_per_epoch=1, limit=CALIBRATION_IMAGES)
+    files = export_variants(folder, task.train_epoch(0)[0][:CALIBRATION_IMAGES])
+    for variant, path in files.items():
+        recorded = card["files"].get(variant, {}).get("sha256")
+        same = "matches its card" if recorded == file_sha256(path) else "DIFFERS from its card (another ONNX Runtime?)"
+        log(f"{path}: {same}")
+    return files
+
+
+def build_version(config: TrainConfig, task: TaskData, out_root: Path, version: int, command: str, log=print) -> Path:
+    started = time.perf_counter()
+    model, history = train(config, task, log=log)
+    train_seconds = time.perf_counter() - started
+    folder = out_root / config.name / str(version)
+    CHECKPOINTS.mkdir(exist_ok=True)
+    torch.save(model.state_dict(), CHECKPOINTS / f"{config.name}-{version}.pt")
+    full = folder / FULL_PRECISION_FILE
+    export_onnx(model, full, config.channels, config.input_size)
+    parity = check_parity(model, full, config.channels, config.input_size)
+    log(f"parity ONNX Runtime vs torch (max abs diff): {parity['max_abs_diff']}")
+    test = task.split("test")
+    store_weights_fp16(full, folder / MODEL_FILE)
+    full_metrics = evaluate(onnx_predictor(full), test)
+    full.unlink()
+    log(f"test split, float32 weights: accuracy {full_metrics['accuracy']:.4f}  mean IoU {full_metrics['mean_iou']:.4f}")
+
+    files = export_variants(folder, task.train_epoch(0)[0][:CALIBRATION_IMAGES])
+    variant_metrics = {variant: evaluate(onnx_predictor(path), test) for variant, path in files.items()}
+    for variant, metrics in variant_metrics.items():
+        log(f"test split, {variant:>4} ONNX: accuracy {metrics['accuracy']:.4f}  mean IoU {metrics['mean_iou']:.4f}")
+
+    card = model_card(
+        name=config.name,
+        version=version,
+        architecture=config.arch,
+        architecture_options=config.options,
+        labels=task.labels,
+        channels=config.channels,
+        input_size=config.input_size,
+        mean=[round(v, 6) for v in model.mean.flatten().tolist()],
+        std=[round(v, 6) for v in model.std.flatten().tolist()],
+        files=files,
+        training={
+            "data": task.description,
+            "seed": config.seed,
+            "epochs": config.epochs,
+            "settings": {k: v for k, v in vars(config).items() if k not in ("name", "arch", "options")},
+            "command": command,
+            "seconds": round(train_seconds, 1),
+            "history": history,
+        },
+        metrics={"split": "test", **variant_metrics["fp32"]},
+        variant_metrics=variant_metrics,
+        parity=parity,
+        weights={"stored": f"float16 behind Cast to float32 (tensors of {COMPACT_MIN_ELEMENTS} elements or more)",
+                 "compute": "float32",
+                 "test_metrics_with_float32_weights": full_metrics},
+    )
+    write_card(folder, card)
+    plot_history(history, folder / "training.png", config.name)
+    log(f"wrote {folder} in {time.perf_counter() - started:.0f} s")
+    return folder
+
+
+def build_untrained(arch: str, size: int, classes: int, out_root: Path, log=print) -> Path:
+    """An ImageNet-shaped export with random weights, for throughput benchmarks only."""
+    torch.manual_seed(0)
+    net = create_model(arch, num_classes=classes, in_channels=3, input_size=size)
+    model = Normalized(net, IMAGENET_MEAN, IMAGENET_STD).eval()
+    name = f"{arch}-imagenet-untrained"
+    folder = out_root / name / "1"
+    export_onnx(model, folder / MODEL_FILE, 3, size)
+    parity = check_parity(model, folder / MODEL_FILE, 3, size)
+    log(f"parity ONNX Runtime vs torch (max abs diff): {parity['max_abs_diff']}")
+    card = model_card(
+        name=name,
+        version=1,
+        architecture=arch,
+        architecture_options={},
+        labels=[f"class_{i}" for i in range(classes)],
+        channels=3,
+        input_size=size,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        files={"fp32": folder / MODEL_FILE},
+        training=None,
+        metrics=None,
+        variant_metrics={},
+        parity=parity,
+    )
+    write_card(folder, card)
+    log(f"wrote {folder} (UNTRAINED, benchmark only)")
+    return folder
+
+
+def plot_history(history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    left.plot(epochs, [h["train_loss"] for h in history], marker="o")
+    left.set(title="training loss", xlabel="epoch")
+    right.plot(epochs, [h["val_accuracy"] for h in history], marker="o", label="accuracy")
+    right.plot(epochs, [h["val_mean_iou"] for h in history], marker="s", label="mean IoU")
+    right.set(title="validation", xlabel="epoch", ylim=(0, 1))
+    right.legend(loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

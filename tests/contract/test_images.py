@@ -1,0 +1,89 @@
+"""Image decoding: every common format and mode, EXIF orientation, and a clear
+error (never a crash) for everything else."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnserve.contract.images import ImageRejected, TooManyPixels, UnsupportedFormat, decode_image
+
+LIMIT = 10_000_000
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def gradient(width=40, height=30) -> Image.Image:
+    x = np.linspace(0, 255, width, dtype=np.uint8)
+    return Image.fromarray(np.tile(x, (height, 1))).convert("RGB")
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_common_formats_decode_to_model_input(fmt, channels):
+    array, where = decode_image(encode(gradient(), fmt), channels, 16, 24, LIMIT)
+    assert array.shape == (channels, 16, 24) and array.dtype == np.float32
+    assert where.source == (40, 30)
+    assert 0 <= array.min() and array.max() <= 1
+    left, _, width, _ = where.content
+    assert array[:, :, left + width - 1].mean() > array[:, :, left].mean() + 0.5, "the gradient survives decoding"
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGBA", "CMYK", "I", "F"])
+def test_any_mode_is_converted(mode):
+    fmt = "TIFF" if mode in ("CMYK", "I", "F") else "PNG"
+    array, _ = decode_image(encode(gradient().convert(mode), fmt), 3, 8, 8, LIMIT)
+    assert array.shape == (3, 8, 8) and np.isfinite(array).all()
+
+
+def test_exif_orientation_is_honoured():
+    image = gradient(40, 30)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: a viewer rotates it 90 degrees clockwise
+    array, where = decode_image(encode(image, "JPEG", exif=exif), 1, 30, 40, LIMIT)
+    assert where.source == (30, 40), "width and height as a viewer shows the image"
+    assert array[0, -1, :].mean() > array[0, 0, :].mean() + 0.5, "the gradient now runs top to bottom"
+
+
+def test_gif_first_frame_is_used():
+    frames = [Image.new("L", (8, 8), 250), Image.new("L", (8, 8), 5)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    array, _ = decode_image(buffer.getvalue(), 1, 8, 8, LIMIT)
+    assert array.mean() > 0.9
+
+
+def test_large_jpeg_decodes_at_reduced_scale_to_the_same_answer():
+    big = gradient(2000, 1500)
+    array, where = decode_image(encode(big, "JPEG", quality=95), 3, 32, 32, LIMIT)
+    assert where.source == (2000, 1500)
+    reference, _ = decode_image(encode(big, "PNG"), 3, 32, 32, LIMIT)
+    assert np.abs(array - reference).mean() < 0.02
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "message"),
+    [
+        (b"", ImageRejected, "empty"),
+        (b"this is plain text, not a picture", UnsupportedFormat, "not a recognised image"),
+        (encode(gradient(), "PNG")[:60], ImageRejected, "(?i)truncated"),
+        (encode(gradient(), "JPEG")[:200], ImageRejected, "(?i)truncated"),
+        (encode(gradient(), "PPM"), UnsupportedFormat, "PPM"),
+    ],
+    ids=["empty", "text", "truncated-png", "truncated-jpeg", "unsupported-format"],
+)
+def test_bad_files_are_rejected_naming_the_problem(data, error, message):
+    with pytest.raises(error, match=message):
+        decode_image(data, 3, 8, 8, LIMIT)
+
+
+def test_pixel_bomb_is_refused_from_the_header_alone():
+    bomb = encode(Image.new("1", (20_000, 20_000)), "PNG")  # tiny file, 400 megapixels
+    assert len(bomb) < 200_000
+    with pytest.raises(TooManyPixels, match="400000000 pixels"):
+        decode_image(bomb, 1, 8, 8, LIMIT)

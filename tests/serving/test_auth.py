@@ -1,0 +1,103 @@
+"""API keys: with keys configured, a request without a valid key gets 401 /
+UNAUTHENTICATED on every protocol and never reaches a model; health and
+metrics stay open; keys never reach the log."""
+
+import hashlib
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cnnserve.serving.auth import KeyCheck, digest
+from cnnserve.serving.v2 import inference_pb2 as pb
+from cnnserve.serving.v2 import inference_pb2_grpc as pb_grpc
+from loadtests.local_server import running_server
+from tests.serving.test_server import GOOD, counter
+
+PLAIN_KEY = "plain-key-7d1f0c"
+FILE_KEY = "file-key-93ab22"
+
+
+def test_only_a_known_bearer_key_is_allowed():
+    check = KeyCheck([digest("k1"), digest("k2")])
+    assert check.allows("Bearer k2") and check.allows("bearer k1")
+    for bad in (None, "", "Bearer", "Bearer k3", "Basic k1", "k1"):
+        assert not check.allows(bad)
+
+
+def test_no_keys_means_no_check():
+    assert not KeyCheck([]).enabled
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("secured")
+    keys_file = folder / "keys.sha256"
+    keys_file.write_text(f"# ops team\n{hashlib.sha256(FILE_KEY.encode()).hexdigest()}\n")
+    with running_server(folder, api_keys=PLAIN_KEY, api_keys_file=keys_file) as server:
+        yield server
+
+
+def bearer(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.mark.parametrize("headers", [{}, bearer("wrong"), {"Authorization": PLAIN_KEY}], ids=["none", "wrong", "no-scheme"])
+def test_rest_and_v2_refuse_without_a_valid_key(secured, headers):
+    before = secured.metrics()
+    predict = secured.client.post("/predict", files={"image": ("a.png", GOOD)}, headers=headers)
+    assert predict.status_code == 401 and predict.headers["www-authenticate"] == "Bearer"
+    assert "API key" in predict.json()["error"]
+    infer = secured.client.post("/v2/models/lenet5-digits/infer", json={"inputs": []}, headers=headers)
+    assert infer.status_code == 401
+    assert secured.client.get("/models", headers=headers).status_code == 401
+    after = secured.metrics()
+    assert counter(after, "cnnserve_requests_total") == counter(before, "cnnserve_requests_total"), \
+        "refused requests never reached the inference core"
+
+
+@pytest.mark.parametrize("key", [PLAIN_KEY, FILE_KEY], ids=["from-environment", "from-hash-file"])
+def test_a_valid_key_is_served(secured, key):
+    response = secured.client.post("/predict", files={"image": ("a.png", GOOD)}, headers=bearer(key))
+    assert response.status_code == 200
+
+
+def test_health_and_metrics_stay_open(secured):
+    for path in ("/livez", "/readyz", "/metrics", "/v2/health/ready"):
+        assert secured.client.get(path).status_code == 200, path
+
+
+def grpc_infer(address: str, metadata=()):
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        images = np.zeros((1, 1, 32, 32), np.float32)
+        return stub.ModelInfer(
+            pb.ModelInferRequest(
+                model_name="lenet5-digits",
+                inputs=[pb.ModelInferRequest.InferInputTensor(name="images", datatype="FP32", shape=[1, 1, 32, 32])],
+                raw_input_contents=[images.tobytes()],
+            ),
+            metadata=metadata,
+        )
+
+
+def test_grpc_refuses_without_a_valid_key_and_serves_with_one(secured):
+    for metadata in ((), (("authorization", "Bearer wrong"),)):
+        with pytest.raises(grpc.RpcError) as caught:
+            grpc_infer(secured.grpc_address, metadata)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    response = grpc_infer(secured.grpc_address, (("authorization", f"Bearer {PLAIN_KEY}"),))
+    assert response.model_name == "lenet5-digits"
+
+
+def test_grpc_health_stays_open(secured):
+    with grpc.insecure_channel(secured.grpc_address) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status
+    assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_keys_never_reach_the_log(secured):
+    secured.client.post("/predict", files={"image": ("a.png", GOOD)}, headers=bearer(PLAIN_KEY))
+    log = secured.log()
+    assert PLAIN_KEY not in log and FILE_KEY not in log

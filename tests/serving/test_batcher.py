@@ -1,0 +1,206 @@
+"""The adaptive batcher: a lone request runs at once (inside ``submit`` when it
+is alone in its worker), batches grow while the model is busy and regather when clients come back, every caller gets its own
+rows, the queue is bounded, a request past its deadline never runs, and tiny
+batches skip the thread hand-off."""
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from cnnserve.serving.batcher import AdaptiveBatcher, inline_up_to
+from cnnserve.serving.errors import DeadlineExceeded, Overloaded
+
+FAR = 3600.0
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+class SlowModel:
+    """Doubles its input; records the size of every batch; takes ``seconds`` per call."""
+
+    def __init__(self, seconds: float = 0.0):
+        self.seconds = seconds
+        self.batches: list[int] = []
+
+    def __call__(self, images: np.ndarray):
+        time.sleep(self.seconds)
+        self.batches.append(len(images))
+        return images.reshape(len(images), -1) * 2, None
+
+
+def batcher(model, **options) -> AdaptiveBatcher:
+    options.setdefault("max_batch_size", 8)
+    return AdaptiveBatcher("m/1", model, ThreadPoolExecutor(1), **options)
+
+
+def deadline(seconds: float = FAR) -> float:
+    return time.perf_counter() + seconds
+
+
+def images(value: float, n: int = 1) -> np.ndarray:
+    return np.full((n, 1), value, np.float32)
+
+
+async def test_a_lone_request_runs_at_once_and_gets_its_rows():
+    model = SlowModel()
+    result = await batcher(model).submit(images(3.0, 2), deadline())
+    assert model.batches == [2]
+    np.testing.assert_array_equal(result.probabilities, [[6.0], [6.0]])
+    assert result.batch_images == 2 and result.queue_ms < 50
+
+
+async def test_a_lone_request_on_an_idle_model_runs_inside_submit():
+    """No queue and no batcher task: at one client their two event-loop passes cost 0.15-0.2 ms."""
+    model = SlowModel()
+    b = batcher(model, alone=lambda: True, inline_up_to=8)
+    result = await b.submit(images(2.0), deadline())
+    assert b.worker is None and model.batches == [1] and result.queue_ms == 0
+    np.testing.assert_array_equal(result.probabilities, [[4.0]])
+
+
+async def test_a_lone_request_queues_when_the_model_cannot_take_it_on_the_loop():
+    model = SlowModel()
+    b = batcher(model, alone=lambda: True)  # nothing runs on the loop: the executor takes every batch
+    result = await b.submit(images(2.0), deadline())
+    assert b.worker is not None and model.batches == [1] and result.queue_ms > 0
+
+
+async def test_a_request_that_is_not_alone_waits_for_the_others_of_its_pass():
+    model = SlowModel()
+    b = batcher(model, alone=lambda: False, inline_up_to=8)
+    await asyncio.gather(*(b.submit(images(1.0), deadline()) for _ in range(3)))
+    assert model.batches == [3]
+
+
+async def test_requests_queued_while_the_model_is_busy_share_the_next_batch():
+    model = SlowModel(seconds=0.05)
+    b = batcher(model)
+    first = asyncio.create_task(b.submit(images(0.0), deadline()))
+    await asyncio.sleep(0.01)  # the first request is computing, alone
+    rest = await asyncio.gather(*(b.submit(images(float(i)), deadline()) for i in range(1, 7)))
+    results = [await first, *rest]
+    assert model.batches == [1, 6]
+    for i, result in enumerate(results):
+        assert result.probabilities[0, 0] == 2.0 * i, "each caller gets its own rows back"
+
+
+async def test_batches_never_exceed_the_maximum():
+    model = SlowModel(seconds=0.02)
+    b = batcher(model, max_batch_size=4)
+    await asyncio.gather(*(b.submit(images(1.0, 3), deadline()) for _ in range(5)))
+    assert max(model.batches) <= 4 and sum(model.batches) == 15
+
+
+async def test_a_queue_delay_fills_batches_at_low_load():
+    model = SlowModel()
+    b = batcher(model, max_queue_delay_ms=50)
+
+    async def later(delay: float):
+        await asyncio.sleep(delay)
+        return await b.submit(images(1.0), deadline())
+
+    await asyncio.gather(later(0), later(0.01), later(0.02))
+    assert model.batches == [3]
+
+
+async def test_a_full_queue_refuses_at_once():
+    model = SlowModel(seconds=0.2)
+    b = batcher(model, max_queue_images=4)
+    first = asyncio.create_task(b.submit(images(1.0, 4), deadline()))
+    await asyncio.sleep(0.05)  # the first job is running; the queue is empty again
+    queued = [asyncio.create_task(b.submit(images(1.0, 2), deadline())) for _ in range(2)]
+    await asyncio.sleep(0)
+    started = time.perf_counter()
+    with pytest.raises(Overloaded, match="limit 4"):
+        await b.submit(images(1.0), deadline())
+    assert time.perf_counter() - started < 0.05
+    await asyncio.gather(first, *queued)
+
+
+async def test_a_request_past_its_deadline_is_dropped_without_running():
+    model = SlowModel(seconds=0.2)
+    b = batcher(model)
+    busy = asyncio.create_task(b.submit(images(1.0), deadline()))
+    await asyncio.sleep(0.02)
+    with pytest.raises(DeadlineExceeded, match="past the deadline"):
+        await b.submit(images(5.0), deadline(0.05))
+    await busy
+    assert model.batches == [1], "the late request never reached the model"
+
+
+async def test_a_failing_model_fails_every_caller_of_the_batch():
+    def broken(batch):
+        raise RuntimeError("boom")
+
+    b = batcher(broken)
+    results = await asyncio.gather(*(b.submit(images(1.0), deadline()) for _ in range(3)), return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
+
+
+async def test_clients_coming_back_after_a_batch_are_regathered_into_one():
+    """After a batch of 4, the next batch waits (up to a tenth of 4's compute) until 4 are queued again."""
+    model = SlowModel(seconds=0.2)
+    b = batcher(model)
+    await asyncio.gather(*(b.submit(images(1.0), deadline()) for _ in range(4)))  # one batch of 4
+    assert model.batches == [4]
+
+    async def comes_back(delay: float):
+        await asyncio.sleep(delay)
+        return await b.submit(images(1.0), deadline())
+
+    began = time.perf_counter()
+    await asyncio.gather(*(comes_back(0.002 * i) for i in range(4)))  # within 6 ms, well inside 20 ms
+    assert model.batches == [4, 4]
+    assert time.perf_counter() - began < 0.2 + 0.1
+
+
+async def test_requests_submitted_in_the_same_loop_pass_share_a_batch():
+    """The batcher's task, woken by the first of them, lets the others of that pass queue before it takes
+    a batch smaller than the last: under perf_analyzer this took LeNet-5's batches from 8 to 23 images."""
+    model = SlowModel()  # too fast for a regathering wait
+    b = batcher(model)
+    await asyncio.gather(*(b.submit(images(1.0), deadline()) for _ in range(4)))
+
+    async def one_pass_later():
+        await asyncio.sleep(0)
+        return await b.submit(images(1.0), deadline())
+
+    await asyncio.gather(b.submit(images(1.0), deadline()), one_pass_later(), one_pass_later())
+    assert model.batches == [4, 3]
+
+
+async def test_the_regathering_wait_ends_after_a_tenth_of_the_last_compute():
+    model = SlowModel(seconds=0.2)
+    b = batcher(model)
+    await asyncio.gather(*(b.submit(images(1.0), deadline()) for _ in range(4)))
+    result = await b.submit(images(1.0), deadline())  # nobody else comes back
+    assert model.batches == [4, 1]
+    assert 15 <= result.queue_ms < 100  # waited about 20 ms, not for ever
+
+
+async def test_tiny_batches_run_on_the_event_loop_others_on_the_executor():
+    threads = []
+
+    def model(batch):
+        threads.append(threading.current_thread().name)
+        return batch.reshape(len(batch), -1), None
+
+    b = AdaptiveBatcher("m/1", model, ThreadPoolExecutor(1, thread_name_prefix="executor"), max_batch_size=8,
+                        inline_up_to=2)
+    await b.submit(images(1.0, 2), deadline())
+    await b.submit(images(1.0, 3), deadline())
+    assert threads == [threading.current_thread().name, "executor_0"]
+
+
+def test_inline_sizes_come_from_warm_up_timings():
+    assert inline_up_to({1: 0.0001, 2: 0.0003, 4: 0.0015, 8: 0.004}) == 4
+    assert inline_up_to({1: 0.006, 2: 0.009}) == 0
+    assert inline_up_to({}) == 0

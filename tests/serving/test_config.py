@@ -1,0 +1,52 @@
+"""Settings: defaults, then the YAML file, then CNNSERVE_* variables."""
+
+import pytest
+
+from cnnserve.serving.config import Batching, Settings, load_settings
+
+
+def test_defaults_need_no_file(tmp_path):
+    settings = load_settings(environ={}, config_file=tmp_path / "absent.yaml")
+    assert settings == Settings()
+
+
+def test_yaml_then_environment_override(tmp_path):
+    path = tmp_path / "cnnserve.yaml"
+    path.write_text(
+        "models_dir: /srv/models\nmax_batch_size: 32\nserve: [a, b]\n"
+        "models:\n  a: {max_batch_size: 128, max_queue_delay_ms: 3, max_queue_images: 512}\n"
+    )
+    settings = load_settings(environ={"CNNSERVE_MAX_BATCH_SIZE": "16", "CNNSERVE_BATCHING": "false"}, config_file=path)
+    assert str(settings.models_dir) == "/srv/models"
+    assert settings.serve == ("a", "b")
+    assert settings.max_batch_size == 16 and settings.batching is False
+    assert settings.batching_for("a") == Batching(128, 3.0, 512)
+    assert settings.batching_for("b") == Batching(16, 0.0, settings.max_queue_images)
+
+
+def test_unknown_keys_are_refused_by_name(tmp_path):
+    path = tmp_path / "cnnserve.yaml"
+    path.write_text("max_bach_size: 3\n")
+    with pytest.raises(ValueError, match="max_bach_size"):
+        load_settings(environ={}, config_file=path)
+
+
+def test_config_variable_naming_a_missing_file_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_settings(environ={"CNNSERVE_CONFIG": str(tmp_path / "nope.yaml")})
+
+
+def test_bad_precision_is_refused():
+    with pytest.raises(ValueError, match="precision"):
+        load_settings(environ={"CNNSERVE_PRECISION": "int4", "CNNSERVE_CONFIG": "/dev/null"})
+
+
+@pytest.mark.parametrize("cores", [1, 2, 4, 16])
+def test_default_workers_times_threads_fit_the_cores(cores):
+    settings = Settings()
+    assert settings.inference_workers(cores) * settings.session_threads(cores) <= cores
+
+
+def test_explicit_threads_shrink_the_worker_count():
+    settings = Settings(threads=2)
+    assert settings.inference_workers(8) == 4 and settings.session_threads(8) == 2

@@ -1,0 +1,67 @@
+"""Core tokens: a worker always gets its own share, borrows the others' only while
+no other worker holds them, and a dead worker's tokens come back."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+from cnnserve.serving.cores import CoreTokens, ModelRunner
+
+
+def hold_token_in_another_process(path, token: int) -> subprocess.Popen:
+    """Another worker: holds ``token`` of the file at ``path`` until its stdin closes."""
+    script = textwrap.dedent(f"""
+        import fcntl, os, sys
+        fd = os.open({str(path)!r}, os.O_RDWR | os.O_CREAT)
+        fcntl.lockf(fd, fcntl.LOCK_EX, 1, {token})
+        print("held", flush=True)
+        sys.stdin.read()
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "held"
+    return process
+
+
+def test_a_worker_alone_may_take_every_core(tmp_path):
+    tokens = CoreTokens(cores=2, share=1, worker_index=0, path=tmp_path / "cores.lock")
+    with tokens.claim_all_now() as every_core:
+        assert every_core
+
+
+def test_a_busy_worker_keeps_its_cores_and_a_dead_one_gives_them_back(tmp_path):
+    path = tmp_path / "cores.lock"
+    tokens = CoreTokens(cores=2, share=1, worker_index=0, path=path)
+    other = hold_token_in_another_process(path, token=1)
+    with tokens.claim_all_now() as every_core:
+        assert not every_core
+    with tokens.claim():  # its own token 0 is still free
+        pass
+    other.kill()
+    other.wait()
+    with tokens.claim_all_now() as every_core:
+        assert every_core
+
+
+class Session:
+    def __init__(self, name: str, calls: list):
+        self.name, self.calls = name, calls
+
+    def run(self, images):
+        self.calls.append((self.name, len(images)))
+        return images, None
+
+
+def test_only_a_small_batch_with_every_core_free_runs_now_on_every_core(tmp_path):
+    calls = []
+    path = tmp_path / "cores.lock"
+    tokens = CoreTokens(cores=2, share=1, worker_index=0, path=path)
+    runner = ModelRunner(Session("own", calls), inline_up_to=0, tokens=tokens, solo=Session("solo", calls))
+    assert runner.run_if_cores_free(np.zeros((4, 1))) is not None
+    assert runner.run_if_cores_free(np.zeros((5, 1))) is None  # a large batch means load: its own cores
+    other = hold_token_in_another_process(path, token=1)
+    assert runner.run_if_cores_free(np.zeros((1, 1))) is None
+    runner(np.zeros((1, 1)))
+    other.kill()
+    assert calls == [("solo", 4), ("own", 1)]

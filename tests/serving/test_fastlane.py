@@ -1,0 +1,107 @@
+"""The fast lane: prediction routes skip BentoML's per-request middlewares (its
+HTTP metrics do not count them) yet keep our limits; every other route, and
+every route with ``fast_lane`` off, goes through BentoML's stack."""
+
+import math
+
+import httpx
+import pytest
+
+from cnnserve.serving.fastlane import route
+from cnnserve.serving.noop import noop, noop_infer
+from cnnserve.serving.rest import predict, predict_batch
+from cnnserve.serving.v2.rest import infer, server_live
+from loadtests.digit_images import digit_files
+from loadtests.local_server import running_server
+
+
+@pytest.mark.parametrize(("method", "path", "handler", "params"), [
+    ("POST", "/predict", predict, {}),
+    ("POST", "/predict_batch", predict_batch, {}),
+    ("GET", "/v2/health/live", server_live, {}),
+    ("POST", "/v2/models/lenet5-digits/infer", infer, {"name": "lenet5-digits"}),
+    ("POST", "/v2/models/lenet5-digits/versions/2/infer", infer, {"name": "lenet5-digits", "version": "2"}),
+])
+def test_hot_routes_take_the_fast_lane(method, path, handler, params):
+    assert route(method, path) == (handler, params)
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/predict"), ("GET", "/models"), ("GET", "/metrics"), ("POST", "/v2/models/x/ready"),
+    ("GET", "/v2/models/lenet5-digits/infer"), ("POST", "/noop"), ("POST", "/noop/v2/models/lenet5-digits/infer"),
+])
+def test_everything_else_goes_through_bentoml(method, path):
+    assert route(method, path) == (None, None)
+
+
+@pytest.mark.parametrize(("path", "handler", "params"), [
+    ("/noop", noop, {}),
+    ("/noop/v2/models/lenet5-digits/infer", noop_infer, {"name": "lenet5-digits"}),
+    ("/noop/v2/models/lenet5-digits/versions/2/infer", noop_infer, {"name": "lenet5-digits", "version": "2"}),
+])
+def test_the_noop_routes_exist_only_with_noop_route(path, handler, params):
+    assert route("POST", path, noop_route=True) == (handler, params)
+    assert route("POST", path) == (None, None)
+
+
+@pytest.fixture(scope="module")
+def digit_png() -> bytes:
+    return digit_files(channels=1, size=32, count=1)[0].data
+
+
+def bentoml_counted(metrics: str, endpoint: str) -> bool:
+    return any(line.startswith("bentoml_service_request_total") and f'endpoint="{endpoint}"' in line
+               for line in metrics.splitlines())
+
+
+def predict_once(url: str, digit_png: bytes) -> httpx.Response:
+    return httpx.post(f"{url}/predict?model=lenet5-digits", files={"image": ("d.png", digit_png)}, timeout=30)
+
+
+def test_fast_lane_predictions_skip_bentoml_middlewares_but_not_our_limits(server, digit_png):
+    assert predict_once(server.url, digit_png).status_code == 200
+    assert httpx.get(f"{server.url}/models", timeout=30).status_code == 200
+    metrics = server.metrics()
+    assert bentoml_counted(metrics, "/models") and not bentoml_counted(metrics, "/predict")
+    assert 'cnnserve_requests_total{model="lenet5-digits"' in metrics
+    too_big = httpx.post(f"{server.url}/predict", content=b"x" * (3 * 1024 * 1024), timeout=30)
+    assert too_big.status_code == 413 and "limit" in too_big.json()["error"]
+    assert httpx.post(f"{server.url}/noop", content=b"{}", timeout=30).status_code in (404, 405)
+
+
+def test_with_the_fast_lane_off_bentoml_sees_every_request_and_noop_route_answers(tmp_path, digit_png):
+    with running_server(tmp_path, serve="lenet5-digits", fast_lane="false", noop_route="true") as off:
+        assert predict_once(off.url, digit_png).status_code == 200
+        v2 = httpx.post(f"{off.url}/v2/models/lenet5-digits/infer", json=v2_request([1, 1, 32, 32]), timeout=30)
+        assert v2.status_code == 200 and v2.json()["outputs"][0]["shape"] == [1, 10]
+        metrics = off.metrics()
+        assert bentoml_counted(metrics, "/predict") and bentoml_counted(metrics, "/v2/models/lenet5-digits/infer")
+    with running_server(tmp_path, serve="lenet5-digits", noop_route="true") as on:
+        answer = httpx.post(f"{on.url}/noop", content=b"x" * 4096, timeout=30)
+        assert answer.status_code == 200 and answer.json() == {}
+
+
+def v2_request(shape: list[int]) -> dict:
+    return {"inputs": [{"name": "images", "datatype": "FP32", "shape": shape, "data": [0.5] * math.prod(shape)}]}
+
+
+def test_the_v2_noop_route_answers_as_the_model_would_with_zeros_and_without_inference(tmp_path):
+    with running_server(tmp_path, serve="lenet5-digits", noop_route="true") as server:
+        noop_url = f"{server.url}/noop/v2/models/lenet5-digits/infer"
+        answer = httpx.post(noop_url, json=v2_request([2, 1, 32, 32]), timeout=30)
+        assert answer.status_code == 200, answer.text
+        outputs = {o["name"]: o for o in answer.json()["outputs"]}
+        assert outputs["probabilities"]["shape"] == [2, 10] and set(outputs["probabilities"]["data"]) == {0.0}
+        assert outputs["boxes"]["shape"] == [2, 4]
+        real = httpx.post(f"{server.url}/v2/models/lenet5-digits/infer", json=v2_request([2, 1, 32, 32]), timeout=30)
+        assert [o["shape"] for o in real.json()["outputs"]] == [o["shape"] for o in answer.json()["outputs"]]
+        wrong_shape = httpx.post(noop_url, json=v2_request([1, 1, 28, 28]), timeout=30)
+        assert wrong_shape.status_code == 400 and "shape" in wrong_shape.json()["error"]
+        metrics = server.metrics()
+        assert 'protocol="noop-v2-rest"' in metrics
+        assert batched_images(metrics) == 2  # only the real request reached the batcher
+
+
+def batched_images(metrics: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("cnnserve_batch_size_images_sum{") and 'model="lenet5-digits"' in line)

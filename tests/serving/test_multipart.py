@@ -1,0 +1,63 @@
+"""The prediction routes' multipart parser: files as bytes, text options, and a 4xx for anything else."""
+
+import pytest
+
+from cnnserve.serving.errors import InvalidInput, TooLarge
+from cnnserve.serving.multipart import parse_form
+
+FIELDS = {"images", "model", "top_k"}
+CONTENT_TYPE = "multipart/form-data; boundary=xyz"
+
+
+def part(name: str, data: bytes, filename: str | None = None) -> bytes:
+    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+    return f"--xyz\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+
+
+def body(*parts: bytes) -> bytes:
+    return b"".join(parts) + b"--xyz--\r\n"
+
+
+def test_files_keep_their_bytes_and_order_and_texts_their_values():
+    png_like = bytes(range(256)) + b"\r\n--xy" + bytes(100)  # a near-boundary inside the data
+    form = parse_form(
+        body(part("images", png_like, "0.png"), part("model", b"lenet5-digits"), part("images", b"second", "1.png")),
+        CONTENT_TYPE, FIELDS, max_files=4,
+    )
+    assert form.files == {"images": [png_like, b"second"]}
+    assert form.texts == {"model": "lenet5-digits"}
+
+
+def test_a_part_is_a_file_when_it_has_a_file_name_even_an_empty_one():
+    as_text = parse_form(body(part("images", b"data")), CONTENT_TYPE, FIELDS, max_files=1)
+    assert as_text.files == {} and as_text.texts == {"images": "data"}
+    unnamed_file = b'--xyz\r\nContent-Disposition: form-data; name="images"; filename=""\r\n\r\ndata\r\n'
+    assert parse_form(body(unnamed_file), CONTENT_TYPE, FIELDS, max_files=1).files == {"images": [b"data"]}
+
+
+def test_an_unknown_field_is_named():
+    with pytest.raises(InvalidInput, match=r"unknown field\(s\) \['picture'\]; this endpoint takes images, model"):
+        parse_form(body(part("picture", b"x", "a.png")), CONTENT_TYPE, FIELDS, max_files=1)
+
+
+def test_more_files_than_allowed_is_too_large():
+    three = body(*(part("images", b"x", f"{i}.png") for i in range(3)))
+    with pytest.raises(TooLarge, match="the limit is 2"):
+        parse_form(three, CONTENT_TYPE, FIELDS, max_files=2)
+
+
+@pytest.mark.parametrize(
+    ("payload", "content_type", "phrase"),
+    [
+        (body(part("images", b"x", "a.png")), "multipart/form-data", "names no boundary"),
+        (b"not multipart at all", CONTENT_TYPE, "malformed multipart body"),
+        (b"--xyz\r\nContent-Disposition form-data\r\n\r\nx\r\n--xyz--\r\n", CONTENT_TYPE, "malformed multipart body"),
+        (b"--xyz\r\nContent-Type: image/png\r\n\r\nx\r\n--xyz--\r\n", CONTENT_TYPE, 'has no "name"'),
+        (b"--xyz\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(50)) + b"\r\nx\r\n--xyz--\r\n", CONTENT_TYPE,
+         "header count"),
+    ],
+    ids=["no-boundary", "garbage", "bad-header-line", "no-name", "too-many-headers"],
+)
+def test_a_malformed_body_is_invalid_input_naming_the_problem(payload, content_type, phrase):
+    with pytest.raises(InvalidInput, match=phrase):
+        parse_form(payload, content_type, FIELDS, max_files=1)

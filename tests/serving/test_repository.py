@@ -1,0 +1,72 @@
+"""The model repository: discovery, highest-version default, and models that
+fail their card are reported with a reason while the others still serve."""
+
+import json
+
+import pytest
+
+from cnnserve.serving.errors import ModelNotFound, ModelUnavailable
+from cnnserve.serving.repository import discover
+from tests.committed import VERSION
+
+
+def test_committed_models_are_discovered():
+    from tests.conftest import MODELS_DIR
+
+    repository = discover(MODELS_DIR)
+    assert {"lenet5-digits", "resnet18-digits", "vgg11-digits"} <= set(repository.models)
+    assert not repository.failures
+    model = repository.resolve("lenet5-digits")
+    assert model.input_shape == (1, 32, 32) and model.has_boxes and len(model.labels) == 10
+
+
+def test_highest_version_is_the_default_and_others_resolve_by_number(repo_copy):
+    repo_copy("lenet5-digits")
+    repo_copy("lenet5-digits", as_version=3)
+    repository = discover(repo_copy.root)
+    assert repository.resolve("lenet5-digits").version == 3
+    assert repository.resolve("lenet5-digits", VERSION).version == VERSION
+    with pytest.raises(ModelNotFound, match=f"versions: {VERSION}, 3"):
+        repository.resolve("lenet5-digits", 1)
+
+
+def test_unknown_model_names_the_served_ones(repo_copy):
+    repo_copy("lenet5-digits")
+    with pytest.raises(ModelNotFound, match="lenet5-digits"):
+        discover(repo_copy.root).resolve("resnet-9000")
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda folder: (folder / "card.json").unlink(), "card.json is missing"),
+        (lambda folder: (folder / "card.json").write_text("{not json"), "not valid JSON"),
+        (lambda folder: patch_card(folder, input={"shape": [-1, 5, 8, 8]}), "input shape"),
+        (lambda folder: patch_card(folder, outputs=[{"name": "logits"}]), "outputs"),
+    ],
+    ids=["no-card", "bad-json", "bad-shape", "bad-outputs"],
+)
+def test_a_broken_card_is_reported_and_the_others_still_serve(repo_copy, damage, reason):
+    repo_copy("lenet5-digits")
+    damage(repo_copy("lenet5-digits", as_name="broken"))
+    repository = discover(repo_copy.root)
+    assert reason in repository.failures[f"broken/{VERSION}"]
+    assert repository.resolve("lenet5-digits").name == "lenet5-digits"
+    with pytest.raises(ModelUnavailable, match=reason):
+        repository.resolve("broken")
+
+
+def test_classification_only_card_without_labels_counts_classes(repo_copy):
+    folder = repo_copy("lenet5-digits")
+    card = json.loads((folder / "card.json").read_text())
+    del card["labels"]
+    card["outputs"] = [{"name": "probabilities", "shape": [-1, 10]}]
+    (folder / "card.json").write_text(json.dumps(card))
+    model = discover(repo_copy.root).resolve("lenet5-digits")
+    assert model.labels == [str(i) for i in range(10)] and not model.has_boxes
+
+
+def patch_card(folder, **fields):
+    card = json.loads((folder / "card.json").read_text())
+    card.update(fields)
+    (folder / "card.json").write_text(json.dumps(card))

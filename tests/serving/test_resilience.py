@@ -1,0 +1,177 @@
+"""Under stress the service stays honest: a flood far past capacity is answered
+(served within its deadline, or refused quickly with 503 and Retry-After),
+nothing is lost and service is normal right after; SIGTERM finishes what the
+service accepted; a worker that dies is replaced."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+
+from loadtests.digit_images import digit_files
+from loadtests.local_server import running_server
+from tests.serving.test_server import counter
+
+MODEL = "resnet18-digits"
+TIMEOUT_MS = 1500
+FLOOD = 400
+
+
+async def flood(url: str, files: list[bytes], requests: int) -> list[tuple[int, float, dict]]:
+    """``requests`` concurrent POST /predict, all at once; (status, seconds, headers) each."""
+    limits = httpx.Limits(max_connections=requests, max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+
+        async def one(i: int):
+            began = time.perf_counter()
+            response = await client.post("/predict", files={"image": ("d.png", files[i % len(files)])},
+                                         data={"model": MODEL})
+            return response.status_code, time.perf_counter() - began, dict(response.headers)
+
+        return await asyncio.gather(*(one(i) for i in range(requests)))
+
+
+def test_a_flood_is_served_or_refused_quickly_and_nothing_is_lost(tmp_path, capsys):
+    files = [f.data for f in digit_files(3, 64, count=32, seed=4)]
+    with running_server(tmp_path, max_queue_images=48, request_timeout_ms=TIMEOUT_MS) as server:
+        before = server.metrics()
+        began = time.perf_counter()
+        results = asyncio.run(flood(server.url, files, FLOOD))
+        elapsed = time.perf_counter() - began
+        after = server.metrics()
+        statuses = [status for status, _, _ in results]
+        assert set(statuses) <= {200, 503, 504}, f"unexpected answers: {sorted(set(statuses))}"
+        accepted = np.array([s for status, s, _ in results if status == 200])
+        refused = [(status, s, h) for status, s, h in results if status != 200]
+        assert len(accepted) > 0 and len(refused) > 0, "the flood must exceed capacity for this test to mean much"
+        assert all(h.get("retry-after") == "1" for _, _, h in refused)
+        assert accepted.max() < TIMEOUT_MS / 1000 + 2.0, "accepted requests finish within their deadline"
+        rejected_metric = counter(after, "cnnserve_requests_total", model=MODEL, outcome="rejected") - counter(
+            before, "cnnserve_requests_total", model=MODEL, outcome="rejected")
+        assert rejected_metric == len(refused), "every refusal is counted"
+        def server_mean_seconds(outcome: str) -> float:
+            labels = {"model": MODEL, "outcome": outcome}
+            total = counter(after, "cnnserve_request_duration_seconds_sum", **labels) - counter(
+                before, "cnnserve_request_duration_seconds_sum", **labels)
+            count = counter(after, "cnnserve_request_duration_seconds_count", **labels) - counter(
+                before, "cnnserve_request_duration_seconds_count", **labels)
+            return total / count
+
+        refusal_ms, answer_ms = server_mean_seconds("rejected") * 1000, server_mean_seconds("success") * 1000
+        with capsys.disabled():
+            print(f"\nflood: {FLOOD} requests at once in {elapsed:.1f} s: {len(accepted)} served "
+                  f"(client p99 {np.percentile(accepted, 99) * 1000:.0f} ms, server mean {answer_ms:.0f} ms), "
+                  f"{statuses.count(503)} refused with 503 and {statuses.count(504)} past their deadline with 504 "
+                  f"(server mean {refusal_ms:.1f} ms)")
+        assert refusal_ms < answer_ms / 3, "refusals are decided at once, not after a wait for the model"
+
+        began = time.perf_counter()
+        calm = server.client.post("/predict", files={"image": ("d.png", files[0])}, data={"model": MODEL})
+        assert calm.status_code == 200 and time.perf_counter() - began < 1.0, "normal service right after"
+
+
+def worker_pids(server) -> set[int]:
+    """Live worker processes (a killed one lingers as a zombie until reaped)."""
+    pids = set()
+    for child in psutil.Process(server.process.pid).children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "_bentoml_impl.worker" in " ".join(child.cmdline()):
+                pids.add(child.pid)
+        except psutil.Error:
+            continue
+    return pids
+
+
+def test_a_killed_worker_is_replaced_and_service_recovers(tmp_path, capsys):
+    files = [f.data for f in digit_files(1, 32, count=4, seed=8)]
+    with running_server(tmp_path, workers=2) as server:
+        original = worker_pids(server)
+        assert len(original) == 2
+        victim = sorted(original)[0]
+        killed_at = time.perf_counter()
+        os.kill(victim, signal.SIGKILL)
+        deadline = killed_at + 60
+        while time.perf_counter() < deadline:
+            pids = worker_pids(server)
+            if len(pids) == 2 and victim not in pids:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the killed worker was not replaced within 60 s")
+        while time.perf_counter() < deadline:
+            answers = [server.client.post("/predict", files={"image": ("d.png", f)}, data={"model": "lenet5-digits"})
+                       for f in files * 5]
+            if all(a.status_code == 200 for a in answers) and server.client.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.1)
+        recovered = time.perf_counter() - killed_at
+        with capsys.disabled():
+            print(f"\nworker killed: replaced and serving again after {recovered:.1f} s")
+        assert recovered < 60
+
+
+def raw_predict(port: int, body: bytes, boundary: str, connected: list) -> str:
+    """One request over a fresh socket; notes when its connection was established."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        connected.append(time.perf_counter())
+        head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n")
+        conn.sendall(head.encode() + body)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    return answer.split(b" ", 2)[1].decode() if answer else "empty"
+
+
+def test_sigterm_serves_every_connection_made_before_it_then_refuses(tmp_path):
+    """Every connection established before SIGTERM (with 50 ms for a worker to
+    accept it) is answered; from 50 ms after it, connections are refused rather
+    than left in a backlog no worker reads; the server exits 0."""
+    boundary = "cnnserve-test"
+    image = digit_files(1, 32, count=1, seed=6)[0].data
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nlenet5-digits\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"d.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + image + f"\r\n--{boundary}--\r\n".encode()
+    outcomes: list[tuple[float, str]] = []
+    stop = threading.Event()
+
+    def client_loop(port: int):
+        while not stop.is_set():
+            connected: list[float] = []
+            try:
+                status = raw_predict(port, body, boundary, connected)
+            except ConnectionRefusedError:
+                time.sleep(0.05)
+                continue
+            except OSError as exc:
+                status = type(exc).__name__
+            if connected:
+                outcomes.append((connected[0], status))
+
+    with running_server(tmp_path) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        threads = [threading.Thread(target=client_loop, args=(port,)) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.5)
+        signalled = time.perf_counter()
+        os.kill(server.process.pid, signal.SIGTERM)
+        exit_code = server.process.wait(timeout=60)
+        stop.set()
+        for thread in threads:
+            thread.join()
+    before = [status for connected, status in outcomes if connected < signalled - 0.05]
+    assert len(before) > 20, "the server was under load when it got SIGTERM"
+    assert set(before) == {"200"}, f"connections made before SIGTERM failed: {sorted(set(before))}"
+    after = [status for connected, status in outcomes if connected > signalled + 0.05]
+    assert not after, f"connections were still accepted after SIGTERM: {after}"
+    assert exit_code == 0

@@ -1,0 +1,135 @@
+"""ONNX Runtime sessions: provider choice (GPU paths tested by their selection
+logic, as this machine has no GPU), integrity checks, and running."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from cnnserve.serving.repository import discover
+from cnnserve.serving.runtime import (
+    CPU,
+    CUDA,
+    TENSORRT,
+    ModelInvalid,
+    choose_providers,
+    choose_variant,
+    load_model,
+    session_options,
+)
+from tests.committed import VERSION
+
+GPU_BUILD = [TENSORRT, CUDA, CPU]  # what onnxruntime-gpu lists, GPU or not
+
+
+def test_cpu_build_chooses_cpu():
+    assert choose_providers(("auto",), [CPU], gpu_devices=0, tensorrt_usable=False) == [CPU]
+
+
+def test_gpu_build_without_a_gpu_falls_back_to_cpu_quietly():
+    assert choose_providers(("auto",), GPU_BUILD, gpu_devices=0, tensorrt_usable=True) == [CPU]
+
+
+def test_gpu_present_prefers_tensorrt_then_cuda_then_cpu():
+    assert choose_providers(("auto",), GPU_BUILD, gpu_devices=1, tensorrt_usable=True) == [TENSORRT, CUDA, CPU]
+
+
+def test_tensorrt_is_skipped_when_its_library_does_not_load():
+    assert choose_providers(("auto",), GPU_BUILD, gpu_devices=2, tensorrt_usable=False) == [CUDA, CPU]
+
+
+def test_explicit_provider_list_is_honoured_and_ends_in_cpu():
+    assert choose_providers((CUDA,), GPU_BUILD, gpu_devices=1, tensorrt_usable=True) == [CUDA, CPU]
+
+
+def test_explicit_provider_this_build_lacks_is_an_error_naming_it():
+    with pytest.raises(ValueError, match="CUDAExecutionProvider"):
+        choose_providers((CUDA,), [CPU], gpu_devices=0, tensorrt_usable=False)
+
+
+@pytest.mark.parametrize(
+    ("precision", "providers", "expected"),
+    [("auto", [CPU], "fp32"), ("auto", [CUDA, CPU], "fp16"), ("auto", [TENSORRT, CUDA, CPU], "fp16"),
+     ("int8", [CPU], "int8"), ("fp32", [CUDA, CPU], "fp32")],
+)
+def test_precision_variant_follows_the_provider(precision, providers, expected):
+    assert choose_variant(precision, providers, ["fp32", "fp16", "int8"]) == expected
+
+
+def test_gpu_without_an_fp16_file_uses_fp32():
+    assert choose_variant("auto", [CUDA, CPU], ["fp32"]) == "fp32"
+
+
+def test_session_threads_are_set_deliberately():
+    options = session_options(threads=1)
+    assert options.intra_op_num_threads == 1 and options.inter_op_num_threads == 1
+
+
+@pytest.fixture(scope="module")
+def lenet_with_variants(tmp_path_factory):
+    """A copy of the committed LeNet-5 with its INT8 and FP16 files derived (they are never committed)."""
+    from cnnserve.training.pipeline import derive_variants
+    from tests.conftest import MODELS_DIR
+
+    root = tmp_path_factory.mktemp("models")
+    shutil.copytree(MODELS_DIR / "lenet5-digits", root / "lenet5-digits",
+                    ignore=shutil.ignore_patterns("model.int8.onnx", "model.fp16.onnx"))
+    derive_variants(root / "lenet5-digits" / str(VERSION), log=lambda line: None)
+    return discover(root).resolve("lenet5-digits")
+
+
+def test_a_derived_precision_that_is_absent_is_refused_with_the_command_to_make_it(repo_copy):
+    folder = repo_copy("lenet5-digits")
+    for name in ("model.int8.onnx", "model.fp16.onnx"):
+        (folder / name).unlink(missing_ok=True)
+    model = discover(repo_copy.root).resolve("lenet5-digits")
+    assert model.variants() == ["fp32"]
+    with pytest.raises(ValueError, match="python -m cnnserve.training derive"):
+        choose_variant("int8", [CPU], model.variants())
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8", "fp16"])
+def test_every_variant_loads_and_runs(variant, lenet_with_variants, tmp_path):
+    model = lenet_with_variants
+    loaded = load_model(model, [CPU], variant, threads=1, cache_dir=tmp_path)
+    assert loaded.variant == variant
+    probabilities, boxes = loaded.run(np.random.rand(3, 1, 32, 32).astype(np.float32))
+    assert probabilities.shape == (3, 10) and boxes.shape == (3, 4)
+    np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-3)
+    warm_up = loaded.warm_up(8)
+    assert sorted(warm_up) == [1, 2, 4, 8] and all(seconds > 0 for seconds in warm_up.values())
+
+
+def edit_card(folder, change) -> None:
+    card = json.loads((folder / "card.json").read_text())
+    change(card)
+    (folder / "card.json").write_text(json.dumps(card))
+
+
+def overwrite_bytes(path, offset: int, data: bytes) -> None:
+    with path.open("r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def corrupt_without_hash(folder) -> None:
+    edit_card(folder, lambda card: card.pop("files"))
+    (folder / "model.onnx").write_bytes(b"\x08\x07garbage" * 100)
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda folder: overwrite_bytes(folder / "model.onnx", 2000, b"\x00\x01\x02\x03"), "sha256"),
+        (lambda folder: (folder / "model.onnx").unlink(), "missing"),
+        (lambda folder: edit_card(folder, lambda card: card["input"].update(shape=[-1, 1, 28, 28])), "input shape"),
+        (corrupt_without_hash, "ONNX Runtime cannot load"),
+    ],
+    ids=["file-does-not-match-card", "file-missing", "graph-contradicts-card", "corrupt-file-without-hash"],
+)
+def test_a_model_that_breaks_the_contract_is_refused_with_the_reason(repo_copy, tmp_path, damage, reason):
+    damage(repo_copy("lenet5-digits"))
+    model = discover(repo_copy.root).resolve("lenet5-digits")
+    with pytest.raises(ModelInvalid, match=reason):
+        load_model(model, [CPU], "fp32", threads=1, cache_dir=tmp_path)

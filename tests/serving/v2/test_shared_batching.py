@@ -1,0 +1,73 @@
+"""REST and gRPC requests for one model ride in the same batches, and batching
+changes no answer: each matches the same image sent alone."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+
+from cnnserve.contract.images import decode_image
+from cnnserve.serving.v2 import inference_pb2 as pb
+from cnnserve.serving.v2 import inference_pb2_grpc as pb_grpc
+from loadtests.digit_images import digit_files
+from loadtests.local_server import running_server
+
+MODEL = "resnet18-digits"
+PER_PROTOCOL = 24
+
+
+@pytest.fixture(scope="module")
+def one_worker(tmp_path_factory):
+    """One inference worker, so every request meets in one batcher."""
+    with running_server(tmp_path_factory.mktemp("server"), workers=1) as server:
+        yield server
+
+
+def grpc_infer(stub, images: np.ndarray) -> tuple[np.ndarray, int]:
+    response = stub.ModelInfer(pb.ModelInferRequest(
+        model_name=MODEL,
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="images", datatype="FP32", shape=list(images.shape))],
+        outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="probabilities")],
+        raw_input_contents=[images.tobytes()],
+    ))
+    probabilities = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(len(images), -1)
+    return probabilities, response.parameters["batch_images"].int64_param
+
+
+def rest_predict(server, data: bytes) -> dict:
+    response = server.client.post("/predict", files={"image": ("d.png", data)}, data={"model": MODEL, "top_k": "10"})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_a_mixed_burst_shares_batches_and_every_answer_matches_the_image_alone(one_worker):
+    files = digit_files(3, 64, count=PER_PROTOCOL, seed=21)
+    tensors = [decode_image(f.data, 3, 64, 64, 10**7)[0][None] for f in files]
+    with grpc.insecure_channel(one_worker.grpc_address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        alone_rest = [rest_predict(one_worker, f.data) for f in files]
+        alone_grpc = [grpc_infer(stub, t)[0] for t in tensors]
+
+        # Occupy the worker with a full batch so the burst queues up behind it.
+        blocker = threading.Thread(target=grpc_infer, args=(stub, np.concatenate(tensors * 3)[:64]))
+        blocker.start()
+        time.sleep(0.02)
+        with ThreadPoolExecutor(max_workers=2 * PER_PROTOCOL) as pool:
+            rest = [pool.submit(rest_predict, one_worker, f.data) for f in files]
+            grpc_calls = [pool.submit(grpc_infer, stub, t) for t in tensors]
+            rest_answers = [r.result() for r in rest]
+            grpc_answers = [g.result() for g in grpc_calls]
+        blocker.join()
+
+    largest = max([a["timings"]["batch_images"] for a in rest_answers] + [b for _, b in grpc_answers])
+    assert largest > PER_PROTOCOL, f"largest batch {largest}: no batch held both REST and gRPC requests"
+
+    for burst, alone in zip(rest_answers, alone_rest):
+        assert burst["label"] == alone["label"]
+        assert [t["probability"] for t in burst["top_k"]] == pytest.approx(
+            [t["probability"] for t in alone["top_k"]], abs=1e-4)
+    for (burst, _), alone in zip(grpc_answers, alone_grpc):
+        np.testing.assert_allclose(burst, alone, atol=1e-5)

@@ -1,0 +1,62 @@
+"""V2 tensors from every wire form, and a clear error for data that lies."""
+
+import base64
+import struct
+
+import numpy as np
+import pytest
+
+from cnnserve.serving.errors import InvalidInput, TooLarge
+from cnnserve.serving.v2.tensors import from_raw, from_values, join_bytes_elements, raw_bytes
+
+LIMIT = 1_000_000
+
+
+def test_raw_fp32_round_trips():
+    array = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    tensor = from_raw("images", "FP32", [2, 3, 4], array.tobytes(), LIMIT)
+    np.testing.assert_array_equal(tensor.array, array)
+    assert raw_bytes(tensor) == array.tobytes()
+
+
+def test_json_data_may_be_flat_or_nested():
+    flat = from_values("x", "FP32", [2, 2], [1, 2, 3, 4], LIMIT)
+    nested = from_values("x", "FP32", [2, 2], [[1, 2], [3, 4]], LIMIT)
+    np.testing.assert_array_equal(flat.array, nested.array)
+
+
+def test_bytes_elements_round_trip_through_their_length_prefixes():
+    elements = np.array([b"first", b"", b"\x00\x01"], dtype=object)
+    tensor = from_raw("image_bytes", "BYTES", [3], join_bytes_elements(elements), LIMIT)
+    assert list(tensor.array) == list(elements)
+
+
+def test_json_bytes_are_base64():
+    tensor = from_values("image_bytes", "BYTES", [1], [base64.b64encode(b"png!").decode()], LIMIT)
+    assert tensor.array[0] == b"png!"
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: from_raw("x", "FP32", [2, 2], bytes(12), LIMIT), "needs 16"),
+        (lambda: from_values("x", "FP32", [2, 2], [1, 2, 3], LIMIT), "needs 4"),
+        (lambda: from_values("x", "FP32", [2], ["a", "b"], LIMIT), "not a list of FP32"),
+        (lambda: from_raw("x", "FP99", [1], bytes(4), LIMIT), "unknown datatype"),
+        (lambda: from_raw("x", "FP32", [-1, 4], bytes(16), LIMIT), "non-negative"),
+        (lambda: from_raw("x", "BYTES", [1], struct.pack("<I", 99) + b"short", LIMIT), "claims 99 bytes"),
+        (lambda: from_raw("x", "BYTES", [1], b"\x01\x00", LIMIT), "length prefix"),
+        (lambda: from_raw("x", "BYTES", [1], struct.pack("<I", 1) + b"ab", LIMIT), "left over"),
+        (lambda: from_values("x", "BYTES", [1], ["***not base64***"], LIMIT), "base64"),
+    ],
+    ids=["raw-short", "json-short", "json-not-numbers", "datatype", "negative-dim", "bytes-lie", "bytes-cut",
+         "bytes-extra", "bytes-not-base64"],
+)
+def test_malformed_tensors_are_refused_with_the_reason(call, message):
+    with pytest.raises(InvalidInput, match=message):
+        call()
+
+
+def test_element_count_is_limited_before_any_data_is_read():
+    with pytest.raises(TooLarge, match="limit is 100"):
+        from_raw("x", "FP32", [10, 11], b"", 100)

@@ -1,0 +1,45 @@
+"""The installed package: `pip install .` puts one name, `cnnserve`, at the top level of site-packages,
+and the serving side imports nothing of the training side (the container carries no torch)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+from loadtests.local_server import REPO_ROOT
+
+
+def test_the_wheel_installs_only_cnnserve_at_top_level(tmp_path: Path) -> None:
+    source = tmp_path / "source"  # built from a copy: setuptools writes build/ and egg-info beside the sources
+    shutil.copytree(REPO_ROOT / "cnnserve", source / "cnnserve", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / name, source / name)
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--wheel-dir", str(wheels), str(source)], check=True, cwd=tmp_path)
+    (wheel,) = wheels.glob("cnnserve-*.whl")
+    fresh = tmp_path / "venv"
+    venv.create(fresh, with_pip=True)
+    python = fresh / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", str(wheel)], check=True)
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    before = {"pip", "_distutils_hack", "distutils-precedence.pth", "setuptools", "pkg_resources"}
+    installed = {p.name for p in site.iterdir()} - before
+    installed = {name for name in installed if not name.endswith((".dist-info", ".pth")) and name != "__pycache__"}
+    assert installed == {"cnnserve"}
+    # The committed gRPC stubs travel with the package.
+    assert (site / "cnnserve" / "serving" / "v2" / "inference_pb2.py").is_file()
+
+
+def test_serving_runs_without_the_training_side() -> None:
+    """Importing the service loads no module of cnnserve.training, nor torch."""
+    code = ("import sys, cnnserve.serving.app; "
+            "bad = sorted(m for m in sys.modules if m.startswith('cnnserve.training') or m == 'torch'); "
+            "print(','.join(bad))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=REPO_ROOT).stdout.strip()
+    assert loaded == ""
