@@ -1,7 +1,7 @@
 """Digit pictures with known answers, written as real image files at their own
 sizes, for the robustness suite, tests, load tests and benchmarks.
 
-This code shares nothing with the training renderer (``training/data/digits.py``)
+This code shares nothing with the training renderer (``cnnserve/training/data/digits.py``)
 but the bundled source digits and the split: its own stroke rendering (bicubic
 with a stroke-weight curve, not bilinear), its own paper (a low-frequency
 texture and grain, not a tilt and flat noise), its own placement (inside a

@@ -1,8 +1,8 @@
 """The BentoML service: every worker process is a complete cnnserve.
 
 Each worker loads and warms the ONNX Runtime sessions, runs one adaptive
-batcher per model version (``service/batcher.py``), serves the HTTP routes of
-``service/rest.py`` (mounted in the service) and a gRPC server on the same
+batcher per model version (``cnnserve/serving/batcher.py``), serves the HTTP routes of
+``cnnserve/serving/rest.py`` (mounted in the service) and a gRPC server on the same
 event loop, so requests from every protocol for one model share its batches.
 BentoML runs the workers (``workers × threads ≤ cores`` by default), restarts
 one that dies, merges their metrics at ``/metrics`` and answers ``/livez`` and
@@ -138,7 +138,7 @@ class ModelHost:
     def runner(self, loaded: LoadedModel, warm_up: dict[int, float], cache_dir: Path) -> ModelRunner:
         """How this model's batches run. With idle cores to borrow, a model too large to run on the
         event loop gets a second session with a thread per core, for batches of up to SOLO_MAX_BATCH
-        (core tokens: service/cores.py). Warm-up timings cannot choose the sizes: every worker
+        (core tokens: cnnserve/serving/cores.py). Warm-up timings cannot choose the sizes: every worker
         warms up at once, so a session with a thread per core looks slower then than it is."""
         inline = inline_up_to(warm_up)
         if self.tokens is None or inline >= SOLO_MAX_BATCH:
@@ -209,8 +209,8 @@ bentoml_to_asgi = type(CnnServe).to_asgi
 
 
 def to_asgi_with_fast_lane(service, is_main: bool = True):
-    """What each worker's uvicorn serves: BentoML's app, with the fast lane in front (service/fastlane.py),
-    on the worker's own listening socket (service/listening.py), each response in one write (service/writes.py).
+    """What each worker's uvicorn serves: BentoML's app, with the fast lane in front (cnnserve/serving/fastlane.py),
+    on the worker's own listening socket (cnnserve/serving/listening.py), each response in one write (cnnserve/serving/writes.py).
 
     BentoML builds the app by calling ``to_asgi`` on the service class, so the
     fast lane goes in there; services other than this one are left alone.

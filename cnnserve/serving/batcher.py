@@ -19,7 +19,7 @@ DEADLINE_EXCEEDED).
 A lone HTTP request on an idle model skips the queue: ``submit`` runs it
 itself when it can run on the event loop (``run_alone``), and saves the two
 passes of the loop the queue costs (the batcher's task wakes, then the
-caller). Requests read in the same pass as it are not alone (service/lone.py).
+caller). Requests read in the same pass as it are not alone (cnnserve/serving/lone.py).
 
 Batches run on one executor thread per worker, shared by every model, so ONNX
 Runtime's threads never oversubscribe the cores; ONNX Runtime releases the GIL,

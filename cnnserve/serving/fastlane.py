@@ -39,7 +39,7 @@ EXACT_WITH_NOOP = {**EXACT, ("POST", "/noop"): noop}
 def route(method: str, path: str, noop_route: bool = False):
     """The handler and path parameters of a fast-lane route, or (None, None).
 
-    With ``noop_route``, also the no-op routes (service/noop.py).
+    With ``noop_route``, also the no-op routes (cnnserve/serving/noop.py).
     """
     handler = (EXACT_WITH_NOOP if noop_route else EXACT).get((method, path))
     if handler is not None:

@@ -32,7 +32,7 @@ class PassTotals:
     answered at once), so the updates of a series are summed and written once:
     a counter or gauge by their total, a histogram by its sum and a count per
     bucket touched. Scrapes see them when the pass ends, before its responses
-    leave (service/writes.py flushes later in the same way).
+    leave (cnnserve/serving/writes.py flushes later in the same way).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
@@ -116,7 +116,7 @@ def pass_totals() -> PassTotals | Immediate:
 
 
 def flush_pass_totals() -> None:
-    """Write the running pass's metric updates now, ahead of a response that leaves early (service/writes.py)."""
+    """Write the running pass's metric updates now, ahead of a response that leaves early (cnnserve/serving/writes.py)."""
     if _current is not None:
         _current.flush()
 

@@ -91,7 +91,7 @@ class CoalescingTransport:
 class CoalescingHttpProtocol(AutoHTTPProtocol):
     """uvicorn's default HTTP protocol (httptools, else h11), over a ``CoalescingTransport``.
 
-    It also shows ``service/lone.py`` the worker's set of request tasks, and
+    It also shows ``cnnserve/serving/lone.py`` the worker's set of request tasks, and
     sends a lone request's response as soon as it is complete.
     """
 

@@ -1,6 +1,6 @@
 """CPU per request of the prediction routes without sockets: where the server's own time goes.
 
-The fast lane (``service/fastlane.py``) is driven by ASGI messages in this
+The fast lane (``cnnserve/serving/fastlane.py``) is driven by ASGI messages in this
 process, over the real inference core, batcher and ONNX Runtime session (one
 thread), with prometheus-client in multiprocess mode as in a worker. No HTTP
 server, kernel or client shares the figures, so they are steady enough to

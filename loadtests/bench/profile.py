@@ -50,7 +50,7 @@ LAYERS = (
     ("multipart parsing", "(starlette/formparsers.py"),
     ("numpy", "(numpy/"),
     ("response writing (uvicorn send, socket write)", "RequestResponseCycle.send ("),
-    ("cnnserve", "(service/"),
+    ("cnnserve", "(cnnserve/"),
     ("Starlette", "(starlette/"),
     ("uvicorn and httptools (HTTP parsing, ASGI)", "(uvicorn/"),
     ("asyncio event loop", "(asyncio/"),
@@ -84,7 +84,7 @@ def read_collapsed(paths: list[Path]) -> tuple[collections.Counter, collections.
             if layer is None:
                 continue
             layers[layer] += int(count)
-            for name in {f.rsplit(":", 1)[0] + ")" for f in frames if "(service/" in f}:
+            for name in {f.rsplit(":", 1)[0] + ")" for f in frames if "(cnnserve/" in f}:
                 functions[name] += int(count)
     return layers, functions, threads
 

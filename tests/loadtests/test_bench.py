@@ -125,8 +125,8 @@ def test_the_in_process_harness_prices_each_route_without_sockets():
 
 
 def test_a_profile_sample_belongs_to_its_innermost_known_layer():
-    outer = ["Runner.run (asyncio/runners.py:118)", "FastLane.handle (service/fastlane.py:92)",
-             "infer (service/v2/rest.py:147)"]
+    outer = ["Runner.run (asyncio/runners.py:118)", "FastLane.handle (cnnserve/serving/fastlane.py:92)",
+             "infer (cnnserve/serving/v2/rest.py:147)"]
     assert layer_of([*outer, "loads (json/__init__.py:346)", "JSONDecoder.decode (json/decoder.py:337)"]) == "JSON"
     assert layer_of([*outer, "Gauge.inc (prometheus_client/metrics.py:440)"]) == "metrics (prometheus-client)"
     assert layer_of(outer) == "cnnserve"

@@ -1,7 +1,7 @@
 """Checks run with NVIDIA's tritonclient, in its own virtual environment
 (``.venv-triton``: tritonclient pins a protobuf older than BentoML's).
 
-    .venv-triton/bin/python tests/service/v2/tritonclient_checks.py HTTP_URL GRPC_ADDRESS IMAGE.png
+    .venv-triton/bin/python tests/serving/v2/tritonclient_checks.py HTTP_URL GRPC_ADDRESS IMAGE.png
 
 Prints one line per check and exits non-zero if any failed; test_tritonclient.py
 runs it against the real service.
