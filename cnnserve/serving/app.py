@@ -224,7 +224,21 @@ def to_asgi_with_fast_lane(service, is_main: bool = True):
         coalesce_responses()
     if not settings.fast_lane:
         return app
-    return FastLane(app, rest_app, settings.max_body_bytes, key_check, settings.auth_open_paths, settings.noop_route)
+    return FastLane(app, rest_app, settings.max_body_bytes, key_check, settings.auth_open_paths, settings.noop_route,
+                    cors=bentoml_cors_options())
+
+
+def bentoml_cors_options() -> dict | None:
+    """BentoML's CORS settings (``services.cnnserve.http.cors`` or ``api_server.http.cors``) as Starlette's
+    ``CORSMiddleware`` takes them, or None when CORS is off: the fast lane applies them as BentoML does.
+
+    Read from BentoML's configuration container, the same values its own app reads (bentoml 1.4.39).
+    """
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    if not BentoMLContainer.http.cors.enabled.get():
+        return None
+    return BentoMLContainer.access_control_options.get()
 
 
 type(CnnServe).to_asgi = to_asgi_with_fast_lane

@@ -9,9 +9,12 @@ through it, 3,365 for a hand-written FastAPI server; docs/architecture.md).
 /predict``, ``POST /predict_batch``, ``POST /v2/models/.../infer`` and the V2
 liveness probe) straight to their handlers, behind our own body limit and API
 key check; every other path, and every route when ``fast_lane`` is off, goes
-through BentoML's stack unchanged. cnnserve's own metrics (``cnnserve_*``)
-count every request either way; BentoML's ``bentoml_service_*`` HTTP metrics,
-its access log and its OpenTelemetry spans do not see fast-lane requests.
+through BentoML's stack unchanged. CORS, when configured in BentoML, applies
+to fast-lane routes too (Starlette's ``CORSMiddleware`` with BentoML's own
+options; preflight requests are OPTIONS and go to BentoML). cnnserve's own
+metrics (``cnnserve_*``) count every request either way; BentoML's
+``bentoml_service_*`` HTTP metrics, its access log and its OpenTelemetry spans
+do not see fast-lane requests.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import logging
 import re
 
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
@@ -61,7 +65,8 @@ class FastLane:
     """
 
     def __init__(
-        self, app, rest_app, max_body_bytes: int, key_check: KeyCheck, open_paths: tuple[str, ...], noop_route: bool
+        self, app, rest_app, max_body_bytes: int, key_check: KeyCheck, open_paths: tuple[str, ...], noop_route: bool,
+        cors: dict | None = None,
     ):
         self.app = app  # BentoML's full stack
         self.noop_route = noop_route
@@ -69,16 +74,20 @@ class FastLane:
         self.max_body_bytes = max_body_bytes
         self.keys_needed = key_check.enabled
         self.guarded = BodyLimit(ApiKeyMiddleware(self.handle, key_check, open_paths), max_body_bytes)
+        self.enter = self.checked if cors is None else CORSMiddleware(self.checked, **cors)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
             handler, path_params = route(scope["method"], scope["path"], self.noop_route)
             if handler is not None:
                 scope["app"], scope["path_params"], scope["cnnserve.handler"] = self.rest_app, path_params, handler
-                if self.keys_needed or not self.declared_within_limit(scope):
-                    return await self.guarded(scope, receive, send)
-                return await self.handle(scope, receive, send)
+                return await self.enter(scope, receive, send)
         return await self.app(scope, receive, send)
+
+    async def checked(self, scope, receive, send):
+        if self.keys_needed or not self.declared_within_limit(scope):
+            return await self.guarded(scope, receive, send)
+        return await self.handle(scope, receive, send)
 
     def declared_within_limit(self, scope) -> bool:
         length = header(scope, b"content-length")

@@ -105,3 +105,43 @@ def test_the_v2_noop_route_answers_as_the_model_would_with_zeros_and_without_inf
 def batched_images(metrics: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                if line.startswith("cnnserve_batch_size_images_sum{") and 'model="lenet5-digits"' in line)
+
+
+ALLOWED_ORIGIN = "https://app.example"
+CORS_CONFIG = f"""\
+services:
+  cnnserve:
+    http:
+      cors:
+        enabled: true
+        access_control_allow_origins: ["{ALLOWED_ORIGIN}"]
+        access_control_allow_methods: ["GET", "POST", "OPTIONS"]
+        access_control_allow_headers: ["Content-Type", "Authorization"]
+"""
+
+
+def test_cors_configured_in_bentoml_applies_to_the_fast_lane_routes(tmp_path, monkeypatch):
+    config = tmp_path / "bentoml.yaml"
+    config.write_text(CORS_CONFIG)
+    monkeypatch.setenv("BENTOML_CONFIG", str(config))
+    (file,) = digit_files(channels=1, size=32, count=1)
+    with running_server(tmp_path, serve="lenet5-digits", workers="1") as server, \
+            httpx.Client(base_url=server.url, timeout=30) as client:
+        def calls(origin: str) -> dict[str, httpx.Response]:
+            return {
+                "preflight": client.options("/predict", headers={
+                    "Origin": origin, "Access-Control-Request-Method": "POST"}),
+                "predict": client.post("/predict", files={"image": ("d.png", file.data)},
+                                       data={"model": "lenet5-digits"}, headers={"Origin": origin}),
+                "v2 infer": client.post("/v2/models/lenet5-digits/infer", json=v2_request([1, 1, 32, 32]),
+                                        headers={"Origin": origin}),
+                "models": client.get("/models", headers={"Origin": origin}),
+            }
+
+        for name, answer in calls(ALLOWED_ORIGIN).items():
+            assert answer.status_code == 200, (name, answer.text)
+            assert answer.headers.get("access-control-allow-origin") == ALLOWED_ORIGIN, name
+        for name, answer in calls("https://elsewhere.example").items():
+            assert "access-control-allow-origin" not in answer.headers, name
+        assert client.post("/predict", files={"image": ("d.png", file.data)},
+                           data={"model": "lenet5-digits"}).status_code == 200  # no Origin: not a CORS request
