@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.committed import VERSION
+from tests.committed import VERSIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO_ROOT / "models"
@@ -17,7 +17,8 @@ def repo_copy(tmp_path):
     root = tmp_path / "models"
     root.mkdir()
 
-    def copy(name: str, version: int = VERSION, as_name: str | None = None, as_version: int | None = None) -> Path:
+    def copy(name: str, version: int | None = None, as_name: str | None = None, as_version: int | None = None) -> Path:
+        version = version or VERSIONS[name]
         target = root / (as_name or name) / str(as_version or version)
         shutil.copytree(MODELS_DIR / name / str(version), target)
         return target

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from loadtests.local_server import REPO_ROOT, running_server
-from tests.committed import VERSION
+from tests.committed import VERSIONS
 
 REQUEST_NAMES = {
     "PredictUser": "POST /predict",
@@ -77,8 +77,8 @@ def test_a_model_the_server_does_not_serve_stops_the_run(server, tmp_path):
 def mislabelled(tmp_path_factory):
     """lenet5-digits with its card's labels shifted by one, as a mis-edited card would do, behind an API key."""
     root = tmp_path_factory.mktemp("mislabelled")
-    source = REPO_ROOT / "models" / "lenet5-digits" / str(VERSION)
-    target = root / "models" / "lenet5-digits" / str(VERSION)
+    source = REPO_ROOT / "models" / "lenet5-digits" / str(VERSIONS["lenet5-digits"])
+    target = root / "models" / "lenet5-digits" / str(VERSIONS["lenet5-digits"])
     target.mkdir(parents=True)
     for file in source.iterdir():
         if file.name in ("card.json", "model.onnx"):

@@ -7,7 +7,7 @@ import pytest
 
 from cnnserve.serving.errors import ModelNotFound, ModelUnavailable
 from cnnserve.serving.repository import discover
-from tests.committed import VERSION
+from tests.committed import VERSIONS
 
 
 def test_committed_models_are_discovered():
@@ -21,12 +21,13 @@ def test_committed_models_are_discovered():
 
 
 def test_highest_version_is_the_default_and_others_resolve_by_number(repo_copy):
+    committed = VERSIONS["lenet5-digits"]
     repo_copy("lenet5-digits")
-    repo_copy("lenet5-digits", as_version=3)
+    repo_copy("lenet5-digits", as_version=committed + 1)
     repository = discover(repo_copy.root)
-    assert repository.resolve("lenet5-digits").version == 3
-    assert repository.resolve("lenet5-digits", VERSION).version == VERSION
-    with pytest.raises(ModelNotFound, match=f"versions: {VERSION}, 3"):
+    assert repository.resolve("lenet5-digits").version == committed + 1
+    assert repository.resolve("lenet5-digits", committed).version == committed
+    with pytest.raises(ModelNotFound, match=f"versions: {committed}, {committed + 1}"):
         repository.resolve("lenet5-digits", 1)
 
 
@@ -50,7 +51,7 @@ def test_a_broken_card_is_reported_and_the_others_still_serve(repo_copy, damage,
     repo_copy("lenet5-digits")
     damage(repo_copy("lenet5-digits", as_name="broken"))
     repository = discover(repo_copy.root)
-    assert reason in repository.failures[f"broken/{VERSION}"]
+    assert reason in repository.failures[f"broken/{VERSIONS['lenet5-digits']}"]
     assert repository.resolve("lenet5-digits").name == "lenet5-digits"
     with pytest.raises(ModelUnavailable, match=reason):
         repository.resolve("broken")

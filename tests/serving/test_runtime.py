@@ -18,7 +18,7 @@ from cnnserve.serving.runtime import (
     load_model,
     session_options,
 )
-from tests.committed import VERSION
+from tests.committed import VERSIONS
 
 GPU_BUILD = [TENSORRT, CUDA, CPU]  # what onnxruntime-gpu lists, GPU or not
 
@@ -75,7 +75,7 @@ def lenet_with_variants(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     shutil.copytree(MODELS_DIR / "lenet5-digits", root / "lenet5-digits",
                     ignore=shutil.ignore_patterns("model.int8.onnx", "model.fp16.onnx"))
-    derive_variants(root / "lenet5-digits" / str(VERSION), log=lambda line: None)
+    derive_variants(root / "lenet5-digits" / str(VERSIONS["lenet5-digits"]), log=lambda line: None)
     return discover(root).resolve("lenet5-digits")
 
 

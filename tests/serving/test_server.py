@@ -16,7 +16,7 @@ from cnnserve.training.boxes import iou
 from cnnserve.training.data.digits import load_source_digits, split_indices
 from loadtests.digit_images import Condition, DigitFile, digit_files, render
 from loadtests.local_server import MAX_BODY_BYTES as MAX_BODY
-from tests.committed import INPUTS, VERSION
+from tests.committed import INPUTS, VERSIONS
 
 
 def png(image: Image.Image) -> bytes:
@@ -35,7 +35,7 @@ def test_predictions_match_labels_and_boxes_across_sizes_and_formats(server, mod
         response = server.client.post("/predict", files={"image": ("d", file.data)}, data={"model": model})
         assert response.status_code == 200, response.text
         answer = response.json()
-        assert answer["model"] == model and answer["version"] == VERSION
+        assert answer["model"] == model and answer["version"] == VERSIONS[model]
         hits.append(answer["label"] == str(file.label))
         got = answer["box"]
         ious.append(iou(np.array([[got["x1"], got["y1"], got["x2"], got["y2"]]]), file.box[None])[0])
@@ -137,7 +137,7 @@ def test_a_concurrent_burst_rides_in_shared_batches(server):
         statuses = list(pool.map(call, range(192)))
     assert statuses == [200] * 192
     after = server.metrics()
-    labels = {"model": "resnet18-digits", "version": str(VERSION)}
+    labels = {"model": "resnet18-digits", "version": str(VERSIONS["resnet18-digits"])}
     images = counter(after, "cnnserve_batch_size_images_sum", **labels) - counter(before, "cnnserve_batch_size_images_sum", **labels)
     batches = counter(after, "cnnserve_batch_size_images_count", **labels) - counter(before, "cnnserve_batch_size_images_count", **labels)
     assert images == 192

@@ -5,7 +5,7 @@ with batching switched off it still answers."""
 import pytest
 
 from loadtests.local_server import running_server, wait_ready
-from tests.committed import VERSION
+from tests.committed import VERSIONS
 from tests.serving.test_server import GOOD
 
 
@@ -18,7 +18,7 @@ def degraded(tmp_path_factory):
     root = tmp_path_factory.mktemp("repo")
     shutil.copytree(MODELS_DIR / "lenet5-digits", root / "lenet5-digits")
     shutil.copytree(MODELS_DIR / "lenet5-digits", root / "tampered")
-    with (root / "tampered" / str(VERSION) / "model.onnx").open("r+b") as f:
+    with (root / "tampered" / str(VERSIONS["lenet5-digits"]) / "model.onnx").open("r+b") as f:
         f.seek(1000)
         f.write(b"tampered")
     with running_server(tmp_path_factory.mktemp("server"), wait=False, models_dir=root, batching="false") as server:
@@ -30,7 +30,7 @@ def test_the_broken_model_is_reported_with_its_reason(degraded):
     listing = degraded.client.get("/models").json()
     tampered = next(m for m in listing["models"] if m["name"] == "tampered")["versions"][0]
     assert tampered["status"] == "failed" and "sha256" in tampered["reason"]
-    assert f"model tampered/{VERSION} refused" in degraded.log()
+    assert f"model tampered/{VERSIONS['lenet5-digits']} refused" in degraded.log()
 
 
 def test_the_broken_model_answers_503_with_the_reason(degraded):

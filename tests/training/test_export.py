@@ -19,7 +19,7 @@ from cnnserve.training.export import PARITY_TOLERANCE, check_parity, cpu_session
 from cnnserve.training.pipeline import derive_variants
 from cnnserve.training.recipes import RECIPES
 from cnnserve.training.train import Normalized
-from tests.committed import VERSION
+from tests.committed import VERSIONS
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 
@@ -99,7 +99,7 @@ def test_weights_stored_as_float16_halve_the_file_and_keep_the_outputs(tmp_path)
 def test_derived_variants_of_a_committed_model_are_reproduced_exactly(tmp_path):
     """`python -m cnnserve.training derive` rebuilds the INT8 and FP16 files the card describes, byte for byte."""
     folder = tmp_path / "lenet5-digits"
-    shutil.copytree(MODELS / "lenet5-digits" / str(VERSION), folder)
+    shutil.copytree(MODELS / "lenet5-digits" / str(VERSIONS["lenet5-digits"]), folder)
     card = json.loads((folder / CARD_FILE).read_text())
     for variant, path in derive_variants(folder, log=lambda line: None).items():
         assert file_sha256(path) == card["files"][variant]["sha256"], variant

@@ -13,9 +13,10 @@ from cnnserve.contract.images import decode_image
 from cnnserve.serving.v2 import inference_pb2 as pb
 from cnnserve.serving.v2 import inference_pb2_grpc as pb_grpc
 from loadtests.digit_images import digit_files
-from tests.committed import VERSION
+from tests.committed import VERSIONS
 
 MODEL = "resnet18-digits"
+VERSION = VERSIONS[MODEL]
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 
 from cnnserve.contract.images import decode_image
 from loadtests.digit_images import digit_files
-from tests.committed import VERSION
+from tests.committed import VERSIONS
 
 MODEL = "lenet5-digits"
 

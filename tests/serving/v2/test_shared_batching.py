@@ -71,3 +71,18 @@ def test_a_mixed_burst_shares_batches_and_every_answer_matches_the_image_alone(o
             [t["probability"] for t in alone["top_k"]], abs=1e-4)
     for (burst, _), alone in zip(grpc_answers, alone_grpc):
         np.testing.assert_allclose(burst, alone, atol=1e-5)
+
+
+def test_many_calls_on_one_grpc_channel_form_batches(tmp_path):
+    """Every call of one channel lands on one worker (one HTTP/2 connection). While the other worker idled, that
+    worker ran each call alone on every core, on its event loop, so no call could arrive meanwhile: batches of
+    1.04 at 64 concurrent calls. Queued batches now run off the loop."""
+    concurrency, calls = 32, 8
+    tensor = decode_image(digit_files(3, 64, count=1, seed=5)[0].data, 3, 64, 64, 10**7)[0][None]
+    with running_server(tmp_path, serve=MODEL) as server, grpc.insecure_channel(server.grpc_address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        grpc_infer(stub, tensor)
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            sizes = list(pool.map(lambda _: [grpc_infer(stub, tensor)[1] for _ in range(calls)], range(concurrency)))
+    sizes = [size for client in sizes for size in client]
+    assert np.mean(sizes) >= 4, f"mean batch {np.mean(sizes):.2f} seen by {len(sizes)} calls on one channel"
