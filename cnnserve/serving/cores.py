@@ -86,8 +86,9 @@ class ModelRunner:
     def run_if_cores_free(self, images: np.ndarray):
         """The outputs, computed now on every core, or None when the batch is large or a core is taken.
 
-        It runs on the event loop: the executor hand-off costs 0.8 ms at batch 1
-        here, and while this holds every core the loop has nothing to run on.
+        It runs on the event loop, for a lone request only (the batcher's ``run_alone``): the executor
+        hand-off costs 0.8 ms at batch 1 here, and with no other request in the worker the loop has
+        nothing else to run meanwhile.
         """
         if self.solo is None or len(images) > SOLO_MAX_BATCH:
             return None
