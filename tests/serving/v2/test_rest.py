@@ -13,6 +13,7 @@ from loadtests.digit_images import digit_files
 from tests.committed import VERSIONS
 
 MODEL = "lenet5-digits"
+VERSION = VERSIONS[MODEL]
 
 
 @pytest.fixture(scope="module")
