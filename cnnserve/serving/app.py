@@ -24,6 +24,7 @@ import bentoml
 import numpy as np
 import onnxruntime as ort
 
+from . import patching
 from .auth import ApiKeyMiddleware, KeyCheck, load_digests
 from .batcher import AdaptiveBatcher, BatchResult, inline_up_to
 from .config import load_settings
@@ -65,7 +66,7 @@ def configure_logging() -> None:
 
 configure_logging()
 settings = load_settings()
-if settings.spread_connections:
+if settings.spread_connections and patching.allowed("circus") and patching.allowed("bentoml"):
     spread_connections()  # takes effect in the arbiter, which imports this before it binds the HTTP port
 repository = discover(settings.models_dir, settings.serve)
 rest_app = build_rest_app()
@@ -222,6 +223,9 @@ def to_asgi_with_fast_lane(service, is_main: bool = True):
         listen_on_own_socket()
     if settings.coalesce_writes:
         coalesce_responses()
+    else:
+        log.info("coalesce_writes is off: lone requests queue like the rest (lone.py reads uvicorn's request "
+                 "tasks through the coalescing protocol)")
     if not settings.fast_lane:
         return app
     return FastLane(app, rest_app, settings.max_body_bytes, key_check, settings.auth_open_paths, settings.noop_route,
@@ -232,7 +236,7 @@ def bentoml_cors_options() -> dict | None:
     """BentoML's CORS settings (``services.cnnserve.http.cors`` or ``api_server.http.cors``) as Starlette's
     ``CORSMiddleware`` takes them, or None when CORS is off: the fast lane applies them as BentoML does.
 
-    Read from BentoML's configuration container, the same values its own app reads (bentoml 1.4.39).
+    Read from BentoML's configuration container, the same values its own app reads (patching.py).
     """
     from bentoml._internal.configuration.containers import BentoMLContainer
 
@@ -241,4 +245,5 @@ def bentoml_cors_options() -> dict | None:
     return BentoMLContainer.access_control_options.get()
 
 
-type(CnnServe).to_asgi = to_asgi_with_fast_lane
+if patching.allowed("bentoml"):
+    type(CnnServe).to_asgi = to_asgi_with_fast_lane

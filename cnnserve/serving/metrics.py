@@ -16,6 +16,8 @@ import bisect
 import collections
 import functools
 
+from . import patching
+
 
 @functools.lru_cache(maxsize=4096)
 def child(metric, *labels: str):
@@ -69,6 +71,7 @@ class PassTotals:
             observe_all(histogram, values)
 
 
+
 def observe_all(histogram, values: list[float]) -> None:
     """``histogram.observe`` of every value, in one write for the sum and one per bucket touched.
 
@@ -76,8 +79,9 @@ def observe_all(histogram, values: list[float]) -> None:
     the sum and the per-bucket counts in ``_sum`` and ``_buckets``, each bucket
     counting the values up to its bound (the first bound ≥ the value, as ``observe`` picks).
     """
-    if len(values) == 1:
-        histogram.observe(values[0])
+    if len(values) == 1 or not patching.allowed("prometheus_client"):  # then one observe() per value
+        for value in values:
+            histogram.observe(value)
         return
     histogram._sum.inc(sum(values))
     counts = collections.Counter(bisect.bisect_left(histogram._upper_bounds, value) for value in values)

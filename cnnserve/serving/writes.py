@@ -32,7 +32,7 @@ import logging
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from . import lone
+from . import lone, patching
 from .metrics import flush_pass_totals
 
 log = logging.getLogger("cnnserve")
@@ -108,6 +108,8 @@ class CoalescingHttpProtocol(AutoHTTPProtocol):
 
 def coalesce_responses() -> None:
     """In a worker, before uvicorn starts: serve HTTP with ``CoalescingHttpProtocol``."""
+    if not patching.allowed("uvicorn"):
+        return
     try:
         from uvicorn.config import HTTP_PROTOCOLS
     except ImportError:
