@@ -130,6 +130,11 @@ class InferenceCore:
         """Count one request (``with core.track(protocol) as record:``); see ``Tracked``."""
         return Tracked(self.metrics, protocol)
 
+    def count_refusal(self, protocol: str, outcome: str) -> None:
+        """A request refused before its handler ran (no valid API key, a body over the limit): counted under
+        model ``unknown``, as no model was read."""
+        pass_totals().inc(child(self.metrics.requests, "unknown", "", protocol, outcome))
+
     def admit(self, record: Tracked, model: ModelVersion) -> None:
         record.model = model
         pass_totals().inc(child(self.metrics.inflight, *model.metric_labels))

@@ -14,7 +14,9 @@ from ..contract.images import ImageRejected, TooManyPixels, UnsupportedFormat
 class ServiceError(Exception):
     status: HTTPStatus = HTTPStatus.BAD_REQUEST
     grpc_code: str = "INVALID_ARGUMENT"
-    outcome: str = "client_error"  # the `outcome` label in the requests metric
+    # The `outcome` label in the requests metric: success, client_error, unauthorised (401), too_large (413),
+    # rejected (503: the queue is full), timed_out (504: waited past the deadline) or server_error.
+    outcome: str = "client_error"
     retry_after: int | None = None  # seconds, sent as Retry-After when set
 
     def __init__(self, message: str):
@@ -39,6 +41,7 @@ class UnsupportedImage(InvalidInput):
 class TooLarge(ServiceError):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     grpc_code = "INVALID_ARGUMENT"
+    outcome = "too_large"
 
 
 class ModelNotFound(ServiceError):
@@ -68,7 +71,7 @@ class DeadlineExceeded(ServiceError):
 
     status = HTTPStatus.GATEWAY_TIMEOUT
     grpc_code = "DEADLINE_EXCEEDED"
-    outcome = "rejected"
+    outcome = "timed_out"
     retry_after = 1
 
 

@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse
 from .auth import ApiKeyMiddleware, KeyCheck
 from .http_common import header
 from .limits import BodyLimit
-from .noop import noop, noop_infer
+from .noop import NOOP_PROTOCOL, noop, noop_infer
 from .rest import predict, predict_batch
 from .v2.rest import infer, server_live
 
@@ -38,6 +38,10 @@ log = logging.getLogger("cnnserve")
 V2_INFER = re.compile(r"^(?P<noop>/noop)?/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
 EXACT = {("POST", "/predict"): predict, ("POST", "/predict_batch"): predict_batch, ("GET", "/v2/health/live"): server_live}
 EXACT_WITH_NOOP = {**EXACT, ("POST", "/noop"): noop}
+# The protocol label each prediction handler counts its requests under, and what a refusal made in front of it
+# (by the API key or body limit middlewares) is counted as.
+PROTOCOL_OF = {predict: "rest", predict_batch: "rest", infer: "v2-rest", noop_infer: NOOP_PROTOCOL}
+REFUSALS = {401: "unauthorised", 413: "too_large"}
 
 
 def route(method: str, path: str, noop_route: bool = False):
@@ -86,8 +90,22 @@ class FastLane:
 
     async def checked(self, scope, receive, send):
         if self.keys_needed or not self.declared_within_limit(scope):
-            return await self.guarded(scope, receive, send)
+            return await self.counting_refusals(scope, receive, send)
         return await self.handle(scope, receive, send)
+
+    async def counting_refusals(self, scope, receive, send):
+        """``guarded``, counting in ``cnnserve_requests_total`` a 401 or 413 its middlewares answer themselves."""
+        status = []
+
+        async def watched(message):
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            await send(message)
+
+        await self.guarded(scope, receive, watched)
+        protocol = PROTOCOL_OF.get(scope["cnnserve.handler"])
+        if protocol and not scope.get("cnnserve.handled") and status and status[0] in REFUSALS:
+            self.rest_app.state.core.count_refusal(protocol, REFUSALS[status[0]])
 
     def declared_within_limit(self, scope) -> bool:
         length = header(scope, b"content-length")
@@ -96,6 +114,7 @@ class FastLane:
         return length.isdigit() and int(length) <= self.max_body_bytes
 
     async def handle(self, scope, receive, send):
+        scope["cnnserve.handled"] = True
         try:
             response = await scope["cnnserve.handler"](Request(scope, receive))
         except ClientDisconnect:

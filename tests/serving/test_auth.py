@@ -53,8 +53,13 @@ def test_rest_and_v2_refuse_without_a_valid_key(secured, headers):
     assert infer.status_code == 401
     assert secured.client.get("/models", headers=headers).status_code == 401
     after = secured.metrics()
-    assert counter(after, "cnnserve_requests_total") == counter(before, "cnnserve_requests_total"), \
-        "refused requests never reached the inference core"
+
+    def requests(**labels) -> float:
+        return counter(after, "cnnserve_requests_total", **labels) - counter(before, "cnnserve_requests_total", **labels)
+
+    assert requests(outcome="unauthorised", protocol="rest") == 1
+    assert requests(outcome="unauthorised", protocol="v2-rest") == 1
+    assert requests() == 2, "refused before any model was read: counted, and nothing else"
 
 
 @pytest.mark.parametrize("key", [PLAIN_KEY, FILE_KEY], ids=["from-environment", "from-hash-file"])

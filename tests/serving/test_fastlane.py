@@ -13,6 +13,7 @@ from cnnserve.serving.rest import predict, predict_batch
 from cnnserve.serving.v2.rest import infer, server_live
 from loadtests.digit_images import digit_files
 from loadtests.local_server import running_server
+from tests.serving.test_server import counter
 
 
 @pytest.mark.parametrize(("method", "path", "handler", "params"), [
@@ -64,8 +65,12 @@ def test_fast_lane_predictions_skip_bentoml_middlewares_but_not_our_limits(serve
     metrics = server.metrics()
     assert bentoml_counted(metrics, "/models") and not bentoml_counted(metrics, "/predict")
     assert 'cnnserve_requests_total{model="lenet5-digits"' in metrics
+    before = server.metrics()
     too_big = httpx.post(f"{server.url}/predict", content=b"x" * (3 * 1024 * 1024), timeout=30)
     assert too_big.status_code == 413 and "limit" in too_big.json()["error"]
+    counted = [counter(text, "cnnserve_requests_total", outcome="too_large", protocol="rest")
+               for text in (before, server.metrics())]
+    assert counted[1] - counted[0] == 1
     assert httpx.post(f"{server.url}/noop", content=b"{}", timeout=30).status_code in (404, 405)
 
 
