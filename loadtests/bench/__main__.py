@@ -38,6 +38,7 @@ from cnnserve.serving.repository import discover
 
 from ..local_server import running_server
 from . import raw
+from .grpc_channel import ONE_CHANNEL
 from .machine import describe_machine
 from .profile import profile_model, require_py_spy
 from .report import median, write_report
@@ -93,7 +94,7 @@ def target_round(server, fastapi_url: str, versions: dict, raw_best: dict, cores
     """
     resnet, lenet = versions["resnet18-digits"], versions["lenet5-digits"]
     found = {}
-    for protocol in PROTOCOLS:
+    for protocol in (*PROTOCOLS, ONE_CHANNEL):
         found.update(resnet_against_raw(server, resnet, raw_best, protocol, seconds))
     passes = in_turns([
         lambda: {"lenet5_v2-http_c64": measure(server, lenet.name, [1, *lenet.input_shape], "v2-http", 64,

@@ -18,6 +18,7 @@ import httpx
 from ..digit_images import CONDITIONS_BY_NAME, condition_files, digit_files
 from ..local_server import free_port, stop
 from ..predict_bench import batch_totals
+from .grpc_channel import ONE_CHANNEL, one_channel
 from .perf_analyzer import perf_analyzer
 from .wrk import HttpLoad, multipart, wrk
 
@@ -70,10 +71,13 @@ def route_loads(model) -> dict[str, HttpLoad]:
 
 
 def measure(server, model: str, shape: list[int], protocol: str, concurrency: int, seconds: float) -> dict:
-    """``protocol``: ``predict`` (PNG files, wrk), ``v2-http`` (binary tensors) or ``grpc`` (perf_analyzer)."""
+    """``protocol``: ``predict`` (PNG files, wrk), ``v2-http`` (binary tensors) or ``grpc`` (perf_analyzer), or
+    ``ONE_CHANNEL`` (every call on one gRPC channel)."""
     before = batch_totals(httpx.get(f"{server.url}/metrics", timeout=30).text, model)
     if protocol == "predict":
         row = wrk(server.url, predict_load(model, shape[1], shape[-1]), concurrency, seconds)
+    elif protocol == ONE_CHANNEL:
+        row = one_channel(model, server.grpc_address, shape, concurrency, seconds)
     else:
         address = server.grpc_address if protocol == "grpc" else server.url.removeprefix("http://")
         row = perf_analyzer(model, address, "grpc" if protocol == "grpc" else "http", concurrency, seconds)

@@ -10,9 +10,11 @@ from types import SimpleNamespace
 import pytest
 
 import loadtests.bench.__main__ as bench_main
+from loadtests.bench.grpc_channel import ONE_CHANNEL
 from loadtests.bench.profile import layer_of
 from loadtests.bench.raw import RawPoint
 from loadtests.bench.report import how_targets_are_measured, target_rows
+from loadtests.bench.served import measure
 from loadtests.local_server import REPO_ROOT
 
 
@@ -85,6 +87,29 @@ def test_targets_are_judged_on_the_medians_of_the_rounds():
     one_client = {**results, "targets": {**results["targets"], "rounds": [
         round_figures(**{"lenet5-digits_c1_added_ms": 2.1})]}}
     assert not target_rows(one_client)[4].met  # added 2.1 ms > 2
+
+
+def test_calls_on_one_grpc_channel_are_judged_on_their_own_row_when_measured():
+    results = {
+        "raw": {"resnet18-digits": {"decode_ms": 0.2, "best": {"threads": 2, "batch": 32}}},
+        "serving": {"workers": 2, "threads": 1, "cores": 2},
+        "targets": {"worker_processes": 2, "rounds": [round_figures()]},
+    }
+    assert not any("one gRPC channel" in row.target for row in target_rows(results))  # older runs lack it
+    one_channel = {"resnet18_grpc-one-channel_ratio": 0.45, "resnet18_grpc-one-channel_c64": 225.0,
+                   "resnet18_grpc-one-channel_c64_mean_batch": 31.0}
+    results["targets"]["rounds"] = [round_figures(**one_channel)]
+    (row,) = [row for row in target_rows(results) if "one gRPC channel" in row.target]
+    assert row.measured == "0.45 (225 calls/s; mean batch 31.0)" and not row.met
+    results["targets"]["rounds"] = [round_figures(**{**one_channel, "resnet18_grpc-one-channel_ratio": 0.85})]
+    (row,) = [row for row in target_rows(results) if "one gRPC channel" in row.target]
+    assert row.met
+
+
+def test_one_grpc_channel_carries_many_calls_in_flight_and_they_batch(server):
+    row = measure(server, "resnet18-digits", [1, 3, 64, 64], ONE_CHANNEL, 16, 1.0)
+    assert row["throughput_rps"] > 0 and row["errors"] == 0
+    assert row["mean_batch"] >= 4
 
 
 def test_resnet18_is_judged_on_each_rounds_paired_ratios_not_on_a_ratio_of_medians():
