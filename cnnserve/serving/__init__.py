@@ -1,3 +1,1 @@
-"""cnnserve: CNN classification + localization served over REST and gRPC."""
-
-__version__ = "0.1.0"
+"""The server: a BentoML service whose every worker batches, over REST, V2 REST and gRPC (``app.py``)."""

@@ -6,7 +6,7 @@ with schemathesis against it.
 
 from __future__ import annotations
 
-from . import __version__
+from .. import __version__
 
 ERROR = {
     "description": "a JSON error naming the problem",

@@ -20,7 +20,7 @@ from typing import Awaitable, Callable
 import numpy as np
 
 from ...contract.card import BOXES, INPUT_NAME, PROBABILITIES
-from .. import __version__
+from ... import __version__
 from ..core import InferenceCore, TensorResult, check_tensor
 from ..errors import InvalidInput
 from ..repository import ModelVersion
