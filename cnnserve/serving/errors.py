@@ -75,9 +75,11 @@ class DeadlineExceeded(ServiceError):
     retry_after = 1
 
 
+# What the server answers for each kind of file the image contract refuses, narrowest first.
+IMAGE_REJECTIONS = ((TooManyPixels, TooLarge), (UnsupportedFormat, UnsupportedImage), (ImageRejected, InvalidInput))
+
+
 def rejected_image(exc: ImageRejected, prefix: str = "") -> ServiceError:
-    """The answer to a file the image contract refused: 413 for too many pixels, 415 for an unknown format,
-    400 otherwise; ``prefix`` names the image in a request that sent several."""
-    kind = TooLarge if isinstance(exc, TooManyPixels) else UnsupportedImage if isinstance(exc, UnsupportedFormat) \
-        else InvalidInput
-    return kind(f"{prefix}{exc}")
+    """The answer to a refused file (413, 415 or 400); ``prefix`` names the image in a request that sent several."""
+    answer = next(answer for cause, answer in IMAGE_REJECTIONS if isinstance(exc, cause))
+    return answer(f"{prefix}{exc}")

@@ -30,7 +30,9 @@ from .auth import ApiKeyMiddleware, KeyCheck
 from .http_common import header
 from .limits import BodyLimit
 from .noop import NOOP_PROTOCOL, noop, noop_infer
+from .rest import PROTOCOL as REST_PROTOCOL
 from .rest import predict, predict_batch
+from .v2.rest import PROTOCOL as V2_REST_PROTOCOL
 from .v2.rest import infer, server_live
 
 log = logging.getLogger("cnnserve")
@@ -40,7 +42,7 @@ EXACT = {("POST", "/predict"): predict, ("POST", "/predict_batch"): predict_batc
 EXACT_WITH_NOOP = {**EXACT, ("POST", "/noop"): noop}
 # The protocol label each prediction handler counts its requests under, and what a refusal made in front of it
 # (by the API key or body limit middlewares) is counted as.
-PROTOCOL_OF = {predict: "rest", predict_batch: "rest", infer: "v2-rest", noop_infer: NOOP_PROTOCOL}
+PROTOCOL_OF = {predict: REST_PROTOCOL, predict_batch: REST_PROTOCOL, infer: V2_REST_PROTOCOL, noop_infer: NOOP_PROTOCOL}
 REFUSALS = {401: "unauthorised", 413: "too_large"}
 
 

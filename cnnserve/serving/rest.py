@@ -103,6 +103,9 @@ async def read_files(request: Request, field: str, max_files: int) -> tuple[list
     return files, form.texts
 
 
+PROTOCOL = "rest"  # the protocol label /predict and /predict_batch are counted under
+
+
 async def predict_route(request: Request, field: str) -> dict:
     core = request.app.state.core
     limit = 1 if field == "image" else core.settings.max_images_per_request
@@ -114,7 +117,7 @@ async def predict_route(request: Request, field: str) -> dict:
         model,
         integer_field(merged, "version"),
         integer_field(merged, "top_k"),
-        "rest",
+        PROTOCOL,
         timeout_ms(request.scope),
     )
 

@@ -25,6 +25,7 @@ from .tensors import Tensor, from_raw, from_values, raw_bytes
 
 HEADER_LENGTH = b"inference-header-content-length"
 COMPACT = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps with options builds one a call
+PROTOCOL = "v2-rest"  # the protocol label V2 REST inference is counted under
 
 
 def plane(request: Request) -> DataPlane:
@@ -140,7 +141,7 @@ def request_timeout_ms(payload: dict, request: Request) -> float | None:
 
 
 async def infer(request: Request) -> Response | BytesResponse:
-    return await answer_infer(request, plane(request), "v2-rest")
+    return await answer_infer(request, plane(request), PROTOCOL)
 
 
 async def answer_infer(request: Request, dataplane: DataPlane, protocol: str) -> Response | BytesResponse:
