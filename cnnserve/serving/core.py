@@ -1,7 +1,8 @@
 """The inference core: protocol-neutral, shared by every adapter.
 
-An adapter hands it image files or a decoded tensor plus the model it wants;
-the core resolves the model, decodes, sends the images to the model's batcher
+A protocol plane hands ``InferenceCore.infer`` the model it wants and a way to
+read image files or a decoded tensor from its request; the core resolves the
+model, decodes, sends the images to the model's batcher
 (where requests from every protocol meet), looks again at small digits (the
 zoom-in pass, ``refine.py``), maps boxes back to each image and turns the
 outputs into answers. It records the request metrics, so every protocol is
@@ -14,7 +15,7 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Protocol
 
 import numpy as np
 
@@ -24,15 +25,26 @@ from .batcher import BatchResult
 from .config import Settings
 from .errors import InvalidInput, ModelUnavailable, ServiceError, TooLarge, rejected_image
 from .metrics import RequestMetrics, child, pass_totals
-from .postprocess import describe, ordered_corners
+from .postprocess import ordered_corners
 from .refine import needs_zoom, zoom_region
 from .repository import ModelVersion, Repository
 
 INLINE_DECODE_BYTES = 256 * 1024  # larger payloads are decoded in a worker thread
 
-Backend = Callable[[ModelVersion, np.ndarray, float], Awaitable[BatchResult]]
-StatusSource = Callable[[], dict]
-RoomCheck = Callable[[ModelVersion, int], None]
+Compute = Callable[[ModelVersion, np.ndarray, float], Awaitable["TensorResult"]]
+Payload = list[bytes] | np.ndarray  # image files, or the model's input tensor [N, C, H, W]
+
+
+class Host(Protocol):
+    """What the core needs of the models it serves (host.ModelHost in a worker)."""
+
+    status: dict  # per model version key: {"status": "ready" | "failed", "reason": ..., ...}
+
+    async def infer(self, model: ModelVersion, images: np.ndarray, deadline: float) -> BatchResult:
+        """Run ``images`` (no more than one batch) through the model's batcher."""
+
+    def check_room(self, model: ModelVersion, count: int) -> None:
+        """Raise ``errors.Overloaded`` when the model's queue has no room for ``count`` more images."""
 
 
 def check_tensor(model: ModelVersion, images: np.ndarray) -> None:
@@ -97,19 +109,10 @@ class FilesResult(TensorResult):
 
 
 class InferenceCore:
-    def __init__(
-        self,
-        settings: Settings,
-        repository: Repository,
-        backend: Backend,
-        runtime_status: StatusSource,
-        check_room: RoomCheck,
-    ):
+    def __init__(self, settings: Settings, repository: Repository, host: Host):
         self.settings = settings
         self.repository = repository
-        self.backend = backend
-        self.runtime_status = runtime_status
-        self.check_room = check_room
+        self.host = host
         self.metrics = RequestMetrics()
         self.batch_limits = {  # the most images one batch of each model takes (1 with batching off)
             name: settings.batching_for(name).max_batch_size if settings.batching else 1 for name in repository.models
@@ -120,10 +123,9 @@ class InferenceCore:
         if name is None:
             raise ModelUnavailable("no model is being served; see GET /models for the reasons")
         model = self.repository.resolve(name, version)
-        status = self.runtime_status().get(model.key)
-        if status is None or status["status"] != "ready":
-            reason = status["reason"] if status else "the inference service has not reported it yet"
-            raise ModelUnavailable(f"model {model.key} is not ready: {reason}")
+        status = self.host.status[model.key]
+        if status["status"] != "ready":
+            raise ModelUnavailable(f"model {model.key} is not ready: {status['reason']}")
         return model
 
     def track(self, protocol: str) -> Tracked:
@@ -145,7 +147,7 @@ class InferenceCore:
             raise InvalidInput("no image was sent")
         if count > self.settings.max_images_per_request:
             raise TooLarge(f"{count} images in one request; the limit is {self.settings.max_images_per_request}")
-        self.check_room(model, count)
+        self.host.check_room(model, count)
 
     def check_top_k(self, model: ModelVersion, top_k: int | None) -> int:
         top_k = self.settings.default_top_k if top_k is None else top_k
@@ -191,34 +193,36 @@ class InferenceCore:
             raise InvalidInput(f"the timeout must be a positive number of milliseconds, got {timeout_ms}")
         return time.perf_counter() + min(timeout_ms or limit, limit) / 1000
 
-    async def predict_files(
+    async def infer(
         self,
-        files: list[bytes],
-        model: str | None,
-        version: int | None,
-        top_k: int | None,
         protocol: str,
-        timeout_ms: float | None = None,
-    ) -> dict:
-        """Answers (label, top-k, box in the image's own pixels) for image files."""
+        name: str | None,
+        version: int | None,
+        timeout_ms: float | None,
+        read: Callable[[ModelVersion], Payload],
+        compute: Compute | None = None,
+    ) -> TensorResult | FilesResult:
+        """The one entry point of every protocol: count, set the deadline, resolve and admit the model, read
+        the request, check it, decode and run it. A protocol plane only translates: ``read`` parses its
+        request once the model is known (so an unknown model is reported before malformed data) and gives
+        image files or the model's input tensor; the plane turns the result into its answer.
+
+        ``compute`` is ``run`` unless given (the no-op routes give zeros).
+        """
         with self.track(protocol) as record:
             deadline = self.deadline(timeout_ms)
-            resolved = self.resolve(model, version)
-            self.admit(record, resolved)
-            top_k = self.check_top_k(resolved, top_k)
-            self.check_images(resolved, len(files))
-            began = time.perf_counter()
-            result = await self.infer_files(resolved, files, deadline)
-            predictions = [
-                describe(result.probabilities[i], None if result.boxes is None else result.boxes[i],
-                         resolved.labels, top_k, result.placements[i].source)
-                for i in range(len(files))
-            ]
-            timings = {**result.timings, "total_ms": round((time.perf_counter() - began) * 1000, 3)}
-            return {"model": resolved.name, "version": resolved.version, "predictions": predictions, "timings": timings}
+            model = self.resolve(name, version)
+            self.admit(record, model)
+            payload = read(model)
+            if isinstance(payload, np.ndarray):
+                check_tensor(model, payload)
+                self.check_images(model, len(payload))
+                return await (compute or self.run)(model, payload, deadline)
+            self.check_images(model, len(payload))
+            return await self.infer_files(model, payload, deadline, compute)
 
     async def infer_files(
-        self, model: ModelVersion, files: list[bytes], deadline: float, compute: Backend | None = None
+        self, model: ModelVersion, files: list[bytes], deadline: float, compute: Compute | None = None
     ) -> FilesResult:
         """Decode, run, look again at small digits, and map boxes to each image ([0, 1] of its own size).
 
@@ -257,12 +261,12 @@ class InferenceCore:
         """Send images through the model's batcher, in chunks no larger than its batches."""
         limit = self.batch_limits[model.name]
         if len(images) <= limit:
-            result = await self.backend(model, images, deadline)
+            result = await self.host.infer(model, images, deadline)
             queue_ms, compute_ms, batch_images = result.queue_ms, result.compute_ms, result.batch_images
             probabilities, boxes = result.probabilities, result.boxes
         else:
             chunks = [images[i : i + limit] for i in range(0, len(images), limit)]
-            results = await asyncio.gather(*(self.backend(model, chunk, deadline) for chunk in chunks))
+            results = await asyncio.gather(*(self.host.infer(model, chunk, deadline) for chunk in chunks))
             queue_ms = max(r.queue_ms for r in results)
             compute_ms = max(r.compute_ms for r in results)
             batch_images = max(r.batch_images for r in results)

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from .core import TensorResult
 from .http_common import read_body
 from .repository import ModelVersion
+from .v2.dataplane import DataPlane
 from .v2.rest import answer_infer
 
 NOOP_PROTOCOL = "noop-v2-rest"  # the protocol label its requests are counted under
@@ -32,7 +33,10 @@ async def noop(request: Request) -> Response:
 
 async def noop_infer(request: Request) -> Response:
     """``POST /noop/v2/models/.../infer``: the V2 REST route with zero outputs."""
-    return await answer_infer(request, request.app.state.noop_dataplane, NOOP_PROTOCOL)
+    state = request.app.state
+    if getattr(state, "noop_dataplane", None) is None:
+        state.noop_dataplane = DataPlane(state.core, compute=zero_compute)
+    return await answer_infer(request, state.noop_dataplane, NOOP_PROTOCOL)
 
 
 async def zero_compute(model: ModelVersion, images: np.ndarray, deadline: float) -> TensorResult:

@@ -2,8 +2,8 @@
 ``/predict_batch``, ``/models``, the V2 REST routes, and the lifespan that runs
 the gRPC server.
 
-Thin: each handler parses its request, asks the inference core and encodes the
-answer as JSON. The prediction routes parse multipart themselves rather than
+Thin: each handler parses its request, hands it to the inference core's one
+entry point (``InferenceCore.infer``) and encodes the answer as JSON. The prediction routes parse multipart themselves rather than
 through BentoML's ``@bentoml.api``: BentoML 1.4's multipart parser downloads a
 file field sent as text as if it were a URL (a server-side request forgery
 risk) and answers 500 to binary data in an unexpected field.
@@ -11,8 +11,8 @@ risk) and answers 500 to binary data in an unexpected field.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import time
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -20,25 +20,28 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from .config import Settings
+from .core import InferenceCore
 from .errors import InvalidInput, ServiceError
 from .http_common import error_response, read_body, timeout_ms
 from .multipart import parse_form
 from .openapi import openapi_document
+from .postprocess import describe
 from .repository import ModelVersion, Repository
 from .shutdown import stop_listening_on_sigterm
+from .v2.dataplane import DataPlane
 from .v2.grpc_server import GrpcServer
 from .v2.rest import v2_routes
 
 
-def describe_version(model: ModelVersion, status: dict | None, settings: Settings) -> dict:
+def describe_version(model: ModelVersion, status: dict, settings: Settings) -> dict:
     card = model.card
     batching = settings.batching_for(model.name)
     return {
         "version": model.version,
-        "status": status["status"] if status else "loading",
-        "reason": status.get("reason") if status else None,
-        "provider": status.get("provider") if status else None,
-        "precision": status.get("variant") if status else None,
+        "status": status["status"],
+        "reason": status["reason"],
+        "provider": status.get("provider"),
+        "precision": status.get("variant"),
         "input": card["input"],
         "outputs": [o["name"] for o in card["outputs"]],
         "labels": model.labels,
@@ -58,7 +61,7 @@ def model_listing(repository: Repository, statuses: dict, settings: Settings) ->
         {
             "name": name,
             "default_version": max(versions),
-            "versions": [describe_version(mv, statuses.get(mv.key), settings) for mv in versions.values()],
+            "versions": [describe_version(mv, statuses[mv.key], settings) for mv in versions.values()],
         }
         for name, versions in repository.models.items()
     ]
@@ -110,16 +113,25 @@ async def predict_route(request: Request, field: str) -> dict:
     core = request.app.state.core
     limit = 1 if field == "image" else core.settings.max_images_per_request
     files, options = await read_files(request, field, limit)
-    model = request.query_params.get("model") or options.get("model") or None
+    name = request.query_params.get("model") or options.get("model") or None
     merged = {**options, **{k: v for k, v in request.query_params.items() if k in ("version", "top_k")}}
-    return await core.predict_files(
-        files,
-        model,
-        integer_field(merged, "version"),
-        integer_field(merged, "top_k"),
-        PROTOCOL,
-        timeout_ms(request.scope),
-    )
+    top_k = integer_field(merged, "top_k")
+
+    def read(model: ModelVersion) -> list[bytes]:
+        core.check_top_k(model, top_k)  # refused before any decoding
+        return files
+
+    began = time.perf_counter()
+    result = await core.infer(PROTOCOL, name, integer_field(merged, "version"), timeout_ms(request.scope), read)
+    model = result.model
+    top_k = core.check_top_k(model, top_k)
+    predictions = [
+        describe(result.probabilities[i], None if result.boxes is None else result.boxes[i], model.labels, top_k,
+                 result.placements[i].source)
+        for i in range(len(files))
+    ]
+    timings = {**result.timings, "total_ms": round((time.perf_counter() - began) * 1000, 3)}
+    return {"model": model.name, "version": model.version, "predictions": predictions, "timings": timings}
 
 
 async def predict(request: Request) -> JSONResponse:
@@ -147,7 +159,7 @@ async def openapi(request: Request) -> JSONResponse:
 
 async def list_models(request: Request) -> JSONResponse:
     core = request.app.state.core
-    statuses = core.runtime_status()
+    statuses = core.host.status
     return JSONResponse(model_listing(core.repository, statuses, core.settings))
 
 
@@ -161,19 +173,22 @@ async def lifespan(app: Starlette):
         return
     server = GrpcServer(app.state.dataplane, settings)
     await server.start()
-    readiness = asyncio.create_task(server.serve_when_ready())
     try:
         yield
     finally:
-        readiness.cancel()
         await server.stop()
+
+
+def serve_core(app: Starlette, core: InferenceCore) -> None:
+    """Hand the routes their inference core and V2 data plane (before the app's lifespan starts gRPC)."""
+    app.state.core = core
+    app.state.dataplane = DataPlane(core)
 
 
 def build_rest_app() -> Starlette:
     """Routes beside BentoML's: the model listing and the V2 REST protocol.
 
-    The gateway puts the inference core and the V2 data plane in ``app.state``
-    when it starts, before this app's lifespan (the gRPC server) begins.
+    ``serve_core`` gives it the inference core once the worker has loaded its models.
     """
     routes = [
         Route("/predict", predict, methods=["POST"]),

@@ -19,7 +19,7 @@ import os
 import pstats
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 from .served import ROUTES, route_loads
@@ -28,37 +28,23 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def build_lane(models_dir: Path, model_name: str):
-    """The fast lane over one model's real core and batcher, with the no-op routes; and the model."""
+    """The fast lane over one model's core and host, built as a worker builds them (one ONNX Runtime thread,
+    no borrowed cores), with the no-op routes; and the model."""
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="cnnserve-inproc-"))
     from cnnserve.serving.auth import KeyCheck
-    from cnnserve.serving.batcher import AdaptiveBatcher, inline_up_to
     from cnnserve.serving.config import load_settings
     from cnnserve.serving.core import InferenceCore
-    from cnnserve.serving.cores import ModelRunner
     from cnnserve.serving.fastlane import FastLane
-    from cnnserve.serving.noop import zero_compute
+    from cnnserve.serving.host import ModelHost
     from cnnserve.serving.repository import discover
-    from cnnserve.serving.rest import build_rest_app
-    from cnnserve.serving.runtime import CPU, load_model
-    from cnnserve.serving.v2.dataplane import DataPlane
+    from cnnserve.serving.rest import build_rest_app, serve_core
 
-    settings = load_settings({}, Path(os.devnull))
-    repository = discover(models_dir, (model_name,))
-    model = repository.resolve(model_name)
-    loaded = load_model(model, [CPU], "auto", 1, Path(tempfile.gettempdir()))
-    runner = ModelRunner(loaded, inline_up_to(loaded.warm_up(settings.max_batch_size)))
-    batcher = AdaptiveBatcher(model.key, runner, ThreadPoolExecutor(1), settings.max_batch_size,
-                              inline_up_to=runner.inline_up_to)
-
-    async def backend(_model, images, deadline):
-        return await batcher.submit(images, deadline)
-
-    core = InferenceCore(settings, repository, backend, lambda: {model.key: {"status": "ready"}},
-                         lambda _model, count: batcher.check_room(count))
+    settings = replace(load_settings({}, Path(os.devnull)), models_dir=models_dir, serve=(model_name,), workers=1,
+                       threads=1, borrow_idle_cores=False)
+    repository = discover(settings.models_dir, settings.serve)
     app = build_rest_app()
-    app.state.core, app.state.dataplane = core, DataPlane(core)
-    app.state.noop_dataplane = DataPlane(core, compute=zero_compute)
-    return FastLane(None, app, settings.max_body_bytes, KeyCheck([]), (), noop_route=True), model
+    serve_core(app, InferenceCore(settings, repository, ModelHost(settings, repository)))
+    return FastLane(None, app, settings.max_body_bytes, KeyCheck([]), (), noop_route=True), repository.resolve(model_name)
 
 
 def requests_for(model) -> dict[str, tuple[str, str, list[tuple[bytes, bytes]], bytes]]:

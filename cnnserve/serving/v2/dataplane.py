@@ -1,8 +1,8 @@
 """The Open Inference Protocol's data plane, shared by its REST and gRPC adapters.
 
 It speaks in plain dicts and ``Tensor``s; the adapters only translate their
-wire formats. Inference goes through the inference core, and so through the
-same batcher as ``POST /predict``.
+wire formats. Inference goes through the inference core's one entry point
+(``InferenceCore.infer``), and so through the same batcher as ``POST /predict``.
 
 Inputs a model accepts (exactly one per request):
 - ``images``: FP32 [N, C, H, W] in [0, 1] (the model contract), or UINT8 of the
@@ -21,7 +21,7 @@ import numpy as np
 
 from ...contract.card import BOXES, INPUT_NAME, PROBABILITIES
 from ... import __version__
-from ..core import InferenceCore, TensorResult, check_tensor
+from ..core import InferenceCore, TensorResult
 from ..errors import InvalidInput
 from ..repository import ModelVersion
 from .tensors import BYTES, Tensor
@@ -58,13 +58,12 @@ class DataPlane:
         return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
 
     async def server_ready(self) -> bool:
-        statuses = self.core.runtime_status()
-        return all(key in statuses for key in (m.key for m in self.repository.versions()))
+        """Ready: a worker answers only once every model version has been loaded and warmed, or refused."""
+        return True
 
     async def model_ready(self, name: str, version: str | int | None = None) -> bool:
         model = self.repository.resolve(name, parse_version(version))
-        status = self.core.runtime_status().get(model.key)
-        return bool(status and status["status"] == "ready")
+        return self.core.host.status[model.key]["status"] == "ready"
 
     def model_metadata(self, name: str, version: str | int | None = None) -> dict:
         model = self.repository.resolve(name, parse_version(version))
@@ -119,45 +118,35 @@ class DataPlane:
         ``read_inputs`` decodes the wire tensors; it runs once the model is
         known, so an unknown model is reported before any malformed data.
         """
-        core = self.core
-        with core.track(protocol) as record:
-            deadline = core.deadline(timeout_ms)
-            model = core.resolve(name, parse_version(version))
-            core.admit(record, model)
-            available = model.output_names
-            wanted = requested or available
-            unknown = [o for o in wanted if o not in available]
+        def read(model: ModelVersion) -> list[bytes] | np.ndarray:
+            unknown = [o for o in requested or () if o not in model.output_names]
             if unknown:
-                raise InvalidInput(f"unknown output(s) {unknown}; {model.name} gives {available}")
+                raise InvalidInput(f"unknown output(s) {unknown}; {model.name} gives {model.output_names}")
             tensor = single_input(read_inputs())
-            if tensor.name == IMAGE_BYTES:
-                result = await self.core.infer_files(model, self.files(model, tensor), deadline, self.compute)
-            else:
-                result = await self.compute(model, self.pixels(model, tensor), deadline)
+            return files(tensor) if tensor.name == IMAGE_BYTES else pixels(model, tensor)
+
+        result = await self.core.infer(protocol, name, parse_version(version), timeout_ms, read, self.compute)
         outputs = {PROBABILITIES: result.probabilities, BOXES: result.boxes}
-        return model, [Tensor(n, "FP32", np.asarray(outputs[n], dtype=np.float32)) for n in wanted], result.timings
+        wanted = requested or result.model.output_names
+        return result.model, [Tensor(n, "FP32", np.asarray(outputs[n], dtype=np.float32)) for n in wanted], result.timings
 
-    def files(self, model: ModelVersion, tensor: Tensor) -> list[bytes]:
-        """Encoded image files, for the server to decode and fit (boxes come back normalized to each image)."""
-        if tensor.datatype != BYTES or tensor.array.ndim not in (1, 2) or tensor.array.shape[1:] not in ((), (1,)):
-            raise InvalidInput(f"{IMAGE_BYTES!r} must be BYTES of shape [N] or [N, 1]")
-        files = list(tensor.array.ravel())
-        self.core.check_images(model, len(files))
-        return files
 
-    def pixels(self, model: ModelVersion, tensor: Tensor) -> np.ndarray:
-        """The model input from pixels as sent: FP32 in [0, 1], or UINT8 in [0, 255]."""
-        if tensor.name != INPUT_NAME:
-            raise InvalidInput(f"unknown input {tensor.name!r}; {model.name} takes {INPUT_NAME!r} or {IMAGE_BYTES!r}")
-        if tensor.datatype == "FP32":
-            images = tensor.array
-        elif tensor.datatype == "UINT8":
-            images = tensor.array.astype(np.float32) * (1.0 / 255.0)
-        else:
-            raise InvalidInput(f"input {INPUT_NAME!r} must be FP32 (or UINT8), got {tensor.datatype}")
-        check_tensor(model, images)
-        self.core.check_images(model, len(images))
-        return images
+def files(tensor: Tensor) -> list[bytes]:
+    """Encoded image files, for the server to decode and fit (boxes come back normalized to each image)."""
+    if tensor.datatype != BYTES or tensor.array.ndim not in (1, 2) or tensor.array.shape[1:] not in ((), (1,)):
+        raise InvalidInput(f"{IMAGE_BYTES!r} must be BYTES of shape [N] or [N, 1]")
+    return list(tensor.array.ravel())
+
+
+def pixels(model: ModelVersion, tensor: Tensor) -> np.ndarray:
+    """The model input from pixels as sent: FP32 in [0, 1], or UINT8 in [0, 255]."""
+    if tensor.name != INPUT_NAME:
+        raise InvalidInput(f"unknown input {tensor.name!r}; {model.name} takes {INPUT_NAME!r} or {IMAGE_BYTES!r}")
+    if tensor.datatype == "FP32":
+        return tensor.array
+    if tensor.datatype == "UINT8":
+        return tensor.array.astype(np.float32) * (1.0 / 255.0)
+    raise InvalidInput(f"input {INPUT_NAME!r} must be FP32 (or UINT8), got {tensor.datatype}")
 
 
 def single_input(inputs: list[Tensor]) -> Tensor:

@@ -9,7 +9,6 @@ default on Linux) and the kernel spreads connections between them.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import grpc
@@ -169,23 +168,13 @@ class GrpcServer:
         if self.server.add_insecure_port(address) == 0:
             raise RuntimeError(f"cannot bind the gRPC port {address}")
         await self.server.start()
+        await self.mark_serving(True)  # it starts with the worker's lifespan, after every model has loaded
         log.info("gRPC (inference.GRPCInferenceService, grpc.health.v1) listening on %s", address)
 
     async def mark_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
-
-    async def serve_when_ready(self, poll_seconds: float = 0.5) -> None:
-        """Report SERVING on grpc.health.v1 once every model has loaded."""
-        while True:
-            try:
-                if await self.plane.server_ready():
-                    await self.mark_serving(True)
-                    return
-            except Exception:  # noqa: BLE001  (the runtime may not answer yet)
-                pass
-            await asyncio.sleep(poll_seconds)
 
     async def stop(self, grace: float = 5.0) -> None:
         if self.server is not None:

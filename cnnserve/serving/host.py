@@ -1,0 +1,143 @@
+"""The models of one worker process: loaded, verified, warmed, each behind its batcher.
+
+Built from the settings and the repository alone, so the service (app.py) and
+the benchmark's in-process mode (loadtests/bench/inproc.py) build the same
+thing. The inference core reaches it only through ``core.Host``: ``infer``,
+``check_room`` and ``status``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .batcher import AdaptiveBatcher, BatchResult, inline_up_to
+from .config import Settings
+from .cores import SOLO_MAX_BATCH, CoreTokens, ModelRunner
+from .errors import ModelUnavailable
+from .lone import lone_http_request
+from .metrics import ModelMetrics, child, pass_totals
+from .repository import ModelVersion, Repository
+from .runtime import CPU, LoadedModel, ModelInvalid, choose_providers, cuda_device_count, load_model, tensorrt_loads
+
+log = logging.getLogger("cnnserve")
+
+
+class ModelHost:
+    """The models of one worker: loaded, verified, warmed, each behind its batcher."""
+
+    def __init__(self, settings: Settings, repository: Repository, worker_index: int = 0):
+        """``worker_index``: this worker's place among the server's (0 to workers - 1), which spreads the
+        workers' borrowed cores (cores.py)."""
+        self.settings, self.repository = settings, repository
+        self.metrics = ModelMetrics()
+        self.threads = settings.session_threads()
+        self.providers = choose_providers(
+            settings.providers, ort.get_available_providers(), cuda_device_count(), tensorrt_loads()
+        )
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+        self.cores = os.cpu_count() or 1
+        self.tokens = (
+            CoreTokens(self.cores, self.threads, worker_index)
+            if settings.borrow_idle_cores and self.threads < self.cores and self.providers[0] == CPU
+            else None
+        )
+        self.loaded: dict[str, LoadedModel] = {}
+        self.batchers: dict[str, AdaptiveBatcher] = {}
+        self.failures: dict[str, str] = {}
+        cache_dir = Path(tempfile.gettempdir()) / "cnnserve-trt-cache"
+        for model in repository.versions():
+            self.load(model, cache_dir)
+        self.status = self.describe()
+
+    def load(self, model: ModelVersion, cache_dir: Path) -> None:
+        settings = self.settings
+        labels = (model.name, str(model.version))
+        batching = settings.batching_for(model.name)
+        try:
+            loaded = load_model(model, self.providers, settings.precision, self.threads, cache_dir)
+            warm_up = loaded.warm_up(batching.max_batch_size) if settings.warmup else {}
+            runner = self.runner(loaded, warm_up, cache_dir)
+        except (ModelInvalid, ValueError) as exc:
+            self.failures[model.key] = str(exc)
+            self.metrics.model_ready.labels(*labels).set(0)
+            log.error("model %s refused: %s", model.key, exc)
+            return
+        self.loaded[model.key] = loaded
+        self.metrics.model_ready.labels(*labels).set(1)
+
+        def observe(images: int, seconds: float) -> None:
+            totals = pass_totals()
+            totals.observe(child(self.metrics.batch_size, *labels), images)
+            totals.observe(child(self.metrics.compute_duration, *labels), seconds)
+
+        self.batchers[model.key] = AdaptiveBatcher(
+            model.key,
+            runner,
+            self.executor,
+            max_batch_size=batching.max_batch_size if settings.batching else 1,
+            max_queue_delay_ms=batching.max_queue_delay_ms,
+            max_queue_images=batching.max_queue_images,
+            on_batch=observe,
+            inline_up_to=runner.inline_up_to,
+            run_now=runner.run_if_cores_free if runner.solo else None,
+            alone=lone_http_request,
+        )
+        log.info(
+            "model %s ready on %s (%s, %d thread(s); warm-up: batch 1 %.2f ms, batch %d %.2f ms; "
+            "batches up to %d run on the event loop, up to %d on every core when the others are idle)",
+            model.key, loaded.providers[0], loaded.variant, self.threads, 1000 * warm_up.get(1, 0),
+            batching.max_batch_size, 1000 * warm_up.get(batching.max_batch_size, 0), runner.inline_up_to,
+            SOLO_MAX_BATCH if runner.solo else 0,
+        )
+
+    def runner(self, loaded: LoadedModel, warm_up: dict[int, float], cache_dir: Path) -> ModelRunner:
+        """How this model's batches run. With idle cores to borrow, a model too large to run on the
+        event loop gets a second session with a thread per core, for batches of up to SOLO_MAX_BATCH
+        (core tokens: cnnserve/serving/cores.py). Warm-up timings cannot choose the sizes: every worker
+        warms up at once, so a session with a thread per core looks slower then than it is."""
+        settings = self.settings
+        inline = inline_up_to(warm_up)
+        if self.tokens is None or inline >= SOLO_MAX_BATCH:
+            return ModelRunner(loaded, inline)
+        solo = load_model(loaded.model, self.providers, settings.precision, self.cores, cache_dir, spin=True)
+        if settings.warmup:
+            solo.warm_up(SOLO_MAX_BATCH)
+        return ModelRunner(loaded, inline, self.tokens, solo)
+
+    def batcher(self, model: ModelVersion) -> AdaptiveBatcher:
+        batcher = self.batchers.get(model.key)
+        if batcher is None:
+            raise ModelUnavailable(f"model {model.key} is not loaded: {self.failures.get(model.key, 'unknown')}")
+        return batcher
+
+    async def infer(self, model: ModelVersion, images: np.ndarray, deadline: float) -> BatchResult:
+        """Queue images at the model's batcher; the answer comes when their batch has run."""
+        return await self.batcher(model).submit(images, deadline)
+
+    def check_room(self, model: ModelVersion, count: int) -> None:
+        self.batcher(model).check_room(count)
+
+    def describe(self) -> dict:
+        """Per model version: ready or failed (with the reason), provider and precision.
+
+        Fixed once loading is over, so it is built once and then only read.
+        """
+        statuses = {key: {"status": "failed", "reason": reason} for key, reason in self.failures.items()}
+        for key, loaded in self.loaded.items():
+            statuses[key] = {
+                "status": "ready",
+                "reason": None,
+                "provider": loaded.providers[0],
+                "providers": loaded.providers,
+                "variant": loaded.variant,
+                "threads": self.threads,
+                "pid": os.getpid(),
+            }
+        return statuses
