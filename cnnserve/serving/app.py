@@ -17,17 +17,18 @@ import logging
 
 import bentoml
 
-from . import patching
 from .auth import ApiKeyMiddleware, KeyCheck, load_digests
 from .config import load_settings
 from .core import InferenceCore
 from .fastlane import FastLane
 from .host import ModelHost
 from .limits import BodyLimit
-from .listening import listen_on_own_socket, spread_connections
+from .patches import allowed
+from .patches.bentoml_asgi import cors_options, wrap_service_app
+from .patches.circus_sockets import listen_on_own_socket, spread_connections
+from .patches.uvicorn_writes import coalesce_responses
 from .repository import discover
 from .rest import build_rest_app, serve_core
-from .writes import coalesce_responses
 
 log = logging.getLogger("cnnserve")
 
@@ -44,7 +45,7 @@ def configure_logging() -> None:
 
 configure_logging()
 settings = load_settings()
-if settings.spread_connections and patching.allowed("circus") and patching.allowed("bentoml"):
+if settings.spread_connections and allowed("circus") and allowed("bentoml"):
     spread_connections()  # takes effect in the arbiter, which imports this before it binds the HTTP port
 repository = discover(settings.models_dir, settings.serve)
 rest_app = build_rest_app()
@@ -70,19 +71,12 @@ class CnnServe:
 key_check = KeyCheck(load_digests(settings))
 CnnServe.add_asgi_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 CnnServe.add_asgi_middleware(ApiKeyMiddleware, check=key_check, open_paths=settings.auth_open_paths)
-bentoml_to_asgi = type(CnnServe).to_asgi
 
 
-def to_asgi_with_fast_lane(service, is_main: bool = True):
-    """What each worker's uvicorn serves: BentoML's app, with the fast lane in front (cnnserve/serving/fastlane.py),
-    on the worker's own listening socket (cnnserve/serving/listening.py), each response in one write (cnnserve/serving/writes.py).
-
-    BentoML builds the app by calling ``to_asgi`` on the service class, so the
-    fast lane goes in there; services other than this one are left alone.
-    """
-    app = bentoml_to_asgi(service, is_main)
-    if service is not CnnServe:
-        return app
+def worker_app(app):
+    """What each worker's uvicorn serves: BentoML's app with the fast lane in front (fastlane.py), on the
+    worker's own listening socket (patches/circus_sockets.py), each response in one write
+    (patches/uvicorn_writes.py)."""
     if settings.spread_connections:
         listen_on_own_socket()
     if settings.coalesce_writes:
@@ -93,21 +87,7 @@ def to_asgi_with_fast_lane(service, is_main: bool = True):
     if not settings.fast_lane:
         return app
     return FastLane(app, rest_app, settings.max_body_bytes, key_check, settings.auth_open_paths, settings.noop_route,
-                    cors=bentoml_cors_options())
+                    cors=cors_options())
 
 
-def bentoml_cors_options() -> dict | None:
-    """BentoML's CORS settings (``services.cnnserve.http.cors`` or ``api_server.http.cors``) as Starlette's
-    ``CORSMiddleware`` takes them, or None when CORS is off: the fast lane applies them as BentoML does.
-
-    Read from BentoML's configuration container, the same values its own app reads (patching.py).
-    """
-    from bentoml._internal.configuration.containers import BentoMLContainer
-
-    if not BentoMLContainer.http.cors.enabled.get():
-        return None
-    return BentoMLContainer.access_control_options.get()
-
-
-if patching.allowed("bentoml"):
-    type(CnnServe).to_asgi = to_asgi_with_fast_lane
+wrap_service_app(CnnServe, worker_app)

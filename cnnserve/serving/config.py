@@ -68,8 +68,8 @@ class Settings:
     warmup: bool = True
     access_log: bool = False
     fast_lane: bool = True
-    spread_connections: bool = True  # one SO_REUSEPORT socket per worker (cnnserve/serving/listening.py)
-    coalesce_writes: bool = True  # each HTTP response in one socket write (cnnserve/serving/writes.py)
+    spread_connections: bool = True  # one SO_REUSEPORT socket per worker (cnnserve/serving/patches/circus_sockets.py)
+    coalesce_writes: bool = True  # each HTTP response in one socket write (cnnserve/serving/patches/uvicorn_writes.py)
     borrow_idle_cores: bool = True
     noop_route: bool = False
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # plain keys; hashed at start, never logged

@@ -15,7 +15,7 @@ _request_tasks: set | None = None
 
 
 def watch(request_tasks: set) -> None:
-    """Called by the worker's HTTP protocol (cnnserve/serving/writes.py) with uvicorn's set of request tasks."""
+    """Called by the worker's HTTP protocol (cnnserve/serving/patches/uvicorn_writes.py) with uvicorn's set of request tasks."""
     global _request_tasks
     _request_tasks = request_tasks
 

@@ -12,11 +12,9 @@ Per batch: size in images, compute duration. Per worker: model readiness.
 from __future__ import annotations
 
 import asyncio
-import bisect
-import collections
 import functools
 
-from . import patching
+from .patches.prometheus_histograms import observe_all
 
 
 @functools.lru_cache(maxsize=4096)
@@ -34,7 +32,7 @@ class PassTotals:
     answered at once), so the updates of a series are summed and written once:
     a counter or gauge by their total, a histogram by its sum and a count per
     bucket touched. Scrapes see them when the pass ends, before its responses
-    leave (cnnserve/serving/writes.py flushes later in the same way).
+    leave (cnnserve/serving/patches/uvicorn_writes.py flushes later in the same way).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
@@ -72,23 +70,6 @@ class PassTotals:
 
 
 
-def observe_all(histogram, values: list[float]) -> None:
-    """``histogram.observe`` of every value, in one write for the sum and one per bucket touched.
-
-    prometheus-client has no call for many observations; its histogram keeps
-    the sum and the per-bucket counts in ``_sum`` and ``_buckets``, each bucket
-    counting the values up to its bound (the first bound ≥ the value, as ``observe`` picks).
-    """
-    if len(values) == 1 or not patching.allowed("prometheus_client"):  # then one observe() per value
-        for value in values:
-            histogram.observe(value)
-        return
-    histogram._sum.inc(sum(values))
-    counts = collections.Counter(bisect.bisect_left(histogram._upper_bounds, value) for value in values)
-    for bucket, count in counts.items():
-        histogram._buckets[bucket].inc(count)
-
-
 class Immediate:
     """Updates made outside an event loop: written at once."""
 
@@ -120,7 +101,7 @@ def pass_totals() -> PassTotals | Immediate:
 
 
 def flush_pass_totals() -> None:
-    """Write the running pass's metric updates now, ahead of a response that leaves early (cnnserve/serving/writes.py)."""
+    """Write the running pass's metric updates now, ahead of a response that leaves early (cnnserve/serving/patches/uvicorn_writes.py)."""
     if _current is not None:
         _current.flush()
 

@@ -1,23 +1,23 @@
-"""The one gate for every patch of a third-party library's internals.
+"""Every patch of a third-party library's internals lives in this package, behind one gate.
 
 cnnserve reaches into four libraries where they offer no option for what it
 needs (docs/architecture.md says why, with the measurements):
 
-- bentoml: ``Service.to_asgi`` is wrapped so the fast lane sits in front of
-  BentoML's app (fastlane.py), and its CORS options are read from BentoML's
-  configuration container (app.py);
-- circus: ``CircusSocket.__init__`` is wrapped so each worker listens on its own
-  ``SO_REUSEPORT`` socket (listening.py);
-- uvicorn: ``HTTP_PROTOCOLS["auto"]`` is replaced by a protocol that writes
-  each response once and hands uvicorn's request-task set to lone.py
-  (writes.py);
-- prometheus_client: a histogram's ``_sum`` and ``_buckets`` take many
-  observations in one write (metrics.py).
+- bentoml (``bentoml_asgi.py``): ``Service.to_asgi`` is wrapped so the fast
+  lane sits in front of BentoML's app (fastlane.py), and its CORS options are
+  read from BentoML's configuration container;
+- circus (``circus_sockets.py``): ``CircusSocket.__init__`` is wrapped so each
+  worker listens on its own ``SO_REUSEPORT`` socket;
+- uvicorn (``uvicorn_writes.py``): ``HTTP_PROTOCOLS["auto"]`` is replaced by a
+  protocol that writes each response once and hands uvicorn's request-task set
+  to lone.py;
+- prometheus_client (``prometheus_histograms.py``): a histogram's ``_sum`` and
+  ``_buckets`` take many observations in one write.
 
 Each patch asks ``allowed(library)`` first. Where the installed version is not
 the one the patch was tested on (``TESTED``, pinned in pyproject.toml), the
 patch stays off, with one log line naming what is lost, and the server runs
-the library's own path: slower, never wrong. tests/serving/test_patching.py
+the library's own path: slower, never wrong. tests/serving/patches/test_gate.py
 fails when a pin moves without this table, and each patch's own tests fail if
 it stops taking effect.
 """

@@ -32,8 +32,9 @@ import logging
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from . import lone, patching
-from .metrics import flush_pass_totals
+from .. import lone
+from ..metrics import flush_pass_totals
+from . import allowed
 
 log = logging.getLogger("cnnserve")
 
@@ -108,7 +109,7 @@ class CoalescingHttpProtocol(AutoHTTPProtocol):
 
 def coalesce_responses() -> None:
     """In a worker, before uvicorn starts: serve HTTP with ``CoalescingHttpProtocol``."""
-    if not patching.allowed("uvicorn"):
+    if not allowed("uvicorn"):
         return
     try:
         from uvicorn.config import HTTP_PROTOCOLS

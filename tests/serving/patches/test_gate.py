@@ -1,8 +1,8 @@
 """Patches of library internals go in only on the versions they were tested on.
 
 Whether each one still takes effect is tested beside what it does: the fast lane
-and its CORS (test_fastlane.py), one socket per worker (test_listening.py),
-single-write responses and the lone-request signal (test_writes.py,
+and its CORS (test_fastlane.py), one socket per worker (test_circus_sockets.py),
+single-write responses and the lone-request signal (test_uvicorn_writes.py,
 test_lone.py), many observations in one write (test_metrics.py).
 """
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from cnnserve.serving import patching
+from cnnserve.serving import patches as patching
 
-PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+PYPROJECT = Path(__file__).resolve().parents[3] / "pyproject.toml"
 
 
 @pytest.mark.parametrize("library", sorted(patching.TESTED))

@@ -10,7 +10,7 @@ import psutil
 import pytest
 from circus.sockets import CircusSocket
 
-from cnnserve.serving.listening import (
+from cnnserve.serving.patches.circus_sockets import (
     ADDRESS_VARIABLE,
     API_SERVER_SOCKET,
     PortInUse,
