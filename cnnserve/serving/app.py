@@ -24,7 +24,7 @@ from .fastlane import FastLane
 from .host import ModelHost
 from .limits import BodyLimit
 from .patches import allowed
-from .patches.bentoml_asgi import cors_options, wrap_service_app
+from .patches.bentoml_asgi import promised_middlewares, wrap_service_app
 from .patches.circus_sockets import listen_on_own_socket, spread_connections
 from .patches.uvicorn_writes import coalesce_responses
 from .repository import discover
@@ -87,7 +87,7 @@ def worker_app(app):
     if not settings.fast_lane:
         return app
     return FastLane(app, rest_app, settings.max_body_bytes, key_check, settings.auth_open_paths, settings.noop_route,
-                    cors=cors_options())
+                    around=promised_middlewares())
 
 
 wrap_service_app(CnnServe, worker_app)

@@ -9,12 +9,14 @@ through it, 3,365 for a hand-written FastAPI server; docs/architecture.md).
 /predict``, ``POST /predict_batch``, ``POST /v2/models/.../infer`` and the V2
 liveness probe) straight to their handlers, behind our own body limit and API
 key check; every other path, and every route when ``fast_lane`` is off, goes
-through BentoML's stack unchanged. CORS, when configured in BentoML, applies
-to fast-lane routes too (Starlette's ``CORSMiddleware`` with BentoML's own
-options; preflight requests are OPTIONS and go to BentoML). cnnserve's own
-metrics (``cnnserve_*``) count every request either way; BentoML's
-``bentoml_service_*`` HTTP metrics, its access log and its OpenTelemetry spans
-do not see fast-lane requests.
+through BentoML's stack unchanged. What BentoML promises for every route
+when it is configured applies to fast-lane routes too, through BentoML's own
+middlewares with BentoML's own options (patches/bentoml_asgi.py): an
+OpenTelemetry span per request that honours W3C ``traceparent`` when a tracing
+exporter is set, the access log when it is on, and CORS (preflight requests
+are OPTIONS and go to BentoML). cnnserve's own metrics (``cnnserve_*``) count
+every request either way; BentoML's ``bentoml_service_*`` HTTP metrics do not
+see fast-lane requests.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from __future__ import annotations
 import logging
 import re
 
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
@@ -72,15 +73,19 @@ class FastLane:
 
     def __init__(
         self, app, rest_app, max_body_bytes: int, key_check: KeyCheck, open_paths: tuple[str, ...], noop_route: bool,
-        cors: dict | None = None,
+        around: list[tuple[type, dict]] = (),
     ):
+        """``around``: ASGI middlewares (class, options), outermost first, that every fast-lane request passes
+        through before the body limit and API key (tracing, access log and CORS as BentoML configures them)."""
         self.app = app  # BentoML's full stack
         self.noop_route = noop_route
         self.rest_app = rest_app  # the handlers read the core and the data plane from its state
         self.max_body_bytes = max_body_bytes
         self.keys_needed = key_check.enabled
         self.guarded = BodyLimit(ApiKeyMiddleware(self.handle, key_check, open_paths), max_body_bytes)
-        self.enter = self.checked if cors is None else CORSMiddleware(self.checked, **cors)
+        self.enter = self.checked
+        for middleware, options in reversed(around):
+            self.enter = middleware(self.enter, **options)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":

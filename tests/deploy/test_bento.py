@@ -6,7 +6,7 @@ import subprocess
 import tomllib
 
 from loadtests.local_server import BENTOML, REPO_ROOT, running_server
-from tests.serving.test_server import GOOD
+from tests.serving.helpers import GOOD
 
 BENTOFILE = REPO_ROOT / "deploy" / "bentofile.yaml"
 

@@ -1,6 +1,7 @@
 """Observability, for real: the dashboard only asks for metrics the running
 service exposes, promtool accepts the Prometheus configuration, and a real
-Prometheus scraping the service sees the requests a test sends."""
+Prometheus scraping the service sees the requests a test sends and answers
+every dashboard query with data."""
 
 import json
 import re
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from loadtests.local_server import REPO_ROOT, free_port
-from tests.serving.test_server import GOOD
+from tests.serving.helpers import GOOD
 
 COMPOSE = REPO_ROOT / "deploy" / "compose"
 DASHBOARD = COMPOSE / "grafana" / "dashboards" / "cnnserve.json"
@@ -95,3 +96,15 @@ def test_prometheus_sees_the_requests_sent(server, prometheus):
     p99 = query(prometheus, 'histogram_quantile(0.99, sum by (le) (rate(cnnserve_request_duration_seconds_bucket'
                             '{model="lenet5-digits",outcome="success"}[10s])))')
     assert p99 is not None and 0 < p99 < 1.0
+
+
+def test_prometheus_answers_every_dashboard_query_with_data(server, prometheus):
+    for _ in range(10):
+        server.client.post("/predict", files={"image": ("a.png", GOOD)}, data={"model": "lenet5-digits"})
+        server.client.post("/predict", files={"image": ("a.txt", b"not an image")}, data={"model": "lenet5-digits"})
+        time.sleep(0.3)
+    time.sleep(2)
+    for promql in dashboard_queries():
+        answer = prometheus.get("/api/v1/query", params={"query": promql}).json()
+        assert answer["status"] == "success", f"{promql!r}: {answer}"
+        assert answer["data"]["result"], f"{promql!r} gives no series"

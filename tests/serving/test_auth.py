@@ -10,10 +10,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cnnserve.serving.auth import KeyCheck, digest
-from cnnserve.serving.v2 import inference_pb2 as pb
 from cnnserve.serving.v2 import inference_pb2_grpc as pb_grpc
 from loadtests.local_server import running_server
-from tests.serving.test_server import GOOD, counter
+from tests.serving.helpers import GOOD, grpc_request, metric_total
 
 PLAIN_KEY = "plain-key-7d1f0c"
 FILE_KEY = "file-key-93ab22"
@@ -55,7 +54,7 @@ def test_rest_and_v2_refuse_without_a_valid_key(secured, headers):
     after = secured.metrics()
 
     def requests(**labels) -> float:
-        return counter(after, "cnnserve_requests_total", **labels) - counter(before, "cnnserve_requests_total", **labels)
+        return metric_total(after, "cnnserve_requests_total", **labels) - metric_total(before, "cnnserve_requests_total", **labels)
 
     assert requests(outcome="unauthorised", protocol="rest") == 1
     assert requests(outcome="unauthorised", protocol="v2-rest") == 1
@@ -76,15 +75,7 @@ def test_health_and_metrics_stay_open(secured):
 def grpc_infer(address: str, metadata=()):
     with grpc.insecure_channel(address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        images = np.zeros((1, 1, 32, 32), np.float32)
-        return stub.ModelInfer(
-            pb.ModelInferRequest(
-                model_name="lenet5-digits",
-                inputs=[pb.ModelInferRequest.InferInputTensor(name="images", datatype="FP32", shape=[1, 1, 32, 32])],
-                raw_input_contents=[images.tobytes()],
-            ),
-            metadata=metadata,
-        )
+        return stub.ModelInfer(grpc_request("lenet5-digits", np.zeros((1, 1, 32, 32), np.float32)), metadata=metadata)
 
 
 def test_grpc_refuses_without_a_valid_key_and_serves_with_one(secured):

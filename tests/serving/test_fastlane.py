@@ -2,9 +2,14 @@
 HTTP metrics do not count them) yet keep our limits; every other route, and
 every route with ``fast_lane`` off, goes through BentoML's stack."""
 
-import math
+import contextlib
+import http.server
+import json
+import threading
+import time
 
 import httpx
+import numpy as np
 import pytest
 
 from cnnserve.serving.fastlane import route
@@ -13,7 +18,7 @@ from cnnserve.serving.rest import predict, predict_batch
 from cnnserve.serving.v2.rest import infer, server_live
 from loadtests.digit_images import digit_files
 from loadtests.local_server import running_server
-from tests.serving.test_server import counter
+from tests.serving.helpers import metric_total, v2_json
 
 
 @pytest.mark.parametrize(("method", "path", "handler", "params"), [
@@ -68,7 +73,7 @@ def test_fast_lane_predictions_skip_bentoml_middlewares_but_not_our_limits(serve
     before = server.metrics()
     too_big = httpx.post(f"{server.url}/predict", content=b"x" * (3 * 1024 * 1024), timeout=30)
     assert too_big.status_code == 413 and "limit" in too_big.json()["error"]
-    counted = [counter(text, "cnnserve_requests_total", outcome="too_large", protocol="rest")
+    counted = [metric_total(text, "cnnserve_requests_total", outcome="too_large", protocol="rest")
                for text in (before, server.metrics())]
     assert counted[1] - counted[0] == 1
     assert httpx.post(f"{server.url}/noop", content=b"{}", timeout=30).status_code in (404, 405)
@@ -87,7 +92,7 @@ def test_with_the_fast_lane_off_bentoml_sees_every_request_and_noop_route_answer
 
 
 def v2_request(shape: list[int]) -> dict:
-    return {"inputs": [{"name": "images", "datatype": "FP32", "shape": shape, "data": [0.5] * math.prod(shape)}]}
+    return v2_json(np.full(shape, 0.5, np.float32))
 
 
 def test_the_v2_noop_route_answers_as_the_model_would_with_zeros_and_without_inference(tmp_path):
@@ -108,8 +113,7 @@ def test_the_v2_noop_route_answers_as_the_model_would_with_zeros_and_without_inf
 
 
 def batched_images(metrics: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-               if line.startswith("cnnserve_batch_size_images_sum{") and 'model="lenet5-digits"' in line)
+    return metric_total(metrics, "cnnserve_batch_size_images_sum", model="lenet5-digits")
 
 
 ALLOWED_ORIGIN = "https://app.example"
@@ -150,3 +154,54 @@ def test_cors_configured_in_bentoml_applies_to_the_fast_lane_routes(tmp_path, mo
             assert "access-control-allow-origin" not in answer.headers, name
         assert client.post("/predict", files={"image": ("d.png", file.data)},
                            data={"model": "lenet5-digits"}).status_code == 200  # no Origin: not a CORS request
+
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_SPAN = "00f067aa0ba902b7"
+
+
+@contextlib.contextmanager
+def span_collector():
+    """A Zipkin endpoint on 127.0.0.1 that keeps every span posted to it."""
+    spans = []
+
+    class Collect(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            spans.extend(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(202)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/api/v2/spans", spans
+    finally:
+        server.shutdown()
+
+
+def test_fast_lane_routes_keep_bentoml_tracing_and_access_log(tmp_path, monkeypatch, digit_png):
+    """With tracing and the access log on in BentoML, a fast-lane request continues the caller's W3C trace in a
+    span of its own, sent to the configured exporter, and gets its access log line."""
+    with span_collector() as (endpoint, spans):
+        config = tmp_path / "bentoml.yaml"
+        config.write_text("services:\n  cnnserve:\n    tracing:\n      exporter_type: zipkin\n      sample_rate: 1.0\n"
+                          f"      zipkin: {{endpoint: '{endpoint}'}}\n")
+        monkeypatch.setenv("BENTOML_CONFIG", str(config))
+        with running_server(tmp_path, serve="lenet5-digits", workers="1", access_log="true") as server:
+            traceparent = {"traceparent": f"00-{TRACE_ID}-{PARENT_SPAN}-01"}
+            assert httpx.post(f"{server.url}/predict?model=lenet5-digits", files={"image": ("d.png", digit_png)},
+                              headers=traceparent, timeout=30).status_code == 200
+            assert httpx.post(f"{server.url}/v2/models/lenet5-digits/infer", json=v2_request([1, 1, 32, 32]),
+                              headers=traceparent, timeout=30).status_code == 200
+            deadline = time.monotonic() + 20  # the exporter sends a batch every 5 s
+            while time.monotonic() < deadline and len({s["name"] for s in spans if s["traceId"] == TRACE_ID}) < 2:
+                time.sleep(0.5)
+            log = server.log()
+    ours = [s for s in spans if s["traceId"] == TRACE_ID and s.get("parentId") == PARENT_SPAN]
+    assert {s["name"] for s in ours} >= {"POST /predict", "POST /v2/models/lenet5-digits/infer"}, spans
+    access = [line for line in log.splitlines() if "path=/predict" in line or "path=/v2/models" in line]
+    assert any("status=200" in line for line in access if "path=/predict" in line), log[-3000:]
+    assert any("status=200" in line for line in access if "path=/v2/models/lenet5-digits/infer" in line)

@@ -3,19 +3,9 @@ in the worker, even a request still being read, queues to share a batch."""
 
 import socket
 
-import pytest
-
 from loadtests.digit_images import digit_files
-from loadtests.local_server import running_server
 
 MODEL = "lenet5-digits"  # small enough to run on the event loop
-
-
-@pytest.fixture(scope="module")
-def one_worker(tmp_path_factory):
-    """One worker, so both connections below meet in the same one."""
-    with running_server(tmp_path_factory.mktemp("server"), workers=1) as server:
-        yield server
 
 
 def queue_ms(server) -> float:

@@ -7,6 +7,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from cnnserve.serving.metrics import LATENCY_BUCKETS, pass_totals
+from tests.serving.helpers import samples
 
 DURATIONS = [0.0003, 0.0005, 0.0007, 0.003, 0.003, 0.02, 7.0, 12.0, 0.0011]
 
@@ -15,11 +16,6 @@ def metrics(registry: CollectorRegistry):
     return (Counter("answers", "", ["outcome"], registry=registry),
             Gauge("inflight", "", registry=registry),
             Histogram("duration_seconds", "", buckets=LATENCY_BUCKETS, registry=registry))
-
-
-def samples(registry: CollectorRegistry) -> dict:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for metric in registry.collect() for s in metric.samples if not s.name.endswith("_created")}
 
 
 def test_a_pass_of_updates_reads_the_same_as_each_update_written_at_once():

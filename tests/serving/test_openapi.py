@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.serving.test_server import GOOD
+from tests.serving.helpers import GOOD
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 

@@ -19,7 +19,7 @@ import pytest
 
 from loadtests.digit_images import digit_files
 from loadtests.local_server import running_server
-from tests.serving.test_server import counter
+from tests.serving.helpers import metric_total
 
 MODEL = "resnet18-digits"
 TIMEOUT_MS = 1500
@@ -56,16 +56,16 @@ def test_a_flood_is_served_or_refused_quickly_and_nothing_is_lost(tmp_path, caps
         assert all(h.get("retry-after") == "1" for _, _, h in refused)
         assert accepted.max() < TIMEOUT_MS / 1000 + 2.0, "accepted requests finish within their deadline"
         def counted(outcome: str) -> float:
-            return counter(after, "cnnserve_requests_total", model=MODEL, outcome=outcome) - counter(
+            return metric_total(after, "cnnserve_requests_total", model=MODEL, outcome=outcome) - metric_total(
                 before, "cnnserve_requests_total", model=MODEL, outcome=outcome)
 
         assert counted("rejected") == statuses.count(503), "every refusal is counted"
         assert counted("timed_out") == statuses.count(504), "every request past its deadline is counted"
         def server_mean_seconds(outcome: str) -> float:
             labels = {"model": MODEL, "outcome": outcome}
-            total = counter(after, "cnnserve_request_duration_seconds_sum", **labels) - counter(
+            total = metric_total(after, "cnnserve_request_duration_seconds_sum", **labels) - metric_total(
                 before, "cnnserve_request_duration_seconds_sum", **labels)
-            count = counter(after, "cnnserve_request_duration_seconds_count", **labels) - counter(
+            count = metric_total(after, "cnnserve_request_duration_seconds_count", **labels) - metric_total(
                 before, "cnnserve_request_duration_seconds_count", **labels)
             return total / count
 

@@ -17,15 +17,7 @@ from cnnserve.training.data.digits import load_source_digits, split_indices
 from loadtests.digit_images import Condition, DigitFile, digit_files, render
 from loadtests.local_server import MAX_BODY_BYTES as MAX_BODY
 from tests.committed import INPUTS, VERSIONS
-
-
-def png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-GOOD = png(Image.new("RGB", (64, 64), (20, 20, 20)))
+from tests.serving.helpers import GOOD, metric_total, png
 
 
 @pytest.mark.parametrize(("model", "channels", "size"), [(name, *shape) for name, shape in INPUTS.items()])
@@ -117,14 +109,6 @@ def test_model_listing_shows_provider_metrics_and_status(server):
     assert version["batching"]["max_batch_size"] > 1
 
 
-def counter(text: str, name: str, **labels) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def test_a_concurrent_burst_rides_in_shared_batches(server):
     before = server.metrics()
     files = [f.data for f in digit_files(3, 64, count=16, seed=3)]
@@ -138,8 +122,8 @@ def test_a_concurrent_burst_rides_in_shared_batches(server):
     assert statuses == [200] * 192
     after = server.metrics()
     labels = {"model": "resnet18-digits", "version": str(VERSIONS["resnet18-digits"])}
-    images = counter(after, "cnnserve_batch_size_images_sum", **labels) - counter(before, "cnnserve_batch_size_images_sum", **labels)
-    batches = counter(after, "cnnserve_batch_size_images_count", **labels) - counter(before, "cnnserve_batch_size_images_count", **labels)
+    images = metric_total(after, "cnnserve_batch_size_images_sum", **labels) - metric_total(before, "cnnserve_batch_size_images_sum", **labels)
+    batches = metric_total(after, "cnnserve_batch_size_images_count", **labels) - metric_total(before, "cnnserve_batch_size_images_count", **labels)
     assert images == 192
     assert images / batches > 1.5, f"mean batch {images / batches:.2f} images"
 
@@ -157,10 +141,10 @@ def test_metrics_expose_requests_latency_queue_batches_inflight_and_readiness(se
         "cnnserve_inflight_requests",
     ):
         assert re.search(rf"^{name}{{.*model=\"lenet5-digits\"", text, re.M), name
-    assert counter(text, "cnnserve_requests_total", model="lenet5-digits", outcome="success") >= 1
-    assert counter(text, "cnnserve_requests_total", outcome="client_error") >= 1
+    assert metric_total(text, "cnnserve_requests_total", model="lenet5-digits", outcome="success") >= 1
+    assert metric_total(text, "cnnserve_requests_total", outcome="client_error") >= 1
     for model in ("lenet5-digits", "resnet18-digits", "vgg11-digits"):
-        assert counter(text, "cnnserve_model_ready", model=model) == 1
+        assert metric_total(text, "cnnserve_model_ready", model=model) == 1
 
 
 BOMB = png(Image.new("1", (20_000, 20_000)))

@@ -6,7 +6,7 @@ import pytest
 
 from loadtests.local_server import running_server, wait_ready
 from tests.committed import VERSIONS
-from tests.serving.test_server import GOOD
+from tests.serving.helpers import GOOD
 
 
 @pytest.fixture(scope="module")

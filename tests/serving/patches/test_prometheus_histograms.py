@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Histogram
 
 from cnnserve.serving.metrics import LATENCY_BUCKETS
 from cnnserve.serving.patches.prometheus_histograms import observe_all
+from tests.serving.helpers import samples
 
 DURATIONS = [0.0003, 0.0005, 0.0007, 0.003, 0.003, 0.02, 7.0, 12.0, 0.0011]
 
@@ -13,11 +14,6 @@ DURATIONS = [0.0003, 0.0005, 0.0007, 0.003, 0.003, 0.02, 7.0, 12.0, 0.0011]
 def histogram() -> tuple[Histogram, CollectorRegistry]:
     registry = CollectorRegistry()
     return Histogram("duration_seconds", "", buckets=LATENCY_BUCKETS, registry=registry), registry
-
-
-def samples(registry: CollectorRegistry) -> dict:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for metric in registry.collect() for s in metric.samples if not s.name.endswith("_created")}
 
 
 def test_many_observations_read_as_if_observed_one_by_one():

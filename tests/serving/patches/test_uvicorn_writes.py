@@ -19,7 +19,12 @@ from starlette.routing import Route
 from uvicorn import config as uvicorn_config
 
 from cnnserve.serving.metrics import pass_totals
-from cnnserve.serving.patches.uvicorn_writes import FLUSH_AT_BYTES, CoalescingHttpProtocol, CoalescingTransport, coalesce_responses
+from cnnserve.serving.patches.uvicorn_writes import (
+    FLUSH_AT_BYTES,
+    CoalescingHttpProtocol,
+    CoalescingTransport,
+    coalesce_responses,
+)
 from loadtests.local_server import free_port
 
 

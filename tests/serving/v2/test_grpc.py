@@ -14,6 +14,7 @@ from cnnserve.serving.v2 import inference_pb2 as pb
 from cnnserve.serving.v2 import inference_pb2_grpc as pb_grpc
 from loadtests.digit_images import digit_files
 from tests.committed import VERSIONS
+from tests.serving.helpers import grpc_request
 
 MODEL = "resnet18-digits"
 VERSION = VERSIONS[MODEL]
@@ -32,13 +33,7 @@ def digits():
 
 
 def infer_raw(stub, images, model=MODEL, outputs=()):
-    request = pb.ModelInferRequest(
-        model_name=model,
-        inputs=[pb.ModelInferRequest.InferInputTensor(name="images", datatype="FP32", shape=list(images.shape))],
-        outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name=o) for o in outputs],
-        raw_input_contents=[images.astype(np.float32).tobytes()],
-    )
-    return stub.ModelInfer(request)
+    return stub.ModelInfer(grpc_request(model, images, outputs))
 
 
 def output(response, name) -> np.ndarray:

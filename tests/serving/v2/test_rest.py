@@ -11,6 +11,7 @@ import pytest
 from cnnserve.contract.images import decode_image
 from loadtests.digit_images import digit_files
 from tests.committed import VERSIONS
+from tests.serving.helpers import v2_json
 
 MODEL = "lenet5-digits"
 VERSION = VERSIONS[MODEL]
@@ -24,8 +25,7 @@ def digits():
 
 
 def infer_json(server, images, model=MODEL, **extra):
-    body = {"inputs": [{"name": "images", "datatype": "FP32", "shape": list(images.shape),
-                        "data": images.ravel().tolist()}], **extra}
+    body = {**v2_json(images), **extra}
     return server.client.post(f"/v2/models/{model}/infer", json=body)
 
 

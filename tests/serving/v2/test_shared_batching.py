@@ -10,29 +10,17 @@ import numpy as np
 import pytest
 
 from cnnserve.contract.images import decode_image
-from cnnserve.serving.v2 import inference_pb2 as pb
 from cnnserve.serving.v2 import inference_pb2_grpc as pb_grpc
 from loadtests.digit_images import digit_files
 from loadtests.local_server import running_server
+from tests.serving.helpers import grpc_request
 
 MODEL = "resnet18-digits"
 PER_PROTOCOL = 24
 
 
-@pytest.fixture(scope="module")
-def one_worker(tmp_path_factory):
-    """One inference worker, so every request meets in one batcher."""
-    with running_server(tmp_path_factory.mktemp("server"), workers=1) as server:
-        yield server
-
-
 def grpc_infer(stub, images: np.ndarray) -> tuple[np.ndarray, int]:
-    response = stub.ModelInfer(pb.ModelInferRequest(
-        model_name=MODEL,
-        inputs=[pb.ModelInferRequest.InferInputTensor(name="images", datatype="FP32", shape=list(images.shape))],
-        outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="probabilities")],
-        raw_input_contents=[images.tobytes()],
-    ))
+    response = stub.ModelInfer(grpc_request(MODEL, images, ["probabilities"]))
     probabilities = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(len(images), -1)
     return probabilities, response.parameters["batch_images"].int64_param
 

@@ -1,0 +1,52 @@
+"""What the serving tests share: a PNG encoder, a reader of Prometheus' text format, and V2 request builders
+(JSON for REST, protobuf for gRPC)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+from prometheus_client import CollectorRegistry
+
+from cnnserve.serving.v2 import inference_pb2 as pb
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+GOOD = png(Image.new("RGB", (64, 64), (20, 20, 20)))  # a valid picture for any committed model
+
+
+def metric_total(text: str, name: str, **labels) -> float:
+    """The sum of ``name``'s samples in a /metrics page whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def samples(registry: CollectorRegistry) -> dict:
+    """Every sample of an in-process registry by name and labels (creation times left out)."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for metric in registry.collect() for s in metric.samples if not s.name.endswith("_created")}
+
+
+def v2_json(images: np.ndarray) -> dict:
+    """A V2 REST inference request with ``images`` as JSON data."""
+    return {"inputs": [{"name": "images", "datatype": "FP32", "shape": list(images.shape),
+                        "data": images.ravel().tolist()}]}
+
+
+def grpc_request(model: str, images: np.ndarray, outputs=()) -> pb.ModelInferRequest:
+    """A gRPC ModelInfer request with ``images`` as raw FP32 contents (all outputs unless named)."""
+    return pb.ModelInferRequest(
+        model_name=model,
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="images", datatype="FP32", shape=list(images.shape))],
+        outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name=o) for o in outputs],
+        raw_input_contents=[images.astype(np.float32).tobytes()],
+    )
