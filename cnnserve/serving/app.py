@@ -2,7 +2,7 @@
 
 Each worker builds its model host (``host.py``: ONNX Runtime sessions loaded and
 warmed, one adaptive batcher per model version), serves the HTTP routes of
-``rest.py`` (mounted in the service) and a gRPC server on the same event loop, so requests from every protocol for one model share its batches.
+``routes.py`` (mounted in the service) and a gRPC server on the same event loop, so requests from every protocol for one model share its batches.
 BentoML runs the workers (``workers × threads ≤ cores`` by default), restarts
 one that dies, merges their metrics at ``/metrics`` and answers ``/livez`` and
 ``/readyz``. Why not BentoML's own batchable API behind ``bentoml.depends``:
@@ -18,17 +18,17 @@ import logging
 import bentoml
 
 from .auth import ApiKeyMiddleware, KeyCheck, load_digests
+from .body_limit import BodyLimit
 from .config import load_settings
 from .core import InferenceCore
 from .fastlane import FastLane
 from .host import ModelHost
-from .limits import BodyLimit
 from .patches import allowed
 from .patches.bentoml_asgi import promised_middlewares, wrap_service_app
 from .patches.circus_sockets import listen_on_own_socket, spread_connections
 from .patches.uvicorn_writes import coalesce_responses
 from .repository import discover
-from .rest import build_rest_app, serve_core
+from .routes import build_rest_app, serve_core
 
 log = logging.getLogger("cnnserve")
 
@@ -82,7 +82,7 @@ def worker_app(app):
     if settings.coalesce_writes:
         coalesce_responses()
     else:
-        log.info("coalesce_writes is off: lone requests queue like the rest (lone.py reads uvicorn's request "
+        log.info("coalesce_writes is off: lone requests queue like the rest (lone_request.py reads uvicorn's request "
                  "tasks through the coalescing protocol)")
     if not settings.fast_lane:
         return app

@@ -19,7 +19,7 @@ DEADLINE_EXCEEDED).
 A lone HTTP request on an idle model skips the queue: ``submit`` runs it
 itself when it can run on the event loop (``run_alone``), and saves the two
 passes of the loop the queue costs (the batcher's task wakes, then the
-caller). Requests read in the same pass as it are not alone (cnnserve/serving/lone.py).
+caller). Requests read in the same pass as it are not alone (cnnserve/serving/lone_request.py).
 Only such a lone request may borrow every core on the loop (``run_now``); a
 queued batch never does. The calls of one gRPC channel all reach one worker and
 come in one per pass of its loop: while the other worker idled, each ran alone
@@ -106,8 +106,8 @@ class AdaptiveBatcher:
         self.worker: asyncio.Task | None = None
         self.idle = True  # no batch is being formed or computed
         self.inline_up_to = inline_up_to
-        self.run_now = run_now  # tried on the loop first; None from it means "not now" (cores.py)
-        self.alone = alone or (lambda: False)  # is the caller the worker's only request? (lone.py)
+        self.run_now = run_now  # tried on the loop first; None from it means "not now" (runner.py)
+        self.alone = alone or (lambda: False)  # is the caller the worker's only request? (lone_request.py)
         self.last_batch_images = 0
         self.last_finished = 0.0
         self.last_compute = 0.0

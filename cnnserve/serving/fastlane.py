@@ -28,11 +28,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from .auth import ApiKeyMiddleware, KeyCheck
+from .body_limit import BodyLimit
 from .http_common import header
-from .limits import BodyLimit
 from .noop import NOOP_PROTOCOL, noop, noop_infer
-from .rest import PROTOCOL as REST_PROTOCOL
-from .rest import predict, predict_batch
+from .routes import PROTOCOL as REST_PROTOCOL
+from .routes import predict, predict_batch
 from .v2.rest import PROTOCOL as V2_REST_PROTOCOL
 from .v2.rest import infer, server_live
 

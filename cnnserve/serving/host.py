@@ -19,11 +19,11 @@ import onnxruntime as ort
 
 from .batcher import AdaptiveBatcher, BatchResult, inline_up_to
 from .config import Settings
-from .cores import SOLO_MAX_BATCH, CoreTokens, ModelRunner
 from .errors import ModelUnavailable
-from .lone import lone_http_request
+from .lone_request import lone_http_request
 from .metrics import ModelMetrics, child, pass_totals
 from .repository import ModelVersion, Repository
+from .runner import SOLO_MAX_BATCH, CoreTokens, ModelRunner
 from .runtime import CPU, LoadedModel, ModelInvalid, choose_providers, cuda_device_count, load_model, tensorrt_loads
 
 log = logging.getLogger("cnnserve")
@@ -34,7 +34,7 @@ class ModelHost:
 
     def __init__(self, settings: Settings, repository: Repository, worker_index: int = 0):
         """``worker_index``: this worker's place among the server's (0 to workers - 1), which spreads the
-        workers' borrowed cores (cores.py)."""
+        workers' borrowed cores (runner.py)."""
         self.settings, self.repository = settings, repository
         self.metrics = ModelMetrics()
         self.threads = settings.session_threads()
@@ -100,7 +100,7 @@ class ModelHost:
     def runner(self, loaded: LoadedModel, warm_up: dict[int, float], cache_dir: Path) -> ModelRunner:
         """How this model's batches run. With idle cores to borrow, a model too large to run on the
         event loop gets a second session with a thread per core, for batches of up to SOLO_MAX_BATCH
-        (core tokens: cnnserve/serving/cores.py). Warm-up timings cannot choose the sizes: every worker
+        (core tokens: cnnserve/serving/runner.py). Warm-up timings cannot choose the sizes: every worker
         warms up at once, so a session with a thread per core looks slower then than it is."""
         settings = self.settings
         inline = inline_up_to(warm_up)

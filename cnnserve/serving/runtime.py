@@ -109,7 +109,7 @@ def session_options(threads: int, spin: bool = False) -> ort.SessionOptions:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.enable_cpu_mem_arena = True
     # Idle worker threads must not spin: other workers and the event loops need the cores. The
-    # exception is a session used only while it holds every core (cnnserve/serving/cores.py): its threads
+    # exception is a session used only while it holds every core (cnnserve/serving/runner.py): its threads
     # spin between the steps of one run (ResNet-18 at batch 1: 4.1 ms instead of 5.3) and stop
     # when the run returns, before the cores are handed back.
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")

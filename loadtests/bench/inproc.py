@@ -37,7 +37,7 @@ def build_lane(models_dir: Path, model_name: str):
     from cnnserve.serving.fastlane import FastLane
     from cnnserve.serving.host import ModelHost
     from cnnserve.serving.repository import discover
-    from cnnserve.serving.rest import build_rest_app, serve_core
+    from cnnserve.serving.routes import build_rest_app, serve_core
 
     settings = replace(load_settings({}, Path(os.devnull)), models_dir=models_dir, serve=(model_name,), workers=1,
                        threads=1, borrow_idle_cores=False)

@@ -14,7 +14,7 @@ import pytest
 
 from cnnserve.serving.fastlane import route
 from cnnserve.serving.noop import noop, noop_infer
-from cnnserve.serving.rest import predict, predict_batch
+from cnnserve.serving.routes import predict, predict_batch
 from cnnserve.serving.v2.rest import infer, server_live
 from loadtests.digit_images import digit_files
 from loadtests.local_server import running_server

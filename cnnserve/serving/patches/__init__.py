@@ -10,7 +10,7 @@ needs (docs/architecture.md says why, with the measurements):
   worker listens on its own ``SO_REUSEPORT`` socket;
 - uvicorn (``uvicorn_writes.py``): ``HTTP_PROTOCOLS["auto"]`` is replaced by a
   protocol that writes each response once and hands uvicorn's request-task set
-  to lone.py;
+  to lone_request.py;
 - prometheus_client (``prometheus_histograms.py``): a histogram's ``_sum`` and
   ``_buckets`` take many observations in one write.
 

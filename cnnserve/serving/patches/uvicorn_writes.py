@@ -32,7 +32,7 @@ import logging
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from .. import lone
+from .. import lone_request
 from ..metrics import flush_pass_totals
 from . import allowed
 
@@ -92,17 +92,17 @@ class CoalescingTransport:
 class CoalescingHttpProtocol(AutoHTTPProtocol):
     """uvicorn's default HTTP protocol (httptools, else h11), over a ``CoalescingTransport``.
 
-    It also shows ``cnnserve/serving/lone.py`` the worker's set of request tasks, and
+    It also shows ``cnnserve/serving/lone_request.py`` the worker's set of request tasks, and
     sends a lone request's response as soon as it is complete.
     """
 
     def connection_made(self, transport: asyncio.Transport) -> None:
-        lone.watch(self.server_state.tasks)
+        lone_request.watch(self.server_state.tasks)
         super().connection_made(CoalescingTransport(transport, self.loop))
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if lone.lone_http_request():
+        if lone_request.lone_http_request():
             flush_pass_totals()
             self.transport.flush()
 

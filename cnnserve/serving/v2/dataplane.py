@@ -19,8 +19,8 @@ from typing import Awaitable, Callable
 
 import numpy as np
 
-from ...contract.card import BOXES, INPUT_NAME, PROBABILITIES
 from ... import __version__
+from ...contract.card import BOXES, INPUT_NAME, PROBABILITIES
 from ..core import InferenceCore, TensorResult
 from ..errors import InvalidInput
 from ..repository import ModelVersion

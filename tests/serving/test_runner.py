@@ -7,7 +7,7 @@ import textwrap
 
 import numpy as np
 
-from cnnserve.serving.cores import CoreTokens, ModelRunner
+from cnnserve.serving.runner import CoreTokens, ModelRunner
 
 
 def hold_token_in_another_process(path, token: int) -> subprocess.Popen:
