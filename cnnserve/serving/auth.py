@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from pathlib import Path
+from typing import Callable
 
 import grpc
 from starlette.responses import JSONResponse
@@ -87,10 +88,11 @@ class ApiKeyMiddleware:
 
 
 class GrpcKeyInterceptor(grpc.aio.ServerInterceptor):
-    """UNAUTHENTICATED for any RPC but health and reflection without a valid key."""
+    """UNAUTHENTICATED for any RPC but health and reflection without a valid key; ``refused`` hears the
+    method of each RPC refused (to count it)."""
 
-    def __init__(self, check: KeyCheck):
-        self.check = check
+    def __init__(self, check: KeyCheck, refused: Callable[[str], None] = lambda method: None):
+        self.check, self.refused = check, refused
 
     async def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method
@@ -99,6 +101,7 @@ class GrpcKeyInterceptor(grpc.aio.ServerInterceptor):
         metadata = dict(handler_call_details.invocation_metadata or ())
         if self.check.allows(metadata.get("authorization")):
             return await continuation(handler_call_details)
+        self.refused(method)
 
         async def refuse(request, context):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid API key: send metadata "

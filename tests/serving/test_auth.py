@@ -79,10 +79,14 @@ def grpc_infer(address: str, metadata=()):
 
 
 def test_grpc_refuses_without_a_valid_key_and_serves_with_one(secured):
+    before = secured.metrics()
     for metadata in ((), (("authorization", "Bearer wrong"),)):
         with pytest.raises(grpc.RpcError) as caught:
             grpc_infer(secured.grpc_address, metadata)
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    refused = [metric_total(text, "cnnserve_requests_total", outcome="unauthorised", protocol="grpc")
+               for text in (before, secured.metrics())]
+    assert refused[1] - refused[0] == 2
     response = grpc_infer(secured.grpc_address, (("authorization", f"Bearer {PLAIN_KEY}"),))
     assert response.model_name == "lenet5-digits"
 

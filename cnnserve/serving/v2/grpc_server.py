@@ -25,6 +25,8 @@ from .tensors import BYTES, Tensor, from_raw, from_values, raw_bytes
 
 log = logging.getLogger("cnnserve.grpc")
 SERVICE_NAME = "inference.GRPCInferenceService"
+INFER_METHOD = f"/{SERVICE_NAME}/ModelInfer"
+PROTOCOL = "grpc"  # the protocol label gRPC inference is counted under
 TYPED_FIELD = {
     "BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
     "UINT64": "uint64_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
@@ -120,7 +122,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 request.model_version,
                 lambda: input_tensors(request, self.settings.max_tensor_elements),
                 [o.name for o in request.outputs] or None,
-                "grpc",
+                PROTOCOL,
                 None if (remaining := context.time_remaining()) is None else max(remaining * 1000, 0.001),
             )
         except ServiceError as exc:
@@ -150,7 +152,7 @@ class GrpcServer:
     async def start(self) -> None:
         limit = self.settings.grpc_max_message_bytes
         self.server = grpc.aio.server(
-            interceptors=[GrpcKeyInterceptor(KeyCheck(load_digests(self.settings)))],
+            interceptors=[GrpcKeyInterceptor(KeyCheck(load_digests(self.settings)), self.count_refusal)],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -170,6 +172,11 @@ class GrpcServer:
         await self.server.start()
         await self.mark_serving(True)  # it starts with the worker's lifespan, after every model has loaded
         log.info("gRPC (inference.GRPCInferenceService, grpc.health.v1) listening on %s", address)
+
+    def count_refusal(self, method: str) -> None:
+        """An inference call refused for its API key is counted like a refused REST prediction."""
+        if method == INFER_METHOD:
+            self.plane.core.count_refusal(PROTOCOL, "unauthorised")
 
     async def mark_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
