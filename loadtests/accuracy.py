@@ -3,6 +3,7 @@
     python -m loadtests.accuracy                          # a fresh local server on the committed models
     python -m loadtests.accuracy --url http://127.0.0.1:3000 --count 100
     python -m loadtests.accuracy --write-cards            # also record the results on each model's card
+    python -m loadtests.accuracy --precision int8 --write-cards   # the same for each model's INT8 file
 
 Every condition (``digit_images.CONDITIONS``: square, 4:3 and 16:9, 2:1 to
 4:1, small digits, dark on light, photo-like, low-quality JPEG, coloured paper)
@@ -11,7 +12,12 @@ real file at its own size, with code that shares nothing with training's
 renderer. Each file goes to ``POST /predict`` of a real server; an answer is
 right when its label is the digit's, and its box (in the file's own pixels) is
 scored by IoU against the drawn digit's box. Prints the table, and writes it
-with a plot to ``loadtests/results/<date>/accuracy.{md,json,png}``.
+with a plot to ``loadtests/results/<date>/accuracy[-<precision>].{md,json,png}``.
+
+The local server serves FP32 unless ``--precision`` names another variant;
+the card records FP32's results under ``metrics.conditions`` and another
+variant's under ``files.<variant>.conditions``, which is what ``precision:
+auto`` compares before it serves a variant (cnnserve/serving/precision.py).
 """
 
 from __future__ import annotations
@@ -78,15 +84,20 @@ def run_suite(url: str, count: int | None, models: list[str] | None = None, log=
     """{"models": {name: {"version", "conditions": {condition: metrics}}}} for every served model."""
     with httpx.Client(base_url=url, timeout=120, limits=httpx.Limits(max_connections=CLIENTS)) as client:
         listing = client.get("/models").json()["models"]
-        served = [m for m in listing if models is None or m["name"] in models]
+        served = [m for m in listing if (models is None or m["name"] in models)
+                  and m["versions"][-1]["status"] == "ready"]
+        for model in listing:
+            if model not in served and (models is None or model["name"] in models):
+                log(f"{model['name']} skipped: {model['versions'][-1]['reason']}")
         results = {"models": {}}
         for condition in CONDITIONS:
             files = condition_files(condition, count)
             results["count_per_condition"] = len(files)
             for model in served:
                 row = measure(client, model["name"], files)
+                latest = model["versions"][-1]
                 entry = results["models"].setdefault(
-                    model["name"], {"version": model["versions"][-1]["version"], "conditions": {}}
+                    model["name"], {"version": latest["version"], "precision": latest["precision"], "conditions": {}}
                 )
                 entry["conditions"][condition.name] = row
                 log(f"{model['name']:<18} {condition.name:<18} accuracy {row['accuracy']:.3f}  "
@@ -150,11 +161,13 @@ def plot(results: dict, path: Path) -> None:
 
 
 def write_cards(results: dict, models_dir: Path, command: str) -> None:
-    """Record each model's per-condition results on the card of the version that was measured."""
+    """Record each model's per-condition results on the card of the version that was measured: FP32's under
+    ``metrics.conditions``, another variant's under ``files.<variant>.conditions``."""
     for name, entry in results["models"].items():
         path = models_dir / name / str(entry["version"]) / "card.json"
         card = json.loads(path.read_text())
-        card["metrics"]["conditions"] = {
+        where = card["metrics"] if entry["precision"] == "fp32" else card["files"][entry["precision"]]
+        where["conditions"] = {
             "through": "POST /predict of a real server, one picture of each test-split digit per condition "
             "(loadtests/digit_images.py)",
             "command": command,
@@ -171,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", action="append", help="only this model (repeatable)")
     parser.add_argument("--write-cards", action="store_true", help="record the results on each model's card")
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "int8", "fp16"],
+                        help="the variant the local server serves (default fp32, the card's reference)")
     parser.add_argument("--out", type=Path, default=RESULTS / datetime.date.today().isoformat())
     args = parser.parse_args(argv)
     command = "python -m loadtests.accuracy" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
@@ -180,23 +195,25 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from .local_server import running_server
 
-        with tempfile.TemporaryDirectory() as tmp, running_server(Path(tmp), models_dir=str(args.models_dir)) as server:
+        with tempfile.TemporaryDirectory() as tmp, \
+                running_server(Path(tmp), models_dir=str(args.models_dir), precision=args.precision) as server:
             results = run_suite(server.url, args.count, args.model)
     markdown = table(results)
     print("\n" + markdown)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "accuracy.json").write_text(json.dumps({"command": command, **results}, indent=2) + "\n")
-    (args.out / "accuracy.md").write_text(
+    stem = "accuracy" if args.precision == "fp32" or args.url else f"accuracy-{args.precision}"
+    (args.out / f"{stem}.json").write_text(json.dumps({"command": command, **results}, indent=2) + "\n")
+    (args.out / f"{stem}.md").write_text(
         f"# Robustness suite\n\n`{command}`, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC. "
         "Accuracy / mean IoU per condition through `POST /predict`; ✓ / ✗: the issue-18 bar met or missed.\n\n"
         + "\n".join(f"- **{c.name}**: {c.description}" for c in CONDITIONS) + "\n\n" + markdown + "\n"
     )
-    plot(results, args.out / "accuracy.png")
+    plot(results, args.out / f"{stem}.png")
     if args.write_cards:
         write_cards(results, args.models_dir, command)
     for line in missed(results):
         print("bar missed:", line)
-    print(f"wrote {args.out}/accuracy.{{md,json,png}}")
+    print(f"wrote {args.out}/{stem}.{{md,json,png}}")
     return 0
 
 

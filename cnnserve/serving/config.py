@@ -9,6 +9,7 @@ batching lives under ``models:`` in the YAML file::
     serve: [resnet18-digits, lenet5-digits]   # default: every model found
     providers: auto                            # or e.g. [CUDAExecutionProvider, CPUExecutionProvider]
     precision: auto                            # auto | fp32 | fp16 | int8
+    precision_tolerance: {accuracy: 0.005, mean_iou: 0.01}
     workers: auto                              # worker processes (each serves every protocol)
     threads: auto                              # ONNX Runtime intra-op threads per worker
     max_batch_size: 64                         # images per ONNX Runtime call
@@ -29,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from .precision import Tolerance
+
 ENV_PREFIX = "CNNSERVE_"
 DEFAULT_CONFIG_FILE = "cnnserve.yaml"
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
@@ -47,6 +50,7 @@ class Settings:
     serve: tuple[str, ...] = ()  # empty: every model in models_dir
     providers: tuple[str, ...] = ("auto",)
     precision: str = "auto"
+    precision_tolerance: Tolerance = Tolerance()  # how far below FP32's card metrics a variant may be
     workers: int = 0  # 0: chosen from the core count
     threads: int = 0  # 0: chosen from the core count
     batching: bool = True
@@ -97,6 +101,12 @@ def _parse(name: str, raw: Any, current: Any) -> Any:
         return raw if isinstance(raw, bool) else str(raw).strip().lower() in ("1", "true", "yes", "on")
     if isinstance(current, int):
         return 0 if raw == "auto" else int(raw)
+    if isinstance(current, Tolerance):  # YAML {accuracy: 0.005, mean_iou: 0.01} or "accuracy=0.005,mean_iou=0.01"
+        items = raw if isinstance(raw, dict) else dict(kv.split("=", 1) for kv in str(raw).split(",") if kv.strip())
+        unknown = set(items) - {"accuracy", "mean_iou"}
+        if unknown:
+            raise ValueError(f"precision_tolerance takes accuracy and mean_iou, not {', '.join(sorted(unknown))}")
+        return replace(current, **{k.strip(): float(v) for k, v in items.items()})
     if name == "zoom_in_below" and not 0.0 <= float(raw) <= 1.0:
         raise ValueError(f"zoom_in_below is a share of the input's side, from 0 (never zoom) to 1, not {raw!r}")
     if isinstance(current, float):

@@ -22,6 +22,7 @@ from .config import Settings
 from .errors import ModelUnavailable
 from .lone_request import lone_http_request
 from .metrics import ModelMetrics, child, pass_totals
+from .precision import CANDIDATES, PrecisionChoice, accuracy_shortfall, choose
 from .repository import ModelVersion, Repository
 from .runner import SOLO_MAX_BATCH, CoreTokens, ModelRunner
 from .runtime import CPU, LoadedModel, ModelInvalid, choose_providers, cuda_device_count, load_model, tensorrt_loads
@@ -51,6 +52,7 @@ class ModelHost:
         self.loaded: dict[str, LoadedModel] = {}
         self.batchers: dict[str, AdaptiveBatcher] = {}
         self.failures: dict[str, str] = {}
+        self.precision_choices: dict[str, PrecisionChoice] = {}  # per version key, where chosen by measurement
         cache_dir = Path(tempfile.gettempdir()) / "cnnserve-trt-cache"
         for model in repository.versions():
             self.load(model, cache_dir)
@@ -61,8 +63,12 @@ class ModelHost:
         labels = (model.name, str(model.version))
         batching = settings.batching_for(model.name)
         try:
-            loaded = load_model(model, self.providers, settings.precision, self.threads, cache_dir)
-            warm_up = loaded.warm_up(batching.max_batch_size) if settings.warmup else {}
+            if settings.precision == "auto" and self.providers[0] == CPU and settings.warmup:
+                loaded, warm_up, self.precision_choices[model.key] = self.load_fastest(
+                    model, batching.max_batch_size, cache_dir)
+            else:
+                loaded = load_model(model, self.providers, settings.precision, self.threads, cache_dir)
+                warm_up = loaded.warm_up(batching.max_batch_size) if settings.warmup else {}
             runner = self.runner(loaded, warm_up, cache_dir)
         except (ModelInvalid, ValueError) as exc:
             self.failures[model.key] = str(exc)
@@ -71,6 +77,7 @@ class ModelHost:
             return
         self.loaded[model.key] = loaded
         self.metrics.model_ready.labels(*labels).set(1)
+        self.metrics.model_precision.labels(*labels, loaded.variant).set(1)
 
         def observe(images: int, seconds: float) -> None:
             totals = pass_totals()
@@ -97,6 +104,30 @@ class ModelHost:
             SOLO_MAX_BATCH if runner.solo else 0,
         )
 
+    def load_fastest(
+        self, model: ModelVersion, max_batch_size: int, cache_dir: Path
+    ) -> tuple[LoadedModel, dict[int, float], PrecisionChoice]:
+        """Load and warm up every variant accurate enough to serve (precision.py); keep the fastest."""
+        listed = model.card.get("files", {"fp32": {}})
+        present = model.variants()
+        timed: dict[str, tuple[LoadedModel, dict[int, float]]] = {}
+        refused = {}
+        for variant in (v for v in CANDIDATES if v in listed):
+            if variant not in present:
+                refused[variant] = f"{listed[variant]['file']} is not present (`make variants` derives it)"
+            elif shortfall := accuracy_shortfall(model.card, variant, self.settings.precision_tolerance):
+                refused[variant] = shortfall
+            else:
+                loaded = load_model(model, self.providers, variant, self.threads, cache_dir)
+                timed[variant] = loaded, loaded.warm_up(max_batch_size)
+        sizes = (1, max_batch_size)
+        choice = choose({v: {s: round(1000 * table[s], 3) for s in sizes} for v, (_, table) in timed.items()}, refused)
+        log.info("model %s serves %s: %s; timings (ms at batch %s): %s%s", model.key, choice.variant, choice.reason,
+                 " and ".join(map(str, sizes)), choice.timings_ms,
+                 f"; not candidates: {refused}" if refused else "")
+        loaded, warm_up = timed[choice.variant]
+        return loaded, warm_up, choice
+
     def runner(self, loaded: LoadedModel, warm_up: dict[int, float], cache_dir: Path) -> ModelRunner:
         """How this model's batches run. With idle cores to borrow, a model too large to run on the
         event loop gets a second session with a thread per core, for batches of up to SOLO_MAX_BATCH
@@ -106,7 +137,7 @@ class ModelHost:
         inline = inline_up_to(warm_up)
         if self.tokens is None or inline >= SOLO_MAX_BATCH:
             return ModelRunner(loaded, inline)
-        solo = load_model(loaded.model, self.providers, settings.precision, self.cores, cache_dir, spin=True)
+        solo = load_model(loaded.model, self.providers, loaded.variant, self.cores, cache_dir, spin=True)
         if settings.warmup:
             solo.warm_up(SOLO_MAX_BATCH)
         return ModelRunner(loaded, inline, self.tokens, solo)
@@ -137,6 +168,7 @@ class ModelHost:
                 "provider": loaded.providers[0],
                 "providers": loaded.providers,
                 "variant": loaded.variant,
+                "precision_choice": choice.describe() if (choice := self.precision_choices.get(key)) else None,
                 "threads": self.threads,
                 "pid": os.getpid(),
             }

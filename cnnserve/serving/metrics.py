@@ -152,6 +152,12 @@ class ModelMetrics:
         self.compute_duration = Histogram(
             "cnnserve_compute_duration_seconds", "ONNX Runtime time per batch", MODEL_LABELS, buckets=LATENCY_BUCKETS
         )
+        self.model_precision = Gauge(
+            "cnnserve_model_precision",
+            "1 for the precision variant each live inference worker serves the model version with",
+            [*MODEL_LABELS, "precision"],
+            multiprocess_mode="livemax",
+        )
         self.model_ready = Gauge(
             "cnnserve_model_ready",
             "1 when the model version is loaded and warmed up in every live inference worker",

@@ -42,6 +42,7 @@ def describe_version(model: ModelVersion, status: dict, settings: Settings) -> d
         "reason": status["reason"],
         "provider": status.get("provider"),
         "precision": status.get("variant"),
+        "precision_choice": status.get("precision_choice"),
         "input": card["input"],
         "outputs": [o["name"] for o in card["outputs"]],
         "labels": model.labels,

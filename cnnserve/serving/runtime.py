@@ -5,7 +5,9 @@ here. ``onnxruntime-gpu`` lists CUDA and TensorRT as available even on a
 machine with no GPU (and then logs errors when a session asks for them), so a
 GPU provider is only chosen when the CUDA driver loads and reports a device,
 and TensorRT only when its library loads too. The precision variant follows:
-FP16 on a GPU when the model ships one, FP32 otherwise (INT8 on request).
+FP16 on a GPU when the model ships one; on the CPU the fastest variant within
+tolerance of FP32's accuracy, chosen by timing (precision.py, host.py); an
+explicit ``precision`` setting wins.
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ def choose_providers(
 
 
 def choose_variant(precision: str, providers: list[str], variants: list[str]) -> str:
-    """FP16 on a GPU when shipped, else FP32; an explicit precision must exist."""
+    """A variant's name is taken as asked (it must exist); ``auto`` without timing: FP16 on a GPU when shipped,
+    else FP32."""
     if precision != "auto":
         if precision not in variants:
             raise ValueError(
