@@ -12,7 +12,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 setup: $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[cpu]'
+	$(BIN)/pip install --quiet -e '.[cpu,variants]'
 
 TRITON_VENV := .venv-triton
 
@@ -37,7 +37,10 @@ $(TRITON_VENV)/bin/perf_analyzer:
 
 GRPC_PORT ?= 3001
 
+# On a first start, derive the committed models' INT8 and FP16 files (not committed; about a minute),
+# so precision: auto can time them and serve the fastest that is as accurate.
 serve: setup
+	$(BIN)/python -m cnnserve.training.variants --missing $(foreach m,$(COMMITTED_MODELS),$(lastword $(sort $(wildcard models/$(m)/*))))
 	CNNSERVE_GRPC_HOST=127.0.0.1 CNNSERVE_GRPC_PORT=$(GRPC_PORT) \
 		$(BIN)/bentoml serve cnnserve.serving.app:CnnServe --host 127.0.0.1 --port $(PORT)
 
@@ -55,8 +58,8 @@ models: setup-test
 	$(BIN)/python -m loadtests.accuracy --write-cards
 
 # The derived INT8 and FP16 files of the committed models (never committed; training writes them too).
-variants: setup-test
-	$(BIN)/python -m cnnserve.training derive $(foreach m,$(COMMITTED_MODELS),$(lastword $(sort $(wildcard models/$(m)/*))))
+variants: setup
+	$(BIN)/python -m cnnserve.training.variants $(foreach m,$(COMMITTED_MODELS),$(lastword $(sort $(wildcard models/$(m)/*))))
 
 # The robustness suite against a fresh server on the committed models: per-condition accuracy and mean IoU
 # through POST /predict (about 5 minutes); writes loadtests/results/<date>/accuracy.{md,json,png}.

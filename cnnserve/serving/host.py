@@ -118,7 +118,13 @@ class ModelHost:
             elif shortfall := accuracy_shortfall(model.card, variant, self.settings.precision_tolerance):
                 refused[variant] = shortfall
             else:
-                loaded = load_model(model, self.providers, variant, self.threads, cache_dir)
+                try:
+                    loaded = load_model(model, self.providers, variant, self.threads, cache_dir)
+                except ModelInvalid as exc:
+                    if variant == "fp32":
+                        raise
+                    refused[variant] = str(exc)  # e.g. a derived file that does not match its card
+                    continue
                 timed[variant] = loaded, loaded.warm_up(max_batch_size)
         sizes = (1, max_batch_size)
         choice = choose({v: {s: round(1000 * table[s], 3) for s in sizes} for v, (_, table) in timed.items()}, refused)

@@ -24,9 +24,10 @@ import torch
 
 from .architectures import list_models
 from .data import digits_task, folder_task
-from .pipeline import build_untrained, build_version, derive_variants
+from .pipeline import build_untrained, build_version
 from .recipes import RECIPES
 from .train import TrainConfig
+from .variants import derive_variants
 
 DRY_RUN_DIGITS = 24
 BENCH_MODELS = (("resnet50", 224), ("vgg16", 224))

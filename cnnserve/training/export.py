@@ -9,9 +9,10 @@ The committed ``model.onnx`` stores its large weights as float16 behind a Cast
 to float32 (``store_weights_fp16``): half the bytes, float32 compute (ONNX
 Runtime folds the casts when it loads the graph), and the accuracy change is
 measured and written on the card. Two variants are derived from it, never
-committed, with the same float32 inputs and outputs, so clients never see a
-difference: ``model.int8.onnx`` (static QDQ quantization calibrated on training
-images, for CPU) and ``model.fp16.onnx`` (float16 weights and compute, for GPU).
+committed (variants.py), with the same float32 inputs and outputs, so clients
+never see a difference: ``model.int8.onnx`` (static QDQ quantization calibrated
+on training images, for CPU) and ``model.fp16.onnx`` (float16 weights and
+compute, for GPU).
 """
 
 from __future__ import annotations
@@ -107,39 +108,6 @@ def check_parity(model: nn.Module, path: Path, channels: int, size: int, seed: i
     return {"tolerance": PARITY_TOLERANCE, "max_abs_diff": report}
 
 
-def quantize_int8(source: Path, target: Path, calibration: np.ndarray) -> None:
-    """Static QDQ INT8 (per-channel weights), calibrated on ``calibration`` images."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Batches(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter(np.array_split(calibration, max(1, len(calibration) // 32)))
-
-        def get_next(self):
-            batch = next(self.batches, None)
-            return None if batch is None else {INPUT_NAME: np.ascontiguousarray(batch)}
-
-    prepared = target.with_suffix(".prep.onnx")
-    try:
-        quant_pre_process(str(source), str(prepared))
-        # The output activations stay float, so probabilities still sum to one.
-        heads = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type in ("Softmax", "Sigmoid")]
-        quantize_static(
-            str(prepared),
-            str(target),
-            Batches(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            weight_type=QuantType.QInt8,
-            activation_type=QuantType.QUInt8,
-            nodes_to_exclude=heads,
-        )
-    finally:
-        prepared.unlink(missing_ok=True)
-    onnx.checker.check_model(str(target))
-
-
 COMPACT_MIN_ELEMENTS = 4096  # smaller tensors (biases, norms) stay float32: they weigh nothing
 
 
@@ -164,14 +132,3 @@ def store_weights_fp16(source: Path, target: Path) -> None:
     graph.node.extend(nodes)
     onnx.save(model, str(target))
     onnx.checker.check_model(str(target), full_check=True)
-
-
-def convert_fp16(source: Path, target: Path) -> None:
-    """Float16 weights and compute with float32 inputs/outputs kept (for GPUs)."""
-    import onnx_ir
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    converted = onnx_ir.from_proto(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True))
-    converted.graph.sort()  # the converter appends its input casts after their consumers
-    onnx.save(onnx_ir.to_proto(converted), str(target))
-    onnx.checker.check_model(str(target))

@@ -5,57 +5,23 @@ card and training plot."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from cnnserve.contract.card import CARD_FILE, MODEL_FILE, VARIANT_FILES, file_sha256
+from cnnserve.contract.card import MODEL_FILE
 
 from .architectures import create_model
 from .card import model_card, write_card
-from .data import TaskData, digits_task
-from .export import (
-    COMPACT_MIN_ELEMENTS,
-    check_parity,
-    convert_fp16,
-    export_onnx,
-    onnx_predictor,
-    quantize_int8,
-    store_weights_fp16,
-)
+from .data import TaskData
+from .export import COMPACT_MIN_ELEMENTS, check_parity, export_onnx, onnx_predictor, store_weights_fp16
 from .train import Normalized, TrainConfig, evaluate, train
+from .variants import CALIBRATION_IMAGES, export_variants
 
-CALIBRATION_IMAGES = 256
 CHECKPOINTS = Path("runs")  # git-ignored: the trained torch weights, to re-export without retraining
 FULL_PRECISION_FILE = "model.float32.onnx"  # the export before its weights are stored compactly; removed
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-
-
-def export_variants(folder: Path, calibration: np.ndarray) -> dict[str, Path]:
-    files = {"fp32": folder / MODEL_FILE}
-    files["int8"] = folder / VARIANT_FILES["int8"]
-    quantize_int8(files["fp32"], files["int8"], calibration)
-    files["fp16"] = folder / VARIANT_FILES["fp16"]
-    convert_fp16(files["fp32"], files["fp16"])
-    return files
-
-
-def derive_variants(folder: Path, log=print) -> dict[str, Path]:
-    """Write a committed digits model's INT8 and FP16 files from its model.onnx, calibrated as training did."""
-    card = json.loads((folder / CARD_FILE).read_text())
-    channels, size = card["input"]["channels"], card["input"]["shape"][-1]
-    # Calibration takes the first images of training's epoch 0: the first rendering of the first training digits,
-    # so rendering only those digits gives the same images.
-    task = digits_task(channels, size, seed=card["training"]["seed"], copies_per_epoch=1, limit=CALIBRATION_IMAGES)
-    files = export_variants(folder, task.train_epoch(0)[0][:CALIBRATION_IMAGES])
-    for variant, path in files.items():
-        recorded = card["files"].get(variant, {}).get("sha256")
-        same = "matches its card" if recorded == file_sha256(path) else "DIFFERS from its card (another ONNX Runtime?)"
-        log(f"{path}: {same}")
-    return files
 
 
 def build_version(config: TrainConfig, task: TaskData, out_root: Path, version: int, command: str, log=print) -> Path:

@@ -69,7 +69,7 @@ def test_session_threads_are_set_deliberately():
 @pytest.fixture(scope="module")
 def lenet_with_variants(tmp_path_factory):
     """A copy of the committed LeNet-5 with its INT8 and FP16 files derived (they are never committed)."""
-    from cnnserve.training.pipeline import derive_variants
+    from cnnserve.training.variants import derive_variants
     from tests.conftest import MODELS_DIR
 
     root = tmp_path_factory.mktemp("models")

@@ -16,9 +16,9 @@ import torch
 from cnnserve.contract.card import CARD_FILE, MODEL_FILE, VARIANT_FILES, file_sha256
 from cnnserve.training.architectures import create_model, list_models
 from cnnserve.training.export import PARITY_TOLERANCE, check_parity, cpu_session, export_onnx, store_weights_fp16
-from cnnserve.training.pipeline import derive_variants
 from cnnserve.training.recipes import RECIPES
 from cnnserve.training.train import Normalized
+from cnnserve.training.variants import derive_variants
 from tests.committed import VERSIONS
 
 MODELS = Path(__file__).resolve().parents[2] / "models"

@@ -1,0 +1,123 @@
+"""The derived precision variants of a model version: INT8 (static QDQ quantization) and FP16 files.
+
+Never committed: training writes them, and ``python -m cnnserve.training.variants``
+rebuilds them byte for byte from the committed ``model.onnx`` (same ONNX Runtime,
+calibration on the same seeded training renderings). Needs onnx, onnxruntime
+and scikit-learn's digits, not torch, so ``make serve`` can derive them on a
+first start.
+
+    python -m cnnserve.training.variants models/resnet18-digits/2     # write both files
+    python -m cnnserve.training.variants --missing models/*/*         # only where a file is absent
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from cnnserve.contract.card import CARD_FILE, INPUT_NAME, MODEL_FILE, VARIANT_FILES, file_sha256
+
+from .data import digits_task
+
+CALIBRATION_IMAGES = 256
+
+
+def quantize_int8(source: Path, target: Path, calibration: np.ndarray) -> None:
+    """Static QDQ INT8 (per-channel weights), calibrated on ``calibration`` images."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(np.array_split(calibration, max(1, len(calibration) // 32)))
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {INPUT_NAME: np.ascontiguousarray(batch)}
+
+    prepared = target.with_suffix(".prep.onnx")
+    try:
+        quant_pre_process(str(source), str(prepared))
+        # The output activations stay float, so probabilities still sum to one.
+        heads = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type in ("Softmax", "Sigmoid")]
+        quantize_static(
+            str(prepared),
+            str(target),
+            Batches(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+            nodes_to_exclude=heads,
+        )
+    finally:
+        prepared.unlink(missing_ok=True)
+    onnx.checker.check_model(str(target))
+
+
+def convert_fp16(source: Path, target: Path) -> None:
+    """Float16 weights and compute with float32 inputs/outputs kept (for GPUs)."""
+    import onnx_ir
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    converted = onnx_ir.from_proto(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True))
+    converted.graph.sort()  # the converter appends its input casts after their consumers
+    onnx.save(onnx_ir.to_proto(converted), str(target))
+    onnx.checker.check_model(str(target))
+
+
+def export_variants(folder: Path, calibration: np.ndarray) -> dict[str, Path]:
+    files = {"fp32": folder / MODEL_FILE}
+    files["int8"] = folder / VARIANT_FILES["int8"]
+    quantize_int8(files["fp32"], files["int8"], calibration)
+    files["fp16"] = folder / VARIANT_FILES["fp16"]
+    convert_fp16(files["fp32"], files["fp16"])
+    return files
+
+
+def derive_variants(folder: Path, log=print) -> dict[str, Path]:
+    """Write a digits model's INT8 and FP16 files from its model.onnx, calibrated as training did, and say
+    whether each matches its card (byte for byte with the same ONNX Runtime)."""
+    card = json.loads((folder / CARD_FILE).read_text())
+    channels, size = card["input"]["channels"], card["input"]["shape"][-1]
+    # Calibration takes the first images of training's epoch 0: the first rendering of the first training digits,
+    # so rendering only those digits gives the same images.
+    task = digits_task(channels, size, seed=card["training"]["seed"], copies_per_epoch=1, limit=CALIBRATION_IMAGES)
+    files = export_variants(folder, task.train_epoch(0)[0][:CALIBRATION_IMAGES])
+    for variant, path in files.items():
+        recorded = card["files"].get(variant, {}).get("sha256")
+        same = "matches its card" if recorded == file_sha256(path) else "DIFFERS from its card (another ONNX Runtime?)"
+        log(f"{path}: {same}")
+    return files
+
+
+def missing_variants(folder: Path) -> list[str]:
+    """The derived files that the card lists and the folder lacks."""
+    files = json.loads((folder / CARD_FILE).read_text()).get("files", {})
+    return [v for v, entry in files.items() if entry.get("derived") and not (folder / entry["file"]).exists()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", type=Path, nargs="+", help="model version folders, e.g. models/resnet18-digits/2")
+    parser.add_argument("--missing", action="store_true", help="only folders where a derived file is absent")
+    args = parser.parse_args(argv)
+    for folder in args.folders:
+        if not (folder / CARD_FILE).exists() or (args.missing and not missing_variants(folder)):
+            continue
+        print(f"deriving the INT8 and FP16 files of {folder} (once; precision: auto times them at start)...",
+              flush=True)
+        began = time.perf_counter()
+        derive_variants(folder)
+        print(f"  done in {time.perf_counter() - began:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
