@@ -24,7 +24,7 @@ import torch
 
 from .architectures import list_models
 from .data import digits_task, folder_task
-from .pipeline import build_untrained, build_version
+from .pipeline import build_untrained, build_version, rederive_variants
 from .recipes import RECIPES
 from .train import TrainConfig
 from .variants import derive_variants
@@ -62,6 +62,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
     derive = sub.add_parser("derive", help="write the INT8 and FP16 files of committed models (never committed)")
     derive.add_argument("folders", type=Path, nargs="+", help="model version folders, e.g. models/resnet18-digits/2")
+    derive.add_argument("--update-cards", action="store_true",
+                        help="record the files' sha256, size and test-split metrics on the cards (after a change to "
+                             "how variants are derived)")
 
     sub.add_parser("list", help="list architectures and recipes")
 
@@ -120,7 +123,7 @@ def main(argv: list[str]) -> None:
         return
     if args.command == "derive":
         for folder in args.folders:
-            derive_variants(folder)
+            rederive_variants(folder) if args.update_cards else derive_variants(folder)
         return
     if args.command == "bench-models":
         for arch, size in BENCH_MODELS:

@@ -5,23 +5,44 @@ card and training plot."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import torch
 
-from cnnserve.contract.card import MODEL_FILE
+from cnnserve.contract.card import CARD_FILE, MODEL_FILE, file_sha256
 
 from .architectures import create_model
 from .card import model_card, write_card
-from .data import TaskData
+from .data import TaskData, digits_task
 from .export import COMPACT_MIN_ELEMENTS, check_parity, export_onnx, onnx_predictor, store_weights_fp16
 from .train import Normalized, TrainConfig, evaluate, train
-from .variants import CALIBRATION_IMAGES, export_variants
+from .variants import CALIBRATION_IMAGES, derive_variants, export_variants
 
 CHECKPOINTS = Path("runs")  # git-ignored: the trained torch weights, to re-export without retraining
 FULL_PRECISION_FILE = "model.float32.onnx"  # the export before its weights are stored compactly; removed
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def rederive_variants(folder: Path, log=print) -> None:
+    """Derive a version's variants again and record what they are on its card: file, sha256, size and test-split
+    metrics. A variant whose file changed loses its robustness figures (``files.<variant>.conditions``), which
+    were measured on the old file: ``python -m loadtests.accuracy --precision <variant> --write-cards`` again."""
+    card = json.loads((folder / CARD_FILE).read_text())
+    channels, size = card["input"]["channels"], card["input"]["shape"][-1]
+    test = digits_task(channels, size, seed=card["training"]["seed"], copies_per_epoch=1).split("test")
+    for variant, path in derive_variants(folder, log).items():
+        if variant == "fp32":
+            continue
+        entry = card["files"].setdefault(variant, {"file": path.name, "derived": True})
+        sha = file_sha256(path)
+        if entry.get("sha256") != sha and entry.pop("conditions", None) is not None:
+            log(f"{path.name} changed: its robustness figures are dropped from the card until measured again")
+        metrics = evaluate(onnx_predictor(path), test)
+        entry.update(sha256=sha, bytes=path.stat().st_size, metrics=metrics)
+        log(f"test split, {variant:>4} ONNX: accuracy {metrics['accuracy']:.4f}  mean IoU {metrics['mean_iou']:.4f}")
+    write_card(folder, card)
 
 
 def build_version(config: TrainConfig, task: TaskData, out_root: Path, version: int, command: str, log=print) -> Path:

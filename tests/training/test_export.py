@@ -18,7 +18,7 @@ from cnnserve.training.architectures import create_model, list_models
 from cnnserve.training.export import PARITY_TOLERANCE, check_parity, cpu_session, export_onnx, store_weights_fp16
 from cnnserve.training.recipes import RECIPES
 from cnnserve.training.train import Normalized
-from cnnserve.training.variants import derive_variants
+from cnnserve.training.variants import derive_variants, kept_float
 from tests.committed import VERSIONS
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -103,3 +103,17 @@ def test_derived_variants_of_a_committed_model_are_reproduced_exactly(tmp_path):
     card = json.loads((folder / CARD_FILE).read_text())
     for variant, path in derive_variants(folder, log=lambda line: None).items():
         assert file_sha256(path) == card["files"][variant]["sha256"], variant
+
+
+def test_int8_keeps_the_first_convolution_and_the_box_head_in_float():
+    """The layers whose quantization cost resnet18-digits its accuracy and IoU (variants.kept_float)."""
+    graph = onnx.load(str(MODELS / "resnet18-digits" / str(VERSIONS["resnet18-digits"]) / MODEL_FILE)).graph
+    kept = set(kept_float(graph))
+    nodes = {n.name: n for n in graph.node}
+    convs = [n.name for n in graph.node if n.op_type == "Conv"]
+    linears = [n.name for n in graph.node if n.op_type in ("Gemm", "MatMul")]
+    assert convs[0] in kept and not kept & set(convs[1:])
+    box_head = [n for n in linears if n in kept]
+    classifier = [n for n in linears if n not in kept]
+    assert len(box_head) == 2 and len(classifier) == 1
+    assert {nodes[n].op_type for n in kept} >= {"Softmax", "Sigmoid"}
