@@ -30,7 +30,8 @@ def accuracy_shortfall(card: dict, variant: str, tolerance: Tolerance) -> str | 
     """Why ``variant``'s card metrics are not within ``tolerance`` of FP32's, or None when they are.
 
     The test split is compared from ``files[variant].metrics``; each robustness condition that FP32's
-    ``metrics.conditions.results`` records must also be in ``files[variant].conditions`` and within tolerance.
+    ``metrics.conditions.results`` records must also be in ``files[variant].conditions.results`` (written by
+    ``python -m loadtests.accuracy --precision <variant> --write-cards``) and within tolerance.
     """
     if variant == "fp32":
         return None
@@ -39,7 +40,7 @@ def accuracy_shortfall(card: dict, variant: str, tolerance: Tolerance) -> str | 
     measured = {"test split": entry.get("metrics", {})}
     for condition, row in card.get("metrics", {}).get("conditions", {}).get("results", {}).items():
         reference[condition] = row
-        measured[condition] = entry.get("conditions", {}).get(condition, {})
+        measured[condition] = entry.get("conditions", {}).get("results", {}).get(condition, {})
     for where, expected in reference.items():
         for metric, allowed in (("accuracy", tolerance.accuracy), ("mean_iou", tolerance.mean_iou)):
             if metric not in expected:

@@ -2,7 +2,9 @@
 
 In one run, on one machine:
 
-1. the limit: raw in-process ONNX Runtime per committed model (batch 1 and the best batch);
+1. the limit: raw in-process ONNX Runtime per committed model (batch 1 and the best batch), for each
+   precision variant present (FP32, and INT8 where derived); a served figure is divided by the raw figure
+   of the variant the server chose (``precision: auto``, shown in ``/models``);
 2. the sweep: each model over ``/predict`` (PNG files, wrk), V2 REST binary and gRPC
    (perf_analyzer) at each concurrency, batching on and off, with the mean batch the
    server formed, next to the hand-written FastAPI + ONNX Runtime baseline;
@@ -34,6 +36,7 @@ from pathlib import Path
 import psutil
 
 from cnnserve.serving.config import load_settings
+from cnnserve.serving.precision import CANDIDATES
 from cnnserve.serving.repository import discover
 
 from ..local_server import running_server
@@ -84,7 +87,8 @@ def sweep(args, versions, workers: int, threads: int, tmp: Path) -> tuple[list[d
     return served, baseline
 
 
-def target_round(server, fastapi_url: str, versions: dict, raw_best: dict, cores: int, seconds: float) -> dict:
+def target_round(server, fp32_server, fastapi_url: str, versions: dict, raw_best: dict, cores: int,
+                 seconds: float) -> dict:
     """One round of the head-to-head measurements behind the targets.
 
     Every ratio is taken within a pass of alternated turns and the median of the passes kept: the machine's
@@ -96,6 +100,14 @@ def target_round(server, fastapi_url: str, versions: dict, raw_best: dict, cores
     found = {}
     for protocol in (*PROTOCOLS, ONE_CHANNEL):
         found.update(resnet_against_raw(server, resnet, raw_best, protocol, seconds))
+    passes = in_turns([
+        lambda: {"resnet18_auto_c64": measure(server, resnet.name, [1, *resnet.input_shape], "v2-http", 64,
+                                              seconds)["throughput_rps"]},
+        lambda: {"resnet18_fp32_c64": measure(fp32_server, resnet.name, [1, *resnet.input_shape], "v2-http", 64,
+                                              seconds)["throughput_rps"]},
+    ], RATIO_PASSES)
+    found.update(medians(passes))
+    found["resnet18_auto_vs_fp32"] = median_ratio(passes, "resnet18_auto_c64", "resnet18_fp32_c64")
     passes = in_turns([
         lambda: {"lenet5_v2-http_c64": measure(server, lenet.name, [1, *lenet.input_shape], "v2-http", 64,
                                                seconds / 2)["throughput_rps"]},
@@ -135,7 +147,8 @@ def median_ratio(passes: list[dict], numerator: str, denominator: str) -> float:
 
 def resnet_against_raw(server, resnet, raw_best: dict, protocol: str, seconds: float) -> dict:
     """ResNet-18 served at 64 clients over ``protocol``, and raw ONNX Runtime at the raw sweep's best
-    thread count and batch size (``raw_best``), in turns; the ratio is the median of the passes'."""
+    thread count and batch size of the variant the server serves (``raw_best``), in turns; the ratio is the
+    median of the passes'."""
     raw_key, served_key = f"resnet18_{protocol}_raw", f"resnet18_{protocol}_c64"
 
     def served() -> dict:
@@ -143,7 +156,8 @@ def resnet_against_raw(server, resnet, raw_best: dict, protocol: str, seconds: f
         return {served_key: row["throughput_rps"], f"{served_key}_mean_batch": row["mean_batch"]}
 
     passes = in_turns([
-        lambda: {raw_key: raw.measure_point(resnet, raw_best["threads"], raw_best["batch"], seconds / 2).images_per_s},
+        lambda: {raw_key: raw.measure_point(resnet, raw_best["threads"], raw_best["batch"], seconds / 2,
+                                            raw_best["variant"]).images_per_s},
         served,
     ], RATIO_PASSES)
     return {**medians(passes), f"resnet18_{protocol}_ratio": median_ratio(passes, served_key, raw_key)}
@@ -167,17 +181,46 @@ def targets(args, versions, raw_results: dict, workers: int, threads: int, cores
     missing = [m for m in TARGET_MODELS if m not in by_name]
     if missing:
         return {"skipped": f"the targets need {missing}"}
-    raw_best = raw_results["resnet18-digits"]["best"]
     rounds = []
     with running_server(tmp, models_dir=str(args.models_dir.resolve()), noop_route="true") as server, \
+            running_server(tmp, models_dir=str(args.models_dir.resolve()), serve="resnet18-digits",
+                           precision="fp32") as fp32_server, \
             running_baseline(by_name["lenet5-digits"].file_for("fp32")[0], workers, threads, tmp) as fastapi_url:
         worker_processes = len(psutil.Process(server.process.pid).children())
+        precision = served_precision(server)
+        resnet_raw = raw_results["resnet18-digits"]
+        raw_best = {**resnet_raw["variants"][precision["resnet18-digits"]]["best"],
+                    "variant": precision["resnet18-digits"]}
         for index in range(args.rounds):
-            rounds.append(target_round(server, fastapi_url, by_name, raw_best, cores, args.seconds))
+            rounds.append(target_round(server, fp32_server, fastapi_url, by_name, raw_best, cores, args.seconds))
             log(f"target round {index + 1}/{args.rounds}: " + ", ".join(f"{k} {v:.4g}" for k, v in rounds[-1].items()
                                                                         if v is not None))
-    return {"rounds": rounds, "worker_processes": worker_processes,
+    return {"rounds": rounds, "worker_processes": worker_processes, "precision": precision,
             "passes": {"ratios": RATIO_PASSES, "one_client": ONE_CLIENT_PAIRS}}
+
+
+def served_precision(server) -> dict[str, str]:
+    """The precision variant the server chose for each model's latest version (``GET /models``)."""
+    return {m["name"]: m["versions"][-1]["precision"] for m in server.client.get("/models").json()["models"]}
+
+
+def raw_figures(version, cores: int, seconds: float) -> dict:
+    """Raw ONNX Runtime for a model: FP32's points, best and batch-1 figures (and decode costs) at the top,
+    and the best and batch-1 figures of every CPU variant present under ``variants``."""
+    points = raw.measure_raw(version, cores, seconds=seconds / 2)
+    figures = {
+        "points": [vars(p) for p in points],
+        "best": vars(raw.best(points)),
+        "batch1": vars(raw.batch1(points)),
+        "decode_ms": raw.decode_ms(version),
+        "decode_then_run": vars(raw.decode_then_run(version, cores, seconds=seconds / 2)),
+        "input_shape": list(version.input_shape),
+        "variants": {"fp32": {"best": vars(raw.best(points)), "batch1": vars(raw.batch1(points))}},
+    }
+    for variant in (v for v in CANDIDATES if v != "fp32" and v in version.variants()):
+        points = raw.measure_raw(version, cores, seconds=seconds / 2, variant=variant)
+        figures["variants"][variant] = {"best": vars(raw.best(points)), "batch1": vars(raw.batch1(points))}
+    return figures
 
 
 def main() -> None:
@@ -219,15 +262,7 @@ def main() -> None:
     log(f"machine: {results['machine']['cpu']}, {cores} cores; cnnserve defaults: {workers} workers × {threads} threads")
     for version in [*versions, *bench_versions]:
         log(f"raw ONNX Runtime: {version.name}")
-        points = raw.measure_raw(version, cores, seconds=args.seconds / 2)
-        results["raw"][version.name] = {
-            "points": [vars(p) for p in points],
-            "best": vars(raw.best(points)),
-            "batch1": vars(raw.batch1(points)),
-            "decode_ms": raw.decode_ms(version),
-            "decode_then_run": vars(raw.decode_then_run(version, cores, seconds=args.seconds / 2)),
-            "input_shape": list(version.input_shape),
-        }
+        results["raw"][version.name] = raw_figures(version, cores, args.seconds)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         results["served"], results["baseline"] = sweep(args, versions, workers, threads, tmp)

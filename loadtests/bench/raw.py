@@ -54,20 +54,20 @@ def time_calls(call, seconds: float, min_calls: int = 5) -> list[float]:
     return durations
 
 
-def measure_point(model: ModelVersion, threads: int, batch: int, seconds: float) -> RawPoint:
-    """One thread count and batch size, called back to back for about ``seconds``."""
-    sess = session(str(model.file_for("fp32")[0]), threads)
+def measure_point(model: ModelVersion, threads: int, batch: int, seconds: float, variant: str = "fp32") -> RawPoint:
+    """One thread count and batch size of one precision variant, called back to back for about ``seconds``."""
+    sess = session(str(model.file_for(variant)[0]), threads)
     images = np.random.default_rng(0).random((batch, *model.input_shape), dtype=np.float32)
     durations = time_calls(functools.partial(sess.run, None, {"images": images}), seconds)
     return RawPoint(threads, batch, batch * len(durations) / sum(durations), float(np.median(durations)) * 1000)
 
 
-def measure_raw(model: ModelVersion, cores: int, seconds: float) -> list[RawPoint]:
+def measure_raw(model: ModelVersion, cores: int, seconds: float, variant: str = "fp32") -> list[RawPoint]:
     points = []
     for threads in sorted({1, cores}):
         for batch in BATCH_SIZES:
-            points.append(measure_point(model, threads, batch, seconds))
-            print(f"  raw {model.name}: {threads} thread(s), batch {batch:>2}: "
+            points.append(measure_point(model, threads, batch, seconds, variant))
+            print(f"  raw {model.name} {variant}: {threads} thread(s), batch {batch:>2}: "
                   f"{points[-1].images_per_s:8.0f} images/s, {points[-1].p50_ms:7.2f} ms per call", flush=True)
     return points
 

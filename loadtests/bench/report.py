@@ -54,12 +54,22 @@ def target_rows(results: dict) -> list[TargetRow]:
     best_path = max(resnet_paths, key=lambda p: statistics.median(resnet_paths[p]))
     ratio = statistics.median(resnet_paths[best_path])
     detail = ", ".join(f"{PROTOCOL_NAMES[p]} {statistics.median(v):.2f}" for p, v in resnet_paths.items())
-    best = results["raw"]["resnet18-digits"]["best"]
-    detail += (f"; raw: batch {best['batch']} on {best['threads']} threads, "
+    variant = targets.get("precision", {}).get("resnet18-digits", "fp32")
+    raw = results["raw"]["resnet18-digits"]
+    best = raw.get("variants", {}).get(variant, raw)["best"]
+    detail += (f"; raw {variant.upper()}: batch {best['batch']} on {best['threads']} threads, "
                f"{median(rounds, f'resnet18_{best_path}_raw'):.0f} images/s")
-    rows.append(TargetRow("resnet18-digits, 64 clients, served ÷ raw ONNX Runtime best",
+    rows.append(TargetRow(f"resnet18-digits, 64 clients, served ({variant.upper()}) ÷ raw ONNX Runtime best of the "
+                          "same variant",
                           f"{ratio:.2f} ({detail})",
                           spread(resnet_paths[best_path]), "≥ 0.80", ratio >= 0.80))
+    if "resnet18_auto_vs_fp32" in rounds[0]:
+        speedups = [r["resnet18_auto_vs_fp32"] for r in rounds]
+        speedup = statistics.median(speedups)
+        rows.append(TargetRow(f"resnet18-digits, 64 clients, V2 REST, precision auto ({variant.upper()}) ÷ the same "
+                              "served as FP32", f"{speedup:.2f} ({median(rounds, 'resnet18_auto_c64'):.0f} vs "
+                              f"{median(rounds, 'resnet18_fp32_c64'):.0f} req/s)", spread(speedups), "≥ 1.60",
+                              speedup >= 1.6))
     vs_fastapi = [r["lenet5_vs_fastapi"] for r in rounds]
     fastapi_ratio = statistics.median(vs_fastapi)
     rows.append(TargetRow("lenet5-digits, 64 clients, V2 REST ÷ FastAPI baseline (perf_analyzer)",
@@ -111,6 +121,13 @@ def raw_rows(results: dict) -> list[str]:
             f"(batch {best['batch']}, {best['threads']} thr) | {facts['decode_ms']:.2f} ms | "
             f"{in_turn['p50_ms']:.2f} ms ({in_turn['threads']} thr) |"
         )
+        for variant, figures in facts.get("variants", {}).items():
+            if variant == "fp32":
+                continue
+            one, best = figures["batch1"], figures["best"]
+            lines.append(f"| {name} ({variant.upper()}) | | {one['p50_ms']:.2f} ms ({one['images_per_s']:.0f} img/s, "
+                         f"{one['threads']} thr) | {best['images_per_s']:.0f} img/s (batch {best['batch']}, "
+                         f"{best['threads']} thr) | | |")
     return lines
 
 

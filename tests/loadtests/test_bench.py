@@ -120,7 +120,7 @@ def test_resnet18_is_judged_on_each_rounds_paired_ratios_not_on_a_ratio_of_media
     }
     row = target_rows(results)[0]
     assert row.measured == ("0.78 (/predict (PNG) 0.76, V2 REST binary 0.70, V2 gRPC 0.78; "
-                            "raw: batch 32 on 2 threads, 500 images/s)")
+                            "raw FP32: batch 32 on 2 threads, 500 images/s)")
     assert not row.met
 
 
@@ -174,3 +174,21 @@ def test_a_profile_of_a_real_server_prices_each_layer_of_a_request(tmp_path):
     assert "| server CPU per request |" in (folder / "profile-lenet5-digits-c4.md").read_text()
     assert (folder / "profile-lenet5-digits-c4.png").read_bytes().startswith(b"\x89PNG")
     assert list(folder.glob("profile-lenet5-digits-c4-v2-binary-worker*.collapsed"))
+
+
+def test_served_is_divided_by_the_raw_figure_of_the_variant_served_and_auto_is_judged_against_fp32():
+    raw_fp32, raw_int8 = {"threads": 2, "batch": 32}, {"threads": 2, "batch": 64}
+    results = {
+        "raw": {"resnet18-digits": {"decode_ms": 0.2, "best": raw_fp32,
+                                    "variants": {"fp32": {"best": raw_fp32}, "int8": {"best": raw_int8}}}},
+        "serving": {"workers": 2, "threads": 1, "cores": 2},
+        "targets": {"worker_processes": 2, "precision": {"resnet18-digits": "int8"}, "rounds": [
+            round_figures(resnet18_auto_c64=900.0, resnet18_fp32_c64=500.0, resnet18_auto_vs_fp32=1.8)]},
+    }
+    rows = target_rows(results)
+    assert "served (INT8) ÷ raw" in rows[0].target and "raw INT8: batch 64" in rows[0].measured
+    (auto,) = [row for row in rows if "precision auto" in row.target]
+    assert auto.measured.startswith("1.80 (900 vs 500 req/s)") and auto.met
+    results["targets"]["rounds"] = [round_figures(resnet18_auto_c64=700.0, resnet18_fp32_c64=500.0,
+                                                  resnet18_auto_vs_fp32=1.4)]
+    assert not [row for row in target_rows(results) if "precision auto" in row.target][0].met  # 1.4 < 1.6

@@ -18,7 +18,7 @@ def card(int8_split: dict | None, int8_conditions: dict | None) -> dict:
     if int8_split is not None:
         files["int8"] = {"file": "model.int8.onnx", "derived": True, "metrics": int8_split}
         if int8_conditions is not None:
-            files["int8"]["conditions"] = int8_conditions
+            files["int8"]["conditions"] = {"results": int8_conditions}
     conditions = {"square": {"accuracy": 0.98, "mean_iou": 0.90}, "dark on light": {"accuracy": 0.97, "mean_iou": 0.88}}
     return {"metrics": {"accuracy": 0.92, "mean_iou": 0.85, "conditions": {"results": conditions}}, "files": files}
 
@@ -81,7 +81,7 @@ def weighed(tmp_path_factory):
         version["files"]["int8"] = {"file": "model.int8.onnx", "sha256": file_sha256(folder / "model.int8.onnx"),
                                     "derived": True, "metrics": {k: reference[k] for k in ("accuracy", "mean_iou")}}
         if conditions is not None:
-            version["files"]["int8"]["conditions"] = conditions
+            version["files"]["int8"]["conditions"] = {"results": conditions}
         (folder / "card.json").write_text(json.dumps(version))
     with running_server(tmp_path_factory.mktemp("server"), models_dir=root, workers="1") as server:
         yield {m["name"]: m["versions"][0] for m in server.client.get("/models").json()["models"]}
