@@ -66,13 +66,14 @@ def sweep(args, versions, workers: int, threads: int, tmp: Path) -> tuple[list[d
         settings = {"noop_route": "true", "batching": "true" if batching == "on" else "false",
                     "serve": ",".join(v.name for v in versions)}
         with running_server(tmp, models_dir=str(args.models_dir.resolve()), **settings) as server:
+            precision = served_precision(server)
             for version in versions:
                 shape = [1, *version.input_shape]
                 for protocol in args.protocols:
                     for concurrency in args.concurrency:
                         row = measure(server, version.name, shape, protocol, concurrency, args.seconds)
                         served.append({"model": version.name, "protocol": protocol, "batching": batching,
-                                       "concurrency": concurrency, **row})
+                                       "precision": precision[version.name], "concurrency": concurrency, **row})
                         log(f"{version.name:<16} {protocol:<8} batching {batching:<3} c={concurrency:<3} "
                             f"{row['throughput_rps']:8.1f} req/s  p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:8.2f} ms"
                             f"  mean batch {row['mean_batch'] or 0:5.1f}  errors {row['errors']}")

@@ -133,16 +133,20 @@ def raw_rows(results: dict) -> list[str]:
 
 def served_rows(results: dict) -> list[str]:
     lines = [
-        "| model | path | batching | clients | req/s | p50 ms | p99 ms | ÷ raw best | mean batch | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | path | precision | batching | clients | req/s | p50 ms | p99 ms | ÷ raw best (same precision) "
+        "| mean batch | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = [{**r, "path": PROTOCOL_NAMES[r["protocol"]]} for r in results["served"]]
     rows += [{**r, "path": "FastAPI baseline (V2 REST)", "batching": "none"} for r in results["baseline"]]
     for r in rows:
-        best = results["raw"][r["model"]]["best"]["images_per_s"]
+        variant = r.get("precision", "fp32")  # the baseline serves model.onnx
+        raw = results["raw"][r["model"]]
+        best = raw.get("variants", {}).get(variant, raw)["best"]["images_per_s"]
         batch = f"{r['mean_batch']:.1f}" if r.get("mean_batch") else "-"
         lines.append(
-            f"| {r['model']} | {r['path']} | {r['batching']} | {r['concurrency']} | {r['throughput_rps']:.0f} | "
+            f"| {r['model']} | {r['path']} | {variant.upper()} | {r['batching']} | {r['concurrency']} | "
+            f"{r['throughput_rps']:.0f} | "
             f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['throughput_rps'] / best:.2f} | {batch} | {r['errors']} |"
         )
     return lines
@@ -182,8 +186,10 @@ def plot(results: dict, path: Path) -> None:
             line, = speed.plot(x, [p["throughput_rps"] for p in points], style, marker="o", label=label)
             latency.plot(x, [p["p50_ms"] for p in points], style, marker="o", color=line.get_color())
             latency.plot(x, [p["p99_ms"] for p in points], style, marker="^", color=line.get_color(), alpha=0.45)
-        speed.axhline(results["raw"][model]["best"]["images_per_s"], color="black", linestyle=":",
-                      label="raw ONNX Runtime, best batch")
+        raw = results["raw"][model]
+        for (variant, figures), style in zip(raw.get("variants", {"fp32": raw}).items(), (":", "-.")):
+            speed.axhline(figures["best"]["images_per_s"], color="black", linestyle=style,
+                          label=f"raw ONNX Runtime {variant.upper()}, best batch")
         speed.set(title=f"{model}: throughput", xlabel="concurrent clients", ylabel="requests/s (1 image each)",
                   xscale="log", ylim=(0, None))
         latency.set(title=f"{model}: latency (● p50, ▲ p99)", xlabel="concurrent clients", ylabel="ms",
