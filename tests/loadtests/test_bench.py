@@ -128,10 +128,10 @@ def test_a_slow_spell_on_one_side_of_a_pair_is_outvoted_by_the_other_pairs(monke
     raws = iter([600.0, 500.0, 640.0])  # the second raw turn caught a slow spell
     served = iter([560.0, 300.0, 560.0])  # and so did the second served turn, harder
     monkeypatch.setattr(bench_main.raw, "measure_point",
-                        lambda model, threads, batch, seconds: RawPoint(threads, batch, next(raws), 100.0))
+                        lambda model, threads, batch, seconds, variant: RawPoint(threads, batch, next(raws), 100.0))
     monkeypatch.setattr(bench_main, "measure", lambda *args: {"throughput_rps": next(served), "mean_batch": 30.0})
     resnet = SimpleNamespace(name="resnet18-digits", input_shape=(3, 64, 64))
-    found = bench_main.resnet_against_raw(None, resnet, {"threads": 2, "batch": 64}, "v2-http", 2.0)
+    found = bench_main.resnet_against_raw(None, resnet, {"threads": 2, "batch": 64, "variant": "int8"}, "v2-http", 2.0)
     assert found["resnet18_v2-http_ratio"] == pytest.approx(560 / 640)  # pairs 0.93, 0.60, 0.875
     assert found["resnet18_v2-http_raw"] == 600 and found["resnet18_v2-http_c64"] == 560
 
