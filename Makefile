@@ -37,7 +37,7 @@ $(TRITON_VENV)/bin/perf_analyzer:
 
 GRPC_PORT ?= 3001
 
-# On a first start, derive the committed models' INT8 and FP16 files (not committed; about a minute),
+# On a first start, derive the committed models' INT8 and FP16 files (not committed; 21 s on 2 cores),
 # so precision: auto can time them and serve the fastest that is as accurate.
 serve: setup
 	$(BIN)/python -m cnnserve.training.variants --missing $(foreach m,$(COMMITTED_MODELS),$(lastword $(sort $(wildcard models/$(m)/*))))

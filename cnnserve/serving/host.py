@@ -36,7 +36,7 @@ class ModelHost:
     def __init__(self, settings: Settings, repository: Repository, worker_index: int = 0):
         """``worker_index``: this worker's place among the server's (0 to workers - 1), which spreads the
         workers' borrowed cores (runner.py)."""
-        self.settings, self.repository = settings, repository
+        self.settings = settings
         self.metrics = ModelMetrics()
         self.threads = settings.session_threads()
         self.providers = choose_providers(
