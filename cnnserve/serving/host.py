@@ -25,7 +25,16 @@ from .metrics import ModelMetrics, child, pass_totals
 from .precision import CANDIDATES, PrecisionChoice, accuracy_shortfall, choose
 from .repository import ModelVersion, Repository
 from .runner import SOLO_MAX_BATCH, CoreTokens, ModelRunner
-from .runtime import CPU, LoadedModel, ModelInvalid, choose_providers, cuda_device_count, load_model, tensorrt_loads
+from .runtime import (
+    CPU,
+    LoadedModel,
+    ModelInvalid,
+    choose_providers,
+    cuda_device_count,
+    load_model,
+    preload_gpu_libraries,
+    tensorrt_loads,
+)
 
 log = logging.getLogger("cnnserve")
 
@@ -39,9 +48,9 @@ class ModelHost:
         self.settings = settings
         self.metrics = ModelMetrics()
         self.threads = settings.session_threads()
-        self.providers = choose_providers(
-            settings.providers, ort.get_available_providers(), cuda_device_count(), tensorrt_loads()
-        )
+        available = ort.get_available_providers()
+        preload_gpu_libraries(available)
+        self.providers = choose_providers(settings.providers, available, cuda_device_count(), tensorrt_loads())
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self.cores = os.cpu_count() or 1
         self.tokens = (

@@ -46,6 +46,17 @@ def cuda_device_count() -> int:
     return count.value
 
 
+def preload_gpu_libraries(available: list[str]) -> bool:
+    """With a GPU build, load NVIDIA's CUDA and cuDNN libraries before any session asks for them: installed as
+    wheels (the ``gpu`` extra's ``[cuda,cudnn]``) they sit in site-packages, where the CUDA provider does not
+    look on its own (``onnxruntime.preload_dlls``, ONNX Runtime 1.21 and later). In a CUDA image they come from
+    the system and this finds them there. Whether it ran."""
+    if CUDA not in available or not hasattr(ort, "preload_dlls"):
+        return False
+    ort.preload_dlls()
+    return True
+
+
 @functools.cache
 def tensorrt_loads() -> bool:
     for name in TENSORRT_LIBRARIES:

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+from cnnserve.serving import runtime
 from cnnserve.serving.repository import discover
 from cnnserve.serving.runtime import (
     CPU,
@@ -16,6 +17,7 @@ from cnnserve.serving.runtime import (
     choose_providers,
     choose_variant,
     load_model,
+    preload_gpu_libraries,
     session_options,
 )
 from tests.committed import VERSIONS
@@ -33,6 +35,13 @@ def test_gpu_build_without_a_gpu_falls_back_to_cpu_quietly():
 
 def test_gpu_present_prefers_tensorrt_then_cuda_then_cpu():
     assert choose_providers(("auto",), GPU_BUILD, gpu_devices=1, tensorrt_usable=True) == [TENSORRT, CUDA, CPU]
+
+
+def test_nvidia_libraries_are_preloaded_only_by_a_gpu_build(monkeypatch):
+    calls = []
+    monkeypatch.setattr(runtime.ort, "preload_dlls", lambda: calls.append(1), raising=False)
+    assert not preload_gpu_libraries([CPU]) and calls == []
+    assert preload_gpu_libraries(GPU_BUILD) and calls == [1]
 
 
 def test_tensorrt_is_skipped_when_its_library_does_not_load():
