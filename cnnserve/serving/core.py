@@ -35,10 +35,13 @@ Compute = Callable[[ModelVersion, np.ndarray, float], Awaitable["TensorResult"]]
 Payload = list[bytes] | np.ndarray  # image files, or the model's input tensor [N, C, H, W]
 
 
+SERVING = ("ready", "degraded")  # degraded: served, on another execution provider than asked (host.fall_back)
+
+
 class Host(Protocol):
     """What the core needs of the models it serves (host.ModelHost in a worker)."""
 
-    status: dict  # per model version key: {"status": "ready" | "failed", "reason": ..., ...}
+    status: dict  # per model version key: {"status": "ready" | "degraded" | "failed", "reason": ..., ...}
 
     async def infer(self, model: ModelVersion, images: np.ndarray, deadline: float) -> BatchResult:
         """Run ``images`` (no more than one batch) through the model's batcher."""
@@ -124,7 +127,7 @@ class InferenceCore:
             raise ModelUnavailable("no model is being served; see GET /models for the reasons")
         model = self.repository.resolve(name, version)
         status = self.host.status[model.key]
-        if status["status"] != "ready":
+        if status["status"] not in SERVING:
             raise ModelUnavailable(f"model {model.key} is not ready: {status['reason']}")
         return model
 

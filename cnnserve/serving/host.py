@@ -62,6 +62,7 @@ class ModelHost:
         self.batchers: dict[str, AdaptiveBatcher] = {}
         self.failures: dict[str, str] = {}
         self.precision_choices: dict[str, PrecisionChoice] = {}  # per version key, where chosen by measurement
+        self.degraded: dict[str, str] = {}  # per version key: why it serves on another provider than asked
         cache_dir = Path(tempfile.gettempdir()) / "cnnserve-trt-cache"
         for model in repository.versions():
             self.load(model, cache_dir)
@@ -72,12 +73,9 @@ class ModelHost:
         labels = (model.name, str(model.version))
         batching = settings.batching_for(model.name)
         try:
-            if settings.precision == "auto" and self.providers[0] == CPU and settings.warmup:
-                loaded, warm_up, self.precision_choices[model.key] = self.load_fastest(
-                    model, batching.max_batch_size, cache_dir)
-            else:
-                loaded = load_model(model, self.providers, settings.precision, self.threads, cache_dir)
-                warm_up = loaded.warm_up(batching.max_batch_size) if settings.warmup else {}
+            loaded, warm_up = self.load_on(self.providers, model, batching.max_batch_size, cache_dir)
+            if loaded.providers[0] != self.providers[0]:
+                loaded, warm_up = self.fall_back(model, loaded, batching.max_batch_size, cache_dir)
             runner = self.runner(loaded, warm_up, cache_dir)
         except (ModelInvalid, ValueError) as exc:
             self.failures[model.key] = str(exc)
@@ -113,8 +111,36 @@ class ModelHost:
             SOLO_MAX_BATCH if runner.solo else 0,
         )
 
+    def load_on(
+        self, providers: list[str], model: ModelVersion, max_batch_size: int, cache_dir: Path
+    ) -> tuple[LoadedModel, dict[int, float]]:
+        """The model's session on ``providers`` and its warm-up timings; on the CPU with ``precision: auto``,
+        the fastest variant accurate enough (``load_fastest``)."""
+        settings = self.settings
+        if settings.precision == "auto" and providers[0] == CPU and settings.warmup:
+            loaded, warm_up, self.precision_choices[model.key] = self.load_fastest(
+                model, providers, max_batch_size, cache_dir)
+            return loaded, warm_up
+        loaded = load_model(model, providers, settings.precision, self.threads, cache_dir)
+        return loaded, loaded.warm_up(max_batch_size) if settings.warmup else {}
+
+    def fall_back(
+        self, model: ModelVersion, loaded: LoadedModel, max_batch_size: int, cache_dir: Path
+    ) -> tuple[LoadedModel, dict[int, float]]:
+        """ONNX Runtime gave the session another provider than the one asked for (a GPU provider whose
+        libraries did not load falls back to the CPU with only a log line of its own). With providers set
+        explicitly the model is refused; with ``auto`` it is loaded again for the CPU (the file and threads
+        chosen for the CPU, not the GPU's FP16) and shown as degraded, with the reason."""
+        reason = f"{self.providers[0]} was asked for but ONNX Runtime gave {loaded.providers[0]}"
+        if self.settings.providers != ("auto",):
+            raise ModelInvalid(f"{reason}; the providers are set explicitly, so the model is not served")
+        log.error("model %s: %s; loading it again for the CPU", model.key, reason)
+        self.degraded[model.key] = f"{reason}; served on the CPU"
+        self.metrics.model_degraded.labels(model.name, str(model.version)).set(1)
+        return self.load_on([CPU], model, max_batch_size, cache_dir)
+
     def load_fastest(
-        self, model: ModelVersion, max_batch_size: int, cache_dir: Path
+        self, model: ModelVersion, providers: list[str], max_batch_size: int, cache_dir: Path
     ) -> tuple[LoadedModel, dict[int, float], PrecisionChoice]:
         """Load and warm up every variant accurate enough to serve (precision.py); keep the fastest."""
         listed = model.card.get("files", {"fp32": {}})
@@ -128,7 +154,7 @@ class ModelHost:
                 refused[variant] = shortfall
             else:
                 try:
-                    loaded = load_model(model, self.providers, variant, self.threads, cache_dir)
+                    loaded = load_model(model, providers, variant, self.threads, cache_dir)
                 except ModelInvalid as exc:
                     if variant == "fp32":
                         raise
@@ -152,7 +178,7 @@ class ModelHost:
         inline = inline_up_to(warm_up)
         if self.tokens is None or inline >= SOLO_MAX_BATCH:
             return ModelRunner(loaded, inline)
-        solo = load_model(loaded.model, self.providers, loaded.variant, self.cores, cache_dir, spin=True)
+        solo = load_model(loaded.model, loaded.providers, loaded.variant, self.cores, cache_dir, spin=True)
         if settings.warmup:
             solo.warm_up(SOLO_MAX_BATCH)
         return ModelRunner(loaded, inline, self.tokens, solo)
@@ -178,8 +204,8 @@ class ModelHost:
         statuses = {key: {"status": "failed", "reason": reason} for key, reason in self.failures.items()}
         for key, loaded in self.loaded.items():
             statuses[key] = {
-                "status": "ready",
-                "reason": None,
+                "status": "degraded" if key in self.degraded else "ready",
+                "reason": self.degraded.get(key),
                 "provider": loaded.providers[0],
                 "providers": loaded.providers,
                 "variant": loaded.variant,

@@ -158,6 +158,12 @@ class ModelMetrics:
             [*MODEL_LABELS, "precision"],
             multiprocess_mode="livemax",
         )
+        self.model_degraded = Gauge(
+            "cnnserve_model_degraded",
+            "1 when the model version serves on another execution provider than the one asked for (see /models)",
+            MODEL_LABELS,
+            multiprocess_mode="livemax",
+        )
         self.model_ready = Gauge(
             "cnnserve_model_ready",
             "1 when the model version is loaded and warmed up in every live inference worker",

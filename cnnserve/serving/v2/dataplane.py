@@ -21,7 +21,7 @@ import numpy as np
 
 from ... import __version__
 from ...contract.card import BOXES, INPUT_NAME, PROBABILITIES
-from ..core import InferenceCore, TensorResult
+from ..core import SERVING, InferenceCore, TensorResult
 from ..errors import InvalidInput
 from ..repository import ModelVersion
 from .tensors import BYTES, Tensor
@@ -63,7 +63,7 @@ class DataPlane:
 
     async def model_ready(self, name: str, version: str | int | None = None) -> bool:
         model = self.repository.resolve(name, parse_version(version))
-        return self.core.host.status[model.key]["status"] == "ready"
+        return self.core.host.status[model.key]["status"] in SERVING
 
     def model_metadata(self, name: str, version: str | int | None = None) -> dict:
         model = self.repository.resolve(name, parse_version(version))

@@ -1,0 +1,64 @@
+"""A worker's models never fall back to the CPU silently: when ONNX Runtime gives a session another provider than
+the one asked for, the model is loaded again for the CPU and shown as degraded, or refused when the providers were
+set explicitly. The GPU is what cannot exist here, so the test makes the host believe in one; the session that
+answers with the CPU provider is ONNX Runtime's own (this CPU build takes a CUDA request that way)."""
+
+from dataclasses import replace
+
+import pytest
+from prometheus_client import REGISTRY
+
+from cnnserve.serving import host as host_module
+from cnnserve.serving.config import Settings
+from cnnserve.serving.host import ModelHost
+from cnnserve.serving.repository import discover
+from cnnserve.serving.runtime import CPU, CUDA
+from tests.committed import VERSIONS
+
+
+@pytest.fixture
+def a_gpu_that_does_not_work(monkeypatch):
+    monkeypatch.setattr(host_module.ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(host_module, "cuda_device_count", lambda: 1)
+    monkeypatch.setattr(host_module, "tensorrt_loads", lambda: False)
+    monkeypatch.setattr(host_module, "preload_gpu_libraries", lambda available: True)
+
+
+@pytest.fixture
+def host_for(repo_copy):
+    """``host_for(**settings)``: a host on a copy of LeNet-5, and the version's key; its metrics are
+    unregistered afterwards, so the next test's host can register them again."""
+    hosts = []
+
+    def build(**settings) -> tuple[ModelHost, str]:
+        repo_copy("lenet5-digits")
+        config = replace(Settings(), models_dir=repo_copy.root, workers=1, threads=1, borrow_idle_cores=False,
+                         **settings)
+        hosts.append(ModelHost(config, discover(config.models_dir, ())))
+        return hosts[-1], f"lenet5-digits/{VERSIONS['lenet5-digits']}"
+
+    yield build
+    for built in hosts:
+        for metric in vars(built.metrics).values():
+            REGISTRY.unregister(metric)
+
+
+def test_a_session_that_falls_back_is_reloaded_for_the_cpu_and_shown_degraded(host_for, a_gpu_that_does_not_work):
+    host, key = host_for()
+    assert host.providers[0] == CUDA  # what was asked for
+    status = host.status[key]
+    assert status["status"] == "degraded" and status["provider"] == CPU
+    assert "CUDAExecutionProvider was asked for but ONNX Runtime gave CPUExecutionProvider" in status["reason"]
+    assert status["precision_choice"]["variant"] == status["variant"] == "fp32"  # chosen for the CPU, by timing
+    assert host.metrics.model_degraded.labels("lenet5-digits", str(VERSIONS["lenet5-digits"]))._value.get() == 1
+
+
+def test_with_providers_set_explicitly_a_fallback_is_refused(host_for, a_gpu_that_does_not_work):
+    host, key = host_for(providers=(CUDA, CPU))
+    assert host.status[key]["status"] == "failed"
+    assert "providers are set explicitly" in host.status[key]["reason"]
+
+
+def test_without_a_gpu_nothing_is_degraded(host_for):
+    host, key = host_for()
+    assert host.status[key]["status"] == "ready" and host.status[key]["reason"] is None
