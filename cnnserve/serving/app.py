@@ -29,6 +29,7 @@ from .patches.circus_sockets import listen_on_own_socket, spread_connections
 from .patches.uvicorn_writes import coalesce_responses
 from .repository import discover
 from .routes import build_rest_app, serve_core
+from .runtime import usable_gpus
 
 log = logging.getLogger("cnnserve")
 
@@ -54,7 +55,7 @@ rest_app = build_rest_app()
 @bentoml.asgi_app(rest_app, path="/")
 @bentoml.service(
     name="cnnserve",
-    workers=settings.inference_workers(),
+    workers=settings.inference_workers(gpus=usable_gpus(settings.providers)),
     traffic={"timeout": 60},
     logging={"access": {"enabled": settings.access_log}},
 )

@@ -83,16 +83,19 @@ class Settings:
     def batching_for(self, model: str) -> Batching:
         return self.per_model.get(model, Batching(self.max_batch_size, self.max_queue_delay_ms, self.max_queue_images))
 
-    def inference_workers(self, cores: int | None = None) -> int:
-        """Worker processes; with ``threads`` their product fits the cores."""
+    def inference_workers(self, cores: int | None = None, gpus: int = 0) -> int:
+        """Worker processes: one per GPU when the models run on ``gpus`` GPUs (each worker holds one CUDA
+        context, on its own device); on the CPU, as many as fit the cores with ``threads`` each."""
         if self.workers > 0:
             return self.workers
+        if gpus > 0:
+            return gpus
         return max(1, (cores or os.cpu_count() or 1) // max(1, self.threads or 1))
 
-    def session_threads(self, cores: int | None = None) -> int:
+    def session_threads(self, cores: int | None = None, gpus: int = 0) -> int:
         if self.threads > 0:
             return self.threads
-        return max(1, (cores or os.cpu_count() or 1) // self.inference_workers(cores))
+        return max(1, (cores or os.cpu_count() or 1) // self.inference_workers(cores, gpus))
 
 
 def _parse(name: str, raw: Any, current: Any) -> Any:

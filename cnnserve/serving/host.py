@@ -27,6 +27,7 @@ from .repository import ModelVersion, Repository
 from .runner import SOLO_MAX_BATCH, CoreTokens, ModelRunner
 from .runtime import (
     CPU,
+    GPU_PROVIDERS,
     LoadedModel,
     ModelInvalid,
     choose_providers,
@@ -47,10 +48,12 @@ class ModelHost:
         workers' borrowed cores (runner.py)."""
         self.settings = settings
         self.metrics = ModelMetrics()
-        self.threads = settings.session_threads()
         available = ort.get_available_providers()
         preload_gpu_libraries(available)
         self.providers = choose_providers(settings.providers, available, cuda_device_count(), tensorrt_loads())
+        gpus = cuda_device_count() if self.providers[0] in GPU_PROVIDERS else 0
+        self.device_id = worker_index % gpus if gpus else 0  # one GPU per worker (workers: one per GPU)
+        self.threads = settings.session_threads(gpus=gpus)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self.cores = os.cpu_count() or 1
         self.tokens = (
@@ -121,7 +124,7 @@ class ModelHost:
             loaded, warm_up, self.precision_choices[model.key] = self.load_fastest(
                 model, providers, max_batch_size, cache_dir)
             return loaded, warm_up
-        loaded = load_model(model, providers, settings.precision, self.threads, cache_dir)
+        loaded = load_model(model, providers, settings.precision, self.threads, cache_dir, device_id=self.device_id)
         return loaded, loaded.warm_up(max_batch_size) if settings.warmup else {}
 
     def fall_back(

@@ -132,10 +132,21 @@ def session_options(threads: int, spin: bool = False) -> ort.SessionOptions:
     return options
 
 
-def provider_options(provider: str, cache_dir: Path) -> dict:
+def provider_options(provider: str, cache_dir: Path, device_id: int = 0) -> dict:
     if provider == TENSORRT:
-        return {"trt_fp16_enable": True, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir)}
+        return {"device_id": device_id, "trt_fp16_enable": True, "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(cache_dir)}
+    if provider == CUDA:
+        return {"device_id": device_id}
     return {}
+
+
+def usable_gpus(requested: tuple[str, ...]) -> int:
+    """How many GPUs the models will run on: those the CUDA driver reports, when this ONNX Runtime has a GPU
+    provider and ``providers`` allows one; 0 otherwise."""
+    available = ort.get_available_providers()
+    providers = choose_providers(requested, available, cuda_device_count(), tensorrt_loads())
+    return cuda_device_count() if providers[0] in GPU_PROVIDERS else 0
 
 
 class ModelInvalid(Exception):
@@ -209,7 +220,8 @@ def verify_contract(model: ModelVersion, session: ort.InferenceSession) -> list[
 
 
 def load_model(
-    model: ModelVersion, providers: list[str], precision: str, threads: int, cache_dir: Path, spin: bool = False
+    model: ModelVersion, providers: list[str], precision: str, threads: int, cache_dir: Path, spin: bool = False,
+    device_id: int = 0,
 ) -> LoadedModel:
     variant = choose_variant(precision, providers, model.variants())
     path, expected_sha = model.file_for(variant)
@@ -223,7 +235,7 @@ def load_model(
         session = ort.InferenceSession(
             str(path),
             session_options(threads, spin),
-            providers=[(p, provider_options(p, cache_dir)) for p in providers],
+            providers=[(p, provider_options(p, cache_dir, device_id)) for p in providers],
         )
     except Exception as exc:  # noqa: BLE001  (ONNX Runtime raises its own types for corrupt files)
         raise ModelInvalid(f"ONNX Runtime cannot load {path.name}: {exc}") from None

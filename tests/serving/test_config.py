@@ -50,3 +50,9 @@ def test_default_workers_times_threads_fit_the_cores(cores):
 def test_explicit_threads_shrink_the_worker_count():
     settings = Settings(threads=2)
     assert settings.inference_workers(8) == 4 and settings.session_threads(8) == 2
+
+
+def test_on_gpus_there_is_one_worker_per_gpu_unless_workers_are_set():
+    assert Settings().inference_workers(16, gpus=2) == 2 and Settings().session_threads(16, gpus=2) == 8
+    assert Settings(workers=3).inference_workers(16, gpus=2) == 3
+    assert Settings().inference_workers(16, gpus=0) == 16  # no GPU: as before

@@ -30,11 +30,11 @@ def host_for(repo_copy):
     unregistered afterwards, so the next test's host can register them again."""
     hosts = []
 
-    def build(**settings) -> tuple[ModelHost, str]:
+    def build(worker_index: int = 0, **settings) -> tuple[ModelHost, str]:
         repo_copy("lenet5-digits")
         config = replace(Settings(), models_dir=repo_copy.root, workers=1, threads=1, borrow_idle_cores=False,
                          **settings)
-        hosts.append(ModelHost(config, discover(config.models_dir, ())))
+        hosts.append(ModelHost(config, discover(config.models_dir, ()), worker_index))
         return hosts[-1], f"lenet5-digits/{VERSIONS['lenet5-digits']}"
 
     yield build
@@ -57,6 +57,12 @@ def test_with_providers_set_explicitly_a_fallback_is_refused(host_for, a_gpu_tha
     host, key = host_for(providers=(CUDA, CPU))
     assert host.status[key]["status"] == "failed"
     assert "providers are set explicitly" in host.status[key]["reason"]
+
+
+def test_each_worker_takes_its_own_gpu(host_for, a_gpu_that_does_not_work, monkeypatch):
+    monkeypatch.setattr(host_module, "cuda_device_count", lambda: 2)
+    host, _ = host_for(worker_index=3)
+    assert host.device_id == 1  # workers 0, 1, 2, 3 on GPUs 0, 1, 0, 1
 
 
 def test_without_a_gpu_nothing_is_degraded(host_for):

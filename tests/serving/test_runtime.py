@@ -18,6 +18,7 @@ from cnnserve.serving.runtime import (
     choose_variant,
     load_model,
     preload_gpu_libraries,
+    provider_options,
     session_options,
 )
 from tests.committed import VERSIONS
@@ -42,6 +43,12 @@ def test_nvidia_libraries_are_preloaded_only_by_a_gpu_build(monkeypatch):
     monkeypatch.setattr(runtime.ort, "preload_dlls", lambda: calls.append(1), raising=False)
     assert not preload_gpu_libraries([CPU]) and calls == []
     assert preload_gpu_libraries(GPU_BUILD) and calls == [1]
+
+
+def test_gpu_providers_are_told_their_device(tmp_path):
+    assert provider_options(CUDA, tmp_path, device_id=1) == {"device_id": 1}
+    assert provider_options(TENSORRT, tmp_path, device_id=1)["device_id"] == 1
+    assert provider_options(CPU, tmp_path, device_id=1) == {}
 
 
 def test_tensorrt_is_skipped_when_its_library_does_not_load():
