@@ -178,14 +178,21 @@ class LoadedModel:
             outputs = dict(zip(self.output_names, self.session.run(self.output_names, {INPUT_NAME: images})))
         return outputs[PROBABILITIES], outputs.get(BOXES)
 
+    def warm_sizes(self, max_batch_size: int) -> list[int]:
+        """The batch sizes warm-up runs. On a GPU every size the batcher can form: each new input shape makes
+        cuDNN search for its convolution algorithms, which must not happen on a live request. On the CPU a new
+        shape costs no search, and the powers of two up to the maximum give the cost table."""
+        if self.on_gpu:
+            return list(range(1, max_batch_size + 1))
+        return sorted({1, max_batch_size, *(2**i for i in range(max_batch_size.bit_length()) if 2**i <= max_batch_size)})
+
     def warm_up(self, max_batch_size: int) -> dict[int, float]:
-        """Run every batch size the batcher can form (powers of two up to the maximum)
-        and return seconds per size, the model's own cost table. A size whose first
-        run (which allocates) took under 50 ms is timed twice more and the fastest
-        kept; longer ones are not re-run, as only short sizes decide anything."""
-        sizes = sorted({1, max_batch_size, *(2**i for i in range(max_batch_size.bit_length()) if 2**i <= max_batch_size)})
+        """Run each of ``warm_sizes`` and return seconds per size, the model's own cost
+        table. A size whose first run (which allocates) took under 50 ms is timed
+        twice more and the fastest kept; longer ones are not re-run, as only short
+        sizes decide anything."""
         seconds = {}
-        for size in sizes:
+        for size in self.warm_sizes(max_batch_size):
             images = np.zeros((size, *self.model.input_shape), np.float32)
             timings = [self.timed_run(images)]
             if timings[0] < 0.05:

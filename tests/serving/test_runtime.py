@@ -3,6 +3,7 @@ logic, as this machine has no GPU), integrity checks, and running."""
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from cnnserve.serving.runtime import (
     session_options,
 )
 from tests.committed import VERSIONS
+from tests.conftest import MODELS_DIR
 
 GPU_BUILD = [TENSORRT, CUDA, CPU]  # what onnxruntime-gpu lists, GPU or not
 
@@ -49,6 +51,14 @@ def test_gpu_providers_are_told_their_device(tmp_path):
     assert provider_options(CUDA, tmp_path, device_id=1) == {"device_id": 1}
     assert provider_options(TENSORRT, tmp_path, device_id=1)["device_id"] == 1
     assert provider_options(CPU, tmp_path, device_id=1) == {}
+
+
+def test_on_a_gpu_warm_up_runs_every_batch_size_the_batcher_can_form(tmp_path):
+    model = discover(MODELS_DIR, ("lenet5-digits",)).resolve("lenet5-digits")
+    loaded = load_model(model, [CPU], "fp32", 1, tmp_path)
+    assert sorted(loaded.warm_up(12)) == [1, 2, 4, 8, 12]  # on the CPU: the cost table's sizes
+    on_gpu = replace(loaded, providers=[CUDA, CPU])  # what a CUDA session reports; this one still runs on the CPU
+    assert sorted(on_gpu.warm_up(12)) == list(range(1, 13))
 
 
 def test_tensorrt_is_skipped_when_its_library_does_not_load():
