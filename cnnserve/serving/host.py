@@ -109,9 +109,8 @@ class ModelHost:
         log.info(
             "model %s ready on %s (%s, %d thread(s); warmed batch sizes %s: batch 1 %.2f ms, batch %d %.2f ms; "
             "batches up to %d run on the event loop, up to %d on every core when the others are idle)",
-            model.key, loaded.providers[0], loaded.variant, self.threads,
-            f"1 to {max(warm_up)}, every one" if len(warm_up) == max(warm_up, default=0) > 2
-            else ", ".join(map(str, sorted(warm_up))) or "none", 1000 * warm_up.get(1, 0),
+            model.key, loaded.providers[0], loaded.variant, self.threads, LoadedModel.describe_sizes(warm_up),
+            1000 * warm_up.get(1, 0),
             batching.max_batch_size, 1000 * warm_up.get(batching.max_batch_size, 0), runner.inline_up_to,
             SOLO_MAX_BATCH if runner.solo else 0,
         )

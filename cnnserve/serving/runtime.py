@@ -186,6 +186,14 @@ class LoadedModel:
             return list(range(1, max_batch_size + 1))
         return sorted({1, max_batch_size, *(2**i for i in range(max_batch_size.bit_length()) if 2**i <= max_batch_size)})
 
+    @staticmethod
+    def describe_sizes(sizes) -> str:
+        """``1 to 64, every one`` or ``1, 2, 4, 8``: the batch sizes a warm-up ran, for the log."""
+        sizes = sorted(sizes)
+        if len(sizes) > 2 and sizes == list(range(1, sizes[-1] + 1)):
+            return f"1 to {sizes[-1]}, every one"
+        return ", ".join(map(str, sizes)) or "none"
+
     def warm_up(self, max_batch_size: int) -> dict[int, float]:
         """Run each of ``warm_sizes`` and return seconds per size, the model's own cost
         table. A size whose first run (which allocates) took under 50 ms is timed

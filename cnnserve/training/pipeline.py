@@ -25,6 +25,15 @@ FULL_PRECISION_FILE = "model.float32.onnx"  # the export before its weights are 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
+def measure_variants(files: dict[str, Path], test, log=print) -> dict[str, dict]:
+    """Each variant file's accuracy and IoU on the test split, through ONNX Runtime, logged."""
+    measured = {}
+    for variant, path in files.items():
+        measured[variant] = metrics = evaluate(onnx_predictor(path), test)
+        log(f"test split, {variant:>4} ONNX: accuracy {metrics['accuracy']:.4f}  mean IoU {metrics['mean_iou']:.4f}")
+    return measured
+
+
 def rederive_variants(folder: Path, log=print) -> None:
     """Derive a version's variants again and record what they are on its card: file, sha256, size and test-split
     metrics. A variant whose file changed loses its robustness figures (``files.<variant>.conditions``), which
@@ -39,9 +48,7 @@ def rederive_variants(folder: Path, log=print) -> None:
         sha = file_sha256(path)
         if entry.get("sha256") != sha and entry.pop("conditions", None) is not None:
             log(f"{path.name} changed: its robustness figures are dropped from the card until measured again")
-        metrics = evaluate(onnx_predictor(path), test)
-        entry.update(sha256=sha, bytes=path.stat().st_size, metrics=metrics)
-        log(f"test split, {variant:>4} ONNX: accuracy {metrics['accuracy']:.4f}  mean IoU {metrics['mean_iou']:.4f}")
+        entry.update(sha256=sha, bytes=path.stat().st_size, metrics=measure_variants({variant: path}, test, log)[variant])
     write_card(folder, card)
 
 
@@ -63,9 +70,7 @@ def build_version(config: TrainConfig, task: TaskData, out_root: Path, version: 
     log(f"test split, float32 weights: accuracy {full_metrics['accuracy']:.4f}  mean IoU {full_metrics['mean_iou']:.4f}")
 
     files = export_variants(folder, task.train_epoch(0)[0][:CALIBRATION_IMAGES])
-    variant_metrics = {variant: evaluate(onnx_predictor(path), test) for variant, path in files.items()}
-    for variant, metrics in variant_metrics.items():
-        log(f"test split, {variant:>4} ONNX: accuracy {metrics['accuracy']:.4f}  mean IoU {metrics['mean_iou']:.4f}")
+    variant_metrics = measure_variants(files, test, log)
 
     card = model_card(
         name=config.name,

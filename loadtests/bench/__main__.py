@@ -190,7 +190,7 @@ def targets(args, versions, raw_results: dict, workers: int, threads: int, cores
         worker_processes = len(psutil.Process(server.process.pid).children())
         precision = served_precision(server)
         resnet_raw = raw_results["resnet18-digits"]
-        raw_best = {**resnet_raw["variants"][precision["resnet18-digits"]]["best"],
+        raw_best = {**resnet_raw.get("variants", {}).get(precision["resnet18-digits"], resnet_raw)["best"],
                     "variant": precision["resnet18-digits"]}
         for index in range(args.rounds):
             rounds.append(target_round(server, fp32_server, fastapi_url, by_name, raw_best, cores, args.seconds))
@@ -207,7 +207,7 @@ def served_precision(server) -> dict[str, str]:
 
 def raw_figures(version, cores: int, seconds: float) -> dict:
     """Raw ONNX Runtime for a model: FP32's points, best and batch-1 figures (and decode costs) at the top,
-    and the best and batch-1 figures of every CPU variant present under ``variants``."""
+    and the best and batch-1 figures of every other CPU variant present under ``variants``."""
     points = raw.measure_raw(version, cores, seconds=seconds / 2)
     figures = {
         "points": [vars(p) for p in points],
@@ -216,7 +216,7 @@ def raw_figures(version, cores: int, seconds: float) -> dict:
         "decode_ms": raw.decode_ms(version),
         "decode_then_run": vars(raw.decode_then_run(version, cores, seconds=seconds / 2)),
         "input_shape": list(version.input_shape),
-        "variants": {"fp32": {"best": vars(raw.best(points)), "batch1": vars(raw.batch1(points))}},
+        "variants": {},
     }
     for variant in (v for v in CANDIDATES if v != "fp32" and v in version.variants()):
         points = raw.measure_raw(version, cores, seconds=seconds / 2, variant=variant)

@@ -122,8 +122,6 @@ def raw_rows(results: dict) -> list[str]:
             f"{in_turn['p50_ms']:.2f} ms ({in_turn['threads']} thr) |"
         )
         for variant, figures in facts.get("variants", {}).items():
-            if variant == "fp32":
-                continue
             one, best = figures["batch1"], figures["best"]
             lines.append(f"| {name} ({variant.upper()}) | | {one['p50_ms']:.2f} ms ({one['images_per_s']:.0f} img/s, "
                          f"{one['threads']} thr) | {best['images_per_s']:.0f} img/s (batch {best['batch']}, "
@@ -187,7 +185,7 @@ def plot(results: dict, path: Path) -> None:
             latency.plot(x, [p["p50_ms"] for p in points], style, marker="o", color=line.get_color())
             latency.plot(x, [p["p99_ms"] for p in points], style, marker="^", color=line.get_color(), alpha=0.45)
         raw = results["raw"][model]
-        for (variant, figures), style in zip(raw.get("variants", {"fp32": raw}).items(), (":", "-.")):
+        for (variant, figures), style in zip({"fp32": raw, **raw.get("variants", {})}.items(), (":", "-.")):
             speed.axhline(figures["best"]["images_per_s"], color="black", linestyle=style,
                           label=f"raw ONNX Runtime {variant.upper()}, best batch")
         speed.set(title=f"{model}: throughput", xlabel="concurrent clients", ylabel="requests/s (1 image each)",
