@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BENTOML = Path(sys.executable).parent / "bentoml"
+BENTOML = [sys.executable, "-m", "bentoml"]  # also where the bentoml script is not beside python (pip --target)
 START_TIMEOUT = 180
 MAX_BODY_BYTES = 2 * 1024 * 1024  # the shared test server's limit: small, so cheap to test
 
@@ -78,7 +78,7 @@ def running_server(tmp_dir: Path, wait: bool = True, target: str = "cnnserve.ser
     log_path = tmp_dir / f"server-{port}.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [str(BENTOML), "serve", target, "--host", "127.0.0.1", "--port", str(port)],
+            [*BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(port)],
             cwd=cwd,
             env=env,
             stdout=log,

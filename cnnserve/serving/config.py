@@ -10,6 +10,7 @@ batching lives under ``models:`` in the YAML file::
     providers: auto                            # or e.g. [CUDAExecutionProvider, CPUExecutionProvider]
     precision: auto                            # auto | fp32 | fp16 | int8
     precision_tolerance: {accuracy: 0.005, mean_iou: 0.01}
+    cudnn_conv_algo_search: EXHAUSTIVE         # or HEURISTIC, DEFAULT (GPU only)
     workers: auto                              # worker processes (each serves every protocol)
     threads: auto                              # ONNX Runtime intra-op threads per worker
     max_batch_size: 64                         # images per ONNX Runtime call
@@ -35,6 +36,7 @@ from .precision import Tolerance
 ENV_PREFIX = "CNNSERVE_"
 DEFAULT_CONFIG_FILE = "cnnserve.yaml"
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
+CUDNN_SEARCH_MODES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")  # ONNX Runtime's cudnn_conv_algo_search values
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class Settings:
     providers: tuple[str, ...] = ("auto",)
     precision: str = "auto"
     precision_tolerance: Tolerance = Tolerance()  # how far below FP32's card metrics a variant may be
+    cudnn_conv_algo_search: str = "EXHAUSTIVE"  # how cuDNN picks convolution algorithms per input shape (GPU only)
     workers: int = 0  # 0: chosen from the core count
     threads: int = 0  # 0: chosen from the core count
     batching: bool = True
@@ -119,6 +122,10 @@ def _parse(name: str, raw: Any, current: Any) -> Any:
     if isinstance(current, tuple):
         items = raw if isinstance(raw, list) else [s for s in str(raw).split(",")]
         return tuple(str(s).strip() for s in items if str(s).strip())
+    if name == "cudnn_conv_algo_search" and str(raw).upper() not in CUDNN_SEARCH_MODES:
+        raise ValueError(f"cudnn_conv_algo_search must be one of {', '.join(CUDNN_SEARCH_MODES)}, not {raw!r}")
+    if name == "cudnn_conv_algo_search":
+        return str(raw).upper()
     if name == "precision" and raw not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {raw!r}")
     return type(current)(raw)

@@ -125,7 +125,8 @@ class ModelHost:
             loaded, warm_up, self.precision_choices[model.key] = self.load_fastest(
                 model, providers, max_batch_size, cache_dir)
             return loaded, warm_up
-        loaded = load_model(model, providers, settings.precision, self.threads, cache_dir, device_id=self.device_id)
+        loaded = load_model(model, providers, settings.precision, self.threads, cache_dir, device_id=self.device_id,
+                            cudnn_search=settings.cudnn_conv_algo_search)
         return loaded, loaded.warm_up(max_batch_size) if settings.warmup else {}
 
     def fall_back(

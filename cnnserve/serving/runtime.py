@@ -132,12 +132,12 @@ def session_options(threads: int, spin: bool = False) -> ort.SessionOptions:
     return options
 
 
-def provider_options(provider: str, cache_dir: Path, device_id: int = 0) -> dict:
+def provider_options(provider: str, cache_dir: Path, device_id: int = 0, cudnn_search: str = "EXHAUSTIVE") -> dict:
     if provider == TENSORRT:
         return {"device_id": device_id, "trt_fp16_enable": True, "trt_engine_cache_enable": True,
                 "trt_engine_cache_path": str(cache_dir)}
     if provider == CUDA:
-        return {"device_id": device_id}
+        return {"device_id": device_id, "cudnn_conv_algo_search": cudnn_search}
     return {}
 
 
@@ -236,7 +236,7 @@ def verify_contract(model: ModelVersion, session: ort.InferenceSession) -> list[
 
 def load_model(
     model: ModelVersion, providers: list[str], precision: str, threads: int, cache_dir: Path, spin: bool = False,
-    device_id: int = 0,
+    device_id: int = 0, cudnn_search: str = "EXHAUSTIVE",
 ) -> LoadedModel:
     variant = choose_variant(precision, providers, model.variants())
     path, expected_sha = model.file_for(variant)
@@ -250,7 +250,7 @@ def load_model(
         session = ort.InferenceSession(
             str(path),
             session_options(threads, spin),
-            providers=[(p, provider_options(p, cache_dir, device_id)) for p in providers],
+            providers=[(p, provider_options(p, cache_dir, device_id, cudnn_search)) for p in providers],
         )
     except Exception as exc:  # noqa: BLE001  (ONNX Runtime raises its own types for corrupt files)
         raise ModelInvalid(f"ONNX Runtime cannot load {path.name}: {exc}") from None

@@ -59,6 +59,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     bench = sub.add_parser("bench-models", help="export untrained ImageNet-shaped models for benchmarks")
     bench.add_argument("--out", type=Path, default=Path("models-bench"))
     bench.add_argument("--classes", type=int, default=1000)
+    bench.add_argument("--archs", nargs="+", default=[arch for arch, _ in BENCH_MODELS],
+                       choices=[arch for arch, _ in BENCH_MODELS], help="which of them")
 
     derive = sub.add_parser("derive", help="write the INT8 and FP16 files of committed models (never committed)")
     derive.add_argument("folders", type=Path, nargs="+", help="model version folders, e.g. models/resnet18-digits/2")
@@ -127,7 +129,8 @@ def main(argv: list[str]) -> None:
         return
     if args.command == "bench-models":
         for arch, size in BENCH_MODELS:
-            build_untrained(arch, size, args.classes, args.out)
+            if arch in args.archs:
+                build_untrained(arch, size, args.classes, args.out)
         return
 
     config = resolve_config(args)

@@ -15,7 +15,7 @@ from cnnserve.contract.card import CARD_FILE, MODEL_FILE, file_sha256
 
 from .architectures import create_model
 from .card import model_card, write_card
-from .data import TaskData, digits_task
+from .data import TaskData, card_test_split
 from .export import COMPACT_MIN_ELEMENTS, check_parity, export_onnx, onnx_predictor, store_weights_fp16
 from .train import Normalized, TrainConfig, evaluate, train
 from .variants import CALIBRATION_IMAGES, derive_variants, export_variants
@@ -39,8 +39,7 @@ def rederive_variants(folder: Path, log=print) -> None:
     metrics. A variant whose file changed loses its robustness figures (``files.<variant>.conditions``), which
     were measured on the old file: ``python -m loadtests.accuracy --precision <variant> --write-cards`` again."""
     card = json.loads((folder / CARD_FILE).read_text())
-    channels, size = card["input"]["channels"], card["input"]["shape"][-1]
-    test = digits_task(channels, size, seed=card["training"]["seed"], copies_per_epoch=1).split("test")
+    test = card_test_split(card)
     for variant, path in derive_variants(folder, log).items():
         if variant == "fp32":
             continue

@@ -31,7 +31,7 @@ def test_a_built_bento_serves_predictions(tmp_path):
     home = tmp_path / "bentoml"
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
     build = subprocess.run(
-        [str(BENTOML), "build", "-f", str(BENTOFILE), "--output", "tag", str(REPO_ROOT)],
+        [*BENTOML, "build", "-f", str(BENTOFILE), "--output", "tag", str(REPO_ROOT)],
         capture_output=True, text=True, timeout=600, env=env, cwd=REPO_ROOT,
     )
     assert build.returncode == 0, build.stdout + build.stderr

@@ -74,6 +74,12 @@ def digits_task(channels: int, input_size: int, seed: int, copies_per_epoch: int
     )
 
 
+def card_test_split(card: dict) -> Arrays:
+    """The test split a digits model's card figures were measured on: images, classes and boxes."""
+    channels, size = card["input"]["channels"], card["input"]["shape"][-1]
+    return digits_task(channels, size, seed=card["training"]["seed"], copies_per_epoch=1).split("test")
+
+
 def folder_task(root: Path, channels: int, input_size: int, seed: int) -> TaskData:
     labels, splits = load_folder(root, channels, input_size, seed)
     sizes = "/".join(str(len(splits[s][0])) for s in ("train", "val", "test"))

@@ -1,0 +1,389 @@
+"""``python -m loadtests.gpu_check`` (``make gpu-check``): does the GPU path do what it says, on this host's GPU?
+
+1. **Provider in use**: a real server, with ``providers`` set explicitly to the one asked (so a provider that does
+   not load refuses the model instead of serving it on the CPU: ``host.fall_back``), serves every committed model
+   and the untrained ResNet-50 at 224; ``/models`` must show that provider for each, and none degraded.
+2. **Accuracy on the device**: each committed model's FP32 and FP16 files on its test split, through sessions on
+   the asked provider, against the FP32 figures on its card (measured on the CPU). A drop of accuracy over 0.5
+   points fails.
+3. **cuDNN's algorithm search** (CUDA only): for ResNet-50 at 224 under each ``cudnn_conv_algo_search`` mode, what
+   the first run of a new batch size costs and what a warm run costs: the measurement behind the default.
+4. **Throughput**: resnet18-digits and ResNet-50 at 224, in-process ONNX Runtime on the device (the session the
+   server builds, each batch size) against the served V2 REST binary route at each concurrency, with the mean
+   batch the server formed.
+
+Writes ``gpu-check.{json,md,png}`` under ``loadtests/results/<date>-gpu/`` (``--out``) and exits 1 on a fallback
+or an accuracy drop. ``--providers CPUExecutionProvider`` rehearses every step on a host without a GPU (the tests
+do that); the figures then say nothing about a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import functools
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+
+from cnnserve.serving.config import CUDNN_SEARCH_MODES
+from cnnserve.serving.repository import ModelVersion, discover
+from cnnserve.serving.runtime import CPU, CUDA, GPU_PROVIDERS, LoadedModel, load_model, preload_gpu_libraries
+
+from .bench.http_load import http_load
+from .bench.raw import time_calls
+from .bench.served import route_loads
+from .local_server import running_server
+from .predict_bench import batch_totals
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS = REPO_ROOT / "loadtests" / "results"
+COMMITTED = ("lenet5-digits", "resnet18-digits", "vgg11-digits")
+THROUGHPUT_MODELS = ("resnet18-digits", "resnet50-imagenet-untrained")
+ACCURACY_DROP_POINTS = 0.5
+BATCH_SIZES = (1, 8, 16, 32, 64, 128, 256)
+NEW_SIZES = (3, 17, 45)  # batch sizes no earlier run used: what the first run of a new shape costs
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def device_report(provider: str, commit: str) -> dict:
+    """What ran: GPU, driver, CUDA and cuDNN as ONNX Runtime loaded them, versions, commit."""
+    report = {
+        "date": datetime.date.today().isoformat(), "commit": commit, "provider": provider,
+        "python": platform.python_version(), "cores": os.cpu_count(), "onnxruntime": ort.__version__,
+        "onnxruntime_package": next((d for d in ("onnxruntime-gpu", "onnxruntime") if _version(d)), None),
+        "available_providers": ort.get_available_providers(), "bentoml": _version("bentoml"),
+        "build_info": ort.get_build_info() if hasattr(ort, "get_build_info") else None,
+    }
+    try:
+        fields = "name,driver_version,memory.total,compute_cap"
+        line = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"], check=True,
+                              capture_output=True, text=True, timeout=30).stdout.splitlines()[0]
+        report.update(zip(("gpu", "driver", "gpu_memory", "compute_capability"), (s.strip() for s in line.split(","))))
+    except (OSError, subprocess.SubprocessError, IndexError):
+        report["gpu"] = None
+    report["cuda_runtime"] = _library_version("libcudart.so", "cudaRuntimeGetVersion")
+    report["cudnn"] = _library_version("libcudnn.so.9", "cudnnGetVersion", returns=True)
+    return report
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _library_version(name: str, function: str, returns: bool = False) -> int | None:
+    """A CUDA library's version, from the copy this process loaded (after ``preload_dlls``), if any."""
+    candidates = [name] if returns else [f"{name}.13", f"{name}.12"]
+    for candidate in candidates:
+        try:
+            library = ctypes.CDLL(candidate)
+        except OSError:
+            continue
+        if returns:
+            getattr(library, function).restype = ctypes.c_size_t
+            return int(getattr(library, function)())
+        value = ctypes.c_int(0)
+        getattr(library, function)(ctypes.byref(value))
+        return value.value
+    return None
+
+
+def latest_versions(models_dir: Path, names: tuple[str, ...]) -> list[ModelVersion]:
+    repository = discover(models_dir, names)
+    return [max(repository.models[name].values(), key=lambda v: v.version) for name in names if name in repository.models]
+
+
+def session(model: ModelVersion, provider: str, variant: str, cudnn_search: str = "EXHAUSTIVE") -> LoadedModel:
+    """The session the server would build for ``variant`` on ``provider`` (device 0, CPU as the last resort)."""
+    providers = [provider] if provider == CPU else [provider, CPU]
+    return load_model(model, providers, variant, os.cpu_count() or 1, Path(tempfile.gettempdir()),
+                      cudnn_search=cudnn_search)
+
+
+def check_accuracy(versions: list[ModelVersion], provider: str) -> list[dict]:
+    from cnnserve.training.data import card_test_split
+    from cnnserve.training.train import evaluate
+
+    rows = []
+    for model in versions:
+        test = card_test_split(model.card)
+        card = model.card["files"]["fp32"]["metrics"]
+        for variant in ("fp32", "fp16"):
+            if variant not in model.variants():
+                rows.append({"model": model.key, "variant": variant, "error": "file missing: run `make variants`"})
+                continue
+            loaded = session(model, provider, variant)
+            figures = evaluate(lambda images, loaded=loaded: batched_run(loaded, images), test)
+            drop = round(100 * (card["accuracy"] - figures["accuracy"]), 2)
+            rows.append({"model": model.key, "variant": variant, "provider": loaded.providers[0], **figures,
+                         "card_fp32_accuracy": card["accuracy"], "card_fp32_mean_iou": card["mean_iou"],
+                         "accuracy_drop_points": drop, "passed": loaded.providers[0] == provider
+                         and drop <= ACCURACY_DROP_POINTS})
+            log(f"accuracy {model.key} {variant} on {loaded.providers[0]}: {figures['accuracy']:.4f} "
+                f"(card, CPU FP32: {card['accuracy']:.4f}), mean IoU {figures['mean_iou']:.4f} "
+                f"({card['mean_iou']:.4f})")
+    return rows
+
+
+def batched_run(loaded: LoadedModel, images: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    parts = [loaded.run(np.ascontiguousarray(images[i:i + batch])) for i in range(0, len(images), batch)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def timed_first_and_warm(loaded: LoadedModel, seconds: float) -> dict:
+    """First-run seconds of each new batch size, then warm images/s at batch 1 and 64."""
+    first = {}
+    for size in NEW_SIZES:
+        first[size] = loaded.timed_run(np.zeros((size, *loaded.model.input_shape), np.float32))
+    warm = {}
+    for size in (1, 64):
+        images = np.random.default_rng(0).random((size, *loaded.model.input_shape), dtype=np.float32)
+        durations = time_calls(functools.partial(loaded.run, images), seconds)
+        warm[size] = size * len(durations) / sum(durations)
+    return {"first_run_s": first, "images_per_s": warm}
+
+
+def compare_cudnn_search(model: ModelVersion, provider: str, seconds: float) -> list[dict]:
+    rows = []
+    for mode in CUDNN_SEARCH_MODES:
+        began = time.perf_counter()
+        loaded = session(model, provider, "fp32", mode)
+        created = time.perf_counter() - began
+        rows.append({"mode": mode, "session_s": created, **timed_first_and_warm(loaded, seconds)})
+        row = rows[-1]
+        log(f"cuDNN {mode:<10}: session {created:.1f} s, first run of sizes {NEW_SIZES}: "
+            f"{', '.join(f'{s:.2f}' for s in row['first_run_s'].values())} s, warm "
+            f"{row['images_per_s'][1]:.0f} images/s at batch 1, {row['images_per_s'][64]:.0f} at 64")
+        del loaded
+    return rows
+
+
+def in_process(model: ModelVersion, provider: str, variant: str, seconds: float, sizes) -> list[dict]:
+    loaded = session(model, provider, variant)
+    rows = []
+    for size in sizes:
+        images = np.random.default_rng(0).random((size, *model.input_shape), dtype=np.float32)
+        durations = time_calls(functools.partial(loaded.run, images), seconds)
+        rows.append({"batch": size, "images_per_s": size * len(durations) / sum(durations),
+                     "p50_ms": float(np.median(durations)) * 1000})
+        log(f"in-process {model.key} {variant} on {loaded.providers[0]}, batch {size:>3}: "
+            f"{rows[-1]['images_per_s']:8.0f} images/s, {rows[-1]['p50_ms']:7.2f} ms per call")
+    return rows
+
+
+def served_models_dir(models_dir: Path, bench_dir: Path, tmp: Path) -> Path:
+    """One folder for the server: the committed models beside the untrained ResNet-50 (links, nothing copied)."""
+    folder = tmp / "models"
+    folder.mkdir()
+    for source in [*(models_dir / n for n in COMMITTED), bench_dir / "resnet50-imagenet-untrained"]:
+        if source.is_dir():
+            (folder / source.name).symlink_to(source.resolve())
+    return folder
+
+
+def listing(server) -> dict[str, dict]:
+    """Per model: status, provider and precision of its default version, from ``GET /models``."""
+    body = httpx.get(f"{server.url}/models", timeout=30).json()
+    out = {entry["name"]: next(v for v in entry["versions"] if v["version"] == entry["default_version"])
+           for entry in body["models"]}
+    out.update({f["model"]: {"status": "failed", "reason": f["reason"]} for f in body.get("failed", [])})
+    return out
+
+
+def served(server, model: ModelVersion, concurrencies: list[int], seconds: float) -> list[dict]:
+    load = route_loads(model)["v2-binary"]
+    rows = []
+    for concurrency in concurrencies:
+        before = batch_totals(httpx.get(f"{server.url}/metrics", timeout=30).text, model.name)
+        figures = http_load(server.url, load, concurrency, seconds)
+        after = batch_totals(httpx.get(f"{server.url}/metrics", timeout=30).text, model.name)
+        batches = after[1] - before[1]
+        rows.append({"concurrency": concurrency, **figures,
+                     "mean_batch": (after[0] - before[0]) / batches if batches else None})
+        log(f"served {model.key} V2 binary, {concurrency:>3} clients: {figures['throughput_rps']:8.0f} req/s, "
+            f"p50 {figures['p50_ms'] or 0:7.2f} ms, mean batch {rows[-1]['mean_batch'] or 0:5.1f}, "
+            f"errors {figures['errors']} {figures['statuses']}")
+    return rows
+
+
+def run(args) -> dict:
+    preload_gpu_libraries(ort.get_available_providers())
+    results = {"device": device_report(args.providers, args.commit), "failures": []}
+    log(f"device: {json.dumps(results['device'])}")
+    committed = latest_versions(args.models_dir, tuple(args.models))
+    bench = latest_versions(args.bench_dir, ("resnet50-imagenet-untrained",)) if args.throughput else []
+    failures = results["failures"]
+
+    results["accuracy"] = check_accuracy(committed, args.providers)
+    failures += [f"{r['model']} {r['variant']}: {r.get('error') or 'accuracy or provider'}" for r in results["accuracy"]
+                 if not r.get("passed")]
+    if args.providers in GPU_PROVIDERS and bench:
+        results["cudnn_search"] = compare_cudnn_search(bench[0], args.providers, args.seconds)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        models_dir = served_models_dir(args.models_dir, args.bench_dir, Path(tmp))
+        settings = {"models_dir": str(models_dir), "providers": f"{args.providers},{CPU}" if args.providers != CPU else CPU,
+                    "serve": ",".join([*(m.name for m in committed), *(b.name for b in bench)])}
+        if args.workers:
+            settings["workers"] = str(args.workers)
+        with running_server(Path(tmp), **settings) as server:
+            results["served_models"] = listing(server)
+            for name, entry in results["served_models"].items():
+                log(f"served {name}: {entry['status']} on {entry.get('provider')} ({entry.get('precision')})"
+                    f"{' - ' + entry['reason'] if entry.get('reason') else ''}")
+                if entry["status"] != "ready" or entry.get("provider") != args.providers:
+                    failures.append(f"{name} is {entry['status']} on {entry.get('provider')}, {args.providers} was asked")
+            results["throughput"] = {}
+            for model in [v for v in committed if v.name in THROUGHPUT_MODELS and args.throughput] + bench:
+                variant = results["served_models"][model.name].get("precision") or "fp32"
+                results["throughput"][model.name] = {
+                    "variant": variant,
+                    "in_process": in_process(model, args.providers, variant, args.seconds, args.batch_sizes),
+                    "served": served(server, model, args.concurrency, args.seconds),
+                }
+            results["server_log_tail"] = server.log()[-6000:]
+    return results
+
+
+def summary_rows(results: dict) -> list[tuple[str, str, bool | None]]:
+    """(what, measured, met) for each target of issue 20 (None: not applicable on this provider)."""
+    rows = [("every model served on the provider asked, none degraded",
+             ", ".join(f"{n}: {e['status']} on {e.get('provider')}" for n, e in results["served_models"].items()),
+             all(e["status"] == "ready" and e.get("provider") == results["device"]["provider"]
+                 for e in results["served_models"].values()))]
+    accuracy = [r for r in results["accuracy"] if "accuracy" in r]
+    rows.append((f"FP32 and FP16 accuracy within {ACCURACY_DROP_POINTS} points of the card's CPU FP32",
+                 ", ".join(f"{r['model']} {r['variant']} {r['accuracy_drop_points']:+.2f}" for r in accuracy),
+                 all(r.get("passed") for r in results["accuracy"])))
+    for name, figures in results.get("throughput", {}).items():
+        best = max(r["images_per_s"] for r in figures["in_process"])
+        at = {r["concurrency"]: r for r in figures["served"]}
+        top = max(at)
+        rows.append((f"{name}: served at {top} clients / in-process best >= 0.5",
+                     f"{at[top]['throughput_rps']:.0f} / {best:.0f} = {at[top]['throughput_rps'] / best:.2f}",
+                     at[top]["throughput_rps"] / best >= 0.5))
+        if 64 in at:
+            rows.append((f"{name}: mean batch at 64 clients >= 32", f"{at[64]['mean_batch'] or 0:.1f}",
+                         (at[64]["mean_batch"] or 0) >= 32))
+    return rows
+
+
+def write_report(results: dict, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "gpu-check.json").write_text(json.dumps(results, indent=2, default=str))
+    device = results["device"]
+    lines = [f"# GPU check, {device['date']}", "",
+             (f"{device.get('gpu') or 'no GPU'} (driver {device.get('driver')}, compute capability "
+              f"{device.get('compute_capability')}), {device['cores']} cores; ONNX Runtime {device['onnxruntime']} "
+              f"({device['onnxruntime_package']}), CUDA runtime {device.get('cuda_runtime')}, cuDNN "
+              f"{device.get('cudnn')}; provider asked: {device['provider']}; commit {device['commit']}."), "",
+             "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {what} | {measured} | {'yes' if met else 'no'} |" for what, measured, met in summary_rows(results)]
+    lines += ["", "## Accuracy on the test split", "",
+              "| model | file | provider | accuracy | mean IoU | card FP32 (CPU) | drop (points) |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['variant']} | {r.get('provider', '-')} | {r.get('accuracy', '-')} | "
+              f"{r.get('mean_iou', '-')} | {r.get('card_fp32_accuracy', '-')} / {r.get('card_fp32_mean_iou', '-')} | "
+              f"{r.get('accuracy_drop_points', r.get('error'))} |" for r in results["accuracy"]]
+    if results.get("cudnn_search"):
+        lines += ["", "## cuDNN algorithm search, ResNet-50 at 224, FP32", "",
+                  f"| mode | session (s) | first run of new sizes {NEW_SIZES} (s) | warm images/s, batch 1 | batch 64 |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['mode']} | {r['session_s']:.1f} | {', '.join(f'{s:.2f}' for s in r['first_run_s'].values())} | "
+                  f"{r['images_per_s'][1]:.0f} | {r['images_per_s'][64]:.0f} |" for r in results["cudnn_search"]]
+    for name, figures in results.get("throughput", {}).items():
+        lines += ["", f"## {name} ({figures['variant']})", "", "| in-process batch | images/s | ms per call |", "|---|---|---|"]
+        lines += [f"| {r['batch']} | {r['images_per_s']:.0f} | {r['p50_ms']:.2f} |" for r in figures["in_process"]]
+        lines += ["", "| served clients (V2 REST binary) | requests/s | p50 ms | p99 ms | mean batch | errors |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['concurrency']} | {r['throughput_rps']:.0f} | {r['p50_ms'] or 0:.2f} | {r['p99_ms'] or 0:.2f} | "
+                  f"{r['mean_batch'] or 0:.1f} | {r['errors']} |" for r in figures["served"]]
+    if results["failures"]:
+        lines += ["", "## Failures", "", *(f"- {f}" for f in results["failures"])]
+    report = folder / "gpu-check.md"
+    report.write_text("\n".join(lines) + "\n")
+    if results.get("throughput"):
+        plot(results, folder / "gpu-check.png")
+    return report
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    throughput = results["throughput"]
+    figure, axes = plt.subplots(1, len(throughput), figsize=(6 * len(throughput), 4), squeeze=False)
+    for axis, (name, figures) in zip(axes[0], throughput.items()):
+        served_rows = figures["served"]
+        axis.plot([r["concurrency"] for r in served_rows], [r["throughput_rps"] for r in served_rows], marker="o",
+                  label="served, V2 REST binary (requests of 1 image)")
+        best = max(figures["in_process"], key=lambda r: r["images_per_s"])
+        axis.axhline(best["images_per_s"], color="black", linestyle=":", label=f"in-process, best batch ({best['batch']})")
+        axis.axhline(best["images_per_s"] / 2, color="grey", linestyle="--", linewidth=1, label="target: half of it")
+        for r in served_rows:
+            axis.annotate(f"batch {r['mean_batch'] or 0:.0f}", (r["concurrency"], r["throughput_rps"]), fontsize=7,
+                          textcoords="offset points", xytext=(0, 6), ha="center")
+        axis.set(title=f"{name} ({figures['variant']})", xlabel="concurrent clients", ylabel="images/s", xscale="log",
+                 ylim=(0, None))
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    device = results["device"]
+    figure.suptitle(f"{device.get('gpu') or 'CPU'}, {device['provider']}, ONNX Runtime {device['onnxruntime']}, {device['date']}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, check=True, capture_output=True,
+                              text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("CNNSERVE_COMMIT", "unknown")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--providers", default=CUDA, help="the provider the models must run on")
+    parser.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
+    parser.add_argument("--bench-dir", type=Path, default=REPO_ROOT / "models-bench", help="python -m cnnserve.training bench-models")
+    parser.add_argument("--models", nargs="+", default=list(COMMITTED), help="committed models to check")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64, 256])
+    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES), help="in-process")
+    parser.add_argument("--workers", type=int, default=0, help="server workers (0: the server's default)")
+    parser.add_argument("--no-throughput", dest="throughput", action="store_false", help="provider and accuracy only")
+    parser.add_argument("--commit", default=git_commit())
+    parser.add_argument("--out", type=Path, default=RESULTS / f"{datetime.date.today().isoformat()}-gpu")
+    args = parser.parse_args(argv)
+    if not args.throughput:
+        args.concurrency = []
+    results = run(args)
+    report = write_report(results, args.out)
+    print(report.read_text())
+    if results["failures"]:
+        print("FAILED:\n" + "\n".join(f"  {f}" for f in results["failures"]), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
