@@ -207,18 +207,34 @@ def listing(server) -> dict[str, dict]:
     return out
 
 
+SERVER_HISTOGRAMS = {"mean_batch": "cnnserve_batch_size_images", "compute_ms": "cnnserve_compute_duration_seconds",
+                     "queue_ms": "cnnserve_queue_duration_seconds"}
+
+
+def server_means(server, model: str, before: dict | None = None) -> dict:
+    """Sum and count of the server's batch, compute and queue histograms; with ``before``, the means since then."""
+    page = httpx.get(f"{server.url}/metrics", timeout=30).text
+    totals = {key: batch_totals(page, model, family) for key, family in SERVER_HISTOGRAMS.items()}
+    if before is None:
+        return totals
+    means = {}
+    for key, (total, count) in totals.items():
+        count -= before[key][1]
+        means[key] = (total - before[key][0]) / count * (1000 if key.endswith("_ms") else 1) if count else None
+    return means
+
+
 def served(server, model: ModelVersion, concurrencies: list[int], seconds: float) -> list[dict]:
     load = route_loads(model)["v2-binary"]
     rows = []
     for concurrency in concurrencies:
-        before = batch_totals(httpx.get(f"{server.url}/metrics", timeout=30).text, model.name)
+        before = server_means(server, model.name)
         figures = http_load(server.url, load, concurrency, seconds)
-        after = batch_totals(httpx.get(f"{server.url}/metrics", timeout=30).text, model.name)
-        batches = after[1] - before[1]
-        rows.append({"concurrency": concurrency, **figures,
-                     "mean_batch": (after[0] - before[0]) / batches if batches else None})
+        rows.append({"concurrency": concurrency, **figures, **server_means(server, model.name, before)})
+        row = rows[-1]
         log(f"served {model.key} V2 binary, {concurrency:>3} clients: {figures['throughput_rps']:8.0f} req/s, "
-            f"p50 {figures['p50_ms'] or 0:7.2f} ms, mean batch {rows[-1]['mean_batch'] or 0:5.1f}, "
+            f"p50 {figures['p50_ms'] or 0:7.2f} ms, mean batch {row['mean_batch'] or 0:5.1f}, compute "
+            f"{row['compute_ms'] or 0:.2f} ms and queue {row['queue_ms'] or 0:.2f} ms per batch / request, "
             f"errors {figures['errors']} {figures['statuses']}")
     return rows
 
@@ -231,35 +247,44 @@ def run(args) -> dict:
     bench = latest_versions(args.bench_dir, ("resnet50-imagenet-untrained",)) if args.throughput else []
     failures = results["failures"]
 
-    results["accuracy"] = check_accuracy(committed, args.providers)
+    results["accuracy"] = check_accuracy(committed, args.providers) if args.accuracy else []
     failures += [f"{r['model']} {r['variant']}: {r.get('error') or 'accuracy or provider'}" for r in results["accuracy"]
                  if not r.get("passed")]
-    if args.providers in GPU_PROVIDERS and bench:
+    if args.providers in GPU_PROVIDERS and bench and args.cudnn:
         results["cudnn_search"] = compare_cudnn_search(bench[0], args.providers, args.seconds)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        models_dir = served_models_dir(args.models_dir, args.bench_dir, Path(tmp))
-        settings = {"models_dir": str(models_dir), "providers": f"{args.providers},{CPU}" if args.providers != CPU else CPU,
-                    "serve": ",".join([*(m.name for m in committed), *(b.name for b in bench)])}
-        if args.workers:
-            settings["workers"] = str(args.workers)
-        with running_server(Path(tmp), **settings) as server:
-            results["served_models"] = listing(server)
-            for name, entry in results["served_models"].items():
-                log(f"served {name}: {entry['status']} on {entry.get('provider')} ({entry.get('precision')})"
-                    f"{' - ' + entry['reason'] if entry.get('reason') else ''}")
-                if entry["status"] != "ready" or entry.get("provider") != args.providers:
-                    failures.append(f"{name} is {entry['status']} on {entry.get('provider')}, {args.providers} was asked")
-            results["throughput"] = {}
-            for model in [v for v in committed if v.name in THROUGHPUT_MODELS and args.throughput] + bench:
-                variant = results["served_models"][model.name].get("precision") or "fp32"
-                results["throughput"][model.name] = {
-                    "variant": variant,
-                    "in_process": in_process(model, args.providers, variant, args.seconds, args.batch_sizes),
-                    "served": served(server, model, args.concurrency, args.seconds),
-                }
-            results["server_log_tail"] = server.log()[-6000:]
+    results["throughput"] = {}
+    throughput_models = [v for v in committed if v.name in THROUGHPUT_MODELS and args.throughput] + bench
+    for index, workers in enumerate(args.workers):
+        with tempfile.TemporaryDirectory() as tmp:
+            models_dir = served_models_dir(args.models_dir, args.bench_dir, Path(tmp))
+            settings = {"models_dir": str(models_dir), "providers": f"{args.providers},{CPU}" if args.providers != CPU else CPU,
+                        "serve": ",".join([*(m.name for m in committed), *(b.name for b in bench)])}
+            if workers:
+                settings["workers"] = str(workers)
+            with running_server(Path(tmp), **settings) as server:
+                if index == 0:
+                    results["served_models"] = check_served(server, args.providers, failures)
+                for model in throughput_models:
+                    variant = results["served_models"][model.name].get("precision") or "fp32"
+                    figures = results["throughput"].setdefault(model.name, {"variant": variant, "served": []})
+                    if "in_process" not in figures:
+                        figures["in_process"] = in_process(model, args.providers, variant, args.seconds, args.batch_sizes)
+                    rows = served(server, model, args.concurrency, args.seconds)
+                    figures["served"] += [{"workers": workers or "default", **row} for row in rows]
+                results.setdefault("server_log_tails", []).append(server.log()[-4000:])
     return results
+
+
+def check_served(server, provider: str, failures: list[str]) -> dict:
+    """``GET /models`` per model, each checked against the provider asked."""
+    served_models = listing(server)
+    for name, entry in served_models.items():
+        log(f"served {name}: {entry['status']} on {entry.get('provider')} ({entry.get('precision')})"
+            f"{' - ' + entry['reason'] if entry.get('reason') else ''}")
+        if entry["status"] != "ready" or entry.get("provider") != provider:
+            failures.append(f"{name} is {entry['status']} on {entry.get('provider')}, {provider} was asked")
+    return served_models
 
 
 def summary_rows(results: dict) -> list[tuple[str, str, bool | None]]:
@@ -269,19 +294,20 @@ def summary_rows(results: dict) -> list[tuple[str, str, bool | None]]:
              all(e["status"] == "ready" and e.get("provider") == results["device"]["provider"]
                  for e in results["served_models"].values()))]
     accuracy = [r for r in results["accuracy"] if "accuracy" in r]
-    rows.append((f"FP32 and FP16 accuracy within {ACCURACY_DROP_POINTS} points of the card's CPU FP32",
+    rows += [] if not results["accuracy"] else [(f"FP32 and FP16 accuracy within {ACCURACY_DROP_POINTS} points of the card's CPU FP32",
                  ", ".join(f"{r['model']} {r['variant']} {r['accuracy_drop_points']:+.2f}" for r in accuracy),
-                 all(r.get("passed") for r in results["accuracy"])))
+                 all(r.get("passed") for r in results["accuracy"]))]
     for name, figures in results.get("throughput", {}).items():
         best = max(r["images_per_s"] for r in figures["in_process"])
-        at = {r["concurrency"]: r for r in figures["served"]}
-        top = max(at)
-        rows.append((f"{name}: served at {top} clients / in-process best >= 0.5",
-                     f"{at[top]['throughput_rps']:.0f} / {best:.0f} = {at[top]['throughput_rps'] / best:.2f}",
-                     at[top]["throughput_rps"] / best >= 0.5))
-        if 64 in at:
-            rows.append((f"{name}: mean batch at 64 clients >= 32", f"{at[64]['mean_batch'] or 0:.1f}",
-                         (at[64]["mean_batch"] or 0) >= 32))
+        for workers in dict.fromkeys(r["workers"] for r in figures["served"]):
+            at = {r["concurrency"]: r for r in figures["served"] if r["workers"] == workers}
+            top = max(at)
+            rows.append((f"{name}, workers {workers}: served at {top} clients / in-process best >= 0.5",
+                         f"{at[top]['throughput_rps']:.0f} / {best:.0f} = {at[top]['throughput_rps'] / best:.2f}",
+                         at[top]["throughput_rps"] / best >= 0.5))
+            if 64 in at:
+                rows.append((f"{name}, workers {workers}: mean batch at 64 clients >= 32", f"{at[64]['mean_batch'] or 0:.1f}",
+                             (at[64]["mean_batch"] or 0) >= 32))
     return rows
 
 
@@ -310,10 +336,11 @@ def write_report(results: dict, folder: Path) -> Path:
     for name, figures in results.get("throughput", {}).items():
         lines += ["", f"## {name} ({figures['variant']})", "", "| in-process batch | images/s | ms per call |", "|---|---|---|"]
         lines += [f"| {r['batch']} | {r['images_per_s']:.0f} | {r['p50_ms']:.2f} |" for r in figures["in_process"]]
-        lines += ["", "| served clients (V2 REST binary) | requests/s | p50 ms | p99 ms | mean batch | errors |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {r['concurrency']} | {r['throughput_rps']:.0f} | {r['p50_ms'] or 0:.2f} | {r['p99_ms'] or 0:.2f} | "
-                  f"{r['mean_batch'] or 0:.1f} | {r['errors']} |" for r in figures["served"]]
+        lines += ["", "| workers | served clients (V2 REST binary) | requests/s | p50 ms | p99 ms | mean batch | compute ms "
+                  "per batch | queue ms | errors |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['workers']} | {r['concurrency']} | {r['throughput_rps']:.0f} | {r['p50_ms'] or 0:.2f} | {r['p99_ms'] or 0:.2f} | "
+                  f"{r['mean_batch'] or 0:.1f} | {r['compute_ms'] or 0:.2f} | {r['queue_ms'] or 0:.2f} | {r['errors']} |"
+                  for r in figures["served"]]
     if results["failures"]:
         lines += ["", "## Failures", "", *(f"- {f}" for f in results["failures"])]
     report = folder / "gpu-check.md"
@@ -332,15 +359,16 @@ def plot(results: dict, path: Path) -> None:
     throughput = results["throughput"]
     figure, axes = plt.subplots(1, len(throughput), figsize=(6 * len(throughput), 4), squeeze=False)
     for axis, (name, figures) in zip(axes[0], throughput.items()):
-        served_rows = figures["served"]
-        axis.plot([r["concurrency"] for r in served_rows], [r["throughput_rps"] for r in served_rows], marker="o",
-                  label="served, V2 REST binary (requests of 1 image)")
+        for workers in dict.fromkeys(r["workers"] for r in figures["served"]):
+            rows = [r for r in figures["served"] if r["workers"] == workers]
+            axis.plot([r["concurrency"] for r in rows], [r["throughput_rps"] for r in rows], marker="o",
+                      label=f"served, V2 REST binary, 1 image per request, workers: {workers}")
+            for r in rows:
+                axis.annotate(f"batch {r['mean_batch'] or 0:.0f}", (r["concurrency"], r["throughput_rps"]), fontsize=7,
+                              textcoords="offset points", xytext=(0, 6), ha="center")
         best = max(figures["in_process"], key=lambda r: r["images_per_s"])
         axis.axhline(best["images_per_s"], color="black", linestyle=":", label=f"in-process, best batch ({best['batch']})")
         axis.axhline(best["images_per_s"] / 2, color="grey", linestyle="--", linewidth=1, label="target: half of it")
-        for r in served_rows:
-            axis.annotate(f"batch {r['mean_batch'] or 0:.0f}", (r["concurrency"], r["throughput_rps"]), fontsize=7,
-                          textcoords="offset points", xytext=(0, 6), ha="center")
         axis.set(title=f"{name} ({figures['variant']})", xlabel="concurrent clients", ylabel="images/s", xscale="log",
                  ylim=(0, None))
         axis.grid(alpha=0.3)
@@ -369,7 +397,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64, 256])
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES), help="in-process")
-    parser.add_argument("--workers", type=int, default=0, help="server workers (0: the server's default)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0],
+                        help="server workers, one server each (0: the server's default, one per GPU)")
+    parser.add_argument("--no-cudnn", dest="cudnn", action="store_false", help="skip the cuDNN search comparison")
+    parser.add_argument("--no-accuracy", dest="accuracy", action="store_false", help="skip the test-split accuracy")
     parser.add_argument("--no-throughput", dest="throughput", action="store_false", help="provider and accuracy only")
     parser.add_argument("--commit", default=git_commit())
     parser.add_argument("--out", type=Path, default=RESULTS / f"{datetime.date.today().isoformat()}-gpu")

@@ -25,16 +25,17 @@ from .digit_images import digit_files
 from .soak import predict
 
 
-def batch_totals(metrics: str, model: str) -> tuple[float, float]:
-    images = batches = 0.0
+def batch_totals(metrics: str, model: str, family: str = "cnnserve_batch_size_images") -> tuple[float, float]:
+    """Sum and count of one of ``model``'s histograms in a /metrics page: images and batches by default."""
+    total = count = 0.0
     for line in metrics.splitlines():
         if f'model="{model}"' not in line:
             continue
-        if line.startswith("cnnserve_batch_size_images_sum"):
-            images += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("cnnserve_batch_size_images_count"):
-            batches += float(line.rsplit(" ", 1)[1])
-    return images, batches
+        if line.startswith(f"{family}_sum"):
+            total += float(line.rsplit(" ", 1)[1])
+        elif line.startswith(f"{family}_count"):
+            count += float(line.rsplit(" ", 1)[1])
+    return total, count
 
 
 async def run_level(url: str, model: str, files: list[tuple[bytes, int]], concurrency: int, requests: int) -> dict:
