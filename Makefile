@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 3000
 
-.PHONY: serve test setup setup-test models variants accuracy bench-models bench profile protos soak container-check clean
+.PHONY: serve test setup setup-test models variants accuracy bench-models bench gpu-check profile protos soak container-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,20 @@ bench-models: setup-test
 bench: setup-test
 	@test -d models-bench || $(BIN)/python -m cnnserve.training bench-models --out models-bench
 	$(BIN)/python -m loadtests.bench $(BENCH_ARGS)
+
+# On a host with an NVIDIA GPU (driver 580 or later): the GPU path checked end to end in its own environment
+# (onnxruntime-gpu and the CPU package cannot share one): the provider really in use for every model, FP32 and FP16
+# accuracy on the GPU against the cards, cuDNN's search modes, in-process vs served throughput for ResNet-18 and
+# ResNet-50 at 224 (about 5 minutes on an H200). Writes loadtests/results/<date>-gpu/; exits 1 on a fallback or an
+# accuracy drop over 0.5 points.
+GPU_VENV := .venv-gpu
+gpu-check:
+	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/pip install --quiet -e '.[gpu,train]' httpx aiohttp
+	$(GPU_VENV)/bin/python -m cnnserve.training.variants --missing $(foreach m,$(COMMITTED_MODELS),$(lastword $(sort $(wildcard models/$(m)/*))))
+	test -f models-bench/resnet50-imagenet-untrained/1/model.onnx || \
+		$(GPU_VENV)/bin/python -m cnnserve.training bench-models --out models-bench --archs resnet50
+	$(GPU_VENV)/bin/python -m loadtests.gpu_check $(GPU_CHECK_ARGS)
 
 # Where a real server's CPU goes per request under wrk load, by layer (py-spy on every worker; about 1 minute);
 # writes loadtests/results/<date>/profile-<model>-c<clients>.{md,json,png}.

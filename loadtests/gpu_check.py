@@ -50,6 +50,7 @@ from .predict_bench import batch_totals
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "loadtests" / "results"
 COMMITTED = ("lenet5-digits", "resnet18-digits", "vgg11-digits")
+BENCH_MODELS = ("resnet50-imagenet-untrained",)
 THROUGHPUT_MODELS = ("resnet18-digits", "resnet50-imagenet-untrained")
 ACCURACY_DROP_POINTS = 0.5
 BATCH_SIZES = (1, 8, 16, 32, 64, 128, 256)
@@ -106,6 +107,8 @@ def _library_version(name: str, function: str, returns: bool = False) -> int | N
 
 
 def latest_versions(models_dir: Path, names: tuple[str, ...]) -> list[ModelVersion]:
+    if not models_dir.is_dir():
+        return []
     repository = discover(models_dir, names)
     return [max(repository.models[name].values(), key=lambda v: v.version) for name in names if name in repository.models]
 
@@ -117,7 +120,7 @@ def session(model: ModelVersion, provider: str, variant: str, cudnn_search: str 
                       cudnn_search=cudnn_search)
 
 
-def check_accuracy(versions: list[ModelVersion], provider: str) -> list[dict]:
+def check_accuracy(versions: list[ModelVersion], provider: str, variants: list[str]) -> list[dict]:
     from cnnserve.training.data import card_test_split
     from cnnserve.training.train import evaluate
 
@@ -125,7 +128,7 @@ def check_accuracy(versions: list[ModelVersion], provider: str) -> list[dict]:
     for model in versions:
         test = card_test_split(model.card)
         card = model.card["files"]["fp32"]["metrics"]
-        for variant in ("fp32", "fp16"):
+        for variant in variants:
             if variant not in model.variants():
                 rows.append({"model": model.key, "variant": variant, "error": "file missing: run `make variants`"})
                 continue
@@ -148,16 +151,18 @@ def batched_run(loaded: LoadedModel, images: np.ndarray, batch: int = 64) -> tup
 
 
 def timed_first_and_warm(loaded: LoadedModel, seconds: float) -> dict:
-    """First-run seconds of each new batch size, then warm images/s at batch 1 and 64."""
+    """First-run seconds of each new batch size; median ms per run when every run's size differs from the last
+    (those same sizes again, all seen before: what a varying batch pays); warm images/s at batch 1 and 64."""
     first = {}
     for size in NEW_SIZES:
         first[size] = loaded.timed_run(np.zeros((size, *loaded.model.input_shape), np.float32))
+    cycling = [loaded.timed_run(np.zeros((size, *loaded.model.input_shape), np.float32)) for size in NEW_SIZES * 3]
     warm = {}
     for size in (1, 64):
         images = np.random.default_rng(0).random((size, *loaded.model.input_shape), dtype=np.float32)
         durations = time_calls(functools.partial(loaded.run, images), seconds)
         warm[size] = size * len(durations) / sum(durations)
-    return {"first_run_s": first, "images_per_s": warm}
+    return {"first_run_s": first, "cycling_ms": float(np.median(cycling)) * 1000, "images_per_s": warm}
 
 
 def compare_cudnn_search(model: ModelVersion, provider: str, seconds: float) -> list[dict]:
@@ -169,7 +174,8 @@ def compare_cudnn_search(model: ModelVersion, provider: str, seconds: float) -> 
         rows.append({"mode": mode, "session_s": created, **timed_first_and_warm(loaded, seconds)})
         row = rows[-1]
         log(f"cuDNN {mode:<10}: session {created:.1f} s, first run of sizes {NEW_SIZES}: "
-            f"{', '.join(f'{s:.2f}' for s in row['first_run_s'].values())} s, warm "
+            f"{', '.join(f'{s:.2f}' for s in row['first_run_s'].values())} s, then cycling through them "
+            f"{row['cycling_ms']:.1f} ms per run, warm "
             f"{row['images_per_s'][1]:.0f} images/s at batch 1, {row['images_per_s'][64]:.0f} at 64")
         del loaded
     return rows
@@ -192,7 +198,7 @@ def served_models_dir(models_dir: Path, bench_dir: Path, tmp: Path) -> Path:
     """One folder for the server: the committed models beside the untrained ResNet-50 (links, nothing copied)."""
     folder = tmp / "models"
     folder.mkdir()
-    for source in [*(models_dir / n for n in COMMITTED), bench_dir / "resnet50-imagenet-untrained"]:
+    for source in [*(models_dir / n for n in COMMITTED), *(bench_dir / n for n in BENCH_MODELS)]:
         if source.is_dir():
             (folder / source.name).symlink_to(source.resolve())
     return folder
@@ -244,17 +250,17 @@ def run(args) -> dict:
     results = {"device": device_report(args.providers, args.commit), "failures": []}
     log(f"device: {json.dumps(results['device'])}")
     committed = latest_versions(args.models_dir, tuple(args.models))
-    bench = latest_versions(args.bench_dir, ("resnet50-imagenet-untrained",)) if args.throughput else []
+    bench = [v for v in latest_versions(args.bench_dir, BENCH_MODELS) if v.name in args.throughput_models]
     failures = results["failures"]
 
-    results["accuracy"] = check_accuracy(committed, args.providers) if args.accuracy else []
+    results["accuracy"] = check_accuracy(committed, args.providers, args.variants) if args.accuracy else []
     failures += [f"{r['model']} {r['variant']}: {r.get('error') or 'accuracy or provider'}" for r in results["accuracy"]
                  if not r.get("passed")]
     if args.providers in GPU_PROVIDERS and bench and args.cudnn:
         results["cudnn_search"] = compare_cudnn_search(bench[0], args.providers, args.seconds)
 
     results["throughput"] = {}
-    throughput_models = [v for v in committed if v.name in THROUGHPUT_MODELS and args.throughput] + bench
+    throughput_models = [v for v in committed if v.name in args.throughput_models] + bench
     for index, workers in enumerate(args.workers):
         with tempfile.TemporaryDirectory() as tmp:
             models_dir = served_models_dir(args.models_dir, args.bench_dir, Path(tmp))
@@ -329,15 +335,16 @@ def write_report(results: dict, folder: Path) -> Path:
               f"{r.get('accuracy_drop_points', r.get('error'))} |" for r in results["accuracy"]]
     if results.get("cudnn_search"):
         lines += ["", "## cuDNN algorithm search, ResNet-50 at 224, FP32", "",
-                  f"| mode | session (s) | first run of new sizes {NEW_SIZES} (s) | warm images/s, batch 1 | batch 64 |",
-                  "|---|---|---|---|---|"]
+                  (f"| mode | session (s) | first run of new sizes {NEW_SIZES} (s) | ms per run cycling through them "
+                   "| warm images/s, batch 1 | batch 64 |"), "|---|---|---|---|---|---|"]
         lines += [f"| {r['mode']} | {r['session_s']:.1f} | {', '.join(f'{s:.2f}' for s in r['first_run_s'].values())} | "
-                  f"{r['images_per_s'][1]:.0f} | {r['images_per_s'][64]:.0f} |" for r in results["cudnn_search"]]
+                  f"{r.get('cycling_ms', 0):.1f} | {r['images_per_s'][1]:.0f} | {r['images_per_s'][64]:.0f} |"
+                  for r in results["cudnn_search"]]
     for name, figures in results.get("throughput", {}).items():
         lines += ["", f"## {name} ({figures['variant']})", "", "| in-process batch | images/s | ms per call |", "|---|---|---|"]
         lines += [f"| {r['batch']} | {r['images_per_s']:.0f} | {r['p50_ms']:.2f} |" for r in figures["in_process"]]
-        lines += ["", "| workers | served clients (V2 REST binary) | requests/s | p50 ms | p99 ms | mean batch | compute ms "
-                  "per batch | queue ms | errors |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", ("| workers | served clients (V2 REST binary) | requests/s | p50 ms | p99 ms | mean batch | compute ms "
+                       "per batch | queue ms | errors |"), "|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['workers']} | {r['concurrency']} | {r['throughput_rps']:.0f} | {r['p50_ms'] or 0:.2f} | {r['p99_ms'] or 0:.2f} | "
                   f"{r['mean_batch'] or 0:.1f} | {r['compute_ms'] or 0:.2f} | {r['queue_ms'] or 0:.2f} | {r['errors']} |"
                   for r in figures["served"]]
@@ -394,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
     parser.add_argument("--bench-dir", type=Path, default=REPO_ROOT / "models-bench", help="python -m cnnserve.training bench-models")
     parser.add_argument("--models", nargs="+", default=list(COMMITTED), help="committed models to check")
+    parser.add_argument("--variants", nargs="+", default=["fp32", "fp16"], help="files whose accuracy is checked")
+    parser.add_argument("--throughput-models", nargs="*", default=list(THROUGHPUT_MODELS),
+                        help="models measured in process and served (none: skip the throughput step)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64, 256])
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES), help="in-process")
@@ -401,12 +411,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="server workers, one server each (0: the server's default, one per GPU)")
     parser.add_argument("--no-cudnn", dest="cudnn", action="store_false", help="skip the cuDNN search comparison")
     parser.add_argument("--no-accuracy", dest="accuracy", action="store_false", help="skip the test-split accuracy")
-    parser.add_argument("--no-throughput", dest="throughput", action="store_false", help="provider and accuracy only")
     parser.add_argument("--commit", default=git_commit())
     parser.add_argument("--out", type=Path, default=RESULTS / f"{datetime.date.today().isoformat()}-gpu")
     args = parser.parse_args(argv)
-    if not args.throughput:
-        args.concurrency = []
+    available = ort.get_available_providers()
+    if args.providers not in available:
+        print(f"FAILED: {args.providers} is not in this ONNX Runtime ({ort.__version__}, providers: "
+              f"{', '.join(available)}); on a GPU host: pip install '.[gpu]' (make gpu-check does)", file=sys.stderr)
+        return 1
     results = run(args)
     report = write_report(results, args.out)
     print(report.read_text())

@@ -75,10 +75,11 @@ class ModelHost:
         settings = self.settings
         labels = (model.name, str(model.version))
         batching = settings.batching_for(model.name)
+        max_batch_size = batching.max_batch_size if settings.batching else 1
         try:
-            loaded, warm_up = self.load_on(self.providers, model, batching.max_batch_size, cache_dir)
+            loaded, warm_up = self.load_on(self.providers, model, max_batch_size, cache_dir)
             if loaded.providers[0] != self.providers[0]:
-                loaded, warm_up = self.fall_back(model, loaded, batching.max_batch_size, cache_dir)
+                loaded, warm_up = self.fall_back(model, loaded, max_batch_size, cache_dir)
             runner = self.runner(loaded, warm_up, cache_dir)
         except (ModelInvalid, ValueError) as exc:
             self.failures[model.key] = str(exc)
@@ -98,7 +99,7 @@ class ModelHost:
             model.key,
             runner,
             self.executor,
-            max_batch_size=batching.max_batch_size if settings.batching else 1,
+            max_batch_size=max_batch_size,
             max_queue_delay_ms=batching.max_queue_delay_ms,
             max_queue_images=batching.max_queue_images,
             on_batch=observe,
@@ -107,12 +108,12 @@ class ModelHost:
             alone=lone_http_request,
         )
         log.info(
-            "model %s ready on %s (%s, %d thread(s); warmed batch sizes %s: batch 1 %.2f ms, batch %d %.2f ms; "
+            "model %s ready on %s (%s, %d thread(s); warmed batch sizes %s%s: %s; "
             "batches up to %d run on the event loop, up to %d on every core when the others are idle)",
-            model.key, loaded.providers[0], loaded.variant, self.threads, LoadedModel.describe_sizes(warm_up),
-            1000 * warm_up.get(1, 0),
-            batching.max_batch_size, 1000 * warm_up.get(batching.max_batch_size, 0), runner.inline_up_to,
-            SOLO_MAX_BATCH if runner.solo else 0,
+            model.key, loaded.providers[0], loaded.variant, self.threads, ", ".join(map(str, warm_up)),
+            f" (every batch padded to {loaded.fixed_batch})" if loaded.fixed_batch else "",
+            ", ".join(f"batch {size} {1000 * seconds:.2f} ms" for size, seconds in warm_up.items() if size in (1, max_batch_size)),
+            runner.inline_up_to, SOLO_MAX_BATCH if runner.solo else 0,
         )
 
     def load_on(
@@ -127,6 +128,8 @@ class ModelHost:
             return loaded, warm_up
         loaded = load_model(model, providers, settings.precision, self.threads, cache_dir, device_id=self.device_id,
                             cudnn_search=settings.cudnn_conv_algo_search)
+        if loaded.on_gpu:
+            loaded.pad_batches(max_batch_size)
         return loaded, loaded.warm_up(max_batch_size) if settings.warmup else {}
 
     def fall_back(

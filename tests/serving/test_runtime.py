@@ -53,12 +53,24 @@ def test_gpu_providers_are_told_their_device(tmp_path):
     assert provider_options(CPU, tmp_path, device_id=1) == {}
 
 
-def test_on_a_gpu_warm_up_runs_every_batch_size_the_batcher_can_form(tmp_path):
+def test_with_padded_batches_every_run_has_one_shape_and_answers_only_the_real_rows(tmp_path):
     model = discover(MODELS_DIR, ("lenet5-digits",)).resolve("lenet5-digits")
     loaded = load_model(model, [CPU], "fp32", 1, tmp_path)
     assert sorted(loaded.warm_up(12)) == [1, 2, 4, 8, 12]  # on the CPU: the cost table's sizes
-    on_gpu = replace(loaded, providers=[CUDA, CPU])  # what a CUDA session reports; this one still runs on the CPU
-    assert sorted(on_gpu.warm_up(12)) == list(range(1, 13))
+    padded = replace(loaded, providers=[CUDA, CPU])  # what a CUDA session reports; this one still runs on the CPU
+    padded.pad_batches(12)
+    assert list(padded.warm_up(12)) == [12]
+    shapes = []
+    run_session = padded.run_session
+    padded.run_session = lambda images: shapes.append(images.shape) or run_session(images)
+    rng = np.random.default_rng(0)
+    for rows in (3, 12, 5):
+        images = rng.random((rows, *model.input_shape), dtype=np.float32)
+        probabilities, boxes = padded.run(images)
+        expected_probabilities, expected_boxes = loaded.run(images)
+        np.testing.assert_allclose(probabilities, expected_probabilities, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(boxes, expected_boxes, rtol=1e-5, atol=1e-6)
+    assert shapes == [(12, *model.input_shape)] * 3
 
 
 def test_tensorrt_is_skipped_when_its_library_does_not_load():

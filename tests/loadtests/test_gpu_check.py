@@ -1,0 +1,54 @@
+"""``make gpu-check``, rehearsed where there is no GPU: the same steps on the CPU provider (ONNX Runtime on the test
+split, a real server's ``/models``, the Python load generator against it) write the report; a provider this ONNX
+Runtime lacks fails the check at once instead of passing on the CPU; on a host with an NVIDIA GPU the real check
+runs (skipped here, with the reason)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cnnserve.serving.runtime import cuda_device_count
+from loadtests.local_server import REPO_ROOT
+
+ON_A_GPU = pytest.mark.skipif(cuda_device_count() == 0, reason="needs an NVIDIA GPU and the gpu extra (make gpu-check)")
+
+
+def gpu_check(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "loadtests.gpu_check", "--models", "lenet5-digits", "--variants", "fp32",
+               "--throughput-models", "lenet5-digits", "--concurrency", "1", "8", "--seconds", "1",
+               "--batch-sizes", "1", "4", "--bench-dir", str(tmp_path / "no-bench-models"), "--out", str(tmp_path),
+               *args]
+    return subprocess.run(command, check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_the_check_rehearsed_on_the_cpu_writes_its_report(tmp_path):
+    result = gpu_check(tmp_path, "--providers", "CPUExecutionProvider")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu-check.json").read_text())
+    assert report["served_models"]["lenet5-digits"]["provider"] == "CPUExecutionProvider"
+    (accuracy,) = report["accuracy"]
+    assert accuracy["passed"] and accuracy["accuracy"] == accuracy["card_fp32_accuracy"]  # the card was measured so
+    served = report["throughput"]["lenet5-digits"]["served"]
+    assert [r["concurrency"] for r in served] == [1, 8]
+    assert all(r["throughput_rps"] > 0 and r["errors"] == 0 and r["mean_batch"] >= 1 for r in served)
+    table = (tmp_path / "gpu-check.md").read_text()
+    assert "| every model served on the provider asked, none degraded |" in table and "| yes |" in table
+    assert (tmp_path / "gpu-check.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.skipif(cuda_device_count() > 0, reason="this host has a GPU")
+def test_a_gpu_provider_this_onnx_runtime_lacks_fails_the_check_at_once(tmp_path):
+    result = gpu_check(tmp_path, "--providers", "CUDAExecutionProvider")
+    assert result.returncode == 1
+    assert "CUDAExecutionProvider is not in this ONNX Runtime" in result.stderr
+    assert not (tmp_path / "gpu-check.json").exists()
+
+
+@ON_A_GPU
+def test_on_a_gpu_every_model_runs_on_cuda_as_accurately_as_its_card(tmp_path):
+    result = gpu_check(tmp_path, "--providers", "CUDAExecutionProvider", "--variants", "fp32", "fp16")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu-check.json").read_text())
+    assert report["served_models"]["lenet5-digits"]["provider"] == "CUDAExecutionProvider"
