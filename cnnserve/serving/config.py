@@ -11,6 +11,7 @@ batching lives under ``models:`` in the YAML file::
     precision: auto                            # auto | fp32 | fp16 | int8
     precision_tolerance: {accuracy: 0.005, mean_iou: 0.01}
     cudnn_conv_algo_search: HEURISTIC          # or EXHAUSTIVE, DEFAULT (GPU only)
+    tensorrt_cache_dir: /var/cache/cnnserve/tensorrt   # engines keyed by file sha256 (default: under the temp dir)
     workers: auto                              # worker processes (each serves every protocol)
     threads: auto                              # ONNX Runtime intra-op threads per worker
     max_batch_size: 64                         # images per ONNX Runtime call
@@ -25,6 +26,7 @@ Every key is documented in ``docs/configuration.md``.
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,9 @@ class Settings:
     # at 224, H200, loadtests/results/2026-11-26-gpu): first run of a new batch size 0.09 s against EXHAUSTIVE's
     # 0.10-0.48 s, and as fast warm (853 / 6426 images/s at batch 1 / 64 against 894 / 5649); DEFAULT: 136 / 2296.
     cudnn_conv_algo_search: str = "HEURISTIC"
+    # TensorRT's engines and timing cache, keyed by each file's sha256 (runtime.TensorrtPlan); keep it across
+    # restarts (the Kubernetes GPU overlay mounts a volume here) or every start builds the engines again.
+    tensorrt_cache_dir: Path = Path(tempfile.gettempdir()) / "cnnserve-tensorrt"
     workers: int = 0  # 0: chosen from the core count
     threads: int = 0  # 0: chosen from the core count
     batching: bool = True

@@ -66,7 +66,7 @@ class ModelHost:
         self.failures: dict[str, str] = {}
         self.precision_choices: dict[str, PrecisionChoice] = {}  # per version key, where chosen by measurement
         self.degraded: dict[str, str] = {}  # per version key: why it serves on another provider than asked
-        cache_dir = Path(tempfile.gettempdir()) / "cnnserve-trt-cache"
+        cache_dir = settings.tensorrt_cache_dir
         for model in repository.versions():
             self.load(model, cache_dir)
         self.status = self.describe()
@@ -127,7 +127,7 @@ class ModelHost:
                 model, providers, max_batch_size, cache_dir)
             return loaded, warm_up
         loaded = load_model(model, providers, settings.precision, self.threads, cache_dir, device_id=self.device_id,
-                            cudnn_search=settings.cudnn_conv_algo_search)
+                            cudnn_search=settings.cudnn_conv_algo_search, max_batch_size=max_batch_size)
         if loaded.on_gpu:
             loaded.pad_batches(max_batch_size)
         return loaded, loaded.warm_up(max_batch_size) if settings.warmup else {}

@@ -30,7 +30,7 @@ log = logging.getLogger("cnnserve.runtime")
 TENSORRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 PREFERENCE = (TENSORRT, CUDA, CPU)
 GPU_PROVIDERS = {TENSORRT, CUDA}
-TENSORRT_LIBRARIES = ("libnvinfer.so.10", "libnvinfer.so.8")
+TENSORRT_LIBRARIES = ("libnvinfer.so.10",)  # ONNX Runtime 1.18 and later are built against TensorRT 10
 
 
 @functools.cache
@@ -101,7 +101,7 @@ def choose_providers(
 
 
 def choose_variant(precision: str, providers: list[str], variants: list[str]) -> str:
-    """A variant's name is taken as asked (it must exist); ``auto`` without timing: FP16 on a GPU when shipped,
+    """A variant's name is taken as asked (it must exist); ``auto`` without timing: FP16 on CUDA when shipped,
     else FP32."""
     if precision != "auto":
         if precision not in variants:
@@ -110,9 +110,9 @@ def choose_variant(precision: str, providers: list[str], variants: list[str]) ->
                 "`python -m cnnserve.training derive <version folder>` (or `make variants`)"
             )
         return precision
-    if providers[0] in GPU_PROVIDERS and "fp16" in variants:
+    if providers[0] == CUDA and "fp16" in variants:
         return "fp16"
-    return "fp32"
+    return "fp32"  # TensorRT too: it builds its FP16 engine from the FP32 graph (trt_fp16_enable)
 
 
 def session_options(threads: int, spin: bool = False) -> ort.SessionOptions:
@@ -132,10 +132,49 @@ def session_options(threads: int, spin: bool = False) -> ort.SessionOptions:
     return options
 
 
-def provider_options(provider: str, cache_dir: Path, device_id: int = 0, cudnn_search: str = "HEURISTIC") -> dict:
+@dataclass(frozen=True)
+class TensorrtPlan:
+    """The one TensorRT engine a model file gets, and where it is cached.
+
+    Its optimisation profile spans batch 1 to the batcher's largest at the card's input (on a GPU every batch is
+    padded to the largest, so one shape is ever built for; without a profile TensorRT builds an engine per new
+    shape, each possibly a minute). Engine and timing cache live in ``cache_dir`` (``tensorrt_cache_dir``,
+    mounted persistently by the Kubernetes GPU overlay) under a prefix of the model's name, variant and the
+    file's sha256, so a new version, or the same version's file changed, never loads an old engine. FP16 comes
+    from the FP32 graph (``trt_fp16_enable``); an INT8 QDQ file is built as INT8.
+    """
+
+    cache_dir: Path
+    prefix: str
+    input_shape: tuple[int, ...]
+    max_batch_size: int
+    int8: bool = False
+
+    @classmethod
+    def for_file(cls, model: ModelVersion, variant: str, sha256: str, cache_dir: Path, max_batch_size: int) -> TensorrtPlan:
+        return cls(cache_dir, f"{model.name}-{variant}-{sha256[:16]}", tuple(model.input_shape), max_batch_size,
+                   int8=variant == "int8")
+
+    def shapes(self, batch: int) -> str:
+        return f"{INPUT_NAME}:{'x'.join(map(str, (batch, *self.input_shape)))}"
+
+    def options(self) -> dict:
+        return {
+            "trt_fp16_enable": True, "trt_int8_enable": self.int8,
+            "trt_profile_min_shapes": self.shapes(1), "trt_profile_opt_shapes": self.shapes(self.max_batch_size),
+            "trt_profile_max_shapes": self.shapes(self.max_batch_size),
+            "trt_engine_cache_enable": True, "trt_engine_cache_path": str(self.cache_dir),
+            "trt_engine_cache_prefix": self.prefix,
+            "trt_timing_cache_enable": True, "trt_timing_cache_path": str(self.cache_dir),
+        }
+
+
+def provider_options(provider: str, device_id: int = 0, cudnn_search: str = "HEURISTIC",
+                     tensorrt: TensorrtPlan | None = None) -> dict:
     if provider == TENSORRT:
-        return {"device_id": device_id, "trt_fp16_enable": True, "trt_engine_cache_enable": True,
-                "trt_engine_cache_path": str(cache_dir)}
+        if tensorrt is None:
+            raise ValueError("TensorRT needs the model's TensorrtPlan (its profile and cache)")
+        return {"device_id": device_id, **tensorrt.options()}
     if provider == CUDA:
         return {"device_id": device_id, "cudnn_conv_algo_search": cudnn_search}
     return {}
@@ -256,8 +295,10 @@ def verify_contract(model: ModelVersion, session: ort.InferenceSession) -> list[
 
 def load_model(
     model: ModelVersion, providers: list[str], precision: str, threads: int, cache_dir: Path, spin: bool = False,
-    device_id: int = 0, cudnn_search: str = "HEURISTIC",
+    device_id: int = 0, cudnn_search: str = "HEURISTIC", max_batch_size: int = 64,
 ) -> LoadedModel:
+    """A checked session for the chosen variant; ``cache_dir`` holds TensorRT's engines, ``max_batch_size`` bounds
+    their profile."""
     variant = choose_variant(precision, providers, model.variants())
     path, expected_sha = model.file_for(variant)
     if not path.exists():
@@ -266,11 +307,13 @@ def load_model(
         log.warning("model %s: card records no sha256 for %s; integrity not checked", model.key, path.name)
     elif (actual := file_sha256(path)) != expected_sha:
         raise ModelInvalid(f"{path.name} sha256 is {actual[:12]}..., the card says {expected_sha[:12]}...")
+    tensorrt = TensorrtPlan.for_file(model, variant, expected_sha or file_sha256(path), cache_dir, max_batch_size) \
+        if TENSORRT in providers else None
     try:
         session = ort.InferenceSession(
             str(path),
             session_options(threads, spin),
-            providers=[(p, provider_options(p, cache_dir, device_id, cudnn_search)) for p in providers],
+            providers=[(p, provider_options(p, device_id, cudnn_search, tensorrt)) for p in providers],
         )
     except Exception as exc:  # noqa: BLE001  (ONNX Runtime raises its own types for corrupt files)
         raise ModelInvalid(f"ONNX Runtime cannot load {path.name}: {exc}") from None

@@ -63,3 +63,7 @@ def test_pods_are_probed_secured_and_sized(overlay):
     assert ports == {"http", "grpc"}
     if overlay.name == "gpu":
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        cache = volumes[mounts[env["CNNSERVE_TENSORRT_CACHE_DIR"]]]  # TensorRT's engines outlive the pod
+        assert cache["persistentVolumeClaim"]["claimName"] == documents["PersistentVolumeClaim"]["metadata"]["name"]

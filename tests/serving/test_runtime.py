@@ -14,7 +14,9 @@ from cnnserve.serving.runtime import (
     CPU,
     CUDA,
     TENSORRT,
+    TENSORRT_LIBRARIES,
     ModelInvalid,
+    TensorrtPlan,
     choose_providers,
     choose_variant,
     load_model,
@@ -48,9 +50,30 @@ def test_nvidia_libraries_are_preloaded_only_by_a_gpu_build(monkeypatch):
 
 
 def test_gpu_providers_are_told_their_device(tmp_path):
-    assert provider_options(CUDA, tmp_path, device_id=1) == {"device_id": 1, "cudnn_conv_algo_search": "HEURISTIC"}
-    assert provider_options(TENSORRT, tmp_path, device_id=1)["device_id"] == 1
-    assert provider_options(CPU, tmp_path, device_id=1) == {}
+    plan = TensorrtPlan(tmp_path, "lenet5-digits-fp32-0123", (1, 32, 32), 64)
+    assert provider_options(CUDA, device_id=1) == {"device_id": 1, "cudnn_conv_algo_search": "HEURISTIC"}
+    assert provider_options(TENSORRT, device_id=1, tensorrt=plan)["device_id"] == 1
+    assert provider_options(CPU, device_id=1) == {}
+
+
+def test_tensorrt_builds_one_engine_per_file_from_its_fp32_graph_cached_under_its_sha256(tmp_path):
+    model = discover(MODELS_DIR, ("lenet5-digits",)).resolve("lenet5-digits")
+    sha = model.card["files"]["fp32"]["sha256"]
+    options = provider_options(TENSORRT, tensorrt=TensorrtPlan.for_file(model, "fp32", sha, tmp_path, 64))
+    shape = "x".join(map(str, model.input_shape))
+    assert options["trt_profile_min_shapes"] == f"images:1x{shape}"
+    assert options["trt_profile_opt_shapes"] == options["trt_profile_max_shapes"] == f"images:64x{shape}"
+    assert options["trt_fp16_enable"] and not options["trt_int8_enable"]
+    assert options["trt_engine_cache_enable"] and options["trt_timing_cache_enable"]
+    assert options["trt_engine_cache_path"] == options["trt_timing_cache_path"] == str(tmp_path)
+    assert options["trt_engine_cache_prefix"] == f"lenet5-digits-fp32-{sha[:16]}"
+    changed = TensorrtPlan.for_file(model, "fp32", "f" * 64, tmp_path, 64)
+    assert changed.options()["trt_engine_cache_prefix"] != options["trt_engine_cache_prefix"]  # a new file, a new engine
+    assert TensorrtPlan.for_file(model, "int8", sha, tmp_path, 64).options()["trt_int8_enable"]
+
+
+def test_tensorrt_is_only_taken_in_its_current_major():
+    assert TENSORRT_LIBRARIES == ("libnvinfer.so.10",)
 
 
 def test_with_padded_batches_every_run_has_one_shape_and_answers_only_the_real_rows(tmp_path):
@@ -88,10 +111,11 @@ def test_explicit_provider_this_build_lacks_is_an_error_naming_it():
 
 @pytest.mark.parametrize(
     ("precision", "providers", "expected"),
-    [("auto", [CPU], "fp32"), ("auto", [CUDA, CPU], "fp16"), ("auto", [TENSORRT, CUDA, CPU], "fp16"),
+    [("auto", [CPU], "fp32"), ("auto", [CUDA, CPU], "fp16"), ("auto", [TENSORRT, CUDA, CPU], "fp32"),
      ("int8", [CPU], "int8"), ("fp32", [CUDA, CPU], "fp32")],
 )
 def test_precision_variant_follows_the_provider(precision, providers, expected):
+    """CUDA gets the FP16 file; TensorRT the FP32 one, from which it builds its own FP16 engine."""
     assert choose_variant(precision, providers, ["fp32", "fp16", "int8"]) == expected
 
 
