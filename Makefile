@@ -70,7 +70,8 @@ accuracy: setup-test
 bench-models: setup-test
 	$(BIN)/python -m cnnserve.training bench-models --out models-bench
 
-# The benchmark (about 25 minutes): raw ONNX Runtime, every protocol at 1-64 clients with batching on and off,
+# On a GPU host, after make gpu-check: .venv-gpu/bin/python -m loadtests.bench --providers CUDAExecutionProvider
+# (the CPU targets are skipped there). The benchmark (about 25 minutes): raw ONNX Runtime, every protocol at 1-64 clients with batching on and off,
 # the FastAPI baseline, ResNet-50 at 224, and the targets; writes loadtests/results/<date>/bench.{md,json,png}.
 bench: setup-test
 	@test -d models-bench || $(BIN)/python -m cnnserve.training bench-models --out models-bench

@@ -25,7 +25,6 @@ import datetime
 import functools
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from cnnserve.serving.repository import ModelVersion, discover
 from cnnserve.serving.runtime import CPU, CUDA, GPU_PROVIDERS, LoadedModel, load_model, preload_gpu_libraries
 
 from .bench.http_load import http_load
+from .bench.machine import describe_machine
 from .bench.raw import time_calls
 from .bench.served import route_loads
 from .local_server import running_server
@@ -64,19 +64,10 @@ def log(message: str) -> None:
 def device_report(provider: str, commit: str) -> dict:
     """What ran: GPU, driver, CUDA and cuDNN as ONNX Runtime loaded them, versions, commit."""
     report = {
-        "date": datetime.date.today().isoformat(), "commit": commit, "provider": provider,
-        "python": platform.python_version(), "cores": os.cpu_count(), "onnxruntime": ort.__version__,
+        "date": datetime.date.today().isoformat(), "commit": commit, **describe_machine(provider),
         "onnxruntime_package": next((d for d in ("onnxruntime-gpu", "onnxruntime") if _version(d)), None),
-        "available_providers": ort.get_available_providers(), "bentoml": _version("bentoml"),
         "build_info": ort.get_build_info() if hasattr(ort, "get_build_info") else None,
     }
-    try:
-        fields = "name,driver_version,memory.total,compute_cap"
-        line = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"], check=True,
-                              capture_output=True, text=True, timeout=30).stdout.splitlines()[0]
-        report.update(zip(("gpu", "driver", "gpu_memory", "compute_capability"), (s.strip() for s in line.split(","))))
-    except (OSError, subprocess.SubprocessError, IndexError):
-        report["gpu"] = None
     report["cuda_runtime"] = _library_version("libcudart.so", "cudaRuntimeGetVersion")
     report["cudnn"] = _library_version("libcudnn.so.9", "cudnnGetVersion", returns=True)
     return report

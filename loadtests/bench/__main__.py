@@ -64,7 +64,7 @@ def sweep(args, versions, workers: int, threads: int, tmp: Path) -> tuple[list[d
     served, baseline = [], []
     for batching in ("on", "off"):
         settings = {"noop_route": "true", "batching": "true" if batching == "on" else "false",
-                    "serve": ",".join(v.name for v in versions)}
+                    "serve": ",".join(v.name for v in versions), "providers": args.providers}
         with running_server(tmp, models_dir=str(args.models_dir.resolve()), **settings) as server:
             precision = served_precision(server)
             for version in versions:
@@ -178,6 +178,9 @@ def one_client(server, version, cores: int, seconds: float) -> dict:
 
 
 def targets(args, versions, raw_results: dict, workers: int, threads: int, cores: int, tmp: Path) -> dict:
+    if args.providers != raw.CPU:
+        return {"skipped": "the targets are the CPU's (against the FastAPI baseline and the no-op routes); "
+                           "on a GPU, make gpu-check measures its own"}
     by_name = {v.name: v for v in versions}
     missing = [m for m in TARGET_MODELS if m not in by_name]
     if missing:
@@ -205,21 +208,23 @@ def served_precision(server) -> dict[str, str]:
     return {m["name"]: m["versions"][-1]["precision"] for m in server.client.get("/models").json()["models"]}
 
 
-def raw_figures(version, cores: int, seconds: float) -> dict:
-    """Raw ONNX Runtime for a model: FP32's points, best and batch-1 figures (and decode costs) at the top,
-    and the best and batch-1 figures of every other CPU variant present under ``variants``."""
-    points = raw.measure_raw(version, cores, seconds=seconds / 2)
+def raw_figures(version, cores: int, seconds: float, provider: str = raw.CPU) -> dict:
+    """Raw ONNX Runtime for a model on ``provider``: FP32's points, best and batch-1 figures (and decode costs) at
+    the top, and the best and batch-1 figures of every other variant that provider may serve under ``variants``
+    (INT8 on the CPU, FP16 on a GPU)."""
+    points = raw.measure_raw(version, cores, seconds=seconds / 2, provider=provider)
     figures = {
         "points": [vars(p) for p in points],
         "best": vars(raw.best(points)),
         "batch1": vars(raw.batch1(points)),
         "decode_ms": raw.decode_ms(version),
-        "decode_then_run": vars(raw.decode_then_run(version, cores, seconds=seconds / 2)),
+        "decode_then_run": vars(raw.decode_then_run(version, cores, seconds=seconds / 2, provider=provider)),
         "input_shape": list(version.input_shape),
         "variants": {},
     }
-    for variant in (v for v in CANDIDATES if v != "fp32" and v in version.variants()):
-        points = raw.measure_raw(version, cores, seconds=seconds / 2, variant=variant)
+    servable = [v for v in CANDIDATES if v != "fp32"] if provider == raw.CPU else ["fp16"]
+    for variant in (v for v in servable if v in version.variants()):
+        points = raw.measure_raw(version, cores, seconds=seconds / 2, variant=variant, provider=provider)
         figures["variants"][variant] = {"best": vars(raw.best(points)), "batch1": vars(raw.batch1(points))}
     return figures
 
@@ -241,6 +246,9 @@ def main() -> None:
                         help="per py-spy window of the profiles (0: skip them)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the FastAPI baseline")
     parser.add_argument("--no-zoom", dest="zoom", action="store_false", help="skip the zoom-in pass's cost")
+    parser.add_argument("--providers", default=raw.CPU,
+                        help="what raw ONNX Runtime and the servers run on, e.g. CUDAExecutionProvider (with onnxruntime-gpu: "
+                             "the .venv-gpu that make gpu-check makes); the CPU targets are skipped on a GPU")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "loadtests" / "results")
     args = parser.parse_args()
 
@@ -256,14 +264,14 @@ def main() -> None:
     results = {
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python -m loadtests.bench " + shlex.join(sys.argv[1:]),
-        "machine": describe_machine(),
+        "machine": describe_machine(args.providers),
         "serving": {"workers": workers, "threads": threads, "cores": cores},
         "raw": {},
     }
     log(f"machine: {results['machine']['cpu']}, {cores} cores; cnnserve defaults: {workers} workers × {threads} threads")
     for version in [*versions, *bench_versions]:
         log(f"raw ONNX Runtime: {version.name}")
-        results["raw"][version.name] = raw_figures(version, cores, args.seconds)
+        results["raw"][version.name] = raw_figures(version, cores, args.seconds, args.providers)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         results["served"], results["baseline"] = sweep(args, versions, workers, threads, tmp)
@@ -289,7 +297,8 @@ def zoom_cost(args, versions, tmp: Path) -> list[dict]:
     digits (every one zoomed) and the sweep's large-digit PNGs (none zoomed): what the second look costs."""
     rows = []
     for zoom in ("0.5", "0"):
-        with running_server(tmp, models_dir=str(args.models_dir.resolve()), zoom_in_below=zoom) as server:
+        with running_server(tmp, models_dir=str(args.models_dir.resolve()), zoom_in_below=zoom,
+                            providers=args.providers) as server:
             for version in versions:
                 channels, size = version.input_shape[0], version.input_shape[-1]
                 for images, load in (("small-digit photos", small_digit_load(version.name)),
@@ -324,7 +333,8 @@ def profiles(args, served: set[str], folder: Path) -> list[str]:
 def bench_sweep(args, versions, tmp: Path) -> list[dict]:
     """The benchmark-only ImageNet-shaped models: gRPC only, at most 32 clients (they are slow here)."""
     rows = []
-    with running_server(tmp, models_dir=str(args.bench_models_dir.resolve()), max_queue_images="4096") as server:
+    with running_server(tmp, models_dir=str(args.bench_models_dir.resolve()), max_queue_images="4096",
+                        providers=args.providers) as server:
         for version in versions:
             for concurrency in [c for c in args.concurrency if c <= 32]:
                 row = measure(server, version.name, [1, *version.input_shape], "grpc", concurrency, args.seconds * 2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from importlib import metadata
 
 import onnxruntime as ort
@@ -20,12 +21,25 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def describe_machine() -> dict:
+def describe_gpu() -> dict:
+    """The first GPU as nvidia-smi reports it (name, driver, memory, compute capability); empty without one."""
+    fields = "name,driver_version,memory.total,compute_cap"
+    try:
+        line = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"], check=True,
+                              capture_output=True, text=True, timeout=30).stdout.splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return {}
+    return dict(zip(("gpu", "driver", "gpu_memory", "compute_capability"), (s.strip() for s in line.split(","))))
+
+
+def describe_machine(provider: str = "CPUExecutionProvider") -> dict:
+    """The machine, and the provider the figures were asked of (with the GPU's description when it is one)."""
     return {
         "cpu": cpu_model(),
+        "provider": provider,
+        **(describe_gpu() if provider != "CPUExecutionProvider" else {}),
         "cores": os.cpu_count(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "gpu": "CUDAExecutionProvider" in ort.get_available_providers(),
         "providers": ort.get_available_providers(),
         "python": platform.python_version(),
         "onnxruntime": ort.__version__,

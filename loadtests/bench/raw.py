@@ -34,12 +34,15 @@ class RawPoint:
     p50_ms: float  # one call of this batch size
 
 
+CPU = "CPUExecutionProvider"
+
+
 @functools.cache  # the target rounds measure the same sessions again
-def session(path: str, threads: int) -> ort.InferenceSession:
+def session(path: str, threads: int, provider: str = CPU) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(path, options, providers=[provider] if provider == CPU else [provider, CPU])
 
 
 def time_calls(call, seconds: float, min_calls: int = 5) -> list[float]:
@@ -54,19 +57,21 @@ def time_calls(call, seconds: float, min_calls: int = 5) -> list[float]:
     return durations
 
 
-def measure_point(model: ModelVersion, threads: int, batch: int, seconds: float, variant: str = "fp32") -> RawPoint:
+def measure_point(model: ModelVersion, threads: int, batch: int, seconds: float, variant: str = "fp32",
+                  provider: str = CPU) -> RawPoint:
     """One thread count and batch size of one precision variant, called back to back for about ``seconds``."""
-    sess = session(str(model.file_for(variant)[0]), threads)
+    sess = session(str(model.file_for(variant)[0]), threads, provider)
     images = np.random.default_rng(0).random((batch, *model.input_shape), dtype=np.float32)
     durations = time_calls(functools.partial(sess.run, None, {"images": images}), seconds)
     return RawPoint(threads, batch, batch * len(durations) / sum(durations), float(np.median(durations)) * 1000)
 
 
-def measure_raw(model: ModelVersion, cores: int, seconds: float, variant: str = "fp32") -> list[RawPoint]:
+def measure_raw(model: ModelVersion, cores: int, seconds: float, variant: str = "fp32",
+                provider: str = CPU) -> list[RawPoint]:
     points = []
     for threads in sorted({1, cores}):
         for batch in BATCH_SIZES:
-            points.append(measure_point(model, threads, batch, seconds, variant))
+            points.append(measure_point(model, threads, batch, seconds, variant, provider))
             print(f"  raw {model.name} {variant}: {threads} thread(s), batch {batch:>2}: "
                   f"{points[-1].images_per_s:8.0f} images/s, {points[-1].p50_ms:7.2f} ms per call", flush=True)
     return points
@@ -97,7 +102,7 @@ def decode_ms(model: ModelVersion, count: int = 64) -> float:
     return float(np.median(durations)) * 1000
 
 
-def decode_then_run(model: ModelVersion, cores: int, seconds: float) -> RawPoint:
+def decode_then_run(model: ModelVersion, cores: int, seconds: float, provider: str = CPU) -> RawPoint:
     """Decode one PNG, then run it alone, image after image, in process (best thread count).
 
     This is what a script without a server pays per image, and the baseline of
@@ -109,7 +114,7 @@ def decode_then_run(model: ModelVersion, cores: int, seconds: float) -> RawPoint
     path = str(model.file_for("fp32")[0])
     points = []
     for threads in sorted({1, cores}):
-        one_image = functools.partial(decode_and_run, model, session(path, threads), itertools.cycle(files))
+        one_image = functools.partial(decode_and_run, model, session(path, threads, provider), itertools.cycle(files))
         durations = time_calls(one_image, seconds)
         points.append(RawPoint(threads, 1, len(durations) / sum(durations), float(np.median(durations)) * 1000))
     return min(points, key=lambda p: p.p50_ms)

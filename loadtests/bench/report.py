@@ -166,6 +166,13 @@ def zoom_rows(results: dict) -> list[str]:
     return lines
 
 
+def device(machine: dict) -> str:
+    """What the figures ran on: the CPU provider, or the GPU by name (older results: no provider recorded)."""
+    if machine.get("gpu") and isinstance(machine["gpu"], str):
+        return f"{machine['gpu']} (driver {machine.get('driver')}) via {machine['provider']}"
+    return f"models on {machine.get('provider', 'CPUExecutionProvider')}"
+
+
 def plot(results: dict, path: Path) -> None:
     models = list(dict.fromkeys(r["model"] for r in results["served"]))
     figure, axes = plt.subplots(len(models), 2, figsize=(12, 3.6 * len(models)), squeeze=False)
@@ -197,7 +204,8 @@ def plot(results: dict, path: Path) -> None:
             axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
             axis.grid(alpha=0.3)
         speed.legend(fontsize=7)
-    figure.suptitle(f"cnnserve on {results['machine']['cpu']} ({results['machine']['cores']} cores), {results['date']}")
+    figure.suptitle(f"cnnserve on {results['machine']['cpu']} ({results['machine']['cores']} cores), "
+                    f"{device(results['machine'])}, {results['date']}")
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
@@ -225,7 +233,7 @@ def write_report(results: dict, folder: Path) -> str:
         f"# cnnserve benchmark, {results['date']}",
         "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
-        f"{'a GPU' if machine['gpu'] else 'no GPU'}; Python {machine['python']}, ONNX Runtime {machine['onnxruntime']} "
+        f"{device(machine)}; Python {machine['python']}, ONNX Runtime {machine['onnxruntime']} "
         f"({', '.join(machine['providers'])}), BentoML {machine['bentoml']}. Server defaults: "
         f"{serving['workers']} workers × {serving['threads']} ONNX Runtime thread(s). Clients run on the same "
         "machine (perf_analyzer for V2 REST and gRPC, wrk for /predict and the no-op), and share its cores.",

@@ -192,3 +192,12 @@ def test_served_is_divided_by_the_raw_figure_of_the_variant_served_and_auto_is_j
     results["targets"]["rounds"] = [round_figures(resnet18_auto_c64=700.0, resnet18_fp32_c64=500.0,
                                                   resnet18_auto_vs_fp32=1.4)]
     assert not [row for row in target_rows(results) if "precision auto" in row.target][0].met  # 1.4 < 1.6
+
+
+def test_the_report_names_the_device_the_models_ran_on():
+    from loadtests.bench.report import device
+
+    gpu = {"provider": "CUDAExecutionProvider", "gpu": "NVIDIA H200", "driver": "580.159.04"}
+    assert device(gpu) == "NVIDIA H200 (driver 580.159.04) via CUDAExecutionProvider"
+    assert device({"provider": "CPUExecutionProvider"}) == "models on CPUExecutionProvider"
+    assert device({"gpu": False}) == "models on CPUExecutionProvider"  # results from before providers were recorded
