@@ -109,7 +109,7 @@ container-check: setup-test
 
 # Regenerate the gRPC stubs from cnnserve/serving/v2/proto/inference.proto (they are committed).
 protos: setup-test
-	$(BIN)/pip install --quiet grpcio-tools
+	$(BIN)/pip install --quiet grpcio-tools==1.85.1  # the stubs name their generator; newer would demand a newer grpcio
 	$(BIN)/python -m grpc_tools.protoc -Icnnserve/serving/v2/proto --python_out=cnnserve/serving/v2 --pyi_out=cnnserve/serving/v2 \
 		--grpc_python_out=cnnserve/serving/v2 cnnserve/serving/v2/proto/inference.proto
 	sed -i 's/^import inference_pb2 as/from . import inference_pb2 as/' cnnserve/serving/v2/inference_pb2_grpc.py

@@ -275,6 +275,8 @@ class InferenceCore:
             batch_images = max(r.batch_images for r in results)
             probabilities = np.concatenate([r.probabilities for r in results])
             boxes = None if results[0].boxes is None else np.concatenate([r.boxes for r in results])
-        pass_totals().observe(child(self.metrics.queue_duration, *model.metric_labels), queue_ms / 1000)
+        totals = pass_totals()
+        totals.observe(child(self.metrics.queue_duration, *model.metric_labels), queue_ms / 1000)
+        totals.inc(child(self.metrics.request_compute, *model.metric_labels), compute_ms / 1000)
         timings = {"queue_ms": round(queue_ms, 3), "compute_ms": round(compute_ms, 3), "batch_images": batch_images}
         return TensorResult(model, probabilities, None if boxes is None else ordered_corners(boxes), timings)

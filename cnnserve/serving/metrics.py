@@ -131,6 +131,11 @@ class RequestMetrics:
             MODEL_LABELS,
             buckets=LATENCY_BUCKETS,
         )
+        self.request_compute = Counter(
+            "cnnserve_request_compute_seconds",
+            "ONNX Runtime time of the batch each request ran in, summed over requests (Triton's compute_infer)",
+            MODEL_LABELS,
+        )
         self.preprocess_duration = Histogram(
             "cnnserve_preprocess_duration_seconds",
             "Image decoding and resizing per request",

@@ -24,11 +24,12 @@ from ...contract.card import BOXES, INPUT_NAME, PROBABILITIES
 from ..core import SERVING, InferenceCore, TensorResult
 from ..errors import InvalidInput
 from ..repository import ModelVersion
+from .statistics import model_statistics
 from .tensors import BYTES, Tensor
 
 IMAGE_BYTES = "image_bytes"
 SERVER_NAME = "cnnserve"
-EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
 PLATFORM = "onnxruntime_onnx"
 
 Compute = Callable[[ModelVersion, np.ndarray, float], Awaitable[TensorResult]]
@@ -60,6 +61,10 @@ class DataPlane:
     async def server_ready(self) -> bool:
         """Ready: a worker answers only once every model version has been loaded and warmed, or refused."""
         return True
+
+    def statistics(self, name: str | None = None, version: str | int | None = None) -> dict:
+        """Triton's statistics for every model (no name), one model, or one version (statistics.py)."""
+        return model_statistics(self.repository, name or None, parse_version(version))
 
     async def model_ready(self, name: str, version: str | int | None = None) -> bool:
         model = self.repository.resolve(name, parse_version(version))

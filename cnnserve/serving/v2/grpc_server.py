@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 import grpc
+from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -114,6 +115,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if "dynamic_batching" in config:
             message.dynamic_batching.CopyFrom(pb.ModelDynamicBatching(**config["dynamic_batching"]))
         return pb.ModelConfigResponse(config=message)
+
+    async def ModelStatistics(self, request, context):
+        try:
+            statistics = self.plane.statistics(request.name, request.version)
+        except ServiceError as exc:
+            await abort(context, exc)
+        return json_format.ParseDict(statistics, pb.ModelStatisticsResponse())
 
     async def ModelInfer(self, request, context):
         try:

@@ -202,17 +202,26 @@ async def model_config(request: Request) -> Response:
         return error(exc)
 
 
+async def statistics(request: Request) -> Response:
+    try:
+        return JSONResponse(plane(request).statistics(request.path_params.get("name"), request.path_params.get("version")))
+    except ServiceError as exc:
+        return error(exc)
+
+
 def v2_routes() -> list[Route]:
     routes = [
         Route("/v2", server_metadata, methods=["GET"]),
         Route("/v2/health/live", server_live, methods=["GET"]),
         Route("/v2/health/ready", server_ready, methods=["GET"]),
+        Route("/v2/models/stats", statistics, methods=["GET"]),  # before /v2/models/{name}, which it would match
     ]
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         routes += [
             Route(prefix, model_metadata, methods=["GET"]),
             Route(f"{prefix}/ready", model_ready, methods=["GET"]),
             Route(f"{prefix}/config", model_config, methods=["GET"]),
+            Route(f"{prefix}/stats", statistics, methods=["GET"]),
             Route(f"{prefix}/infer", infer, methods=["POST"]),
         ]
     return routes

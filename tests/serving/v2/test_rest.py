@@ -54,8 +54,17 @@ def split_binary_response(response) -> tuple[dict, dict]:
 def test_server_metadata_advertises_the_extensions(server):
     metadata = server.client.get("/v2").json()
     assert metadata["name"] == "cnnserve"
-    assert {"binary_tensor_data", "model_configuration"} <= set(metadata["extensions"])
-    assert "statistics" not in metadata["extensions"]
+    assert {"binary_tensor_data", "model_configuration", "statistics"} <= set(metadata["extensions"])
+
+
+def test_statistics_are_kept_per_model_version_and_unknown_models_are_named(server):
+    everything = server.client.get("/v2/models/stats").json()["model_stats"]
+    assert {(m["name"], m["version"]) for m in everything} >= {(MODEL, str(VERSION))}
+    (one,) = server.client.get(f"/v2/models/{MODEL}/versions/{VERSION}/stats").json()["model_stats"]
+    assert set(one["inference_stats"]) == {"success", "fail", "queue", "compute_input", "compute_infer", "compute_output"}
+    missing = server.client.get("/v2/models/nope/stats")
+    assert missing.status_code == 404 and "nope" in missing.json()["error"]
+    assert server.client.get(f"/v2/models/{MODEL}/versions/x/stats").status_code == 400
 
 
 def test_health_endpoints(server):

@@ -21,7 +21,7 @@ def test_tritonclient_http_and_grpc(server, tmp_path):
     )
     print(result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("PASS") == 10
+    assert result.stdout.count("PASS") == 12
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -38,3 +38,7 @@ def test_perf_analyzer_measures_without_errors(server, protocol):
     assert "error" not in output.lower()
     throughput = float(re.search(r"Concurrency: 4, throughput: ([\d.]+) infer/sec", output).group(1))
     assert throughput > 0
+    # The server side's breakdown, from the statistics extension
+    server_side = re.search(r"queue (\d+) usec \+ compute input (\d+) usec \+ compute infer (\d+) usec", output)
+    assert server_side, output
+    assert int(server_side.group(3)) > 0

@@ -73,7 +73,23 @@ def checks(module, client, png: bytes):
         expect_error("images", "FP32", [1, 1, 32, 32], np.zeros((1, 1, 32, 32), np.float32), "unknown model", "nope")
         expect_error("pixels", "FP32", [1, 1, 32, 32], np.zeros((1, 1, 32, 32), np.float32), "unknown input")
 
-    return [fp32_json_and_binary, image_bytes, selected_output, metadata_and_readiness, errors]
+    def statistics():
+        """Triton's statistics extension, after the inferences above: counts and durations, summed over workers."""
+        stats = client.get_inference_statistics(MODEL, as_json=True) if module is grpcclient \
+            else client.get_inference_statistics(MODEL)
+        (model,) = stats["model_stats"]
+        assert model["name"] == MODEL and int(model["execution_count"]) > 0
+        assert int(model["inference_count"]) >= int(model["execution_count"])
+        figures = model["inference_stats"]
+        for stat in ("success", "compute_input", "compute_infer"):
+            assert int(figures[stat]["count"]) > 0 and int(figures[stat]["ns"]) > 0, stat
+        assert int(figures["queue"]["count"]) > 0  # a lone request on an idle model waits no time at all
+        assert int(figures["fail"]["count"]) > 0  # the errors check's requests
+        everything = client.get_inference_statistics(as_json=True) if module is grpcclient \
+            else client.get_inference_statistics()
+        assert MODEL in {m["name"] for m in everything["model_stats"]}
+
+    return [fp32_json_and_binary, image_bytes, selected_output, metadata_and_readiness, errors, statistics]
 
 
 def main() -> int:
