@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stages", choices=list(STAGES), default=None, help="a stage table instead of --users")
     parser.add_argument("--tensor-batch", type=int, default=1, help="images per V2 / gRPC request")
     parser.add_argument("--files-per-batch", type=int, default=4, help="files per POST /predict_batch")
+    parser.add_argument("--rolling", action="store_true",
+                        help="a rollout runs meanwhile: answers from a later version of the model count as right")
     parser.add_argument("--max-failure-ratio", type=float, default=0.01, help="per request name")
     parser.add_argument("--max-p95-ms", type=float, default=None, help="per request name (default: not checked)")
     parser.add_argument("--out", type=Path, default=None, help="default: loadtests/results/gate-<timestamp>")
@@ -95,6 +97,8 @@ def locust_command(args, out: Path, locust_args: list[str]) -> list[str]:
         command += ["--run-time", args.run_time]
     if args.max_requests:
         command += ["--max-requests", str(args.max_requests)]
+    if args.rolling:
+        command += ["--rolling"]
     return command + locust_args + [s.user_class for s in args.scenarios]
 
 

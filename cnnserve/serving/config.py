@@ -7,6 +7,8 @@ batching lives under ``models:`` in the YAML file::
 
     models_dir: models
     serve: [resnet18-digits, lenet5-digits]   # default: every model found
+    model_control_mode: none                   # or poll: load new versions, unload removed ones, while serving
+    repository_poll_seconds: 5
     providers: auto                            # or e.g. [CUDAExecutionProvider, CPUExecutionProvider]
     precision: auto                            # auto | fp32 | fp16 | int8
     precision_tolerance: {accuracy: 0.005, mean_iou: 0.01}
@@ -38,6 +40,7 @@ from .precision import Tolerance
 ENV_PREFIX = "CNNSERVE_"
 DEFAULT_CONFIG_FILE = "cnnserve.yaml"
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
+CONTROL_MODES = ("none", "poll")  # Triton's names; its explicit mode (load through the API) is not built yet
 CUDNN_SEARCH_MODES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")  # ONNX Runtime's cudnn_conv_algo_search values
 
 
@@ -52,6 +55,8 @@ class Batching:
 class Settings:
     models_dir: Path = Path("models")
     serve: tuple[str, ...] = ()  # empty: every model in models_dir
+    model_control_mode: str = "none"  # none: the models found at start; poll: follow models_dir while serving
+    repository_poll_seconds: float = 5.0  # poll: how often each worker looks at models_dir
     providers: tuple[str, ...] = ("auto",)
     precision: str = "auto"
     precision_tolerance: Tolerance = Tolerance()  # how far below FP32's card metrics a variant may be
@@ -130,6 +135,10 @@ def _parse(name: str, raw: Any, current: Any) -> Any:
     if isinstance(current, tuple):
         items = raw if isinstance(raw, list) else [s for s in str(raw).split(",")]
         return tuple(str(s).strip() for s in items if str(s).strip())
+    if name == "model_control_mode" and raw not in CONTROL_MODES:
+        raise ValueError(f"model_control_mode must be one of {', '.join(CONTROL_MODES)}, not {raw!r}")
+    if name == "repository_poll_seconds" and float(raw) <= 0:
+        raise ValueError(f"repository_poll_seconds must be positive, not {raw!r}")
     if name == "cudnn_conv_algo_search" and str(raw).upper() not in CUDNN_SEARCH_MODES:
         raise ValueError(f"cudnn_conv_algo_search must be one of {', '.join(CUDNN_SEARCH_MODES)}, not {raw!r}")
     if name == "cudnn_conv_algo_search":

@@ -8,9 +8,10 @@ thing. The inference core reaches it only through ``core.Host``: ``infer``,
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -66,26 +67,42 @@ class ModelHost:
         self.failures: dict[str, str] = {}
         self.precision_choices: dict[str, PrecisionChoice] = {}  # per version key, where chosen by measurement
         self.degraded: dict[str, str] = {}  # per version key: why it serves on another provider than asked
-        cache_dir = settings.tensorrt_cache_dir
         for model in repository.versions():
-            self.load(model, cache_dir)
+            self.load(model)
         self.status = self.describe()
 
-    def load(self, model: ModelVersion, cache_dir: Path) -> None:
+    def load(self, model: ModelVersion) -> bool:
+        """Load, check and warm ``model`` and put it behind its batcher; False (and the reason recorded) if refused."""
+        return self.install(model, self.prepare(model))
+
+    def prepare(self, model: ModelVersion) -> tuple[LoadedModel, dict[int, float], ModelRunner] | str:
+        """The model's session, warm-up timings and runner, or why it is refused. Touches nothing requests read,
+        so it can run in a thread while the worker serves (lifecycle.py)."""
         settings = self.settings
-        labels = (model.name, str(model.version))
-        batching = settings.batching_for(model.name)
-        max_batch_size = batching.max_batch_size if settings.batching else 1
+        max_batch_size = settings.batching_for(model.name).max_batch_size if settings.batching else 1
+        cache_dir = settings.tensorrt_cache_dir
         try:
             loaded, warm_up = self.load_on(self.providers, model, max_batch_size, cache_dir)
             if loaded.providers[0] != self.providers[0]:
                 loaded, warm_up = self.fall_back(model, loaded, max_batch_size, cache_dir)
-            runner = self.runner(loaded, warm_up, cache_dir)
+            return loaded, warm_up, self.runner(loaded, warm_up, cache_dir)
         except (ModelInvalid, ValueError) as exc:
-            self.failures[model.key] = str(exc)
+            return str(exc)
+
+    def install(self, model: ModelVersion, prepared: tuple[LoadedModel, dict[int, float], ModelRunner] | str) -> bool:
+        """Make a prepared model servable (or record its refusal): on the event loop, in one go."""
+        settings = self.settings
+        labels = (model.name, str(model.version))
+        batching = settings.batching_for(model.name)
+        max_batch_size = batching.max_batch_size if settings.batching else 1
+        if isinstance(prepared, str):
+            self.failures[model.key] = prepared
             self.metrics.model_ready.labels(*labels).set(0)
-            log.error("model %s refused: %s", model.key, exc)
-            return
+            log.error("model %s refused: %s", model.key, prepared)
+            self.status = self.describe()
+            return False
+        loaded, warm_up, runner = prepared
+        self.failures.pop(model.key, None)
         self.loaded[model.key] = loaded
         self.metrics.model_ready.labels(*labels).set(1)
         self.metrics.model_precision.labels(*labels, loaded.variant).set(1)
@@ -115,6 +132,24 @@ class ModelHost:
             ", ".join(f"batch {size} {1000 * seconds:.2f} ms" for size, seconds in warm_up.items() if size in (1, max_batch_size)),
             runner.inline_up_to, SOLO_MAX_BATCH if runner.solo else 0,
         )
+        self.status = self.describe()
+        return True
+
+    async def unload(self, model: ModelVersion, patience_s: float) -> None:
+        """Stop serving a version that requests can no longer reach: let its batcher finish what is queued (up to
+        ``patience_s``; requests still waiting then get their deadline's answer), then drop its session."""
+        batcher = self.batchers.get(model.key)
+        deadline = time.monotonic() + patience_s
+        while batcher and (batcher.queue or not batcher.idle) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self.batchers.pop(model.key, None)
+        self.loaded.pop(model.key, None)
+        self.failures.pop(model.key, None)
+        self.precision_choices.pop(model.key, None)
+        self.degraded.pop(model.key, None)
+        self.metrics.model_ready.labels(model.name, str(model.version)).set(0)
+        self.status = self.describe()
+        log.info("model %s unloaded", model.key)
 
     def load_on(
         self, providers: list[str], model: ModelVersion, max_batch_size: int, cache_dir: Path
@@ -207,7 +242,7 @@ class ModelHost:
     def describe(self) -> dict:
         """Per model version: ready or failed (with the reason), provider and precision.
 
-        Fixed once loading is over, so it is built once and then only read.
+        Built again only when a model is installed or unloaded; requests only read it.
         """
         statuses = {key: {"status": "failed", "reason": reason} for key, reason in self.failures.items()}
         for key, loaded in self.loaded.items():

@@ -11,6 +11,7 @@ risk) and answers 500 to binary data in an unexpected field.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 
@@ -23,6 +24,7 @@ from .config import Settings
 from .core import InferenceCore
 from .errors import InvalidInput, ServiceError
 from .http_common import error_response, read_body, timeout_ms
+from .lifecycle import RepositoryPoller
 from .multipart import parse_form
 from .openapi import openapi_document
 from .postprocess import describe
@@ -166,18 +168,23 @@ async def list_models(request: Request) -> JSONResponse:
 
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette):
-    """Run the gRPC server for as long as this worker lives; refuse connections from SIGTERM on."""
+    """Run the gRPC server (and, in poll mode, the repository poller) for as long as this worker lives; refuse
+    connections from SIGTERM on."""
     stop_listening_on_sigterm()
     settings = app.state.core.settings
-    if not settings.grpc_enabled:
-        yield
-        return
-    server = GrpcServer(app.state.dataplane, settings)
-    await server.start()
+    poller = None
+    if settings.model_control_mode == "poll":
+        poller = asyncio.create_task(RepositoryPoller(settings, app.state.core).run(), name="repository poller")
+    server = GrpcServer(app.state.dataplane, settings) if settings.grpc_enabled else None
+    if server:
+        await server.start()
     try:
         yield
     finally:
-        await server.stop()
+        if server:
+            await server.stop()
+        if poller:
+            poller.cancel()
 
 
 def serve_core(app: Starlette, core: InferenceCore) -> None:

@@ -8,7 +8,7 @@ check failed, 2 the run could not start), which Locust uses as its exit code.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import gevent
@@ -77,7 +77,7 @@ def prepare(environment, **_) -> None:
     try:
         if not environment.host:
             raise SetupError("no host: pass --host http://127.0.0.1:3000 (or set it in the web UI)")
-        target = discover(environment.host, options.model, options.api_key)
+        target = replace(discover(environment.host, options.model, options.api_key), later_versions=options.rolling)
         current.workload = build_workload(target, options.files_per_batch, options.tensor_batch)
         current.setup_error = None
         environment.stats.reset_all()  # so req/s counts from the first request, not from before the preparation

@@ -23,6 +23,8 @@ def add_options(parser) -> None:
         help="follow a stage table (loadtests/scenarios/stages.py) instead of -u/-r",
     )
     parser.add_argument("--files-per-batch", type=int, default=4, help="image files per POST /predict_batch")
+    parser.add_argument("--rolling", action="store_true", default=False,
+                        help="a new version may start serving during the run: answers from it are right too")
     parser.add_argument("--tensor-batch", type=int, default=1, help="images per V2 / gRPC request")
     parser.add_argument(
         "--max-requests", type=int, default=0, include_in_web_ui=False,

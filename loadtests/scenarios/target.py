@@ -27,6 +27,7 @@ class ModelTarget:
     width: int
     labels: tuple[str, ...]
     has_boxes: bool
+    later_versions: bool = False  # a rollout is running: answers from a newer version are right too
 
     def class_index(self, digit: int) -> int:
         """Where the model puts a digit among its labels."""

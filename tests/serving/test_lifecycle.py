@@ -1,0 +1,107 @@
+"""Models that change while the server runs (``model_control_mode: poll``): a new version folder serves within
+a few polls, once loaded, checked and warmed; a broken one is refused with its reason while the version before it
+keeps serving; a removed one can no longer be reached. A real server with two workers, each converging on its own;
+every request on a new connection, so both answer."""
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import httpx
+
+from loadtests.digit_images import digit_files
+from loadtests.local_server import REPO_ROOT, running_server
+from tests.committed import VERSIONS
+
+MODEL = "lenet5-digits"
+
+
+def answered_versions(server, requests: int = 12, version: int | None = None) -> set[int]:
+    png = digit_files(1, 32, count=1)[0].data
+    query = f"?model={MODEL}" + (f"&version={version}" if version else "")
+    versions = set()
+    for _ in range(requests):
+        response = httpx.post(f"{server.url}/predict{query}", files={"image": ("digit.png", png)}, timeout=30)
+        assert response.status_code == 200, response.text
+        versions.add(response.json()["version"])
+    return versions
+
+
+def wait_for(condition, seconds: float = 15.0):
+    deadline = time.monotonic() + seconds
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"not within {seconds} s"
+        time.sleep(0.25)
+    return result
+
+
+def listed(server) -> list[dict]:
+    (entry,) = [m for m in httpx.get(f"{server.url}/models", timeout=30).json()["models"] if m["name"] == MODEL]
+    return entry["versions"]
+
+
+def refusal(server, key: str) -> str | None:
+    listing = httpx.get(f"{server.url}/models", timeout=30).json()
+    return next((f["reason"] for f in listing["failed"] if f["model"] == key), None)
+
+
+def test_versions_come_and_go_with_their_folders(repo_copy, tmp_path):
+    old = VERSIONS[MODEL]
+    repo_copy(MODEL)
+    settings = {"models_dir": str(repo_copy.root), "workers": "2", "threads": "1", "model_control_mode": "poll",
+                "repository_poll_seconds": "0.5"}
+    with running_server(tmp_path, **settings) as server:
+        assert answered_versions(server) == {old}
+
+        repo_copy(MODEL, as_version=old + 1)
+        wait_for(lambda: answered_versions(server) == {old + 1})
+
+        broken = repo_copy(MODEL, as_version=old + 2)
+        with (broken / "model.onnx").open("r+b") as model:
+            model.seek(-16, 2)
+            model.write(b"\0" * 16)
+        assert "sha256" in wait_for(lambda: refusal(server, f"{MODEL}/{old + 2}"))
+        assert answered_versions(server) == {old + 1}  # the broken version never took traffic
+
+        shutil.rmtree(repo_copy.root / MODEL / str(old + 1))
+        wait_for(lambda: answered_versions(server) == {old})
+        gone = httpx.post(f"{server.url}/predict?model={MODEL}&version={old + 1}",
+                          files={"image": ("digit.png", digit_files(1, 32, count=1)[0].data)}, timeout=30)
+        assert gone.status_code == 404 and f"no version {old + 1}" in gone.json()["error"]
+
+
+def test_a_roll_under_load_loses_no_request(repo_copy, tmp_path):
+    """The Locust gate (8 users, /predict and gRPC) runs while a new version is copied in, then a corrupt one, then
+    the old version's folder is removed: no request fails, the answers move to the new version within 15 s, the
+    corrupt one is refused while the new keeps serving, and the old one drains and goes."""
+    old = VERSIONS[MODEL]
+    repo_copy(MODEL)
+    settings = {"models_dir": str(repo_copy.root), "workers": "2", "threads": "1", "model_control_mode": "poll",
+                "repository_poll_seconds": "0.5"}
+    (tmp_path / "server").mkdir()
+    with running_server(tmp_path / "server", **settings) as server:
+        out = tmp_path / "gate"
+        command = [sys.executable, "-m", "loadtests.gate", "--host", server.url, "--grpc", server.grpc_address,
+                   "--model", MODEL, "--scenario", "predict,grpc", "--users", "8", "--run-time", "20s",
+                   "--rolling", "--max-failure-ratio", "0", "--out", str(out)]
+        gate = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            time.sleep(4)
+            repo_copy(MODEL, as_version=old + 1)
+            copied = time.monotonic()
+            wait_for(lambda: answered_versions(server, requests=6) == {old + 1})
+            assert time.monotonic() - copied < 15
+            broken = repo_copy(MODEL, as_version=old + 2)
+            (broken / "model.onnx").write_bytes(b"not a model")
+            wait_for(lambda: refusal(server, f"{MODEL}/{old + 2}"))
+            assert answered_versions(server, requests=6) == {old + 1}
+            shutil.rmtree(repo_copy.root / MODEL / str(old))  # the old version drains and goes
+            wait_for(lambda: [v["version"] for v in listed(server)] == [old + 1])
+            output, _ = gate.communicate(timeout=180)
+        finally:
+            gate.kill()
+        summary = json.loads((out / "summary.json").read_text())
+        assert gate.returncode == 0 and summary["passed"], output[-3000:]
+        assert summary["total"]["failures"] == 0 and all(r["requests"] > 0 for r in summary["requests"])
