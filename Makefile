@@ -5,19 +5,24 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 3000
 
-.PHONY: serve test setup setup-test models variants accuracy bench-models bench gpu-check profile protos soak container-check clean
+.PHONY: serve test setup setup-test lock models variants accuracy bench-models bench gpu-check profile protos soak container-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
 setup: $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[cpu,variants]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[cpu,variants]'
 
 TRITON_VENV := .venv-triton
 
+# constraints.txt again from what .venv holds now (after a dependency change has passed make test).
+lock: setup-test
+	{ sed -n '1,3p' constraints.txt; $(BIN)/pip freeze --all --exclude-editable | grep -v '^torch==' | sort -f; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
 setup-test: $(BIN)/python $(TRITON_VENV)/bin/perf_analyzer
-	$(BIN)/pip install --quiet -e '.[cpu,train,test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[cpu,train,test]'
 	@command -v promtool >/dev/null || { \
 		command -v apt-get >/dev/null || { echo "the tests need Debian's prometheus (prometheus, promtool)"; exit 1; }; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; }

@@ -1,13 +1,18 @@
 """The installed package: `pip install .` puts one name, `cnnserve`, at the top level of site-packages,
-and the serving side imports nothing of the training side (the container carries no torch)."""
+the serving side imports nothing of the training side (the container carries no torch), and installs are pinned."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 import sys
+import tomllib
 import venv
 from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from loadtests.local_server import REPO_ROOT
 
@@ -45,3 +50,25 @@ def test_serving_runs_without_the_training_side() -> None:
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=REPO_ROOT).stdout.strip()
     assert loaded == ""
+
+
+def test_setup_installs_under_constraints_that_every_requirement_allows() -> None:
+    """Reproducible installs: make setup and make setup-test pin every package to constraints.txt, and each pin
+    satisfies what pyproject.toml asks (a requirement changed without `make lock` fails here)."""
+    pins = {}
+    for line in (REPO_ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = Version(version)
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    for text in [*project["dependencies"], *(r for extra in ("cpu", "variants", "train", "test") for r in extras[extra])]:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        if name in ("cnnserve", "torch"):  # itself; torch resolves to a different build per machine
+            continue
+        assert name in pins, f"{name} is not pinned in constraints.txt: run make lock"
+        assert requirement.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} against {text}"
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    for extras_installed in ("'.[cpu,variants]'", "'.[cpu,train,test]'"):
+        assert f"pip install --quiet -c constraints.txt -e {extras_installed}" in makefile
