@@ -27,7 +27,7 @@ from .patches import allowed
 from .patches.bentoml_asgi import promised_middlewares, wrap_service_app
 from .patches.circus_sockets import listen_on_own_socket, spread_connections
 from .patches.uvicorn_writes import coalesce_responses
-from .repository import discover
+from .lifecycle import initial_repository
 from .routes import build_rest_app, serve_core
 from .runtime import usable_gpus
 
@@ -48,7 +48,7 @@ configure_logging()
 settings = load_settings()
 if settings.spread_connections and allowed("circus") and allowed("bentoml"):
     spread_connections()  # takes effect in the arbiter, which imports this before it binds the HTTP port
-repository = discover(settings.models_dir, settings.serve)
+repository = initial_repository(settings)
 rest_app = build_rest_app()
 
 

@@ -40,7 +40,7 @@ from .precision import Tolerance
 ENV_PREFIX = "CNNSERVE_"
 DEFAULT_CONFIG_FILE = "cnnserve.yaml"
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
-CONTROL_MODES = ("none", "poll")  # Triton's names; its explicit mode (load through the API) is not built yet
+CONTROL_MODES = ("none", "poll", "explicit")  # Triton's names
 CUDNN_SEARCH_MODES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")  # ONNX Runtime's cudnn_conv_algo_search values
 
 
@@ -55,7 +55,9 @@ class Batching:
 class Settings:
     models_dir: Path = Path("models")
     serve: tuple[str, ...] = ()  # empty: every model in models_dir
-    model_control_mode: str = "none"  # none: the models found at start; poll: follow models_dir while serving
+    # none: the models found at start; poll: follow models_dir while serving; explicit: the models asked for
+    # through the repository API (and serve at start)
+    model_control_mode: str = "none"
     repository_poll_seconds: float = 5.0  # poll: how often each worker looks at models_dir
     providers: tuple[str, ...] = ("auto",)
     precision: str = "auto"

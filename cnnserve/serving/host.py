@@ -48,6 +48,7 @@ class ModelHost:
         """``worker_index``: this worker's place among the server's (0 to workers - 1), which spreads the
         workers' borrowed cores (runner.py)."""
         self.settings = settings
+        self.worker_index = worker_index
         self.metrics = ModelMetrics()
         available = ort.get_available_providers()
         preload_gpu_libraries(available)

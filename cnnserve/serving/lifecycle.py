@@ -1,4 +1,4 @@
-"""Models that change while the server runs (``model_control_mode: poll``, Triton's name).
+"""Models that change while the server runs: ``model_control_mode`` ``poll`` and ``explicit`` (Triton's names).
 
 Every ``repository_poll_seconds`` each worker reads the cards under ``models_dir`` again and converges on what it
 finds, on its own (each worker holds its own sessions, so there is nothing to coordinate):
@@ -9,6 +9,10 @@ finds, on its own (each worker holds its own sessions, so there is nothing to co
   shows in ``GET /models`` and the log, and the version before it keeps serving.
 - a version whose folder is gone leaves the repository first (no new request can reach it; asked for by number
   it is a 404 naming the versions left), then its batcher answers what it had queued, then its session is freed.
+
+In ``explicit`` mode the same steps follow the models an operator asked for through the repository API
+(control.py) instead of everything in the folder: the poller looks at that request every ``EXPLICIT_POLL_S`` and,
+when it changed, reads those models' folders and reports back.
 
 A version that serves is read once: to change one, give it a new number. A refused one is tried again when its
 files change (a folder still being copied in is refused, then loaded once the copy is whole); copying to a
@@ -22,10 +26,19 @@ import logging
 from pathlib import Path
 
 from .config import Settings
+from .control import ControlFile
 from .core import InferenceCore
-from .repository import ModelVersion, discover
+from .repository import ModelVersion, Repository, discover
 
 log = logging.getLogger("cnnserve.lifecycle")
+EXPLICIT_POLL_S = 0.1
+
+
+def initial_repository(settings: Settings) -> Repository:
+    """What a worker loads at start: in explicit mode only the models ``serve`` names (none if it names none)."""
+    if settings.model_control_mode == "explicit" and not settings.serve:
+        return Repository(settings.models_dir)
+    return discover(settings.models_dir, settings.serve)
 
 
 def folder_signature(folder: Path) -> tuple:
@@ -45,15 +58,38 @@ class RepositoryPoller:
         self.refused: dict[str, tuple] = {}  # version key -> its folder's signature when it was refused
 
     async def run(self) -> None:
+        if self.settings.model_control_mode == "explicit":
+            return await self.follow(ControlFile.for_this_server())
         while True:
             await asyncio.sleep(self.settings.repository_poll_seconds)
             try:
-                await self.poll()
+                await self.poll(self.settings.serve)
             except Exception:  # a bad poll is logged; the next one tries again
                 log.exception("polling %s failed", self.settings.models_dir)
 
-    async def poll(self) -> None:
-        found = await asyncio.to_thread(discover, self.settings.models_dir, self.settings.serve)
+    async def follow(self, control: ControlFile) -> None:
+        """Explicit mode: converge on the models asked for whenever that request changes, and report back."""
+        control.start(self.settings.serve)
+        applied = None
+        while True:
+            generation, names = control.wanted()
+            if generation != applied:
+                try:
+                    await self.poll(tuple(names), everything_if_empty=False)
+                except Exception:  # the report still goes out: the caller waits for it
+                    log.exception("applying the models asked for (%s) failed", ", ".join(names))
+                serving = sorted({v.name for v in self.repository.versions()})
+                refused = {k: r for k, r in self.host.failures.items() if k.split("/")[0] in names}
+                control.report(self.host.worker_index, generation, serving, refused)
+                applied = generation
+            await asyncio.sleep(EXPLICIT_POLL_S)
+
+    async def poll(self, names: tuple[str, ...], everything_if_empty: bool = True) -> None:
+        """Converge on the versions under ``models_dir`` of ``names`` (every model when empty, unless told not)."""
+        if names or everything_if_empty:
+            found = await asyncio.to_thread(discover, self.settings.models_dir, names)
+        else:
+            found = Repository(self.settings.models_dir)
         found_keys = {v.key for v in found.versions()}
         for version in found.versions():
             if version.key in self.host.loaded:

@@ -173,7 +173,7 @@ async def lifespan(app: Starlette):
     stop_listening_on_sigterm()
     settings = app.state.core.settings
     poller = None
-    if settings.model_control_mode == "poll":
+    if settings.model_control_mode != "none":
         poller = asyncio.create_task(RepositoryPoller(settings, app.state.core).run(), name="repository poller")
     server = GrpcServer(app.state.dataplane, settings) if settings.grpc_enabled else None
     if server:

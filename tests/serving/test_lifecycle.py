@@ -13,6 +13,7 @@ import httpx
 
 from loadtests.digit_images import digit_files
 from loadtests.local_server import REPO_ROOT, running_server
+from loadtests.triton_tools import TRITON_PYTHON, require
 from tests.committed import VERSIONS
 
 MODEL = "lenet5-digits"
@@ -105,3 +106,39 @@ def test_a_roll_under_load_loses_no_request(repo_copy, tmp_path):
         summary = json.loads((out / "summary.json").read_text())
         assert gate.returncode == 0 and summary["passed"], output[-3000:]
         assert summary["total"]["failures"] == 0 and all(r["requests"] > 0 for r in summary["requests"])
+
+
+def test_explicit_mode_loads_and_unloads_in_every_worker_through_the_repository_api(repo_copy, tmp_path):
+    """Triton's repository extension: nothing loads at start but what ``serve`` names; an unload or a load through
+    the API answers once every worker has done it (requests on new connections reach both workers)."""
+    repo_copy(MODEL)
+    repo_copy("resnet18-digits")
+    settings = {"models_dir": str(repo_copy.root), "workers": "2", "threads": "1", "model_control_mode": "explicit",
+                "serve": MODEL}
+    with running_server(tmp_path, **settings) as server:
+        states = {e["name"]: e["state"] for e in httpx.post(f"{server.url}/v2/repository/index", timeout=30).json()}
+        assert states == {MODEL: "READY", "resnet18-digits": "UNAVAILABLE"}  # in the folder, not asked for
+
+        assert httpx.post(f"{server.url}/v2/repository/models/{MODEL}/unload", timeout=60).status_code == 200
+        for _ in range(8):
+            assert predict_status(server) == 404
+        assert httpx.post(f"{server.url}/v2/repository/models/{MODEL}/load", timeout=300).status_code == 200
+        assert answered_versions(server) == {VERSIONS[MODEL]}
+
+        missing = httpx.post(f"{server.url}/v2/repository/models/nope/load", timeout=30)
+        assert missing.status_code == 404 and "nope" in missing.json()["error"]
+        result = subprocess.run([str(require(TRITON_PYTHON)), str(REPO_ROOT / "tests/serving/v2/tritonclient_repository.py"),
+                                 server.url.removeprefix("http://"), server.grpc_address, MODEL],
+                                capture_output=True, text=True, timeout=600, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.count("PASS") == 2
+
+
+def test_without_explicit_mode_the_repository_api_refuses_to_load(server):
+    answer = httpx.post(f"{server.url}/v2/repository/models/{MODEL}/unload", timeout=30)
+    assert answer.status_code == 400 and "model_control_mode: explicit" in answer.json()["error"]
+
+
+def predict_status(server) -> int:
+    return httpx.post(f"{server.url}/predict?model={MODEL}", files={"image": ("digit.png", digit_files(1, 32, count=1)[0].data)},
+                      timeout=30).status_code

@@ -15,21 +15,24 @@ normalized to the input tensor, or for ``image_bytes`` to each image file.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Awaitable, Callable
 
 import numpy as np
 
 from ... import __version__
 from ...contract.card import BOXES, INPUT_NAME, PROBABILITIES
+from ..control import ControlFile
 from ..core import SERVING, InferenceCore, TensorResult
-from ..errors import InvalidInput
+from ..errors import InvalidInput, ModelNotFound, ModelUnavailable
 from ..repository import ModelVersion
 from .statistics import model_statistics
 from .tensors import BYTES, Tensor
 
 IMAGE_BYTES = "image_bytes"
 SERVER_NAME = "cnnserve"
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository"]
+CONTROL_TIMEOUT_S = 300.0  # loading includes warm-up; every worker loads at once
 PLATFORM = "onnxruntime_onnx"
 
 Compute = Callable[[ModelVersion, np.ndarray, float], Awaitable[TensorResult]]
@@ -62,12 +65,61 @@ class DataPlane:
         """Ready: a worker answers only once every model version has been loaded and warmed, or refused."""
         return True
 
+    def repository_index(self, ready_only: bool = False) -> list[dict]:
+        """Triton's repository index: every version this worker serves or refused, and in explicit mode every
+        other model folder as unloaded."""
+        entries = [{"name": v.name, "version": str(v.version),
+                    "state": "READY" if self.core.host.status[v.key]["status"] in SERVING else "UNAVAILABLE",
+                    "reason": self.core.host.status[v.key]["reason"] or ""} for v in self.repository.versions()]
+        for key, reason in self.repository.failures.items():
+            name, _, version = key.partition("/")
+            entries.append({"name": name, "version": version, "state": "UNAVAILABLE", "reason": reason})
+        listed = {e["name"] for e in entries}
+        if self.core.settings.model_control_mode == "explicit" and self.repository.root.is_dir():
+            entries += [{"name": p.name, "version": "", "state": "UNAVAILABLE", "reason": "unloaded"}
+                        for p in sorted(self.repository.root.iterdir())
+                        if p.is_dir() and not p.name.startswith(".") and p.name not in listed]
+        return [e for e in entries if e["state"] == "READY"] if ready_only else entries
+
+    async def load(self, name: str) -> None:
+        """Serve ``name`` (its versions in the folder) in every worker; returns once all have, or raises with what
+        each refused."""
+        reports = await self.control(name, lambda names: names | {name})
+        problems = [f"{key}: {reason}" for r in reports for key, reason in r["refused"].items()
+                    if key.split("/")[0] == name]
+        if problems or not all(name in r["serving"] for r in reports):
+            raise InvalidInput(f"model {name!r} was not loaded: {'; '.join(sorted(set(problems))) or 'no version serves'}")
+
+    async def unload(self, name: str) -> None:
+        """Stop serving ``name`` in every worker (queued requests are answered first); returns once all have."""
+        await self.control(name, lambda names: names - {name})
+
+    async def control(self, name: str, change) -> list[dict]:
+        settings = self.core.settings
+        if settings.model_control_mode != "explicit":
+            raise InvalidInput(f"loading and unloading models needs model_control_mode: explicit "
+                               f"(this server runs {settings.model_control_mode!r})")
+        if not name or name.startswith(".") or "/" in name or not (settings.models_dir / name).is_dir():
+            raise ModelNotFound(f"no model {name!r} in the model repository {settings.models_dir}")
+        control = ControlFile.for_this_server()
+        generation = await asyncio.to_thread(control.ask, change)
+        try:
+            return await control.settled(generation, CONTROL_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise ModelUnavailable(str(exc)) from None
+
     def statistics(self, name: str | None = None, version: str | int | None = None) -> dict:
         """Triton's statistics for every model (no name), one model, or one version (statistics.py)."""
         return model_statistics(self.repository, name or None, parse_version(version))
 
     async def model_ready(self, name: str, version: str | int | None = None) -> bool:
-        model = self.repository.resolve(name, parse_version(version))
+        """Whether the version serves; a model in the repository's folder that is not loaded is simply not ready."""
+        try:
+            model = self.repository.resolve(name, parse_version(version))
+        except ModelNotFound:
+            if name and not name.startswith(".") and "/" not in name and (self.repository.root / name).is_dir():
+                return False
+            raise
         return self.core.host.status[model.key]["status"] in SERVING
 
     def model_metadata(self, name: str, version: str | int | None = None) -> dict:

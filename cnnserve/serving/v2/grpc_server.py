@@ -123,6 +123,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await abort(context, exc)
         return json_format.ParseDict(statistics, pb.ModelStatisticsResponse())
 
+    async def RepositoryIndex(self, request, context):
+        models = self.plane.repository_index(request.ready)
+        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**m) for m in models])
+
+    async def RepositoryModelLoad(self, request, context):
+        try:
+            await self.plane.load(request.model_name)
+        except ServiceError as exc:
+            await abort(context, exc)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request, context):
+        try:
+            await self.plane.unload(request.model_name)
+        except ServiceError as exc:
+            await abort(context, exc)
+        return pb.RepositoryModelUnloadResponse()
+
     async def ModelInfer(self, request, context):
         try:
             model, outputs, timings = await self.plane.infer(

@@ -209,12 +209,40 @@ async def statistics(request: Request) -> Response:
         return error(exc)
 
 
+async def repository_index(request: Request) -> Response:
+    body = await request.body()
+    try:
+        ready = bool(json.loads(body).get("ready", False)) if body.strip() else False
+    except (ValueError, AttributeError):
+        return error(InvalidInput("the index request's body must be a JSON object such as {\"ready\": true}"))
+    return JSONResponse(plane(request).repository_index(ready))
+
+
+async def repository_load(request: Request) -> Response:
+    return await repository_change(request, plane(request).load)
+
+
+async def repository_unload(request: Request) -> Response:
+    return await repository_change(request, plane(request).unload)
+
+
+async def repository_change(request: Request, change) -> Response:
+    try:
+        await change(request.path_params["name"])
+    except ServiceError as exc:
+        return error(exc)
+    return JSONResponse({})
+
+
 def v2_routes() -> list[Route]:
     routes = [
         Route("/v2", server_metadata, methods=["GET"]),
         Route("/v2/health/live", server_live, methods=["GET"]),
         Route("/v2/health/ready", server_ready, methods=["GET"]),
         Route("/v2/models/stats", statistics, methods=["GET"]),  # before /v2/models/{name}, which it would match
+        Route("/v2/repository/index", repository_index, methods=["POST"]),
+        Route("/v2/repository/models/{name}/load", repository_load, methods=["POST"]),
+        Route("/v2/repository/models/{name}/unload", repository_unload, methods=["POST"]),
     ]
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         routes += [

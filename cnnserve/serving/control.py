@@ -1,0 +1,85 @@
+"""Explicit model control across a server's workers (``model_control_mode: explicit``, Triton's name).
+
+The models an operator has asked for live in one small file that every worker of the server reads: a folder
+named after the arbiter process (every worker's parent), so two servers on one machine never share one. A load or
+unload through the API rewrites it (under a lock, a new generation each time, replaced by rename so no worker
+reads half of it); each worker's poller (lifecycle.py) converges on it and reports what it now serves beside it.
+The API answers once every worker has reported that generation, with the failures each one met.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+WANTED, LOCK = "wanted.json", "wanted.lock"
+
+
+class ControlFile:
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    @classmethod
+    def for_this_server(cls) -> ControlFile:
+        folder = Path(tempfile.gettempdir()) / f"cnnserve-control-{os.getppid()}"
+        folder.mkdir(exist_ok=True)
+        return cls(folder)
+
+    def start(self, names: tuple[str, ...]) -> None:
+        """The models asked for at start (``serve``), unless another worker of this server wrote them already."""
+        with self.locked():
+            if not (self.folder / WANTED).exists():
+                self.write(0, sorted(names))
+
+    def wanted(self) -> tuple[int, list[str]]:
+        data = json.loads((self.folder / WANTED).read_text())
+        return data["generation"], data["models"]
+
+    def ask(self, change: Callable[[set[str]], set[str]]) -> int:
+        """Change the models asked for; the new generation, which the workers' reports will carry."""
+        with self.locked():
+            generation, names = self.wanted()
+            self.write(generation + 1, sorted(change(set(names))))
+            return generation + 1
+
+    def write(self, generation: int, names: list[str]) -> None:
+        staged = self.folder / f".{WANTED}.{os.getpid()}"
+        staged.write_text(json.dumps({"generation": generation, "models": names}))
+        staged.replace(self.folder / WANTED)
+
+    @contextlib.contextmanager
+    def locked(self):
+        with open(self.folder / LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def report(self, worker: int, generation: int, serving: list[str], refused: dict[str, str]) -> None:
+        staged = self.folder / f".worker-{worker}.json"
+        staged.write_text(json.dumps({"pid": os.getpid(), "generation": generation, "serving": serving,
+                                      "refused": refused}))
+        staged.replace(self.folder / f"worker-{worker}.json")
+
+    def reports(self) -> list[dict]:
+        return [json.loads(p.read_text()) for p in sorted(self.folder.glob("worker-*.json"))]
+
+    async def settled(self, generation: int, timeout_s: float) -> list[dict]:
+        """Every worker's report once each has reached ``generation`` (or TimeoutError naming those behind)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            reports = self.reports()
+            behind = [r["pid"] for r in reports if r["generation"] < generation]
+            if reports and not behind:
+                return reports
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker process(es) {behind} did not apply the change within {timeout_s:.0f} s")
+            await asyncio.sleep(0.05)
