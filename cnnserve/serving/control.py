@@ -1,7 +1,7 @@
 """Explicit model control across a server's workers (``model_control_mode: explicit``, Triton's name).
 
 The models an operator has asked for live in one small file that every worker of the server reads: a folder
-named after the arbiter process (every worker's parent), so two servers on one machine never share one. A load or
+named after the arbiter process (every worker's parent) and the repository's path. A load or
 unload through the API rewrites it (under a lock, a new generation each time, replaced by rename so no worker
 reads half of it); each worker's poller (lifecycle.py) converges on it and reports what it now serves beside it.
 The API answers once every worker has reported that generation, with the failures each one met.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import tempfile
@@ -27,8 +28,10 @@ class ControlFile:
         self.folder = folder
 
     @classmethod
-    def for_this_server(cls) -> ControlFile:
-        folder = Path(tempfile.gettempdir()) / f"cnnserve-control-{os.getppid()}"
+    def for_this_server(cls, models_dir: Path) -> ControlFile:
+        """The folder of this server: its arbiter's process id, and its repository (two servers never share)."""
+        repository = hashlib.sha256(str(models_dir.resolve()).encode()).hexdigest()[:12]
+        folder = Path(tempfile.gettempdir()) / f"cnnserve-control-{os.getppid()}-{repository}"
         folder.mkdir(exist_ok=True)
         return cls(folder)
 

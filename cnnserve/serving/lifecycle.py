@@ -59,7 +59,7 @@ class RepositoryPoller:
 
     async def run(self) -> None:
         if self.settings.model_control_mode == "explicit":
-            return await self.follow(ControlFile.for_this_server())
+            return await self.follow(ControlFile.for_this_server(self.settings.models_dir))
         while True:
             await asyncio.sleep(self.settings.repository_poll_seconds)
             try:

@@ -101,7 +101,7 @@ class DataPlane:
                                f"(this server runs {settings.model_control_mode!r})")
         if not name or name.startswith(".") or "/" in name or not (settings.models_dir / name).is_dir():
             raise ModelNotFound(f"no model {name!r} in the model repository {settings.models_dir}")
-        control = ControlFile.for_this_server()
+        control = ControlFile.for_this_server(settings.models_dir)
         generation = await asyncio.to_thread(control.ask, change)
         try:
             return await control.settled(generation, CONTROL_TIMEOUT_S)
