@@ -17,7 +17,8 @@ import logging
 
 import bentoml
 
-from .auth import ApiKeyMiddleware, KeyCheck, load_digests
+from .auth import ApiKeyMiddleware
+from .auth import key_check as make_key_check
 from .body_limit import BodyLimit
 from .config import load_settings
 from .core import InferenceCore
@@ -69,7 +70,7 @@ class CnnServe:
         return all(model.key in self.host.status for model in repository.versions())
 
 
-key_check = KeyCheck(load_digests(settings))
+key_check = make_key_check(settings)
 CnnServe.add_asgi_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 CnnServe.add_asgi_middleware(ApiKeyMiddleware, check=key_check, open_paths=settings.auth_open_paths)
 

@@ -7,12 +7,19 @@ line, ``#`` comments allowed: ``printf %s "$KEY" | sha256sum``). Clients send
 is hashed and compared with every stored digest in constant time. With no keys
 configured, nothing is checked. Health and metrics stay open by default
 (``auth_open_paths``; gRPC health and reflection are always open).
+
+Loading and unloading models (the repository API) takes an admin key (``admin_api_keys``,
+``admin_api_keys_file``) whenever any key is configured: a prediction key gets 403 /
+PERMISSION_DENIED there. An admin key also predicts. Each load or unload allowed is logged
+with the key's id (the first 12 hex digits of its SHA-256), never the key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -22,16 +29,22 @@ from starlette.responses import JSONResponse
 from .config import Settings
 
 OPEN_GRPC_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+ADMIN_PATH = re.compile(r"^/v2/repository/models/[^/]+/(load|unload)$")
+ADMIN_GRPC_METHODS = ("/inference.GRPCInferenceService/RepositoryModelLoad",
+                      "/inference.GRPCInferenceService/RepositoryModelUnload")
+ADMIN_ONLY = "loading and unloading models needs an admin key (admin_api_keys)"
+
+log = logging.getLogger("cnnserve.auth")
 
 
 def digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
-def load_digests(settings: Settings) -> list[bytes]:
-    digests = [digest(key) for key in settings.api_keys]
-    if settings.api_keys_file:
-        for number, line in enumerate(Path(settings.api_keys_file).read_text().splitlines(), 1):
+def load_digests(keys: tuple[str, ...], keys_file: str) -> list[bytes]:
+    digests = [digest(key) for key in keys]
+    if keys_file:
+        for number, line in enumerate(Path(keys_file).read_text().splitlines(), 1):
             line = line.split("#", 1)[0].strip()
             if not line:
                 continue
@@ -40,25 +53,44 @@ def load_digests(settings: Settings) -> list[bytes]:
             except ValueError:
                 value = b""
             if len(value) != 32:
-                raise ValueError(f"{settings.api_keys_file} line {number}: not a SHA-256 hex digest")
+                raise ValueError(f"{keys_file} line {number}: not a SHA-256 hex digest")
             digests.append(value)
     return digests
 
 
+def key_check(settings: Settings) -> KeyCheck:
+    return KeyCheck(load_digests(settings.api_keys, settings.api_keys_file),
+                    load_digests(settings.admin_api_keys, settings.admin_api_keys_file))
+
+
 class KeyCheck:
-    def __init__(self, digests: list[bytes]):
+    def __init__(self, digests: list[bytes], admin_digests: list[bytes] | None = None):
         self.digests = digests
+        self.admin_digests = admin_digests or []
 
     @property
     def enabled(self) -> bool:
-        return bool(self.digests)
+        return bool(self.digests or self.admin_digests)
 
-    def allows(self, authorization: str | None) -> bool:
-        """True for ``Bearer <key>`` with a known key; every digest is compared, no early exit."""
-        scheme, _, key = (authorization or "").partition(" ")
-        presented = digest(key.strip()) if scheme.lower() == "bearer" and key.strip() else b"\0" * 32
-        matches = [hmac.compare_digest(presented, known) for known in self.digests]
+    def allows(self, authorization: str | None, admin: bool = False) -> bool:
+        """True for ``Bearer <key>`` with a known key (an admin key, when ``admin``); every digest is compared, no
+        early exit."""
+        presented = self.presented(authorization)
+        known = self.admin_digests if admin else self.digests + self.admin_digests
+        matches = [hmac.compare_digest(presented, k) for k in known]
         return any(matches)
+
+    @staticmethod
+    def presented(authorization: str | None) -> bytes:
+        scheme, _, key = (authorization or "").partition(" ")
+        return digest(key.strip()) if scheme.lower() == "bearer" and key.strip() else b"\0" * 32
+
+    def admitted(self, authorization: str | None, what: str) -> bool:
+        """An admin key for ``what`` (a load or an unload), logged with the key's id."""
+        if not self.allows(authorization, admin=True):
+            return False
+        log.info("%s allowed for admin key %s", what, self.presented(authorization).hex()[:12])
+        return True
 
 
 def unauthorized() -> JSONResponse:
@@ -84,6 +116,8 @@ class ApiKeyMiddleware:
         authorization = headers.get(b"authorization", b"").decode("latin-1")
         if not self.check.allows(authorization):
             return await unauthorized()(scope, receive, send)
+        if ADMIN_PATH.match(scope["path"]) and not self.check.admitted(authorization, f"POST {scope['path']}"):
+            return await JSONResponse({"error": ADMIN_ONLY, "code": 403}, status_code=403)(scope, receive, send)
         return await self.app(scope, receive, send)
 
 
@@ -99,7 +133,16 @@ class GrpcKeyInterceptor(grpc.aio.ServerInterceptor):
         if not self.check.enabled or method.startswith(OPEN_GRPC_SERVICES):
             return await continuation(handler_call_details)
         metadata = dict(handler_call_details.invocation_metadata or ())
-        if self.check.allows(metadata.get("authorization")):
+        authorization = metadata.get("authorization")
+        if method in ADMIN_GRPC_METHODS and self.check.allows(authorization):
+            if self.check.admitted(authorization, method):
+                return await continuation(handler_call_details)
+
+            async def deny(request, context):
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, ADMIN_ONLY)
+
+            return grpc.unary_unary_rpc_method_handler(deny)
+        if self.check.allows(authorization):
             return await continuation(handler_call_details)
         self.refused(method)
 

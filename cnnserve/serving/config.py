@@ -96,6 +96,8 @@ class Settings:
     noop_route: bool = False
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # plain keys; hashed at start, never logged
     api_keys_file: str = ""  # one SHA-256 hex digest per line
+    admin_api_keys: tuple[str, ...] = field(default=(), repr=False)  # the repository API's load and unload
+    admin_api_keys_file: str = ""
     auth_open_paths: tuple[str, ...] = ("/livez", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready")
 
     def batching_for(self, model: str) -> Batching:

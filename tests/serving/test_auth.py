@@ -1,6 +1,6 @@
 """API keys: with keys configured, a request without a valid key gets 401 /
 UNAUTHENTICATED on every protocol and never reaches a model; health and
-metrics stay open; keys never reach the log."""
+metrics stay open; loading and unloading models takes an admin key; keys never reach the log."""
 
 import hashlib
 
@@ -10,12 +10,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cnnserve.serving.auth import KeyCheck, digest
+from cnnserve.serving.v2 import inference_pb2 as pb
 from cnnserve.serving.v2 import inference_pb2_grpc as pb_grpc
 from loadtests.local_server import running_server
 from tests.serving.helpers import GOOD, grpc_request, metric_total
 
 PLAIN_KEY = "plain-key-7d1f0c"
 FILE_KEY = "file-key-93ab22"
+ADMIN_KEY = "admin-key-4c2e91"
 
 
 def test_only_a_known_bearer_key_is_allowed():
@@ -29,12 +31,19 @@ def test_no_keys_means_no_check():
     assert not KeyCheck([]).enabled
 
 
+def test_an_admin_key_predicts_but_a_prediction_key_does_not_administer():
+    check = KeyCheck([digest("k1")], [digest("admin")])
+    assert check.allows("Bearer admin") and check.allows("Bearer k1")
+    assert check.allows("Bearer admin", admin=True) and not check.allows("Bearer k1", admin=True)
+    assert KeyCheck([], [digest("admin")]).enabled
+
+
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory):
     folder = tmp_path_factory.mktemp("secured")
     keys_file = folder / "keys.sha256"
     keys_file.write_text(f"# ops team\n{hashlib.sha256(FILE_KEY.encode()).hexdigest()}\n")
-    with running_server(folder, api_keys=PLAIN_KEY, api_keys_file=keys_file) as server:
+    with running_server(folder, api_keys=PLAIN_KEY, api_keys_file=keys_file, admin_api_keys=ADMIN_KEY) as server:
         yield server
 
 
@@ -97,7 +106,27 @@ def test_grpc_health_stays_open(secured):
     assert status == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_loading_and_unloading_take_an_admin_key_on_every_protocol(secured):
+    path = "/v2/repository/models/lenet5-digits/unload"
+    assert secured.client.post(path).status_code == 401
+    denied = secured.client.post(path, headers=bearer(PLAIN_KEY))
+    assert denied.status_code == 403 and "admin key" in denied.json()["error"]
+    # past the key check, this server (model_control_mode: none) refuses to unload
+    assert "model_control_mode: explicit" in secured.client.post(path, headers=bearer(ADMIN_KEY)).json()["error"]
+    assert secured.client.post("/v2/repository/index", headers=bearer(PLAIN_KEY)).status_code == 200
+    with grpc.insecure_channel(secured.grpc_address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        codes = []
+        for key in (PLAIN_KEY, ADMIN_KEY):
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="lenet5-digits"),
+                                           metadata=(("authorization", f"Bearer {key}"),))
+            codes.append(caught.value.code())
+    assert codes == [grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT]
+    assert f"allowed for admin key {hashlib.sha256(ADMIN_KEY.encode()).hexdigest()[:12]}" in secured.log()
+
+
 def test_keys_never_reach_the_log(secured):
     secured.client.post("/predict", files={"image": ("a.png", GOOD)}, headers=bearer(PLAIN_KEY))
     log = secured.log()
-    assert PLAIN_KEY not in log and FILE_KEY not in log
+    assert PLAIN_KEY not in log and FILE_KEY not in log and ADMIN_KEY not in log

@@ -16,7 +16,7 @@ from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ..auth import GrpcKeyInterceptor, KeyCheck, load_digests
+from ..auth import GrpcKeyInterceptor, key_check
 from ..config import Settings
 from ..errors import InvalidInput, ModelUnavailable, ServiceError
 from . import inference_pb2 as pb
@@ -178,7 +178,7 @@ class GrpcServer:
     async def start(self) -> None:
         limit = self.settings.grpc_max_message_bytes
         self.server = grpc.aio.server(
-            interceptors=[GrpcKeyInterceptor(KeyCheck(load_digests(self.settings)), self.count_refusal)],
+            interceptors=[GrpcKeyInterceptor(key_check(self.settings), self.count_refusal)],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
