@@ -24,11 +24,11 @@ from .config import load_settings
 from .core import InferenceCore
 from .fastlane import FastLane
 from .host import ModelHost
+from .lifecycle import initial_repository
 from .patches import allowed
 from .patches.bentoml_asgi import promised_middlewares, wrap_service_app
 from .patches.circus_sockets import listen_on_own_socket, spread_connections
 from .patches.uvicorn_writes import coalesce_responses
-from .lifecycle import initial_repository
 from .routes import build_rest_app, serve_core
 from .runtime import usable_gpus
 
