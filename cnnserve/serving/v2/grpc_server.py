@@ -128,18 +128,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**m) for m in models])
 
     async def RepositoryModelLoad(self, request, context):
-        try:
-            await self.plane.load(request.model_name)
-        except ServiceError as exc:
-            await abort(context, exc)
+        await self.change_repository(self.plane.load, request.model_name, context)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request, context):
+        await self.change_repository(self.plane.unload, request.model_name, context)
+        return pb.RepositoryModelUnloadResponse()
+
+    @staticmethod
+    async def change_repository(change, name: str, context) -> None:
         try:
-            await self.plane.unload(request.model_name)
+            await change(name)
         except ServiceError as exc:
             await abort(context, exc)
-        return pb.RepositoryModelUnloadResponse()
 
     async def ModelInfer(self, request, context):
         try:
