@@ -19,8 +19,9 @@ batching lives under ``models:`` in the YAML file::
     max_batch_size: 64                         # images per ONNX Runtime call
     max_queue_delay_ms: 0                      # wait this long to fill a batch (0: run when idle)
     max_queue_images: 1024                     # queued images per model and worker; beyond: 503
+    version_policy: all                        # or latest:N, specific:V1,V2 (Triton's version_policy)
     models:
-      lenet5-digits: {max_batch_size: 256, max_queue_delay_ms: 1}
+      lenet5-digits: {max_batch_size: 256, max_queue_delay_ms: 1, version_policy: "latest:1"}
 
 Every key is documented in ``docs/configuration.md``.
 """
@@ -52,12 +53,39 @@ class Batching:
 
 
 @dataclass(frozen=True)
+class VersionPolicy:
+    """Which of a model's versions serve (Triton's version_policy): ``all``, ``latest:N`` or ``specific:1,3``."""
+
+    text: str = "all"
+
+    def __post_init__(self):
+        kind, _, argument = self.text.partition(":")
+        numbers = [a.strip() for a in argument.split(",") if a.strip()]
+        valid = (kind == "all" and not argument) or (kind == "latest" and len(numbers) == 1 and numbers[0].isdigit()
+                                                    and int(numbers[0]) > 0) or \
+                (kind == "specific" and numbers and all(n.isdigit() for n in numbers))
+        if not valid:
+            raise ValueError(f"version_policy must be all, latest:N (N > 0) or specific:V1,V2..., not {self.text!r}")
+
+    def select(self, versions: list[int]) -> list[int]:
+        kind, _, argument = self.text.partition(":")
+        if kind == "latest":
+            return sorted(versions)[-int(argument):]
+        if kind == "specific":
+            wanted = {int(n) for n in argument.split(",") if n.strip()}
+            return sorted(v for v in versions if v in wanted)
+        return sorted(versions)
+
+
+@dataclass(frozen=True)
 class Settings:
     models_dir: Path = Path("models")
     serve: tuple[str, ...] = ()  # empty: every model in models_dir
     # none: the models found at start; poll: follow models_dir while serving; explicit: the models asked for
     # through the repository API (and serve at start)
     model_control_mode: str = "none"
+    version_policy: VersionPolicy = VersionPolicy()  # every model's, unless models.<name>.version_policy says otherwise
+    version_policies: dict[str, VersionPolicy] = field(default_factory=dict)  # per model (YAML models: only)
     repository_poll_seconds: float = 5.0  # poll: how often each worker looks at models_dir
     providers: tuple[str, ...] = ("auto",)
     precision: str = "auto"
@@ -100,6 +128,9 @@ class Settings:
     admin_api_keys_file: str = ""
     auth_open_paths: tuple[str, ...] = ("/livez", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready")
 
+    def version_policy_for(self, model: str) -> VersionPolicy:
+        return self.version_policies.get(model, self.version_policy)
+
     def batching_for(self, model: str) -> Batching:
         return self.per_model.get(model, Batching(self.max_batch_size, self.max_queue_delay_ms, self.max_queue_images))
 
@@ -124,6 +155,8 @@ def _parse(name: str, raw: Any, current: Any) -> Any:
         return raw if isinstance(raw, bool) else str(raw).strip().lower() in ("1", "true", "yes", "on")
     if isinstance(current, int):
         return 0 if raw == "auto" else int(raw)
+    if isinstance(current, VersionPolicy):
+        return VersionPolicy(str(raw).strip())
     if isinstance(current, Tolerance):  # YAML {accuracy: 0.005, mean_iou: 0.01} or "accuracy=0.005,mean_iou=0.01"
         items = raw if isinstance(raw, dict) else dict(kv.split("=", 1) for kv in str(raw).split(",") if kv.strip())
         unknown = set(items) - {"accuracy", "mean_iou"}
@@ -161,7 +194,7 @@ def load_settings(environ: dict[str, str] | None = None, config_file: Path | Non
         values = yaml.safe_load(path.read_text()) or {}
     elif f"{ENV_PREFIX}CONFIG" in environ:
         raise FileNotFoundError(f"{ENV_PREFIX}CONFIG names {path}, which does not exist")
-    known = {f.name for f in fields(Settings)} - {"per_model"}
+    known = {f.name for f in fields(Settings)} - {"per_model", "version_policies"}
     unknown = set(values) - known - {"models"}
     if unknown:
         raise ValueError(f"unknown configuration key(s) in {path}: {', '.join(sorted(unknown))}")
@@ -179,4 +212,6 @@ def load_settings(environ: dict[str, str] | None = None, config_file: Path | Non
         )
         for model, options in (values.get("models") or {}).items()
     }
-    return replace(settings, per_model=per_model)
+    version_policies = {model: VersionPolicy(str(options["version_policy"]).strip())
+                        for model, options in (values.get("models") or {}).items() if "version_policy" in options}
+    return replace(settings, per_model=per_model, version_policies=version_policies)

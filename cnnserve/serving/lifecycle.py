@@ -7,6 +7,8 @@ finds, on its own (each worker holds its own sessions, so there is nothing to co
   while the worker goes on serving; only then is it added to the repository, in one step on the event loop, and
   becomes the model's default if it is the highest. A version that is refused never takes traffic: its reason
   shows in ``GET /models`` and the log, and the version before it keeps serving.
+- a version the model's ``version_policy`` no longer selects (``latest:1`` and a newer one came) is unloaded the
+  same way, but only once a version the policy selects serves: a refused newcomer never leaves the model empty;
 - a version whose folder is gone leaves the repository first (no new request can reach it; asked for by number
   it is a 404 naming the versions left), then its batcher answers what it had queued, then its session is freed.
 
@@ -38,7 +40,7 @@ def initial_repository(settings: Settings) -> Repository:
     """What a worker loads at start: in explicit mode only the models ``serve`` names (none if it names none)."""
     if settings.model_control_mode == "explicit" and not settings.serve:
         return Repository(settings.models_dir)
-    return discover(settings.models_dir, settings.serve)
+    return discover(settings.models_dir, settings.serve, settings.version_policy_for)
 
 
 def folder_signature(folder: Path) -> tuple:
@@ -87,7 +89,7 @@ class RepositoryPoller:
     async def poll(self, names: tuple[str, ...], everything_if_empty: bool = True) -> None:
         """Converge on the versions under ``models_dir`` of ``names`` (every model when empty, unless told not)."""
         if names or everything_if_empty:
-            found = await asyncio.to_thread(discover, self.settings.models_dir, names)
+            found = await asyncio.to_thread(discover, self.settings.models_dir, names, self.settings.version_policy_for)
         else:
             found = Repository(self.settings.models_dir)
         found_keys = {v.key for v in found.versions()}
@@ -102,8 +104,12 @@ class RepositoryPoller:
         for key in [k for k in self.host.failures if k not in found_keys and k not in found.failures]:
             self.forget(key)  # a refused version whose folder is gone
         for version in list(self.repository.versions()):
-            if version.key not in found_keys:
-                await self.remove(version)
+            if version.key in found_keys:
+                continue
+            replacement = [k for k in found_keys if k.split("/")[0] == version.name and k in self.host.loaded]
+            if version.folder.is_dir() and not replacement:
+                continue  # outside the version policy, but kept until a version inside it serves
+            await self.remove(version)
 
     def forget(self, key: str) -> None:
         self.refused.pop(key, None)

@@ -12,11 +12,13 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..contract.card import BOXES, CARD_FILE, INPUT_NAME, MODEL_FILE, PROBABILITIES
 from ..contract.letterbox import POLICIES, STRETCH
+from .config import VersionPolicy
 from .errors import ModelNotFound, ModelUnavailable
 
 log = logging.getLogger("cnnserve.repository")
@@ -140,8 +142,9 @@ def read_card(folder: Path, name: str, version: int) -> dict:
     return {**card, "name": name, "version": version, "labels": labels, "outputs": outputs}
 
 
-def discover(root: Path, serve: tuple[str, ...] = ()) -> Repository:
-    """Find every model version under ``root`` (or only those named in ``serve``)."""
+def discover(root: Path, serve: tuple[str, ...] = (), policy: Callable[[str], VersionPolicy] | None = None) -> Repository:
+    """Find every model version under ``root`` (or only those named in ``serve``); with ``policy``, only the
+    versions each model's version policy selects among those whose cards can be read."""
     repository = Repository(root)
     if not root.is_dir():
         repository.failures["*"] = f"models directory {root} does not exist"
@@ -155,13 +158,14 @@ def discover(root: Path, serve: tuple[str, ...] = ()) -> Repository:
             repository.failures[name] = f"no version folders under {model_dir}"
             log.error("model %s: no version folders under %s", name, model_dir)
             continue
+        readable = {}
         for folder in sorted(version_dirs, key=lambda p: int(p.name)):
             version = int(folder.name)
             try:
-                card = read_card(folder, name, version)
+                readable[version] = ModelVersion(name, version, folder, read_card(folder, name, version))
             except ValueError as exc:
                 repository.failures[f"{name}/{version}"] = str(exc)
                 log.error("model %s version %d refused: %s", name, version, exc)
-                continue
-            repository.models.setdefault(name, {})[version] = ModelVersion(name, version, folder, card)
+        for version in policy(name).select(list(readable)) if policy else readable:
+            repository.models.setdefault(name, {})[version] = readable[version]
     return repository

@@ -64,6 +64,7 @@ def model_listing(repository: Repository, statuses: dict, settings: Settings) ->
         {
             "name": name,
             "default_version": max(versions),
+            "version_policy": settings.version_policy_for(name).text,
             "versions": [describe_version(mv, statuses[mv.key], settings) for mv in versions.values()],
         }
         for name, versions in repository.models.items()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from cnnserve.serving.config import Batching, Settings, load_settings
+from cnnserve.serving.config import Batching, Settings, VersionPolicy, load_settings
 
 
 def test_defaults_need_no_file(tmp_path):
@@ -56,3 +56,20 @@ def test_on_gpus_there_is_one_worker_per_gpu_unless_workers_are_set():
     assert Settings().inference_workers(16, gpus=2) == 2 and Settings().session_threads(16, gpus=2) == 8
     assert Settings(workers=3).inference_workers(16, gpus=2) == 3
     assert Settings().inference_workers(16, gpus=0) == 16  # no GPU: as before
+
+
+def test_a_version_policy_selects_among_the_versions_found():
+    assert VersionPolicy().select([3, 1, 2]) == [1, 2, 3]
+    assert VersionPolicy("latest:2").select([3, 1, 2]) == [2, 3]
+    assert VersionPolicy("specific:1,3").select([3, 1, 2]) == [1, 3]
+    for bad in ("latest", "latest:0", "latest:x", "specific:", "newest:1", "all:2"):
+        with pytest.raises(ValueError, match="version_policy"):
+            VersionPolicy(bad)
+
+
+def test_version_policies_come_from_the_environment_and_per_model_from_yaml(tmp_path):
+    config = tmp_path / "cnnserve.yaml"
+    config.write_text("models:\n  lenet5-digits: {version_policy: 'specific:3'}\n")
+    settings = load_settings({"CNNSERVE_VERSION_POLICY": "latest:1"}, config)
+    assert settings.version_policy_for("resnet18-digits") == VersionPolicy("latest:1")
+    assert settings.version_policy_for("lenet5-digits") == VersionPolicy("specific:3")

@@ -142,3 +142,21 @@ def test_without_explicit_mode_the_repository_api_refuses_to_load(server):
 def predict_status(server) -> int:
     return httpx.post(f"{server.url}/predict?model={MODEL}", files={"image": ("digit.png", digit_files(1, 32, count=1)[0].data)},
                       timeout=30).status_code
+
+
+def test_latest_one_unloads_the_old_version_only_once_the_new_one_serves(repo_copy, tmp_path):
+    old = VERSIONS[MODEL]
+    repo_copy(MODEL)
+    settings = {"models_dir": str(repo_copy.root), "workers": "1", "threads": "1", "model_control_mode": "poll",
+                "repository_poll_seconds": "0.5", "version_policy": "latest:1"}
+    with running_server(tmp_path, **settings) as server:
+        broken = repo_copy(MODEL, as_version=old + 1)
+        (broken / "model.onnx").write_bytes(b"not a model")
+        wait_for(lambda: refusal(server, f"{MODEL}/{old + 1}"))
+        assert [v["version"] for v in listed(server)] == [old]  # outside the policy now, but nothing else serves
+        shutil.rmtree(broken)
+        repo_copy(MODEL, as_version=old + 2)
+        wait_for(lambda: [v["version"] for v in listed(server)] == [old + 2])
+        assert answered_versions(server, requests=4) == {old + 2}
+        (entry,) = [m for m in httpx.get(f"{server.url}/models", timeout=30).json()["models"] if m["name"] == MODEL]
+        assert entry["version_policy"] == "latest:1"
