@@ -108,6 +108,7 @@ class Settings:
     default_top_k: int = 5
     zoom_in_below: float = 0.5  # look again at a digit whose box spans less of the input's side (0: never)
     max_images_per_request: int = 64
+    max_explain_windows: int = 256  # occluded copies one POST /explain may run
     max_image_pixels: int = 40_000_000
     max_body_bytes: int = 32 * 1024 * 1024
     max_tensor_elements: int = 16 * 1024 * 1024

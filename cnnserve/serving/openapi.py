@@ -25,7 +25,14 @@ def json_ok(description: str, schema: dict | None = None) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema or {"type": "object"}}}}
 
 
-def multipart(file_field: str, many: bool) -> dict:
+EXPLAIN_FIELDS = {
+    "window": {"type": "integer", "minimum": 1, "description": "occluding square, in pixels of the model's input"},
+    "stride": {"type": "integer", "minimum": 1, "description": "its step; default: the window (tiles)"},
+    "target": {"type": "string", "description": "the label to explain; default: the answer's"},
+}
+
+
+def multipart(file_field: str, many: bool, extra: dict | None = None) -> dict:
     file_schema = {"type": "string", "format": "binary"}
     return {
         "required": True,
@@ -37,6 +44,7 @@ def multipart(file_field: str, many: bool) -> dict:
                     "properties": {
                         file_field: {"type": "array", "items": file_schema} if many else file_schema,
                         **MODEL_FIELDS,
+                        **(extra or {}),
                     },
                 }
             }
@@ -60,6 +68,9 @@ def v2_model_paths(prefix: str, parameters: list) -> dict:
                                     "responses": {"200": json_ok("ready"), **errors(400, 404, 503)}}},
         f"{prefix}/config": {"get": {"summary": "model configuration in Triton's form", "parameters": parameters,
                                      "responses": {"200": json_ok("configuration"), **errors(400, 404)}}},
+        f"{prefix}/stats": {"get": {"summary": "Triton's statistics: counts and cumulative durations",
+                                    "parameters": parameters, "responses": {"200": json_ok("statistics"),
+                                                                             **errors(400, 404)}}},
         f"{prefix}/infer": {"post": {"summary": "V2 inference (JSON; binary tensors with Inference-Header-Content-Length)",
                                      "parameters": parameters, "requestBody": infer_body,
                                      "responses": {"200": json_ok("outputs"), **errors(400, 401, 404, 413, 415, 503, 504)}}},
@@ -79,12 +90,27 @@ def openapi_document() -> dict:
             "/predict_batch": {"post": {"summary": "one answer per image file, in order",
                                         "requestBody": multipart("images", many=True),
                                         "responses": {"200": json_ok("the answers"), **predict_errors}}},
+            "/explain": {"post": {"summary": "the answer and its occlusion map (probability drops per cell, placed in "
+                                             "the image's own pixels)",
+                                  "requestBody": multipart("image", many=False, extra=EXPLAIN_FIELDS),
+                                  "responses": {"200": json_ok("the answer and its map"), **predict_errors}}},
             "/models": {"get": {"summary": "every model and version with its status, provider, card metrics",
                                 "responses": {"200": json_ok("the listing"), **errors(401)}}},
             "/v2": {"get": {"summary": "V2 server metadata", "responses": {"200": json_ok("metadata")}}},
             "/v2/health/live": {"get": {"summary": "V2 liveness", "responses": {"200": json_ok("live")}}},
             "/v2/health/ready": {"get": {"summary": "V2 readiness",
                                          "responses": {"200": json_ok("ready"), **errors(503)}}},
+            "/v2/models/stats": {"get": {"summary": "Triton's statistics for every model version",
+                                         "responses": {"200": json_ok("statistics")}}},
+            "/v2/repository/index": {"post": {"summary": "every model in the repository and its state",
+                                              "responses": {"200": json_ok("the index", {"type": "array"}),
+                                                            **errors(400)}}},
+            "/v2/repository/models/{name}/load": {"post": {
+                "summary": "load a model in every worker (model_control_mode: explicit)", "parameters": [NAME],
+                "responses": {"200": json_ok("loaded"), **errors(400, 401, 403, 404, 503)}}},
+            "/v2/repository/models/{name}/unload": {"post": {
+                "summary": "unload a model in every worker (model_control_mode: explicit)", "parameters": [NAME],
+                "responses": {"200": json_ok("unloaded"), **errors(400, 401, 403, 404, 503)}}},
             **v2_model_paths("/v2/models/{name}", [NAME]),
             **v2_model_paths("/v2/models/{name}/versions/{version}", [NAME, VERSION]),
         },

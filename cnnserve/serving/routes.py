@@ -15,14 +15,16 @@ import asyncio
 import contextlib
 import time
 
+import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from .config import Settings
-from .core import InferenceCore
+from .core import InferenceCore, TensorResult
 from .errors import InvalidInput, ServiceError
+from .explain import default_window, geometry, occluded, positions, sensitivity
 from .http_common import error_response, read_body, timeout_ms
 from .lifecycle import RepositoryPoller
 from .multipart import parse_form
@@ -89,7 +91,8 @@ def integer_field(form, name: str) -> int | None:
         raise problem from None
 
 
-async def read_files(request: Request, field: str, max_files: int) -> tuple[list[bytes], dict]:
+async def read_files(request: Request, field: str, max_files: int,
+                     options: frozenset[str] = frozenset()) -> tuple[list[bytes], dict]:
     """The uploaded files of one multipart field, and the text options beside them.
 
     A text value where a file belongs is refused: it is never taken for a URL to
@@ -98,13 +101,13 @@ async def read_files(request: Request, field: str, max_files: int) -> tuple[list
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise InvalidInput(f"send the image(s) as multipart/form-data field {field!r}")
-    form = parse_form(await read_body(request), content_type, {field, *PREDICT_OPTIONS}, max_files)
+    form = parse_form(await read_body(request), content_type, {field, *PREDICT_OPTIONS, *options}, max_files)
     if field in form.texts:
         raise InvalidInput(f"field {field!r} must be an uploaded file, not text")
     files = form.files.get(field)
     if not files:
         raise InvalidInput(f"missing multipart file field {field!r}")
-    options_sent_as_files = PREDICT_OPTIONS & set(form.files)
+    options_sent_as_files = (PREDICT_OPTIONS | options) & set(form.files)
     if options_sent_as_files:
         raise InvalidInput(f"{', '.join(sorted(options_sent_as_files))} must be text, not a file")
     return files, form.texts
@@ -157,6 +160,70 @@ async def predict_batch(request: Request) -> JSONResponse:
         return error_response(exc)
 
 
+EXPLAIN_OPTIONS = frozenset({"window", "stride", "target"})
+
+
+async def explain(request: Request) -> JSONResponse:
+    """One image: the answer, and the occlusion map of its class (or of ``target``) in the image's pixels."""
+    try:
+        return JSONResponse(await explain_route(request))
+    except ServiceError as exc:
+        return error_response(exc)
+
+
+async def explain_route(request: Request) -> dict:
+    core = request.app.state.core
+    files, options = await read_files(request, "image", 1, EXPLAIN_OPTIONS)
+    merged = {**options, **{k: v for k, v in request.query_params.items() if k in {"version", *EXPLAIN_OPTIONS}}}
+    name = request.query_params.get("model") or options.get("model") or None
+    plan: dict = {}
+
+    def read(model: ModelVersion) -> list[bytes]:
+        _, height, width = model.input_shape
+        window, stride = default_window(min(height, width))
+        asked_window, asked_stride = integer_field(merged, "window"), integer_field(merged, "stride")
+        window = window if asked_window is None else asked_window
+        stride = stride if asked_stride is None else asked_stride
+        if not 1 <= window <= min(height, width) or stride < 1:
+            raise InvalidInput(f"window must be 1 to {min(height, width)} pixels of {model.name}'s input and stride at "
+                               f"least 1, got window {window} and stride {stride}")
+        corners = positions(height, width, window, stride)
+        if len(corners) > core.settings.max_explain_windows:
+            raise InvalidInput(f"window {window} and stride {stride} make {len(corners)} occluded copies; the limit is "
+                               f"{core.settings.max_explain_windows} (max_explain_windows): take a larger stride")
+        target = merged.get("target")
+        if target is not None and target not in model.labels:
+            raise InvalidInput(f"target must be one of {model.name}'s labels ({', '.join(model.labels)}), got {target!r}")
+        plan.update(window=window, stride=stride, corners=corners, target=target)
+        return files
+
+    async def compute(model: ModelVersion, images, deadline: float) -> TensorResult:
+        if "occluded" in plan:  # the zoom-in pass's second look at a small digit: no map of its own
+            return await core.run(model, images, deadline)
+        copies = occluded(images[0], plan["corners"], plan["window"])
+        result = await core.run(model, np.concatenate([images, copies]), deadline)
+        plan["first"], plan["occluded"] = result.probabilities[0], result.probabilities[1:]
+        return TensorResult(model, result.probabilities[:1], None if result.boxes is None else result.boxes[:1],
+                            result.timings)
+
+    began = time.perf_counter()
+    result = await core.infer("explain", name, integer_field(merged, "version"), timeout_ms(request.scope), read, compute)
+    model, placement = result.model, result.placements[0]
+    answer = describe(result.probabilities[0], None if result.boxes is None else result.boxes[0], model.labels,
+                      core.settings.default_top_k, placement.source)
+    target = model.labels.index(plan["target"]) if plan["target"] is not None else answer["class_index"]
+    _, height, width = model.input_shape
+    occlusion = {
+        "target": model.labels[target], "window": plan["window"], "stride": plan["stride"],
+        "grid": sensitivity(float(plan["first"][target]), plan["occluded"][:, target], plan["corners"], plan["window"],
+                            height, width, plan["stride"]),
+        **geometry(placement, height, width, plan["stride"]),
+    }
+    timings = {**result.timings, "occluded_images": len(plan["corners"]),
+               "total_ms": round((time.perf_counter() - began) * 1000, 3)}
+    return {"model": model.name, "version": model.version, **answer, "occlusion": occlusion, "timings": timings}
+
+
 async def openapi(request: Request) -> JSONResponse:
     return JSONResponse(openapi_document())
 
@@ -202,6 +269,7 @@ def build_rest_app() -> Starlette:
     routes = [
         Route("/predict", predict, methods=["POST"]),
         Route("/predict_batch", predict_batch, methods=["POST"]),
+        Route("/explain", explain, methods=["POST"]),
         Route("/models", list_models, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         *v2_routes(),

@@ -1,0 +1,69 @@
+"""``POST /explain``: the occlusion map of an answer, through the real server and the model's batcher.
+
+The pointing game judges it with pictures the server's code did not make: over 200 test-split digits as real
+files of 4:3 and 16:9 (either polarity), the most sensitive window of ResNet-18's map must sit on the digit's ink
+box in at least 90% of them."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from loadtests.digit_images import CONDITIONS_BY_NAME, condition_files, digit_files
+from tests.committed import VERSIONS
+
+POINTING_DIGITS = 200
+
+
+def explain(server, data: bytes, model: str, **options) -> dict:
+    response = server.client.post(f"/explain?model={model}", files={"image": ("digit.png", data)},
+                                  data={k: str(v) for k, v in options.items()})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def hottest_point(answer: dict) -> tuple[float, float]:
+    """The centre of the map's hottest cell, in the image's pixels."""
+    occlusion = answer["occlusion"]
+    grid = np.array(occlusion["grid"])
+    row, column = np.unravel_index(int(grid.argmax()), grid.shape)
+    x1, y1, x2, y2 = occlusion["first_cell"]
+    dx, dy = occlusion["step"]
+    return (x1 + x2) / 2 + column * dx, (y1 + y2) / 2 + row * dy
+
+
+def test_an_explanation_answers_like_predict_and_maps_every_window(server):
+    data = digit_files(1, 32, count=1)[0].data
+    answer = explain(server, data, "lenet5-digits")
+    predicted = server.client.post("/predict?model=lenet5-digits", files={"image": ("digit.png", data)}).json()
+    assert answer["label"] == predicted["label"] and answer["version"] == VERSIONS["lenet5-digits"]
+    occlusion = answer["occlusion"]
+    assert (occlusion["window"], occlusion["stride"]) == (4, 4)  # an eighth of the 32-pixel input, tiling it
+    assert np.array(occlusion["grid"]).shape == (8, 8) and answer["timings"]["occluded_images"] == 64
+    assert occlusion["target"] == answer["label"]
+    other = explain(server, data, "lenet5-digits", target="3", window=16, stride=16)
+    assert other["occlusion"]["target"] == "3" and np.array(other["occlusion"]["grid"]).shape == (2, 2)
+    assert max(max(row) for row in answer["occlusion"]["grid"]) > 0.5  # hiding parts of the digit costs the answer
+
+
+@pytest.mark.parametrize(("options", "phrase"), [
+    ({"window": 0}, "window must be 1 to 32"),
+    ({"window": 1, "stride": 1}, "max_explain_windows"),  # 1,024 copies
+    ({"target": "eleven"}, "target must be one of"),
+])
+def test_impossible_explanations_are_refused_with_the_reason(server, options, phrase):
+    response = server.client.post("/explain?model=lenet5-digits", files={"image": ("d.png", digit_files(1, 32, count=1)[0].data)},
+                                  data={k: str(v) for k, v in options.items()})
+    assert response.status_code == 400 and phrase in response.json()["error"]
+
+
+def test_the_map_points_at_the_digit(server):
+    files = condition_files(CONDITIONS_BY_NAME["4:3 and 16:9"], count=POINTING_DIGITS)
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda f: explain(server, f.data, "resnet18-digits"), files))
+    hits = 0
+    for file, answer in zip(files, answers):
+        x, y = hottest_point(answer)
+        x1, y1, x2, y2 = file.box
+        hits += x1 <= x <= x2 and y1 <= y <= y2
+    assert hits / len(files) >= 0.9, f"the map pointed at the digit in {hits} of {len(files)}"
