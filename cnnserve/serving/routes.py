@@ -18,9 +18,10 @@ import time
 import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .annotate import annotated_png
 from .config import Settings
 from .core import InferenceCore, TensorResult
 from .errors import InvalidInput, ServiceError
@@ -116,7 +117,7 @@ async def read_files(request: Request, field: str, max_files: int,
 PROTOCOL = "rest"  # the protocol label /predict and /predict_batch are counted under
 
 
-async def predict_route(request: Request, field: str) -> dict:
+async def predict_route(request: Request, field: str) -> tuple[dict, list[bytes]]:
     core = request.app.state.core
     limit = 1 if field == "image" else core.settings.max_images_per_request
     files, options = await read_files(request, field, limit)
@@ -138,15 +139,19 @@ async def predict_route(request: Request, field: str) -> dict:
         for i in range(len(files))
     ]
     timings = {**result.timings, "total_ms": round((time.perf_counter() - began) * 1000, 3)}
-    return {"model": model.name, "version": model.version, "predictions": predictions, "timings": timings}
+    return {"model": model.name, "version": model.version, "predictions": predictions, "timings": timings}, files
 
 
 async def predict(request: Request) -> JSONResponse:
-    """One image (multipart field ``image``): label, top-k, box in the image's pixels."""
+    """One image (multipart field ``image``): label, top-k, box in the image's pixels; with ``Accept: image/png``,
+    the image itself with its box and label drawn (annotate.py)."""
     try:
-        answer = await predict_route(request, "image")
+        answer, files = await predict_route(request, "image")
     except ServiceError as exc:
         return error_response(exc)
+    if "image/png" in request.headers.get("accept", ""):
+        png = await asyncio.to_thread(annotated_png, files[0], answer["predictions"][0])
+        return Response(png, media_type="image/png")
     return JSONResponse(
         {"model": answer["model"], "version": answer["version"], **answer["predictions"][0], "timings": answer["timings"]}
     )
@@ -155,7 +160,7 @@ async def predict(request: Request) -> JSONResponse:
 async def predict_batch(request: Request) -> JSONResponse:
     """Several images (repeated multipart field ``images``), one answer each, in order."""
     try:
-        return JSONResponse(await predict_route(request, "images"))
+        return JSONResponse((await predict_route(request, "images"))[0])
     except ServiceError as exc:
         return error_response(exc)
 
