@@ -26,6 +26,8 @@ from .data import TaskData
 Predictor = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
+AUX_WEIGHT = 0.3  # an auxiliary classifier's share of the loss (GoogLeNet's paper)
+
 @dataclass
 class TrainConfig:
     name: str
@@ -118,10 +120,12 @@ def train(config: TrainConfig, task: TaskData, log: Callable[[str], None] = prin
             batch = order[start : start + config.batch_size]
             x = torch.from_numpy(images[batch])
             logits, pred_boxes = model(x)
-            target_boxes = torch.from_numpy(boxes[batch])
-            loss = F.cross_entropy(logits, torch.from_numpy(classes[batch])) + config.box_weight * (
+            target_boxes, target_classes = torch.from_numpy(boxes[batch]), torch.from_numpy(classes[batch])
+            loss = F.cross_entropy(logits, target_classes) + config.box_weight * (
                 F.smooth_l1_loss(pred_boxes, target_boxes, beta=0.05) + giou_loss(pred_boxes, target_boxes)
             )
+            for aux in getattr(model.net.backbone, "aux_logits", []):  # GoogLeNet's auxiliary heads, if built
+                loss = loss + AUX_WEIGHT * F.cross_entropy(aux, target_classes)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -11,7 +11,12 @@ PUBLISHED = {
     ("resnet18", 3, 224, 1000): 11_689_512,
     ("resnet50", 3, 224, 1000): 25_557_032,
     ("lenet5", 1, 32, 10): 61_706,
+    # torchvision's definitions (torchvision/models/alexnet.py and googlenet.py): the single-tower AlexNet, and
+    # GoogLeNet without auxiliary heads with the 3x3 kernels torchvision keeps in the "5x5" branches
+    ("alexnet", 3, 224, 1000): 61_100_840,
+    ("googlenet", 3, 224, 1000): 6_624_904,
 }
+OPTIONS = {"googlenet": {"fifth_kernel": 3}}
 
 
 def parameters(model: torch.nn.Module) -> int:
@@ -20,7 +25,8 @@ def parameters(model: torch.nn.Module) -> int:
 
 def test_registry_lists_every_family():
     names = list_models()
-    for expected in ["lenet5", "vgg11", "vgg13_bn", "vgg16", "vgg19_bn", "resnet18", "resnet34", "resnet50"]:
+    for expected in ["lenet5", "alexnet", "vgg11", "vgg13_bn", "vgg16", "vgg19_bn", "googlenet", "resnet18", "resnet34",
+                     "resnet50"]:
         assert expected in names
 
 
@@ -31,7 +37,8 @@ def test_unknown_architecture_is_named_in_the_error():
 
 @pytest.mark.parametrize(("name", "channels", "size", "classes"), list(PUBLISHED))
 def test_classic_configurations_match_published_parameter_counts(name, channels, size, classes):
-    model = create_model(name, num_classes=classes, in_channels=channels, input_size=size, box_head=False)
+    model = create_model(name, num_classes=classes, in_channels=channels, input_size=size, box_head=False,
+                         **OPTIONS.get(name, {}))
     published = PUBLISHED[(name, channels, size, classes)]
     assert abs(parameters(model) - published) / published < 0.01
 
@@ -59,3 +66,21 @@ def test_vgg_slim_classifier_option_shrinks_the_model():
     classic = create_model("vgg11_bn", num_classes=10, in_channels=3, input_size=64)
     slim = create_model("vgg11_bn", num_classes=10, in_channels=3, input_size=64, pool_size=1, classifier_width=256)
     assert parameters(slim) < parameters(classic) / 10
+
+
+def test_googlenets_auxiliary_heads_speak_only_in_training():
+    model = create_model("googlenet", num_classes=10, in_channels=3, input_size=64, aux_classifiers=True)
+    model.train()
+    model(torch.rand(2, 3, 64, 64))
+    assert [a.shape for a in model.backbone.aux_logits] == [(2, 10), (2, 10)]
+    model.eval()
+    with torch.inference_mode():
+        model(torch.rand(2, 3, 64, 64))
+    assert model.backbone.aux_logits == []
+
+
+def test_alexnet_takes_local_response_normalization_as_an_option():
+    plain = create_model("alexnet", num_classes=10, in_channels=3, input_size=64)
+    with_lrn = create_model("alexnet", num_classes=10, in_channels=3, input_size=64, lrn=True)
+    assert sum(isinstance(m, torch.nn.LocalResponseNorm) for m in with_lrn.modules()) == 2
+    assert not any(isinstance(m, torch.nn.LocalResponseNorm) for m in plain.modules())

@@ -83,6 +83,21 @@ def test_dry_run_writes_a_complete_version_folder(tmp_path):
     assert (folder / "training.png").stat().st_size > 0
 
 
+@pytest.mark.parametrize("arch", ["alexnet", "googlenet"])
+def test_the_newer_networks_train_export_and_measure_in_a_dry_run(tmp_path, arch):
+    """AlexNet and GoogLeNet (with its auxiliary heads in training) through the whole pipeline on a tiny subset."""
+    options = ["--option", "aux_classifiers=true"] if arch == "googlenet" else []
+    result = subprocess.run(
+        [sys.executable, "-m", "cnnserve.training", "train", "--arch", arch, "--name", f"{arch}-digits", "--channels",
+         "3", "--input-size", "64", "--dry-run", "--threads", "2", "--out", str(tmp_path), *options],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    card = json.loads((tmp_path / f"{arch}-digits" / "1" / CARD_FILE).read_text())
+    assert card["architecture"] == arch and card["input"]["shape"] == [-1, 3, 64, 64]
+    assert 0 <= card["files"]["fp32"]["metrics"]["accuracy"] <= 1
+
+
 def test_weights_stored_as_float16_halve_the_file_and_keep_the_outputs(tmp_path):
     torch.manual_seed(0)
     model = Normalized(create_model("resnet18", num_classes=10, in_channels=3, input_size=32), [0.5] * 3, [0.2] * 3)

@@ -1,6 +1,6 @@
 """Architectures: every backbone registers itself here on import."""
 
-from . import lenet, resnet, vgg  # noqa: F401  (registration side effect)
+from . import alexnet, googlenet, lenet, resnet, vgg  # noqa: F401  (registration side effect)
 from .heads import TwoHeadNet
 from .registry import create_model, list_models
 
