@@ -246,6 +246,7 @@ def main() -> None:
                         help="per py-spy window of the profiles (0: skip them)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the FastAPI baseline")
     parser.add_argument("--no-zoom", dest="zoom", action="store_false", help="skip the zoom-in pass's cost")
+    parser.add_argument("--no-explain", dest="explain", action="store_false", help="skip POST /explain's cost")
     parser.add_argument("--providers", default=raw.CPU,
                         help="what raw ONNX Runtime and the servers run on, e.g. CUDAExecutionProvider (with onnxruntime-gpu: "
                              "the .venv-gpu that make gpu-check makes); the CPU targets are skipped on a GPU")
@@ -281,6 +282,8 @@ def main() -> None:
             results["targets"] = targets(args, versions, results["raw"], workers, threads, cores, tmp)
         if args.zoom:
             results["zoom"] = zoom_cost(args, versions, tmp)
+        if args.explain:
+            results["explain"] = explain_cost(args, versions, tmp)
     folder = args.out / started.strftime("%Y-%m-%d")
     folder.mkdir(parents=True, exist_ok=True)
     if args.profile_seconds:
@@ -309,6 +312,33 @@ def zoom_cost(args, versions, tmp: Path) -> list[dict]:
                                      "concurrency": clients, **row})
                         log(f"{version.name:<16} zoom_in_below {zoom:<3} {images:<18} c={clients:<2} "
                             f"{row['throughput_rps']:8.1f} req/s  p50 {row['p50_ms']:7.2f} ms  errors {row['errors']}")
+    return rows
+
+
+EXPLAIN_CALLS = 12
+
+
+def explain_cost(args, versions, tmp: Path) -> list[dict]:
+    """``POST /explain`` at its default window and stride, one call after another per model: p50 and p90 of a
+    whole explanation (the answer and its 64 occluded copies), on a server of its own."""
+    rows = []
+    with running_server(tmp, models_dir=str(args.models_dir.resolve()), providers=args.providers) as server:
+        for version in versions:
+            load = predict_load(version.name, version.input_shape[0], version.input_shape[-1])
+            durations = []
+            for index in range(EXPLAIN_CALLS + 1):  # the first warms the occluded batch sizes
+                began = time.perf_counter()
+                response = server.client.post(f"/explain?model={version.name}",
+                                              content=load.bodies[index % len(load.bodies)],
+                                              headers={"content-type": load.content_type})
+                if response.status_code != 200:
+                    raise RuntimeError(f"/explain answered {response.status_code}: {response.text[:300]}")
+                durations.append(time.perf_counter() - began)
+            rows.append({"model": version.name, "calls": EXPLAIN_CALLS,
+                         "p50_ms": statistics.median(durations[1:]) * 1000,
+                         "p90_ms": statistics.quantiles(durations[1:], n=10)[-1] * 1000,
+                         "occluded_images": response.json()["timings"]["occluded_images"]})
+            log(f"{version.name:<16} /explain p50 {rows[-1]['p50_ms']:7.1f} ms, p90 {rows[-1]['p90_ms']:7.1f} ms")
     return rows
 
 

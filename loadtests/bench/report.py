@@ -266,6 +266,13 @@ def write_report(results: dict, folder: Path) -> str:
                   "one after the other: photos from the robustness suite's small-digit condition, where every "
                   "answer takes a second decode of the region around the first box and a second run, and the "
                   "sweep's large-digit PNGs, which never need one.", "", *zoom_rows(results), ""]
+    if results.get("explain"):
+        lines += ["## What an explanation costs", "",
+                  "`POST /explain` with one PNG from the sweep, default window and stride (the answer and 64 occluded "
+                  "copies through the model's batcher), one call after another on an otherwise idle server.", "",
+                  "| model | occluded copies | p50 ms | p90 ms |", "|---|---|---|---|",
+                  *(f"| {r['model']} | {r['occluded_images']} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} |"
+                    for r in results["explain"]), ""]
     if results.get("profiles"):
         lines += ["## Where the time goes", "",
                   "Server CPU per request by layer, from py-spy on every worker under wrk load (details and the "

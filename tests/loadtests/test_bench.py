@@ -40,6 +40,9 @@ def test_a_short_benchmark_writes_its_table_figures_and_plot(tmp_path):
                          for c in (1, 8)}
     assert all(r["throughput_rps"] > 0 and r["errors"] == 0 for r in zoom.values())
     assert "What the zoom-in pass costs" in table
+    (explained,) = figures["explain"]
+    assert explained["model"] == "lenet5-digits" and explained["occluded_images"] == 64 and explained["p50_ms"] > 0
+    assert "What an explanation costs" in table
     assert figures["profiles"] == ["profile-lenet5-digits-c64"]  # ResNet-18's is skipped: not measured
     assert "[![profile-lenet5-digits-c64](profile-lenet5-digits-c64.png)](profile-lenet5-digits-c64.md)" in table
 
