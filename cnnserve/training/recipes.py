@@ -26,7 +26,9 @@ RECIPES: dict[str, TrainConfig] = {
     # (32-256): one epoch of the full-width network took 10-18 minutes on a 2-core AVX2 machine. Trained
     # 2026-11-26 (58 minutes): test split 0.7970 / 0.7827, robustness suite 0.908-0.956, no better than
     # version 2 (0.934-0.959; full width, 14 epochs, floor-mode pools), so not committed. Both underfit (final
-    # training loss 1.24 and 1.12 against ResNet-18's 0.57): longer training or a higher rate is the next try.
+    # training loss 1.24 and 1.12 against ResNet-18's 0.57). A higher peak rate is not the cure: --lr 4e-3 (the
+    # same recipe otherwise, 2026-11-26) was stopped at epoch 11 of 16 with val accuracy 0.752, against 0.827 (v2)
+    # and 0.758 (v3) at that epoch. Next: more epochs, or a 64 px input as ResNet-18 has.
     "vgg11-digits": TrainConfig(
         name="vgg11-digits",
         arch="vgg11_bn",
