@@ -75,14 +75,16 @@ class ControlFile:
     def reports(self) -> list[dict]:
         return [json.loads(p.read_text()) for p in sorted(self.folder.glob("worker-*.json"))]
 
-    async def settled(self, generation: int, timeout_s: float) -> list[dict]:
-        """Every worker's report once each has reached ``generation`` (or TimeoutError naming those behind)."""
+    async def settled(self, generation: int, workers: int, timeout_s: float) -> list[dict]:
+        """The reports of all ``workers`` once each has reached ``generation`` (a worker that has not reported yet
+        counts as behind), or TimeoutError saying how many are behind."""
         deadline = time.monotonic() + timeout_s
         while True:
             reports = self.reports()
-            behind = [r["pid"] for r in reports if r["generation"] < generation]
-            if reports and not behind:
-                return reports
+            done = [r for r in reports if r["generation"] >= generation]
+            if len(done) >= workers:
+                return done
             if time.monotonic() > deadline:
-                raise TimeoutError(f"worker process(es) {behind} did not apply the change within {timeout_s:.0f} s")
+                raise TimeoutError(f"{workers - len(done)} of {workers} worker process(es) did not apply the change "
+                                   f"within {timeout_s:.0f} s")
             await asyncio.sleep(0.05)

@@ -42,6 +42,7 @@ class Host(Protocol):
     """What the core needs of the models it serves (host.ModelHost in a worker)."""
 
     status: dict  # per model version key: {"status": "ready" | "degraded" | "failed", "reason": ..., ...}
+    workers: int  # the worker processes of this server, each with a host like this one
 
     async def infer(self, model: ModelVersion, images: np.ndarray, deadline: float) -> BatchResult:
         """Run ``images`` (no more than one batch) through the model's batcher."""

@@ -55,6 +55,7 @@ class ModelHost:
         self.providers = choose_providers(settings.providers, available, cuda_device_count(), tensorrt_loads())
         gpus = cuda_device_count() if self.providers[0] in GPU_PROVIDERS else 0
         self.device_id = worker_index % gpus if gpus else 0  # one GPU per worker (workers: one per GPU)
+        self.workers = settings.inference_workers(gpus=gpus)  # this worker's server has as many as app.py starts
         self.threads = settings.session_threads(gpus=gpus)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self.cores = os.cpu_count() or 1

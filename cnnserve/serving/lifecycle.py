@@ -107,7 +107,7 @@ class RepositoryPoller:
             if version.key in found_keys:
                 continue
             replacement = [k for k in found_keys if k.split("/")[0] == version.name and k in self.host.loaded]
-            if version.folder.is_dir() and not replacement:
+            if version.name in found.models and version.folder.is_dir() and not replacement:
                 continue  # outside the version policy, but kept until a version inside it serves
             await self.remove(version)
 

@@ -104,7 +104,7 @@ class DataPlane:
         control = ControlFile.for_this_server(settings.models_dir)
         generation = await asyncio.to_thread(control.ask, change)
         try:
-            return await control.settled(generation, CONTROL_TIMEOUT_S)
+            return await control.settled(generation, self.core.host.workers, CONTROL_TIMEOUT_S)
         except TimeoutError as exc:
             raise ModelUnavailable(str(exc)) from None
 
