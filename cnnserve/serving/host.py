@@ -113,6 +113,8 @@ class ModelHost:
             totals = pass_totals()
             totals.observe(child(self.metrics.batch_size, *labels), images)
             totals.observe(child(self.metrics.compute_duration, *labels), seconds)
+            totals.inc(child(self.metrics.batches_by_size, *labels, str(images)))
+            totals.inc(child(self.metrics.compute_by_size, *labels, str(images)), seconds)
 
         self.batchers[model.key] = AdaptiveBatcher(
             model.key,

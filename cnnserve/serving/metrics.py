@@ -149,7 +149,7 @@ class RequestMetrics:
 
 class ModelMetrics:
     def __init__(self):
-        from prometheus_client import Gauge, Histogram
+        from prometheus_client import Counter, Gauge, Histogram
 
         self.batch_size = Histogram(
             "cnnserve_batch_size_images", "Images per ONNX Runtime call", MODEL_LABELS, buckets=BATCH_BUCKETS
@@ -157,6 +157,11 @@ class ModelMetrics:
         self.compute_duration = Histogram(
             "cnnserve_compute_duration_seconds", "ONNX Runtime time per batch", MODEL_LABELS, buckets=LATENCY_BUCKETS
         )
+        # Per batch size (Triton's batch statistics): how many batches of each size ran, and their compute time.
+        self.batches_by_size = Counter("cnnserve_batches_by_size", "Batches run, by size in images",
+                                       [*MODEL_LABELS, "batch_size"])
+        self.compute_by_size = Counter("cnnserve_batch_compute_by_size_seconds", "ONNX Runtime time, by batch size",
+                                       [*MODEL_LABELS, "batch_size"])
         self.model_precision = Gauge(
             "cnnserve_model_precision",
             "1 for the precision variant each live inference worker serves the model version with",

@@ -5,8 +5,9 @@ Built from the Prometheus metrics the workers already keep (prometheus_client's 
 follow Triton's: ``success`` and ``fail`` (requests and their time inside the server), ``queue`` (time waiting
 for a batch), ``compute_input`` (decoding images or reading tensors), ``compute_infer`` (the compute of the batch
 each request ran in, as Triton counts it), ``inference_count`` (images) and ``execution_count`` (batches).
-cnnserve does not time output encoding apart (``compute_output`` is zero), keeps no per-size batch figures
-(``batch_stats`` is empty: ``cnnserve_batch_size_images`` has the distribution) and no last-inference time. The
+``batch_stats`` comes from a counter of batches and their compute time per batch size. cnnserve does not time
+output encoding apart (``compute_output`` is zero), nor a batch's input copy (``compute_input`` there is zero), and
+keeps no last-inference time. The
 three compute figures share one count, the requests that ran (perf_analyzer refuses statistics where they differ);
 ``compute_input`` holds the decoding time of the requests that had any (tensors need none).
 """
@@ -39,7 +40,8 @@ def metric_totals() -> dict[tuple[str, str, str, str], float]:
         for sample in family.samples:
             if "model" in sample.labels:
                 labels = sample.labels
-                totals[sample.name, labels["model"], labels.get("version", ""), labels.get("outcome", "")] += sample.value
+                kind = labels.get("outcome", labels.get("batch_size", ""))
+                totals[sample.name, labels["model"], labels.get("version", ""), kind] += sample.value
     return totals
 
 
@@ -69,7 +71,15 @@ def version_statistics(totals: dict, name: str, version: str) -> dict:
             "compute_infer": duration(ran, total("cnnserve_request_compute_seconds_total")),
             "compute_output": duration(ran, 0.0),
         },
-        "batch_stats": [],
+        "batch_stats": [
+            {"batch_size": int(size), "compute_input": duration(count, 0.0),
+             "compute_infer": duration(count, totals.get(("cnnserve_batch_compute_by_size_seconds_total", name, version,
+                                                          size), 0.0)),
+             "compute_output": duration(count, 0.0)}
+            for size, count in sorted(((key[3], count) for key, count in totals.items()
+                                       if key[:3] == ("cnnserve_batches_by_size_total", name, version) and count),
+                                      key=lambda item: int(item[0]))
+        ],
     }
 
 

@@ -85,6 +85,8 @@ def checks(module, client, png: bytes):
             assert int(figures[stat]["count"]) > 0 and int(figures[stat]["ns"]) > 0, stat
         assert int(figures["queue"]["count"]) > 0  # a lone request on an idle model waits no time at all
         assert int(figures["fail"]["count"]) > 0  # the errors check's requests
+        sizes = {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in model["batch_stats"]}
+        assert sizes and sum(sizes[s] * s for s in sizes) == int(model["inference_count"])
         everything = client.get_inference_statistics(as_json=True) if module is grpcclient \
             else client.get_inference_statistics()
         assert MODEL in {m["name"] for m in everything["model_stats"]}
