@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
@@ -160,3 +161,34 @@ def test_latest_one_unloads_the_old_version_only_once_the_new_one_serves(repo_co
         assert answered_versions(server, requests=4) == {old + 2}
         (entry,) = [m for m in httpx.get(f"{server.url}/models", timeout=30).json()["models"] if m["name"] == MODEL]
         assert entry["version_policy"] == "latest:1"
+
+
+def test_an_unload_answers_every_queued_request_and_refuses_the_later_ones_by_name(repo_copy, tmp_path):
+    """32 clients asking ResNet-18 again and again (their requests queued behind each other's batches) while the
+    model is unloaded through the API: each one is either answered (it was admitted before) or refused with a 404 naming the model; none is
+    lost, none fails any other way."""
+    repo_copy("resnet18-digits")
+    settings = {"models_dir": str(repo_copy.root), "workers": "1", "model_control_mode": "explicit",
+                "serve": "resnet18-digits"}
+    png = digit_files(3, 64, count=1)[0].data
+    with running_server(tmp_path, **settings) as server:
+        answers: list[tuple[int, str]] = []
+        unloaded_at = [float("inf")]
+
+        def client() -> None:  # asks again and again until a second after the unload has answered
+            while time.monotonic() < unloaded_at[0] + 1:
+                answer = httpx.post(f"{server.url}/predict?model=resnet18-digits", files={"image": ("d.png", png)},
+                                    timeout=60)
+                answers.append((answer.status_code, answer.text))
+
+        with ThreadPoolExecutor(32) as pool:
+            clients = [pool.submit(client) for _ in range(32)]
+            time.sleep(1.0)
+            assert httpx.post(f"{server.url}/v2/repository/models/resnet18-digits/unload", timeout=120).status_code == 200
+            unloaded_at[0] = time.monotonic()
+            for running in clients:
+                running.result()
+    statuses = [status for status, _ in answers]
+    assert set(statuses) <= {200, 404}, {s for s in statuses if s not in (200, 404)}
+    assert statuses.count(200) > 0 and statuses.count(404) > 0
+    assert all("resnet18-digits" in text for status, text in answers if status == 404)
