@@ -106,6 +106,10 @@ class Repository:
             )
         return versions[version]
 
+    def has_folder(self, name: str) -> bool:
+        """Whether ``name`` is a model folder under the root (loaded or not); never a path out of it."""
+        return bool(name) and not name.startswith(".") and "/" not in name and (self.root / name).is_dir()
+
     def default_model(self) -> str | None:
         return next(iter(self.models), None)
 

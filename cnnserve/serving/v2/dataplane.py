@@ -99,7 +99,7 @@ class DataPlane:
         if settings.model_control_mode != "explicit":
             raise InvalidInput(f"loading and unloading models needs model_control_mode: explicit "
                                f"(this server runs {settings.model_control_mode!r})")
-        if not name or name.startswith(".") or "/" in name or not (settings.models_dir / name).is_dir():
+        if not self.repository.has_folder(name):
             raise ModelNotFound(f"no model {name!r} in the model repository {settings.models_dir}")
         control = ControlFile.for_this_server(settings.models_dir)
         generation = await asyncio.to_thread(control.ask, change)
@@ -117,7 +117,7 @@ class DataPlane:
         try:
             model = self.repository.resolve(name, parse_version(version))
         except ModelNotFound:
-            if name and not name.startswith(".") and "/" not in name and (self.repository.root / name).is_dir():
+            if self.repository.has_folder(name):
                 return False
             raise
         return self.core.host.status[model.key]["status"] in SERVING
