@@ -29,6 +29,9 @@ setup-test: $(BIN)/python $(TRITON_VENV)/bin/perf_analyzer
 	@command -v wrk >/dev/null || { \
 		command -v apt-get >/dev/null || { echo "the tests and benchmarks need wrk"; exit 1; }; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+	@command -v chromedriver >/dev/null || { \
+		command -v apt-get >/dev/null || { echo "the page's test needs Debian's chromium and chromium-driver"; exit 1; }; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
 # NVIDIA's tritonclient (and the perf_analyzer its wheel carries) pin an older
 # protobuf than BentoML: they get their own environment. perf_analyzer needs

@@ -25,6 +25,7 @@ from .core import InferenceCore
 from .fastlane import FastLane
 from .host import ModelHost
 from .lifecycle import initial_repository
+from .page import PAGE_PATHS
 from .patches import allowed
 from .patches.bentoml_asgi import promised_middlewares, wrap_service_app
 from .patches.circus_sockets import listen_on_own_socket, spread_connections
@@ -72,7 +73,7 @@ class CnnServe:
 
 key_check = make_key_check(settings)
 CnnServe.add_asgi_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-CnnServe.add_asgi_middleware(ApiKeyMiddleware, check=key_check, open_paths=settings.auth_open_paths)
+CnnServe.add_asgi_middleware(ApiKeyMiddleware, check=key_check, open_paths=settings.auth_open_paths + PAGE_PATHS)
 
 
 def worker_app(app):

@@ -25,6 +25,13 @@ def json_ok(description: str, schema: dict | None = None) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema or {"type": "object"}}}}
 
 
+def json_or_png(description: str, drawn: str) -> dict:
+    """An answer as JSON, or drawn on the picture when the request says ``Accept: image/png``."""
+    answer = json_ok(description)
+    answer["content"]["image/png"] = {"schema": {"type": "string", "format": "binary"}, "description": drawn}
+    return answer
+
+
 EXPLAIN_FIELDS = {
     "window": {"type": "integer", "minimum": 1, "description": "occluding square, in pixels of the model's input"},
     "stride": {"type": "integer", "minimum": 1, "description": "its step; default: the window (tiles)"},
@@ -86,14 +93,17 @@ def openapi_document() -> dict:
         "paths": {
             "/predict": {"post": {"summary": "label, top-k and box (in the image's own pixels) for one image file",
                                   "requestBody": multipart("image", many=False),
-                                  "responses": {"200": json_ok("the answer"), **predict_errors}}},
+                                  "responses": {"200": json_or_png("the answer", "the image, box and label drawn"),
+                                                **predict_errors}}},
             "/predict_batch": {"post": {"summary": "one answer per image file, in order",
                                         "requestBody": multipart("images", many=True),
                                         "responses": {"200": json_ok("the answers"), **predict_errors}}},
             "/explain": {"post": {"summary": "the answer and its occlusion map (probability drops per cell, placed in "
                                              "the image's own pixels)",
                                   "requestBody": multipart("image", many=False, extra=EXPLAIN_FIELDS),
-                                  "responses": {"200": json_ok("the answer and its map"), **predict_errors}}},
+                                  "responses": {"200": json_or_png("the answer and its map",
+                                                                   "the image, map blended in, box and label drawn"),
+                                                **predict_errors}}},
             "/models": {"get": {"summary": "every model and version with its status, provider, card metrics",
                                 "responses": {"200": json_ok("the listing"), **errors(401)}}},
             "/v2": {"get": {"summary": "V2 server metadata", "responses": {"200": json_ok("metadata")}}},

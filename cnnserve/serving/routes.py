@@ -1,6 +1,6 @@
 """The HTTP routes, mounted in the BentoML gateway service: ``/predict``,
-``/predict_batch``, ``/models``, the V2 REST routes, and the lifespan that runs
-the gRPC server.
+``/predict_batch``, ``/explain``, ``/models``, the V2 REST routes, the page at ``/``,
+and the lifespan that runs the gRPC server.
 
 Thin: each handler parses its request, hands it to the inference core's one
 entry point (``InferenceCore.infer``) and encodes the answer as JSON. The prediction routes parse multipart themselves rather than
@@ -30,6 +30,7 @@ from .http_common import error_response, read_body, timeout_ms
 from .lifecycle import RepositoryPoller
 from .multipart import parse_form
 from .openapi import openapi_document
+from .page import page_routes
 from .postprocess import describe
 from .repository import ModelVersion, Repository
 from .shutdown import stop_listening_on_sigterm
@@ -168,15 +169,21 @@ async def predict_batch(request: Request) -> JSONResponse:
 EXPLAIN_OPTIONS = frozenset({"window", "stride", "target"})
 
 
-async def explain(request: Request) -> JSONResponse:
-    """One image: the answer, and the occlusion map of its class (or of ``target``) in the image's pixels."""
+async def explain(request: Request) -> Response:
+    """One image: the answer, and the occlusion map of its class (or of ``target``) in the image's pixels; with
+    ``Accept: image/png``, the image with the map blended in and the answer drawn."""
     try:
-        return JSONResponse(await explain_route(request))
+        answer, data = await explain_route(request)
     except ServiceError as exc:
         return error_response(exc)
+    if "image/png" in request.headers.get("accept", ""):
+        png = await asyncio.to_thread(annotated_png, data, answer, answer["occlusion"])
+        return Response(png, media_type="image/png")
+    return JSONResponse(answer)
 
 
-async def explain_route(request: Request) -> dict:
+async def explain_route(request: Request) -> tuple[dict, bytes]:
+    """The JSON answer and the image file it explains."""
     core = request.app.state.core
     files, options = await read_files(request, "image", 1, EXPLAIN_OPTIONS)
     merged = {**options, **{k: v for k, v in request.query_params.items() if k in {"version", *EXPLAIN_OPTIONS}}}
@@ -226,7 +233,8 @@ async def explain_route(request: Request) -> dict:
     }
     timings = {**result.timings, "occluded_images": len(plan["corners"]),
                "total_ms": round((time.perf_counter() - began) * 1000, 3)}
-    return {"model": model.name, "version": model.version, **answer, "occlusion": occlusion, "timings": timings}
+    answer = {"model": model.name, "version": model.version, **answer, "occlusion": occlusion, "timings": timings}
+    return answer, files[0]
 
 
 async def openapi(request: Request) -> JSONResponse:
@@ -267,7 +275,8 @@ def serve_core(app: Starlette, core: InferenceCore) -> None:
 
 
 def build_rest_app() -> Starlette:
-    """Routes beside BentoML's: the model listing and the V2 REST protocol.
+    """Routes beside BentoML's: prediction, explanation, the model listing, the V2 REST protocol and the page at
+    ``/`` (mounted ahead of BentoML's own index page, which it replaces).
 
     ``serve_core`` gives it the inference core once the worker has loaded its models.
     """
@@ -277,6 +286,7 @@ def build_rest_app() -> Starlette:
         Route("/explain", explain, methods=["POST"]),
         Route("/models", list_models, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        *page_routes(),
         *v2_routes(),
     ]
     return Starlette(routes=routes, lifespan=lifespan)

@@ -1,6 +1,8 @@
-"""``POST /predict`` with ``Accept: image/png``: the picture back, as a viewer shows it (EXIF orientation applied,
-its own size), with the box drawn exactly where the JSON answer puts it. Read back pixel by pixel, on pictures the
-server's code did not make: square PNGs and photo-like JPEGs, a third of them with an EXIF orientation tag."""
+"""``POST /predict`` and ``POST /explain`` with ``Accept: image/png``: the picture back, as a viewer shows it (EXIF
+orientation applied, its own size), with the box drawn exactly where the JSON answer puts it, and for an
+explanation the map's hottest cell blended in amber where the JSON map puts it. Read back pixel by pixel, on
+pictures the server's code did not make: square PNGs and photo-like JPEGs, a third of them with an EXIF
+orientation tag."""
 
 import io
 
@@ -8,27 +10,43 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnserve.serving.annotate import BOX_COLOUR
+from cnnserve.serving.annotate import BOX_COLOUR, HEAT_COLOUR, HEAT_FLOOR, HEAT_OPACITY
 from loadtests.digit_images import CONDITIONS_BY_NAME, condition_files
+from tests.serving.helpers import edge_points, hottest_point
 
 
-def edge_points(box: dict, samples: int = 40) -> list[tuple[int, int]]:
-    """Points along the box's left, right and bottom edges (the label may cover part of the top one)."""
-    xs, ys = np.linspace(box["x1"], box["x2"], samples), np.linspace(box["y1"], box["y2"], samples)
-    return [(round(box["x1"]), round(y)) for y in ys] + [(round(box["x2"]), round(y)) for y in ys] + \
-        [(round(x), round(box["y2"])) for x in xs]
+def drawn(server, route: str, sent: dict) -> tuple[dict, np.ndarray]:
+    """The JSON answer and the PNG answer's pixels for one picture."""
+    answer = server.client.post(f"{route}?model=resnet18-digits", files=sent).json()
+    png = server.client.post(f"{route}?model=resnet18-digits", files=sent, headers={"Accept": "image/png"})
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    return answer, np.asarray(Image.open(io.BytesIO(png.content)).convert("RGB"))
 
 
+@pytest.mark.parametrize("route", ["/predict", "/explain"])
 @pytest.mark.parametrize("condition", ["square", "photo-like"])
-def test_the_drawn_box_is_where_the_answer_says(server, condition):
+def test_the_drawn_box_is_where_the_answer_says(server, condition, route):
     for file in condition_files(CONDITIONS_BY_NAME[condition], count=6):
-        sent = {"image": (f"picture.{file.format.lower()}", file.data)}
-        answer = server.client.post("/predict?model=resnet18-digits", files=sent).json()
-        drawn = server.client.post("/predict?model=resnet18-digits", files=sent, headers={"Accept": "image/png"})
-        assert drawn.status_code == 200 and drawn.headers["content-type"] == "image/png"
-        picture = Image.open(io.BytesIO(drawn.content)).convert("RGB")
-        assert picture.size == tuple(file.size) == (answer["image_size"]["width"], answer["image_size"]["height"])
-        pixels = np.asarray(picture)
-        on_edge = [tuple(pixels[min(y, picture.height - 1), min(x, picture.width - 1)]) == BOX_COLOUR
+        answer, pixels = drawn(server, route, {"image": (f"picture.{file.format.lower()}", file.data)})
+        height, width, _ = pixels.shape
+        assert (width, height) == tuple(file.size) == (answer["image_size"]["width"], answer["image_size"]["height"])
+        on_edge = [tuple(pixels[min(y, height - 1), min(x, width - 1)]) == BOX_COLOUR
                    for x, y in edge_points(answer["box"])]
         assert np.mean(on_edge) >= 0.95, f"{np.mean(on_edge):.2f} of the box's edge drawn, {file.format} {file.size}"
+
+
+def test_the_explanation_png_blends_the_hottest_cell_where_the_map_says(server):
+    checked = 0
+    for file in condition_files(CONDITIONS_BY_NAME["photo-like"], count=6):
+        sent = {"image": (f"picture.{file.format.lower()}", file.data)}
+        explained, heated = drawn(server, "/explain", sent)
+        _, plain = drawn(server, "/predict", sent)
+        x, y = (round(v) for v in hottest_point(explained))
+        if not (0 <= x < plain.shape[1] and 0 <= y < plain.shape[0]) or tuple(plain[y, x]) == BOX_COLOUR:
+            continue  # over the letterbox's padding, or under the box's line
+        hottest = max(max(row) for row in explained["occlusion"]["grid"])
+        opacity = HEAT_OPACITY * hottest / max(hottest, HEAT_FLOOR)
+        expected = (1 - opacity) * plain[y, x] + opacity * np.array(HEAT_COLOUR)
+        assert np.abs(heated[y, x] - expected).max() <= 3, (heated[y, x], expected)
+        checked += 1
+    assert checked >= 4

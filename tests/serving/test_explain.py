@@ -11,6 +11,7 @@ import pytest
 
 from loadtests.digit_images import CONDITIONS_BY_NAME, condition_files, digit_files
 from tests.committed import VERSIONS
+from tests.serving.helpers import hottest_point
 
 POINTING_DIGITS = 200
 
@@ -20,16 +21,6 @@ def explain(server, data: bytes, model: str, **options) -> dict:
                                   data={k: str(v) for k, v in options.items()})
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def hottest_point(answer: dict) -> tuple[float, float]:
-    """The centre of the map's hottest cell, in the image's pixels."""
-    occlusion = answer["occlusion"]
-    grid = np.array(occlusion["grid"])
-    row, column = np.unravel_index(int(grid.argmax()), grid.shape)
-    x1, y1, x2, y2 = occlusion["first_cell"]
-    dx, dy = occlusion["step"]
-    return (x1 + x2) / 2 + column * dx, (y1 + y2) / 2 + row * dy
 
 
 def test_an_explanation_answers_like_predict_and_maps_every_window(server):
