@@ -1,5 +1,5 @@
 """What the serving tests share: a PNG encoder, a reader of Prometheus' text format, V2 request builders
-(JSON for REST, protobuf for gRPC), and where an answer's box edges and its occlusion map's hottest cell lie."""
+(JSON for REST, protobuf for gRPC), and where an answer's box edges lie."""
 
 from __future__ import annotations
 
@@ -23,16 +23,6 @@ def edge_points(box: dict, samples: int = 40) -> list[tuple[int, int]]:
     xs, ys = np.linspace(box["x1"], box["x2"], samples), np.linspace(box["y1"], box["y2"], samples)
     return [(round(box["x1"]), round(y)) for y in ys] + [(round(box["x2"]), round(y)) for y in ys] + \
         [(round(x), round(box["y2"])) for x in xs]
-
-
-def hottest_point(answer: dict) -> tuple[float, float]:
-    """The centre of an ``/explain`` answer's hottest cell, in the image's pixels."""
-    occlusion = answer["occlusion"]
-    grid = np.array(occlusion["grid"])
-    row, column = np.unravel_index(int(grid.argmax()), grid.shape)
-    x1, y1, x2, y2 = occlusion["first_cell"]
-    dx, dy = occlusion["step"]
-    return (x1 + x2) / 2 + column * dx, (y1 + y2) / 2 + row * dy
 
 
 GOOD = png(Image.new("RGB", (64, 64), (20, 20, 20)))  # a valid picture for any committed model

@@ -12,7 +12,8 @@ from PIL import Image
 
 from cnnserve.serving.annotate import BOX_COLOUR, HEAT_COLOUR, HEAT_FLOOR, HEAT_OPACITY
 from loadtests.digit_images import CONDITIONS_BY_NAME, condition_files
-from tests.serving.helpers import edge_points, hottest_point
+from loadtests.pointing_game import hottest_point
+from tests.serving.helpers import edge_points
 
 
 def drawn(server, route: str, sent: dict) -> tuple[dict, np.ndarray]:

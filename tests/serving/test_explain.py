@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from loadtests.digit_images import CONDITIONS_BY_NAME, condition_files, digit_files
+from loadtests.pointing_game import CONDITION, points_at_ink
 from tests.committed import VERSIONS
-from tests.serving.helpers import hottest_point
 
 POINTING_DIGITS = 200
 
@@ -49,12 +49,8 @@ def test_impossible_explanations_are_refused_with_the_reason(server, options, ph
 
 
 def test_the_map_points_at_the_digit(server):
-    files = condition_files(CONDITIONS_BY_NAME["4:3 and 16:9"], count=POINTING_DIGITS)
+    files = condition_files(CONDITIONS_BY_NAME[CONDITION], count=POINTING_DIGITS)
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda f: explain(server, f.data, "resnet18-digits"), files))
-    hits = 0
-    for file, answer in zip(files, answers):
-        x, y = hottest_point(answer)
-        x1, y1, x2, y2 = file.box
-        hits += x1 <= x <= x2 and y1 <= y <= y2
+    hits = sum(points_at_ink(file, answer) for file, answer in zip(files, answers))
     assert hits / len(files) >= 0.9, f"the map pointed at the digit in {hits} of {len(files)}"

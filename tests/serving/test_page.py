@@ -21,9 +21,10 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from cnnserve.serving.annotate import BOX_COLOUR, HEAT_OPACITY
 from loadtests.local_server import running_server
+from loadtests.pointing_game import hottest_point
 from tests.committed import VERSIONS
 from tests.conftest import MODELS_DIR, REPO_ROOT
-from tests.serving.helpers import edge_points, hottest_point
+from tests.serving.helpers import edge_points
 
 EXAMPLE = REPO_ROOT / "docs" / "example-digit.png"
 WINDOW = (1000, 700)
@@ -63,7 +64,7 @@ def canvas_pixels(browser, canvas_id: str, points: list[tuple[int, int]]) -> tup
 
 def ask(browser, url: str, model: str) -> None:
     browser.get(f"{url}/")
-    models = lambda: Select(browser.find_element(By.ID, "model"))  # noqa: E731 (read afresh after each reload)
+    models = lambda: Select(browser.find_element(By.ID, "model"))
     wait_for(browser, lambda: model in [option.get_attribute("value") for option in models().options])
     models().select_by_value(model)
     browser.find_element(By.ID, "file").send_keys(str(EXAMPLE))
