@@ -203,6 +203,12 @@ async def explain_route(request: Request) -> tuple[dict, bytes]:
         if len(corners) > core.settings.max_explain_windows:
             raise InvalidInput(f"window {window} and stride {stride} make {len(corners)} occluded copies; the limit is "
                                f"{core.settings.max_explain_windows} (max_explain_windows): take a larger stride")
+        room = core.settings.batching_for(model.name).max_queue_images
+        if 1 + len(corners) > room:
+            raise InvalidInput(f"window {window} and stride {stride} make {len(corners)} occluded copies; with the image "
+                               f"they exceed {model.name}'s queue of {room} images (max_queue_images): take a larger "
+                               "stride")
+        core.host.check_room(model, 1 + len(corners))  # admitted like the images it will run: 503 when they don't fit
         target = merged.get("target")
         if target is not None and target not in model.labels:
             raise InvalidInput(f"target must be one of {model.name}'s labels ({', '.join(model.labels)}), got {target!r}")

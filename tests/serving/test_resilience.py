@@ -80,6 +80,9 @@ def test_a_flood_is_served_or_refused_quickly_and_nothing_is_lost(tmp_path, caps
         began = time.perf_counter()
         calm = server.client.post("/predict", files={"image": ("d.png", files[0])}, data={"model": MODEL})
         assert calm.status_code == 200 and time.perf_counter() - began < 1.0, "normal service right after"
+        explained = server.client.post("/explain", files={"image": ("d.png", files[0])}, data={"model": MODEL})
+        assert explained.status_code == 400 and "max_queue_images" in explained.json()["error"], \
+            "an explanation whose 65 images could never fit the queue of 48 is refused, not left to fail"
 
 
 def worker_pids(server) -> set[int]:
