@@ -8,6 +8,7 @@ A screenshot of the answered page is written to ``CNNSERVE_PAGE_SCREENSHOT`` (de
 ``CNNSERVE_PAGE_SCREENSHOT=docs/try-page.png python -m pytest tests/serving/test_page.py``.
 """
 
+import io
 import os
 import shutil
 from pathlib import Path
@@ -20,6 +21,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from cnnserve.serving.annotate import BOX_COLOUR, HEAT_OPACITY
+from loadtests.digit_images import CONDITIONS_BY_NAME, EXIF_ORIENTATION, condition_files
 from loadtests.local_server import running_server
 from loadtests.pointing_game import hottest_point
 from tests.committed import VERSIONS
@@ -102,6 +104,26 @@ def test_the_page_shows_the_answer_its_box_and_where_the_model_looks(server, bro
     screenshot = Path(os.environ.get("CNNSERVE_PAGE_SCREENSHOT", tmp_path / "try-page.png"))
     assert browser.save_screenshot(str(screenshot))
     assert Image.open(screenshot).size[0] >= WINDOW[0] - 20
+
+
+def test_a_photo_turned_by_its_exif_tag_is_drawn_in_the_orientation_the_answer_uses(server, browser, tmp_path):
+    """The server answers in the picture's pixels after EXIF orientation; the browser shows it turned the same way,
+    so the canvases (sized from the answer) lie exactly over the picture."""
+    turned = next(f for f in condition_files(CONDITIONS_BY_NAME["photo-like"], count=12)
+                  if Image.open(io.BytesIO(f.data)).getexif().get(EXIF_ORIENTATION) in (6, 8))
+    stored = Image.open(io.BytesIO(turned.data)).size
+    assert stored == turned.size[::-1]  # stored sideways, shown upright
+    path = tmp_path / "turned.jpg"
+    path.write_bytes(turned.data)
+    browser.get(f"{server.url}/")
+    wait_for(browser, lambda: Select(browser.find_element(By.ID, "model")).options)
+    browser.find_element(By.ID, "file").send_keys(str(path))
+    width, height = turned.size
+    wait_for(browser, lambda: f"{width}×{height} px" in text(browser, "details"))
+    natural = browser.execute_script("const i = document.getElementById('image'); "
+                                     "return [i.naturalWidth, i.naturalHeight];")
+    (size, _) = canvas_pixels(browser, "overlay", [])
+    assert tuple(natural) == size == (width, height)
 
 
 @pytest.fixture(scope="module")
