@@ -27,7 +27,7 @@ def test_the_bento_requirements_match_the_project():
     assert actual == expected
 
 
-def test_a_built_bento_serves_predictions(tmp_path):
+def test_a_built_bento_carries_the_page_and_serves_predictions(tmp_path):
     home = tmp_path / "bentoml"
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
     build = subprocess.run(
@@ -40,6 +40,10 @@ def test_a_built_bento_serves_predictions(tmp_path):
     bento = home / "bentos" / "cnnserve" / tag.split(":")[1]
     assert sorted(p.name for p in (bento / "src" / "models").iterdir()) == [
         "lenet5-digits", "resnet18-digits", "vgg11-digits"]
+    # the page's files are not Python: the bentofile must name them (the server below would import this checkout's
+    # editable install, so only the bundle itself tells)
+    assert {p.name for p in (bento / "src" / "cnnserve" / "serving" / "page").iterdir()} >= {
+        "index.html", "page.js", "page.css"}
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     with running_server(tmp_path, target=tag, cwd=elsewhere) as server:
