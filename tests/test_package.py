@@ -36,9 +36,10 @@ def test_the_wheel_installs_only_cnnserve_at_top_level(tmp_path: Path) -> None:
     installed = {p.name for p in site.iterdir()} - before
     installed = {name for name in installed if not name.endswith((".dist-info", ".pth")) and name != "__pycache__"}
     assert installed == {"cnnserve"}
-    # Every subpackage travels, the shared contract and the committed gRPC stubs included.
+    # Every subpackage travels, the shared contract, the committed gRPC stubs and the page's files included.
     for module in ("__init__.py", "contract/__init__.py", "contract/images.py", "contract/letterbox.py",
-                   "serving/app.py", "serving/v2/inference_pb2.py", "training/__main__.py"):
+                   "serving/app.py", "serving/v2/inference_pb2.py", "training/__main__.py",
+                   "serving/page/index.html", "serving/page/page.js", "serving/page/page.css"):
         assert (site / "cnnserve" / module).is_file(), module
 
 
