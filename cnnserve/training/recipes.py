@@ -42,7 +42,9 @@ RECIPES: dict[str, TrainConfig] = {
     # The seeds' other networks (issue 23), not committed: each ONNX file would take most of the tracked tree's
     # 50 MiB budget (AlexNet's 9,216-wide features make 12.4 M parameters even with 512-wide heads), so
     # `python -m cnnserve.training train --recipe NAME` reproduces them. 64 px as ResNet-18: the stride-4 stem
-    # leaves 15 x 15, enough for a digit at a fifth of the side.
+    # leaves 15 x 15. Not yet trained to the end: a run stopped for time (2026-11-26, 2 threads, about 2.2 minutes
+    # an epoch) reached val accuracy only 0.18 after 7 of 12 epochs (loss 4.55 -> 3.08; VGG-11 had 0.46 at its
+    # epoch 7): the stride-4 11 x 11 stem may see too little of a small digit at 64 px; try 96-128 px.
     "alexnet-digits": TrainConfig(
         name="alexnet-digits", arch="alexnet", channels=3, input_size=64, epochs=12, lr=1e-3, copies_per_epoch=14,
         options={"classifier_width": 512, "dropout": 0.3}, version=1,
