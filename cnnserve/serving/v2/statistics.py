@@ -72,15 +72,18 @@ def version_statistics(totals: dict, name: str, version: str) -> dict:
             "compute_output": duration(ran, 0.0),
         },
         "batch_stats": [
-            {"batch_size": int(size), "compute_input": duration(count, 0.0),
-             "compute_infer": duration(count, totals.get(("cnnserve_batch_compute_by_size_seconds_total", name, version,
-                                                          size), 0.0)),
-             "compute_output": duration(count, 0.0)}
-            for size, count in sorted(((key[3], count) for key, count in totals.items()
-                                       if key[:3] == ("cnnserve_batches_by_size_total", name, version) and count),
-                                      key=lambda item: int(item[0]))
+            {"batch_size": int(size), "compute_input": duration(batches, 0.0),
+             "compute_infer": duration(batches, total("cnnserve_batch_compute_by_size_seconds_total", size)),
+             "compute_output": duration(batches, 0.0)}
+            for size, batches in sorted(batch_sizes(totals, name, version).items(), key=lambda item: int(item[0]))
         ],
     }
+
+
+def batch_sizes(totals: dict, name: str, version: str) -> dict[str, float]:
+    """Batches run per batch size (the size as its label text), for one model version."""
+    return {size: count for (sample, model, ver, size), count in totals.items()
+            if (sample, model, ver) == ("cnnserve_batches_by_size_total", name, version) and count}
 
 
 def model_statistics(repository: Repository, name: str | None = None, version: int | None = None) -> dict:
