@@ -162,9 +162,10 @@ function drawAnswer(answer) {
   context.lineWidth = line;
   context.strokeRect(x1, y1, x2 - x1, y2 - y1);
   const text = `${answer.label} ${Math.round(answer.probability * 100)}%`;
-  context.font = `${Math.max(12, Math.floor(Math.min(width, height) / 14))}px sans-serif`;
+  const fontSize = Math.max(12, Math.floor(Math.min(width, height) / 14)); // annotate.py's
+  context.font = `${fontSize}px sans-serif`;
   context.textBaseline = "top";
-  const tag = { w: context.measureText(text).width + 2 * line, h: Math.max(12, Math.floor(Math.min(width, height) / 14)) + 2 * line };
+  const tag = { w: context.measureText(text).width + 2 * line, h: fontSize + 2 * line };
   const x = Math.min(Math.max(0, x1), Math.max(0, width - tag.w));
   const y = y1 - tag.h >= 0 ? y1 - tag.h : y1 + line;
   context.fillStyle = BOX_COLOUR;
