@@ -72,13 +72,15 @@ def layer_of(frames: list[str]) -> str | None:
 
 
 def read_collapsed(paths: list[Path]) -> tuple[collections.Counter, collections.Counter, set[int]]:
-    """Samples per layer and per cnnserve function (inclusive), and the threads seen, from py-spy's raw
-    (collapsed stack, ``--threads``) files."""
+    """Samples per layer and per cnnserve function (inclusive), and the threads seen running Python, from
+    py-spy's raw (collapsed stack, ``--threads``) files."""
     layers, functions, threads = collections.Counter(), collections.Counter(), set()
     for path in paths:
         for line in path.read_text().splitlines():
             stack, _, count = line.rpartition(" ")
             thread, *frames = stack.split(";")
+            if not frames:  # a native thread py-spy lists with an empty stack: its time is the native share
+                continue
             threads.add(int(thread.removeprefix("thread (").split(")")[0]))
             layer = layer_of(frames)
             if layer is None:

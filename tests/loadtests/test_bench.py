@@ -11,7 +11,7 @@ import pytest
 
 import loadtests.bench.__main__ as bench_main
 from loadtests.bench.grpc_channel import ONE_CHANNEL
-from loadtests.bench.profile import layer_of
+from loadtests.bench.profile import layer_of, read_collapsed
 from loadtests.bench.raw import RawPoint
 from loadtests.bench.report import how_targets_are_measured, target_rows
 from loadtests.bench.served import measure
@@ -159,6 +159,16 @@ def test_a_profile_sample_belongs_to_its_innermost_known_layer():
     assert layer_of([*outer, "Gauge.inc (prometheus_client/metrics.py:440)"]) == "metrics (prometheus-client)"
     assert layer_of(outer) == "cnnserve"
     assert layer_of(["Thread._bootstrap (threading.py:1002)", "Condition.wait (threading.py:327)"]) is None
+
+
+def test_a_thread_sampled_without_python_frames_counts_as_native_not_as_a_python_thread(tmp_path):
+    """py-spy sometimes lists a thread with an empty stack (CI run of 2026-11-26 failed on one)."""
+    collapsed = tmp_path / "worker0.collapsed"
+    collapsed.write_text("thread (1201) 3\n"
+                         "thread (1202);Runner.run (asyncio/runners.py:118);handle (cnnserve/serving/routes.py:9) 5\n")
+    layers, functions, python_threads = read_collapsed([collapsed])
+    assert layers == {"cnnserve": 5} and python_threads == {1202}
+    assert functions == {"handle (cnnserve/serving/routes.py)": 5}
 
 
 def test_a_profile_of_a_real_server_prices_each_layer_of_a_request(tmp_path):
