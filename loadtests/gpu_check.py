@@ -355,7 +355,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     throughput = results["throughput"]
-    figure, axes = plt.subplots(1, len(throughput), figsize=(6 * len(throughput), 4), squeeze=False)
+    figure, axes = plt.subplots(1, len(throughput), figsize=(max(8, 6 * len(throughput)), 4.5), squeeze=False)
     for axis, (name, figures) in zip(axes[0], throughput.items()):
         for workers in dict.fromkeys(r["workers"] for r in figures["served"]):
             rows = [r for r in figures["served"] if r["workers"] == workers]
@@ -372,7 +372,8 @@ def plot(results: dict, path: Path) -> None:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     device = results["device"]
-    figure.suptitle(f"{device.get('gpu') or 'CPU'}, {device['provider']}, ONNX Runtime {device['onnxruntime']}, {device['date']}")
+    figure.suptitle(f"{device.get('gpu') or 'CPU'}, {device['provider']}\nONNX Runtime {device['onnxruntime']}, "
+                    f"commit {device['commit']}, {device['date']}", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)

@@ -54,7 +54,7 @@ class ModelHost:
         preload_gpu_libraries(available)
         self.providers = choose_providers(settings.providers, available, cuda_device_count(), tensorrt_loads())
         gpus = cuda_device_count() if self.providers[0] in GPU_PROVIDERS else 0
-        self.device_id = worker_index % gpus if gpus else 0  # one GPU per worker (workers: one per GPU)
+        self.device_id = worker_index % gpus if gpus else 0  # worker i on GPU i mod GPUs
         self.workers = settings.inference_workers(gpus=gpus)  # this worker's server has as many as app.py starts
         self.threads = settings.session_threads(gpus=gpus)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
