@@ -21,10 +21,12 @@ itself when it can run on the event loop (``run_alone``), and saves the two
 passes of the loop the queue costs (the batcher's task wakes, then the
 caller). Requests read in the same pass as it are not alone (cnnserve/serving/lone_request.py).
 Only such a lone request may borrow every core on the loop (``run_now``); a
-queued batch never does. The calls of one gRPC channel all reach one worker and
-come in one per pass of its loop: while the other worker idled, each ran alone
-on every core, on the loop, so the next could not arrive meanwhile (32 calls in
-flight on one channel, ResNet-18: batches of 1.01; off the loop, 30).
+queued batch borrows them only off the loop, on the executor thread, while no
+other worker is busy (cnnserve/serving/runner.py). The calls of one gRPC channel
+all reach one worker and come in one per pass of its loop: while the other
+worker idled, each ran alone on every core, on the loop, so the next could not
+arrive meanwhile (32 calls in flight on one channel, ResNet-18: batches of
+1.01; off the loop, 30).
 
 Batches run on one executor thread per worker, shared by every model, so ONNX
 Runtime's threads never oversubscribe the cores; ONNX Runtime releases the GIL,

@@ -9,6 +9,7 @@ thing. The inference core reaches it only through ``core.Host``: ``infer``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -60,7 +61,7 @@ class ModelHost:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self.cores = os.cpu_count() or 1
         self.tokens = (
-            CoreTokens(self.cores, self.threads, worker_index)
+            CoreTokens(self.cores, self.threads, worker_index, self.workers)
             if settings.borrow_idle_cores and self.threads < self.cores and self.providers[0] == CPU
             else None
         )
@@ -218,8 +219,8 @@ class ModelHost:
 
     def runner(self, loaded: LoadedModel, warm_up: dict[int, float], cache_dir: Path) -> ModelRunner:
         """How this model's batches run. With idle cores to borrow, a model too large to run on the
-        event loop gets a second session with a thread per core, for batches of up to SOLO_MAX_BATCH
-        (core tokens: cnnserve/serving/runner.py). Warm-up timings cannot choose the sizes: every worker
+        event loop gets a second session with a thread per core, for a lone request's batch of up to
+        SOLO_MAX_BATCH and for queued batches while the other workers are idle (cnnserve/serving/runner.py). Warm-up timings cannot choose the sizes: every worker
         warms up at once, so a session with a thread per core looks slower then than it is."""
         settings = self.settings
         inline = inline_up_to(warm_up)
@@ -238,7 +239,8 @@ class ModelHost:
 
     async def infer(self, model: ModelVersion, images: np.ndarray, deadline: float) -> BatchResult:
         """Queue images at the model's batcher; the answer comes when their batch has run."""
-        return await self.batcher(model).submit(images, deadline)
+        with self.tokens.busy() if self.tokens else contextlib.nullcontext():
+            return await self.batcher(model).submit(images, deadline)
 
     def check_room(self, model: ModelVersion, count: int) -> None:
         self.batcher(model).check_room(count)

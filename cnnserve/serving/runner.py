@@ -1,15 +1,21 @@
-"""Core tokens shared by the worker processes of one server, so a lone small
-batch can use every core without ever oversubscribing them.
+"""Core tokens shared by the worker processes of one server, so a worker can use
+every core while the others have nothing to do, without ever oversubscribing them.
 
 Each worker computes on ``threads`` cores (``workers × threads ≤ cores``),
-which is what keeps a loaded server efficient. A lone request, though, leaves
-the other workers' cores idle, and ResNet-18 at batch 1 takes 7.1 ms on one
-thread but 4.1 ms on two. So a small batch first tries to take every core token
-at once (never waiting); holding them all, it runs the model's second session,
-which has a thread per core. Otherwise it claims its worker's own share,
-waiting until they are free, and runs on those cores. Tokens are
-``fcntl`` byte-range locks on one file per server (named after the worker
-processes' common parent), so the kernel releases the tokens of a worker that dies.
+which is what keeps a loaded server efficient. When only one worker has work,
+though, the other workers' cores idle: a lone request (ResNet-18 at batch 1
+takes 7.1 ms on one thread but 4.1 ms on two), or every call of one gRPC
+channel, which all reach one worker (ResNet-18, 64 calls: 0.46-0.49 of raw ONNX
+Runtime on that worker's one core). So a worker may borrow: a lone small batch
+tries to take every core token at once (never waiting) and runs on the event
+loop; a queued batch does the same on the executor thread, but only while no
+other worker has a request in flight (``busy``), since borrowing from a worker
+that is merely between two batches makes its next batch wait (HTTP load over
+both workers lost 3-8%). Holding every token, a batch runs the model's second
+session, which has a thread per core; otherwise it claims its worker's own
+share, waiting until they are free. Tokens and busy marks are ``fcntl``
+byte-range locks on one file per server (named after the worker processes'
+common parent), so the kernel releases those of a worker that dies.
 """
 
 from __future__ import annotations
@@ -24,12 +30,16 @@ import numpy as np
 
 
 class CoreTokens:
-    def __init__(self, cores: int, share: int, worker_index: int, path: Path | None = None):
-        """``worker_index`` counts from 0; worker i owns tokens i × share ... (i + 1) × share - 1."""
+    def __init__(self, cores: int, share: int, worker_index: int, workers: int, path: Path | None = None):
+        """``worker_index`` counts from 0; worker i owns tokens i × share ... (i + 1) × share - 1, and marks
+        itself busy at byte ``cores + i``."""
         self.cores = cores
         self.path = path or Path(tempfile.gettempdir()) / f"cnnserve-cores-{os.getppid()}.lock"
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         self.own = [(worker_index * share + i) % cores for i in range(share)]
+        self.busy_mark = cores + worker_index
+        self.others_marks = [cores + i for i in range(workers) if i != worker_index]
+        self.in_flight = 0
 
     def lock(self, token: int, wait: bool) -> bool:
         try:
@@ -51,6 +61,27 @@ class CoreTokens:
         finally:
             for token in self.own:
                 self.release(token)
+
+    @contextlib.contextmanager
+    def busy(self):
+        """Marks this worker busy while at least one request of it is in flight."""
+        self.in_flight += 1
+        if self.in_flight == 1:
+            self.lock(self.busy_mark, wait=True)  # never waits: only this worker takes its mark
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self.release(self.busy_mark)
+
+    def others_idle(self) -> bool:
+        """Whether no other worker has a request in flight (their busy marks are all free)."""
+        for mark in self.others_marks:
+            if not self.lock(mark, wait=False):
+                return False
+            self.release(mark)
+        return True
 
     @contextlib.contextmanager
     def claim_all_now(self):
@@ -78,10 +109,18 @@ class ModelRunner:
         self.solo = solo  # the same model with a thread per core
 
     def __call__(self, images: np.ndarray):
-        """A batch small enough for the event loop needs no tokens: it runs on the loop's own thread."""
-        on_own_cores = self.tokens is not None and len(images) > self.inline_up_to
-        with self.tokens.claim() if on_own_cores else contextlib.nullcontext():
-            return self.loaded.run(np.ascontiguousarray(images, dtype=np.float32))
+        """A batch small enough for the event loop needs no tokens: it runs on the loop's own thread. A larger
+        one (on the executor thread) runs on every core while the other workers have nothing in flight, else
+        on this worker's own."""
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        if self.tokens is None or len(images) <= self.inline_up_to:
+            return self.loaded.run(images)
+        if self.solo is not None and self.tokens.others_idle():
+            with self.tokens.claim_all_now() as every_core:
+                if every_core:
+                    return self.solo.run(images)
+        with self.tokens.claim():
+            return self.loaded.run(images)
 
     def run_if_cores_free(self, images: np.ndarray):
         """The outputs, computed now on every core, or None when the batch is large or a core is taken.

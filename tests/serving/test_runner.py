@@ -1,5 +1,6 @@
 """Core tokens: a worker always gets its own share, borrows the others' only while
-no other worker holds them, and a dead worker's tokens come back."""
+no other worker holds them (a queued batch: only while no other worker is busy),
+and a dead worker's tokens and busy mark come back."""
 
 import subprocess
 import sys
@@ -25,14 +26,14 @@ def hold_token_in_another_process(path, token: int) -> subprocess.Popen:
 
 
 def test_a_worker_alone_may_take_every_core(tmp_path):
-    tokens = CoreTokens(cores=2, share=1, worker_index=0, path=tmp_path / "cores.lock")
+    tokens = CoreTokens(cores=2, share=1, worker_index=0, workers=2, path=tmp_path / "cores.lock")
     with tokens.claim_all_now() as every_core:
         assert every_core
 
 
 def test_a_busy_worker_keeps_its_cores_and_a_dead_one_gives_them_back(tmp_path):
     path = tmp_path / "cores.lock"
-    tokens = CoreTokens(cores=2, share=1, worker_index=0, path=path)
+    tokens = CoreTokens(cores=2, share=1, worker_index=0, workers=2, path=path)
     other = hold_token_in_another_process(path, token=1)
     with tokens.claim_all_now() as every_core:
         assert not every_core
@@ -56,7 +57,7 @@ class Session:
 def test_only_a_small_batch_with_every_core_free_runs_now_on_every_core(tmp_path):
     calls = []
     path = tmp_path / "cores.lock"
-    tokens = CoreTokens(cores=2, share=1, worker_index=0, path=path)
+    tokens = CoreTokens(cores=2, share=1, worker_index=0, workers=2, path=path)
     runner = ModelRunner(Session("own", calls), inline_up_to=0, tokens=tokens, solo=Session("solo", calls))
     assert runner.run_if_cores_free(np.zeros((4, 1))) is not None
     assert runner.run_if_cores_free(np.zeros((5, 1))) is None  # a large batch means load: its own cores
@@ -65,3 +66,37 @@ def test_only_a_small_batch_with_every_core_free_runs_now_on_every_core(tmp_path
     runner(np.zeros((1, 1)))
     other.kill()
     assert calls == [("solo", 4), ("own", 1)]
+
+
+def test_a_queued_batch_borrows_every_core_only_while_no_other_worker_is_busy(tmp_path):
+    calls = []
+    path = tmp_path / "cores.lock"
+    tokens = CoreTokens(cores=2, share=1, worker_index=0, workers=2, path=path)
+    runner = ModelRunner(Session("own", calls), inline_up_to=0, tokens=tokens, solo=Session("solo", calls))
+    runner(np.zeros((30, 1)))  # the other worker idle: one gRPC channel's batch gets both cores
+    other_busy = hold_token_in_another_process(path, token=3)  # worker 1's busy mark (byte cores + 1)
+    runner(np.zeros((30, 1)))  # worker 1 has a request in flight, though its core token is free
+    other_busy.kill()
+    other_busy.wait()
+    runner(np.zeros((30, 1)))
+    assert calls == [("solo", 30), ("own", 30), ("solo", 30)]
+
+
+def test_a_worker_is_busy_from_its_first_request_in_flight_to_its_last(tmp_path):
+    path = tmp_path / "cores.lock"
+    worker0 = CoreTokens(cores=2, share=1, worker_index=0, workers=2, path=path)
+    probe = textwrap.dedent(f"""
+        from pathlib import Path
+        from cnnserve.serving.runner import CoreTokens
+        print(CoreTokens(cores=2, share=1, worker_index=1, workers=2, path=Path({str(path)!r})).others_idle())
+    """)
+
+    def seen_idle_by_worker1() -> bool:  # fcntl locks are per process: ask from another one
+        return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "True"
+
+    assert seen_idle_by_worker1()
+    with worker0.busy():
+        with worker0.busy():
+            assert not seen_idle_by_worker1()
+        assert not seen_idle_by_worker1()  # one request still in flight
+    assert seen_idle_by_worker1()
