@@ -9,7 +9,6 @@ thing. The inference core reaches it only through ``core.Host``: ``infer``,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -239,8 +238,13 @@ class ModelHost:
 
     async def infer(self, model: ModelVersion, images: np.ndarray, deadline: float) -> BatchResult:
         """Queue images at the model's batcher; the answer comes when their batch has run."""
-        with self.tokens.busy() if self.tokens else contextlib.nullcontext():
+        if self.tokens is None:
             return await self.batcher(model).submit(images, deadline)
+        self.tokens.request_began()
+        try:
+            return await self.batcher(model).submit(images, deadline)
+        finally:
+            self.tokens.request_ended()
 
     def check_room(self, model: ModelVersion, count: int) -> None:
         self.batcher(model).check_room(count)

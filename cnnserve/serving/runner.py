@@ -62,18 +62,16 @@ class CoreTokens:
             for token in self.own:
                 self.release(token)
 
-    @contextlib.contextmanager
-    def busy(self):
-        """Marks this worker busy while at least one request of it is in flight."""
+    def request_began(self) -> None:
+        """This worker is busy from its first request in flight (``request_ended`` after each) to its last."""
         self.in_flight += 1
         if self.in_flight == 1:
-            self.lock(self.busy_mark, wait=True)  # never waits: only this worker takes its mark
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                self.release(self.busy_mark)
+            self.lock(self.busy_mark, wait=True)  # never waits long: the others only test it
+
+    def request_ended(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.release(self.busy_mark)
 
     def others_idle(self) -> bool:
         """Whether no other worker has a request in flight (their busy marks are all free)."""

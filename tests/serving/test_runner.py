@@ -95,8 +95,10 @@ def test_a_worker_is_busy_from_its_first_request_in_flight_to_its_last(tmp_path)
         return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "True"
 
     assert seen_idle_by_worker1()
-    with worker0.busy():
-        with worker0.busy():
-            assert not seen_idle_by_worker1()
-        assert not seen_idle_by_worker1()  # one request still in flight
+    worker0.request_began()
+    worker0.request_began()
+    assert not seen_idle_by_worker1()
+    worker0.request_ended()
+    assert not seen_idle_by_worker1()  # one request still in flight
+    worker0.request_ended()
     assert seen_idle_by_worker1()
