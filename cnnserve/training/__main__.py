@@ -54,6 +54,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     tr.add_argument("--data-dir", type=Path, help="a folder with images and labels.csv/json (default: digits)")
     tr.add_argument("--out", type=Path, default=Path("models"), help="model repository root")
     tr.add_argument("--threads", type=int, default=os.cpu_count())
+    tr.add_argument("--device", default="cpu", help="torch device to train on: cpu, or cuda on a GPU host with a "
+                    "CUDA build of torch (the card records the GPU)")
     tr.add_argument("--dry-run", action="store_true", help="tiny subset, one short epoch: a smoke test")
 
     bench = sub.add_parser("bench-models", help="export untrained ImageNet-shaped models for benchmarks")
@@ -142,7 +144,7 @@ def main(argv: list[str]) -> None:
         task = digits_task(config.channels, config.input_size, config.seed, config.copies_per_epoch, limit)
     command = "python -m cnnserve.training " + shlex.join(argv)
     print(f"training {config.name} ({config.arch}) on {task.description}")
-    build_version(config, task, args.out, config.version, command)
+    build_version(config, task, args.out, config.version, command, device=args.device)
 
 
 if __name__ == "__main__":

@@ -51,9 +51,10 @@ def rederive_variants(folder: Path, log=print) -> None:
     write_card(folder, card)
 
 
-def build_version(config: TrainConfig, task: TaskData, out_root: Path, version: int, command: str, log=print) -> Path:
+def build_version(config: TrainConfig, task: TaskData, out_root: Path, version: int, command: str, log=print,
+                  device: str = "cpu") -> Path:
     started = time.perf_counter()
-    model, history = train(config, task, log=log)
+    model, history = train(config, task, log=log, device=device)
     train_seconds = time.perf_counter() - started
     folder = out_root / config.name / str(version)
     CHECKPOINTS.mkdir(exist_ok=True)

@@ -45,6 +45,8 @@ RECIPES: dict[str, TrainConfig] = {
     # leaves 15 x 15. Not yet trained to the end: a run stopped for time (2026-11-26, 2 threads, about 2.2 minutes
     # an epoch) reached val accuracy only 0.18 after 7 of 12 epochs (loss 4.55 -> 3.08; VGG-11 had 0.46 at its
     # epoch 7): the stride-4 11 x 11 stem may see too little of a small digit at 64 px; try 96-128 px.
+    # On a GPU (`--device cuda`, an H100, 2026-11-26) one full GoogLeNet epoch with its rendering, validation and
+    # export took 64 s: the single-process renderer, not the network, sets the pace there.
     "alexnet-digits": TrainConfig(
         name="alexnet-digits", arch="alexnet", channels=3, input_size=64, epochs=12, lr=1e-3, copies_per_epoch=14,
         options={"classifier_width": 512, "dropout": 0.3}, version=1,

@@ -65,14 +65,16 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 
 
 def torch_predictor(model: nn.Module, batch_size: int = 256) -> Predictor:
+    """Runs ``model`` on whichever device holds its weights."""
     def predict(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         model.eval()
+        device = next(model.parameters()).device
         probs, boxes = [], []
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
-                logits, box = model(torch.from_numpy(images[start : start + batch_size]))
-                probs.append(torch.softmax(logits, 1).numpy())
-                boxes.append(box.numpy())
+                logits, box = model(torch.from_numpy(images[start : start + batch_size]).to(device))
+                probs.append(torch.softmax(logits, 1).cpu().numpy())
+                boxes.append(box.cpu().numpy())
         return np.concatenate(probs), np.concatenate(boxes)
 
     return predict
@@ -90,8 +92,10 @@ def evaluate(predict: Predictor, split: tuple[np.ndarray, np.ndarray, np.ndarray
     }
 
 
-def train(config: TrainConfig, task: TaskData, log: Callable[[str], None] = print) -> tuple[Normalized, list[dict]]:
-    """Fit a model; returns it (in eval mode) and the per-epoch history."""
+def train(config: TrainConfig, task: TaskData, log: Callable[[str], None] = print,
+          device: str = "cpu") -> tuple[Normalized, list[dict]]:
+    """Fit a model on ``device`` (``cpu``, or ``cuda`` on a GPU host); returns it on the CPU, in eval mode, and
+    the per-epoch history."""
     torch.manual_seed(config.seed)
     first_epoch = task.train_epoch(0)
     mean, std = channel_stats(first_epoch[0])
@@ -102,7 +106,7 @@ def train(config: TrainConfig, task: TaskData, log: Callable[[str], None] = prin
         input_size=config.input_size,
         **config.options,
     )
-    model = Normalized(net, mean, std)
+    model = Normalized(net, mean, std).to(device)
     steps_per_epoch = math.ceil(len(first_epoch[0]) / config.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -118,9 +122,10 @@ def train(config: TrainConfig, task: TaskData, log: Callable[[str], None] = prin
         bar = tqdm(range(0, len(order), config.batch_size), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
         for start in bar:
             batch = order[start : start + config.batch_size]
-            x = torch.from_numpy(images[batch])
+            x = torch.from_numpy(images[batch]).to(device)
             logits, pred_boxes = model(x)
-            target_boxes, target_classes = torch.from_numpy(boxes[batch]), torch.from_numpy(classes[batch])
+            target_boxes = torch.from_numpy(boxes[batch]).to(device)
+            target_classes = torch.from_numpy(classes[batch]).to(device)
             loss = F.cross_entropy(logits, target_classes) + config.box_weight * (
                 F.smooth_l1_loss(pred_boxes, target_boxes, beta=0.05) + giou_loss(pred_boxes, target_boxes)
             )
@@ -145,4 +150,4 @@ def train(config: TrainConfig, task: TaskData, log: Callable[[str], None] = prin
             f"epoch {record['epoch']:>3}/{config.epochs}  loss {record['train_loss']:.4f}  "
             f"val acc {record['val_accuracy']:.4f}  val mIoU {record['val_mean_iou']:.4f}  ({record['seconds']} s)"
         )
-    return model.eval(), history
+    return model.cpu().eval(), history
