@@ -130,15 +130,16 @@ def test_derived_variants_of_a_committed_model_are_reproduced_exactly(tmp_path):
         assert file_sha256(path) == card["files"][variant]["sha256"], variant
 
 
-def test_int8_keeps_the_first_convolution_and_the_box_head_in_float():
-    """The layers whose quantization cost resnet18-digits its accuracy and IoU (variants.kept_float)."""
+def test_int8_keeps_the_first_convolution_the_fully_connected_layers_and_the_box_head_in_float():
+    """The layers whose quantization cost resnet18-digits and vgg11-digits accuracy or IoU (variants.kept_float)."""
     graph = onnx.load(str(MODELS / "resnet18-digits" / str(VERSIONS["resnet18-digits"]) / MODEL_FILE)).graph
     kept = set(kept_float(graph))
     nodes = {n.name: n for n in graph.node}
     convs = [n.name for n in graph.node if n.op_type == "Conv"]
-    linears = [n.name for n in graph.node if n.op_type in ("Gemm", "MatMul")]
+    linears = {n.name for n in graph.node if n.op_type in ("Gemm", "MatMul")}
     assert convs[0] in kept and not kept & set(convs[1:])
-    box_head = [n for n in linears if n in kept]
-    classifier = [n for n in linears if n not in kept]
-    assert len(box_head) == 2 and len(classifier) == 1
+    assert len(linears) == 3 and linears <= kept  # the classifier and the box head's two
+    producers = {out: n for n in graph.node for out in n.output}
+    box_head_activation = producers[nodes["node_linear_2"].input[0]]  # the box head's hidden layer, walked back to
+    assert box_head_activation.op_type == "Relu" and box_head_activation.name in kept
     assert {nodes[n].op_type for n in kept} >= {"Softmax", "Sigmoid"}
