@@ -25,10 +25,10 @@ from cnnserve.contract.card import BOXES, CARD_FILE, INPUT_NAME, MODEL_FILE, VAR
 
 from .data import digits_task
 
-# Test-split accuracy of INT8 against FP32 (813 images, 2026-11-26), calibrated on 256 and 1,024 training images:
-# vgg11-digits/3 0.9065 and 0.9139 (FP32 0.9139), resnet18-digits/2 0.9200 and 0.9213 (0.9200), lenet5-digits/3
-# 0.7540 and 0.7589 (0.7614). Percentile calibration (99.999) also kept VGG-11's but cost ResNet-18 0.12 points.
-# (Figures before kept_float left the fully connected layers in float; with them: 0.9139, 0.9213, 0.7552.)
+# INT8 test-split accuracy (813 images, 2026-11-26, fully connected layers still quantized), calibrated on 256
+# and on 1,024 training images: vgg11-digits/3 0.9065 and 0.9139 (FP32 0.9139), resnet18-digits/2 0.9200 and
+# 0.9213 (0.9200), lenet5-digits/3 0.7540 and 0.7589 (0.7614). Percentile calibration (99.999) also kept VGG-11's
+# but cost ResNet-18 0.12 points.
 CALIBRATION_IMAGES = 1024
 
 
