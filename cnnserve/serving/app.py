@@ -89,7 +89,7 @@ def worker_app(app):
                  "tasks through the coalescing protocol)")
     if not settings.fast_lane:
         return app
-    return FastLane(app, rest_app, settings.max_body_bytes, key_check, settings.auth_open_paths, settings.noop_route,
+    return FastLane(app, rest_app, settings.max_body_bytes, key_check, settings.auth_open_paths,
                     around=promised_middlewares())
 
 

@@ -129,7 +129,6 @@ class Settings:
     spread_connections: bool = True  # one SO_REUSEPORT socket per worker (cnnserve/serving/patches/circus_sockets.py)
     coalesce_writes: bool = True  # each HTTP response in one socket write (cnnserve/serving/patches/uvicorn_writes.py)
     borrow_idle_cores: bool = True
-    noop_route: bool = False
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # plain keys; hashed at start, never logged
     api_keys_file: str = ""  # one SHA-256 hex digest per line
     admin_api_keys: tuple[str, ...] = field(default=(), repr=False)  # the repository API's load and unload

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass, field
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
@@ -30,7 +31,6 @@ from starlette.responses import JSONResponse
 from .auth import ApiKeyMiddleware, KeyCheck
 from .body_limit import BodyLimit
 from .http_common import header
-from .noop import NOOP_PROTOCOL, noop, noop_infer
 from .routes import PROTOCOL as REST_PROTOCOL
 from .routes import predict, predict_batch
 from .v2.rest import PROTOCOL as V2_REST_PROTOCOL
@@ -38,28 +38,46 @@ from .v2.rest import infer, server_live
 
 log = logging.getLogger("cnnserve")
 
-V2_INFER = re.compile(r"^(?P<noop>/noop)?/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
-EXACT = {("POST", "/predict"): predict, ("POST", "/predict_batch"): predict_batch, ("GET", "/v2/health/live"): server_live}
-EXACT_WITH_NOOP = {**EXACT, ("POST", "/noop"): noop}
-# The protocol label each prediction handler counts its requests under, and what a refusal made in front of it
-# (by the API key or body limit middlewares) is counted as.
-PROTOCOL_OF = {predict: REST_PROTOCOL, predict_batch: REST_PROTOCOL, infer: V2_REST_PROTOCOL, noop_infer: NOOP_PROTOCOL}
-REFUSALS = {401: "unauthorised", 413: "too_large"}
+REFUSALS = {401: "unauthorised", 413: "too_large"}  # what a refusal made in front of a handler is counted as
 
 
-def route(method: str, path: str, noop_route: bool = False):
-    """The handler and path parameters of a fast-lane route, or (None, None).
+@dataclass
+class FastRoutes:
+    """The routes the fast lane answers itself: exact (method, path) pairs and path patterns whose named groups
+    are the path parameters, with the protocol label each handler counts its requests (and the refusals made in
+    front of it) under. The service's are ``ROUTES``; a benchmark adds its no-op routes to them with ``add``
+    (loadtests/bench/noop_routes.py), so production never serves them."""
 
-    With ``noop_route``, also the no-op routes (cnnserve/serving/noop.py).
-    """
-    handler = (EXACT_WITH_NOOP if noop_route else EXACT).get((method, path))
-    if handler is not None:
-        return handler, {}
-    match = V2_INFER.match(path) if method == "POST" else None
-    if match is None or (match.group("noop") and not noop_route):
+    exact: dict = field(default_factory=dict)  # (method, path) -> handler
+    patterns: list = field(default_factory=list)  # (method, compiled pattern, handler)
+    protocols: dict = field(default_factory=dict)  # handler -> protocol label
+
+    def add(self, method: str, handler, path: str | None = None, pattern: str | None = None,
+            protocol: str | None = None) -> None:
+        if path is not None:
+            self.exact[(method, path)] = handler
+        else:
+            self.patterns.append((method, re.compile(pattern), handler))
+        if protocol is not None:
+            self.protocols[handler] = protocol
+
+    def find(self, method: str, path: str):
+        """The handler and path parameters of a fast-lane route, or (None, None)."""
+        handler = self.exact.get((method, path))
+        if handler is not None:
+            return handler, {}
+        for wanted, pattern, handler in self.patterns:
+            if method == wanted and (match := pattern.match(path)):
+                return handler, {key: value for key, value in match.groupdict().items() if value is not None}
         return None, None
-    params = {key: value for key in ("name", "version") if (value := match.group(key)) is not None}
-    return noop_infer if match.group("noop") else infer, params
+
+
+V2_INFER_PATH = r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$"
+ROUTES = FastRoutes()
+ROUTES.add("POST", predict, path="/predict", protocol=REST_PROTOCOL)
+ROUTES.add("POST", predict_batch, path="/predict_batch", protocol=REST_PROTOCOL)
+ROUTES.add("GET", server_live, path="/v2/health/live")
+ROUTES.add("POST", infer, pattern="^" + V2_INFER_PATH, protocol=V2_REST_PROTOCOL)
 
 
 class FastLane:
@@ -72,13 +90,13 @@ class FastLane:
     """
 
     def __init__(
-        self, app, rest_app, max_body_bytes: int, key_check: KeyCheck, open_paths: tuple[str, ...], noop_route: bool,
-        around: list[tuple[type, dict]] = (),
+        self, app, rest_app, max_body_bytes: int, key_check: KeyCheck, open_paths: tuple[str, ...],
+        around: list[tuple[type, dict]] = (), routes: FastRoutes = ROUTES,
     ):
         """``around``: ASGI middlewares (class, options), outermost first, that every fast-lane request passes
         through before the body limit and API key (tracing, access log and CORS as BentoML configures them)."""
         self.app = app  # BentoML's full stack
-        self.noop_route = noop_route
+        self.routes = routes
         self.rest_app = rest_app  # the handlers read the core and the data plane from its state
         self.max_body_bytes = max_body_bytes
         self.keys_needed = key_check.enabled
@@ -89,7 +107,7 @@ class FastLane:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
-            handler, path_params = route(scope["method"], scope["path"], self.noop_route)
+            handler, path_params = self.routes.find(scope["method"], scope["path"])
             if handler is not None:
                 scope["app"], scope["path_params"], scope["cnnserve.handler"] = self.rest_app, path_params, handler
                 return await self.enter(scope, receive, send)
@@ -110,7 +128,7 @@ class FastLane:
             await send(message)
 
         await self.guarded(scope, receive, watched)
-        protocol = PROTOCOL_OF.get(scope["cnnserve.handler"])
+        protocol = self.routes.protocols.get(scope["cnnserve.handler"])
         if protocol and not scope.get("cnnserve.handled") and status and status[0] in REFUSALS:
             self.rest_app.state.core.count_refusal(protocol, REFUSALS[status[0]])
 

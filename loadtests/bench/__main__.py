@@ -43,6 +43,7 @@ from ..local_server import running_server
 from . import raw
 from .grpc_channel import ONE_CHANNEL
 from .machine import describe_machine
+from .noop_routes import NOOP_SERVICE
 from .profile import profile_model, require_py_spy
 from .report import median, write_report
 from .served import PROTOCOLS, baseline_measure, measure, predict_load, route_loads, running_baseline, small_digit_load
@@ -63,7 +64,7 @@ def log(message: str) -> None:
 def sweep(args, versions, workers: int, threads: int, tmp: Path) -> tuple[list[dict], list[dict]]:
     served, baseline = [], []
     for batching in ("on", "off"):
-        settings = {"noop_route": "true", "batching": "true" if batching == "on" else "false",
+        settings = {"target": NOOP_SERVICE, "batching": "true" if batching == "on" else "false",
                     "serve": ",".join(v.name for v in versions), "providers": args.providers}
         with running_server(tmp, models_dir=str(args.models_dir.resolve()), **settings) as server:
             precision = served_precision(server)
@@ -186,7 +187,7 @@ def targets(args, versions, raw_results: dict, workers: int, threads: int, cores
     if missing:
         return {"skipped": f"the targets need {missing}"}
     rounds = []
-    with running_server(tmp, models_dir=str(args.models_dir.resolve()), noop_route="true") as server, \
+    with running_server(tmp, models_dir=str(args.models_dir.resolve()), target=NOOP_SERVICE) as server, \
             running_server(tmp, models_dir=str(args.models_dir.resolve()), serve="resnet18-digits",
                            precision="fp32") as fp32_server, \
             running_baseline(by_name["lenet5-digits"].file_for("fp32")[0], workers, threads, tmp) as fastapi_url:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import cProfile
 import os
 import pstats
@@ -34,17 +35,21 @@ def build_lane(models_dir: Path, model_name: str):
     from cnnserve.serving.auth import KeyCheck
     from cnnserve.serving.config import load_settings
     from cnnserve.serving.core import InferenceCore
-    from cnnserve.serving.fastlane import FastLane
+    from cnnserve.serving.fastlane import ROUTES, FastLane
     from cnnserve.serving.host import ModelHost
     from cnnserve.serving.repository import discover
     from cnnserve.serving.routes import build_rest_app, serve_core
+
+    from .noop_routes import register
 
     settings = replace(load_settings({}, Path(os.devnull)), models_dir=models_dir, serve=(model_name,), workers=1,
                        threads=1, borrow_idle_cores=False)
     repository = discover(settings.models_dir, settings.serve)
     app = build_rest_app()
     serve_core(app, InferenceCore(settings, repository, ModelHost(settings, repository)))
-    return FastLane(None, app, settings.max_body_bytes, KeyCheck([]), (), noop_route=True), repository.resolve(model_name)
+    routes = copy.deepcopy(ROUTES)
+    register(routes)
+    return FastLane(None, app, settings.max_body_bytes, KeyCheck([]), (), routes=routes), repository.resolve(model_name)
 
 
 def requests_for(model) -> dict[str, tuple[str, str, list[tuple[bytes, bytes]], bytes]]:

@@ -34,6 +34,7 @@ from cnnserve.serving.repository import discover
 
 from ..local_server import running_server
 from .machine import describe_machine
+from .noop_routes import NOOP_SERVICE
 from .served import ROUTES, route_loads
 from .wrk import wrk
 
@@ -197,7 +198,7 @@ def profile_model(models_dir: Path, model_name: str, routes: list[str], clients:
     stem = folder / f"profile-{model.name}-c{clients}"
     profiles = {}
     with tempfile.TemporaryDirectory() as tmp, running_server(
-            Path(tmp), models_dir=str(models_dir.resolve()), noop_route="true", serve=model.name) as server:
+            Path(tmp), models_dir=str(models_dir.resolve()), target=NOOP_SERVICE, serve=model.name) as server:
         workers = psutil.Process(server.process.pid).children(recursive=True)
         for route in routes:
             wrk(server.url, loads[route], clients, 1)  # warm

@@ -58,7 +58,7 @@ def v2_binary_body(shape: list[int]) -> tuple[bytes, int]:
 
 def route_loads(model) -> dict[str, HttpLoad]:
     """What wrk sends to each prediction route: V2 REST with a binary tensor, ``/predict`` with PNG files, and
-    the same V2 request to the two no-op routes (cnnserve/serving/noop.py): the V2 route without inference, and a bare
+    the same V2 request to the two no-op routes (noop_routes.py): the V2 route without inference, and a bare
     POST that only reads the body."""
     tensor, header_length = v2_binary_body([1, *model.input_shape])
     binary = {"Inference-Header-Content-Length": str(header_length)}

@@ -12,8 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from cnnserve.serving.fastlane import route
-from cnnserve.serving.noop import noop, noop_infer
+from cnnserve.serving.fastlane import ROUTES
 from cnnserve.serving.routes import predict, predict_batch
 from cnnserve.serving.v2.rest import infer, server_live
 from loadtests.digit_images import digit_files
@@ -29,7 +28,7 @@ from tests.serving.helpers import metric_total, v2_json
     ("POST", "/v2/models/lenet5-digits/versions/2/infer", infer, {"name": "lenet5-digits", "version": "2"}),
 ])
 def test_hot_routes_take_the_fast_lane(method, path, handler, params):
-    assert route(method, path) == (handler, params)
+    assert ROUTES.find(method, path) == (handler, params)
 
 
 @pytest.mark.parametrize(("method", "path"), [
@@ -37,17 +36,8 @@ def test_hot_routes_take_the_fast_lane(method, path, handler, params):
     ("GET", "/v2/models/lenet5-digits/infer"), ("POST", "/noop"), ("POST", "/noop/v2/models/lenet5-digits/infer"),
 ])
 def test_everything_else_goes_through_bentoml(method, path):
-    assert route(method, path) == (None, None)
-
-
-@pytest.mark.parametrize(("path", "handler", "params"), [
-    ("/noop", noop, {}),
-    ("/noop/v2/models/lenet5-digits/infer", noop_infer, {"name": "lenet5-digits"}),
-    ("/noop/v2/models/lenet5-digits/versions/2/infer", noop_infer, {"name": "lenet5-digits", "version": "2"}),
-])
-def test_the_noop_routes_exist_only_with_noop_route(path, handler, params):
-    assert route("POST", path, noop_route=True) == (handler, params)
-    assert route("POST", path) == (None, None)
+    """The benchmark's no-op routes among them: the service never registers them (tests/loadtests/test_noop_routes.py)."""
+    assert ROUTES.find(method, path) == (None, None)
 
 
 @pytest.fixture(scope="module")
@@ -79,41 +69,17 @@ def test_fast_lane_predictions_skip_bentoml_middlewares_but_not_our_limits(serve
     assert httpx.post(f"{server.url}/noop", content=b"{}", timeout=30).status_code in (404, 405)
 
 
-def test_with_the_fast_lane_off_bentoml_sees_every_request_and_noop_route_answers(tmp_path, digit_png):
-    with running_server(tmp_path, serve="lenet5-digits", fast_lane="false", noop_route="true") as off:
+def test_with_the_fast_lane_off_bentoml_sees_every_request(tmp_path, digit_png):
+    with running_server(tmp_path, serve="lenet5-digits", fast_lane="false") as off:
         assert predict_once(off.url, digit_png).status_code == 200
         v2 = httpx.post(f"{off.url}/v2/models/lenet5-digits/infer", json=v2_request([1, 1, 32, 32]), timeout=30)
         assert v2.status_code == 200 and v2.json()["outputs"][0]["shape"] == [1, 10]
         metrics = off.metrics()
         assert bentoml_counted(metrics, "/predict") and bentoml_counted(metrics, "/v2/models/lenet5-digits/infer")
-    with running_server(tmp_path, serve="lenet5-digits", noop_route="true") as on:
-        answer = httpx.post(f"{on.url}/noop", content=b"x" * 4096, timeout=30)
-        assert answer.status_code == 200 and answer.json() == {}
 
 
 def v2_request(shape: list[int]) -> dict:
     return v2_json(np.full(shape, 0.5, np.float32))
-
-
-def test_the_v2_noop_route_answers_as_the_model_would_with_zeros_and_without_inference(tmp_path):
-    with running_server(tmp_path, serve="lenet5-digits", noop_route="true") as server:
-        noop_url = f"{server.url}/noop/v2/models/lenet5-digits/infer"
-        answer = httpx.post(noop_url, json=v2_request([2, 1, 32, 32]), timeout=30)
-        assert answer.status_code == 200, answer.text
-        outputs = {o["name"]: o for o in answer.json()["outputs"]}
-        assert outputs["probabilities"]["shape"] == [2, 10] and set(outputs["probabilities"]["data"]) == {0.0}
-        assert outputs["boxes"]["shape"] == [2, 4]
-        real = httpx.post(f"{server.url}/v2/models/lenet5-digits/infer", json=v2_request([2, 1, 32, 32]), timeout=30)
-        assert [o["shape"] for o in real.json()["outputs"]] == [o["shape"] for o in answer.json()["outputs"]]
-        wrong_shape = httpx.post(noop_url, json=v2_request([1, 1, 28, 28]), timeout=30)
-        assert wrong_shape.status_code == 400 and "shape" in wrong_shape.json()["error"]
-        metrics = server.metrics()
-        assert 'protocol="noop-v2-rest"' in metrics
-        assert batched_images(metrics) == 2  # only the real request reached the batcher
-
-
-def batched_images(metrics: str) -> float:
-    return metric_total(metrics, "cnnserve_batch_size_images_sum", model="lenet5-digits")
 
 
 ALLOWED_ORIGIN = "https://app.example"

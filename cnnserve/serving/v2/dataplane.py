@@ -50,7 +50,7 @@ def parse_version(version: str | int | None) -> int | None:
 class DataPlane:
     def __init__(self, core: InferenceCore, compute: Compute | None = None):
         """``compute`` turns a model's input into its outputs: the core's batcher and ONNX Runtime unless
-        given (the no-op routes give zeros, cnnserve/serving/noop.py)."""
+        given (the no-op routes give zeros, loadtests/bench/noop_routes.py)."""
         self.core = core
         self.compute = compute or core.run
 

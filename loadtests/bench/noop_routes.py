@@ -1,4 +1,4 @@
-"""The benchmark's no-op routes (``noop_route``): what the server itself costs per request.
+"""The benchmark's no-op routes: what the server itself costs per request.
 
 - ``POST /noop`` reads the body and answers ``{}``: HTTP and the fast lane alone.
 - ``POST /noop/v2/models/{name}[/versions/{v}]/infer`` is the V2 REST route as
@@ -7,7 +7,9 @@
   It is Triton's zero-compute model for this server: the same protocol, minus inference.
 
 Together with the real route they split a request's cost into HTTP, the V2
-protocol, and inference (``make bench``, ``make profile``).
+protocol, and inference (``make bench``, ``make profile``). Only the benchmark
+registers them (``register``), in servers it starts from ``noop_service``; the
+service itself never answers them.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .core import TensorResult
-from .http_common import read_body
-from .repository import ModelVersion
-from .v2.dataplane import DataPlane
-from .v2.rest import answer_infer
+from cnnserve.serving.core import TensorResult
+from cnnserve.serving.fastlane import V2_INFER_PATH, FastRoutes
+from cnnserve.serving.http_common import read_body
+from cnnserve.serving.repository import ModelVersion
+from cnnserve.serving.v2.dataplane import DataPlane
+from cnnserve.serving.v2.rest import answer_infer
 
 NOOP_PROTOCOL = "noop-v2-rest"  # the protocol label its requests are counted under
+NOOP_SERVICE = "loadtests.bench.noop_service:CnnServe"  # the service with these routes: running_server(target=...)
 
 
 async def noop(request: Request) -> Response:
@@ -45,3 +49,9 @@ async def zero_compute(model: ModelVersion, images: np.ndarray, deadline: float)
     boxes = np.zeros((count, 4), np.float32) if model.has_boxes else None
     timings = {"queue_ms": 0.0, "compute_ms": 0.0, "batch_images": count}
     return TensorResult(model, np.zeros((count, len(model.labels)), np.float32), boxes, timings)
+
+
+def register(routes: FastRoutes) -> None:
+    """Add ``POST /noop`` and ``POST /noop/v2/models/{name}[/versions/{v}]/infer`` to a fast lane's routes."""
+    routes.add("POST", noop, path="/noop")
+    routes.add("POST", noop_infer, pattern="^/noop" + V2_INFER_PATH, protocol=NOOP_PROTOCOL)
