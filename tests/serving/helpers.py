@@ -49,6 +49,11 @@ def v2_json(images: np.ndarray) -> dict:
                         "data": images.ravel().tolist()}]}
 
 
+def v2_grey(shape: list[int]) -> dict:
+    """A V2 REST inference request of mid-grey images of ``shape``."""
+    return v2_json(np.full(shape, 0.5, np.float32))
+
+
 def grpc_request(model: str, images: np.ndarray, outputs=()) -> pb.ModelInferRequest:
     """A gRPC ModelInfer request with ``images`` as raw FP32 contents (all outputs unless named)."""
     return pb.ModelInferRequest(

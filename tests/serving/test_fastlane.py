@@ -9,7 +9,6 @@ import threading
 import time
 
 import httpx
-import numpy as np
 import pytest
 
 from cnnserve.serving.fastlane import ROUTES
@@ -17,7 +16,7 @@ from cnnserve.serving.routes import predict, predict_batch
 from cnnserve.serving.v2.rest import infer, server_live
 from loadtests.digit_images import digit_files
 from loadtests.local_server import running_server
-from tests.serving.helpers import metric_total, v2_json
+from tests.serving.helpers import metric_total, v2_grey
 
 
 @pytest.mark.parametrize(("method", "path", "handler", "params"), [
@@ -72,14 +71,10 @@ def test_fast_lane_predictions_skip_bentoml_middlewares_but_not_our_limits(serve
 def test_with_the_fast_lane_off_bentoml_sees_every_request(tmp_path, digit_png):
     with running_server(tmp_path, serve="lenet5-digits", fast_lane="false") as off:
         assert predict_once(off.url, digit_png).status_code == 200
-        v2 = httpx.post(f"{off.url}/v2/models/lenet5-digits/infer", json=v2_request([1, 1, 32, 32]), timeout=30)
+        v2 = httpx.post(f"{off.url}/v2/models/lenet5-digits/infer", json=v2_grey([1, 1, 32, 32]), timeout=30)
         assert v2.status_code == 200 and v2.json()["outputs"][0]["shape"] == [1, 10]
         metrics = off.metrics()
         assert bentoml_counted(metrics, "/predict") and bentoml_counted(metrics, "/v2/models/lenet5-digits/infer")
-
-
-def v2_request(shape: list[int]) -> dict:
-    return v2_json(np.full(shape, 0.5, np.float32))
 
 
 ALLOWED_ORIGIN = "https://app.example"
@@ -108,7 +103,7 @@ def test_cors_configured_in_bentoml_applies_to_the_fast_lane_routes(tmp_path, mo
                     "Origin": origin, "Access-Control-Request-Method": "POST"}),
                 "predict": client.post("/predict", files={"image": ("d.png", file.data)},
                                        data={"model": "lenet5-digits"}, headers={"Origin": origin}),
-                "v2 infer": client.post("/v2/models/lenet5-digits/infer", json=v2_request([1, 1, 32, 32]),
+                "v2 infer": client.post("/v2/models/lenet5-digits/infer", json=v2_grey([1, 1, 32, 32]),
                                         headers={"Origin": origin}),
                 "models": client.get("/models", headers={"Origin": origin}),
             }
@@ -160,7 +155,7 @@ def test_fast_lane_routes_keep_bentoml_tracing_and_access_log(tmp_path, monkeypa
             traceparent = {"traceparent": f"00-{TRACE_ID}-{PARENT_SPAN}-01"}
             assert httpx.post(f"{server.url}/predict?model=lenet5-digits", files={"image": ("d.png", digit_png)},
                               headers=traceparent, timeout=30).status_code == 200
-            assert httpx.post(f"{server.url}/v2/models/lenet5-digits/infer", json=v2_request([1, 1, 32, 32]),
+            assert httpx.post(f"{server.url}/v2/models/lenet5-digits/infer", json=v2_grey([1, 1, 32, 32]),
                               headers=traceparent, timeout=30).status_code == 200
             deadline = time.monotonic() + 20  # the exporter sends a batch every 5 s
             while time.monotonic() < deadline and len({s["name"] for s in spans if s["traceId"] == TRACE_ID}) < 2:

@@ -84,6 +84,28 @@ def test_pictures_cover_both_polarities_and_every_shape():
     assert 0.35 < np.mean(dark_ink) < 0.65, "dark on light and light on dark in similar shares"
 
 
+def test_tight_crops_are_near_square_with_a_large_digit():
+    digits, _ = load_source_digits()
+    spec = PageSpec(48, 3, tight_crop_share=1.0)
+    for i in range(40):
+        picture, box = render_page(digits[i], spec, np.random.default_rng([4, i]))
+        width, height = picture.size
+        assert max(width, height) / min(width, height) <= 4 / 3 + 0.02
+        ink_height = (box[3] - box[1]) * height
+        assert ink_height > 0.45 * min(width, height), "the digit's ink fills most of the short side"
+
+
+def test_tight_crops_change_training_pages_only():
+    """A recipe's page overrides shape what it learns from; validation and test keep the default pictures, so
+    every version's card is measured on the same ones."""
+    plain = digits_task(1, 32, seed=0, copies_per_epoch=1, limit=8)
+    tight = digits_task(1, 32, seed=0, copies_per_epoch=1, limit=8, train_pages={"tight_crop_share": 0.5})
+    for split in ("val", "test"):
+        np.testing.assert_array_equal(plain.split(split)[0], tight.split(split)[0])
+    assert not np.array_equal(plain.train_epoch(1)[0], tight.train_epoch(1)[0])
+    assert "tight crops" in tight.description and "tight crops" not in plain.description
+
+
 def write_folder(root, rows, as_json=False):
     for row in rows:
         Image.new("RGB", (40, 20), (200, 10, 10)).save(root / row["file"])
