@@ -141,7 +141,8 @@ def main(argv: list[str]) -> None:
         task = folder_task(args.data_dir, config.channels, config.input_size, config.seed)
     else:
         limit = DRY_RUN_DIGITS if args.dry_run else None
-        task = digits_task(config.channels, config.input_size, config.seed, config.copies_per_epoch, limit)
+        task = digits_task(config.channels, config.input_size, config.seed, config.copies_per_epoch, limit,
+                           config.train_pages)
     command = "python -m cnnserve.training " + shlex.join(argv)
     print(f"training {config.name} ({config.arch}) on {task.description}")
     build_version(config, task, args.out, config.version, command, device=args.device)

@@ -43,6 +43,7 @@ class TrainConfig:
     copies_per_epoch: int = 4
     options: dict = field(default_factory=dict)
     version: int = 1  # the model repository version it is written as
+    train_pages: dict = field(default_factory=dict)  # PageSpec overrides for training renderings (digits task)
 
 
 class Normalized(nn.Module):

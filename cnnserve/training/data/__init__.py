@@ -29,6 +29,8 @@ class TaskData:
     _fixed: dict[str, Arrays] = field(default_factory=dict)
     seed: int = 0
     copies_per_epoch: int = 4
+    train_pages: dict = field(default_factory=dict)  # PageSpec overrides for training renderings only
+
 
     def train_epoch(self, epoch: int) -> Arrays:
         """A fresh rendering each epoch; epoch 0 is kept, as it also gives the
@@ -50,13 +52,16 @@ class TaskData:
 
     def _render(self, split: str, stream: int, copies: int) -> Arrays:
         digits, targets, indices = self._digits
-        spec = PageSpec(self.input_size, self.channels)
+        # Validation and test keep the default pages, so every version's card is measured on the same pictures.
+        spec = PageSpec(self.input_size, self.channels, **(self.train_pages if split == "train" else {}))
         images, boxes, order = render_split(digits, indices[split], spec, self.seed, stream, copies)
         return images, targets[order], boxes
 
 
-def digits_task(channels: int, input_size: int, seed: int, copies_per_epoch: int, limit: int | None = None) -> TaskData:
-    """The default task; ``limit`` keeps only the first digits of each split (dry runs)."""
+def digits_task(channels: int, input_size: int, seed: int, copies_per_epoch: int, limit: int | None = None,
+                train_pages: dict | None = None) -> TaskData:
+    """The default task; ``limit`` keeps only the first digits of each split (dry runs); ``train_pages``
+    overrides ``PageSpec`` fields for the training renderings."""
     digits, targets = load_source_digits()
     indices = split_indices(len(digits), seed)
     if limit is not None:
@@ -65,13 +70,18 @@ def digits_task(channels: int, input_size: int, seed: int, copies_per_epoch: int
         f"scikit-learn digits ({len(indices['train'])}/{len(indices['val'])}/{len(indices['test'])} "
         f"source digits train/val/test, split by source digit) written on pages of aspect 1:4 to 4:1 at "
         f"10-90% of the short side, either polarity, grey or coloured, with uneven light, clutter, noise, blur "
-        f"and JPEG, letterboxed into {input_size}x{input_size} {'grayscale' if channels == 1 else 'RGB'}; "
+        f"and JPEG{tight_crops(train_pages)}, letterboxed into {input_size}x{input_size} {'grayscale' if channels == 1 else 'RGB'}; "
         f"{copies_per_epoch} new renderings of each training digit per epoch, 3 fixed renderings per val/test digit"
     )
     return TaskData(
         LABELS, channels, input_size, description, (digits, targets, indices), seed=seed,
-        copies_per_epoch=copies_per_epoch,
+        copies_per_epoch=copies_per_epoch, train_pages=dict(train_pages or {}),
     )
+
+
+def tight_crops(train_pages: dict | None) -> str:
+    share = (train_pages or {}).get("tight_crop_share", 0.0)
+    return f" ({share:.0%} of training pages tight crops: near-square, digit 60-95% of the side)" if share else ""
 
 
 def card_test_split(card: dict) -> Arrays:
