@@ -70,6 +70,9 @@ CONDITIONS = [
               (1.0, 16 / 9), (96, 320), (0.40, 0.75), "either", formats=(("JPEG", 8), ("JPEG", 15), ("JPEG", 25))),
     Condition("coloured paper", "1:1 to 16:9, coloured paper and ink of any hue, either polarity, digit 40-75%",
               (1.0, 16 / 9), (96, 400), (0.40, 0.75), "either", coloured=True),
+    # Last, so the conditions before it keep their pictures (each picture's seed includes its condition's index).
+    Condition("tight crop", "1:1 to 5:4, either polarity, the picture cropped close around the digit: digit 80-94% "
+              "of the short side", (1.0, 1.25), (64, 320), (0.80, 0.94), "either"),
 ]
 CONDITIONS_BY_NAME = {c.name: c for c in CONDITIONS}
 
