@@ -21,7 +21,8 @@ RECIPES: dict[str, TrainConfig] = {
         box_weight=1.0, version=4, options={"widths": [32, 64, 240, 120]}, train_pages={"tight_crop_share": 0.2},
     ),
     "resnet18-digits": TrainConfig(
-        name="resnet18-digits", arch="resnet18", channels=3, input_size=64, epochs=18, copies_per_epoch=14, version=2,
+        name="resnet18-digits", arch="resnet18", channels=3, input_size=64, epochs=18, copies_per_epoch=14, version=3,
+        train_pages={"tight_crop_share": 0.2},
     ),
     # 48 px rather than 64: half the compute per image, so twice the training images in the same time; small
     # digits get their pixels from the server's zoom-in pass instead (docs/architecture.md).
