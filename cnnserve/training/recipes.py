@@ -20,6 +20,8 @@ RECIPES: dict[str, TrainConfig] = {
         name="lenet5-digits", arch="lenet5", channels=1, input_size=32, epochs=60, lr=3e-3, copies_per_epoch=12,
         box_weight=1.0, version=4, options={"widths": [32, 64, 240, 120]}, train_pages={"tight_crop_share": 0.2},
     ),
+    # Version 3: the same network and schedule as version 2 plus 20% tight crops: test split 0.9200 -> 0.9373,
+    # robustness suite 0.985-1.000 either way, its mean IoU 0.902-0.915 -> 0.919-0.927 (85 minutes, 2 threads).
     "resnet18-digits": TrainConfig(
         name="resnet18-digits", arch="resnet18", channels=3, input_size=64, epochs=18, copies_per_epoch=14, version=3,
         train_pages={"tight_crop_share": 0.2},
