@@ -31,7 +31,6 @@ class TaskData:
     copies_per_epoch: int = 4
     train_pages: dict = field(default_factory=dict)  # PageSpec overrides for training renderings only
 
-
     def train_epoch(self, epoch: int) -> Arrays:
         """A fresh rendering each epoch; epoch 0 is kept, as it also gives the
         normalization statistics and the INT8 calibration images."""
@@ -70,7 +69,8 @@ def digits_task(channels: int, input_size: int, seed: int, copies_per_epoch: int
         f"scikit-learn digits ({len(indices['train'])}/{len(indices['val'])}/{len(indices['test'])} "
         f"source digits train/val/test, split by source digit) written on pages of aspect 1:4 to 4:1 at "
         f"10-90% of the short side, either polarity, grey or coloured, with uneven light, clutter, noise, blur "
-        f"and JPEG{tight_crops(train_pages)}, letterboxed into {input_size}x{input_size} {'grayscale' if channels == 1 else 'RGB'}; "
+        f"and JPEG{tight_crops(train_pages)}, letterboxed into {input_size}x{input_size} "
+        f"{'grayscale' if channels == 1 else 'RGB'}; "
         f"{copies_per_epoch} new renderings of each training digit per epoch, 3 fixed renderings per val/test digit"
     )
     return TaskData(
@@ -80,6 +80,7 @@ def digits_task(channels: int, input_size: int, seed: int, copies_per_epoch: int
 
 
 def tight_crops(train_pages: dict | None) -> str:
+    """The data description's words for a recipe's tight crops (none without them)."""
     share = (train_pages or {}).get("tight_crop_share", 0.0)
     return f" ({share:.0%} of training pages tight crops: near-square, digit 60-95% of the side)" if share else ""
 
