@@ -121,9 +121,11 @@ def derive_variants(folder: Path, log=print) -> dict[str, Path]:
     whether each matches its card (byte for byte with the same ONNX Runtime)."""
     card = json.loads((folder / CARD_FILE).read_text())
     channels, size = card["input"]["channels"], card["input"]["shape"][-1]
-    # Calibration takes the first images of training's epoch 0: the first rendering of the first training digits,
-    # so rendering only those digits gives the same images.
-    task = digits_task(channels, size, seed=card["training"]["seed"], copies_per_epoch=1, limit=CALIBRATION_IMAGES)
+    # Calibration takes the first images of training's epoch 0: the first rendering of the first training digits
+    # on the recipe's own training pages, so rendering only those digits on those pages gives the same images.
+    training = card["training"]
+    task = digits_task(channels, size, seed=training["seed"], copies_per_epoch=1, limit=CALIBRATION_IMAGES,
+                       train_pages=training["settings"].get("train_pages"))
     files = export_variants(folder, task.train_epoch(0)[0][:CALIBRATION_IMAGES])
     for variant, path in files.items():
         recorded = card["files"].get(variant, {}).get("sha256")
