@@ -18,7 +18,7 @@ from .card import model_card, write_card
 from .data import TaskData, card_test_split
 from .export import COMPACT_MIN_ELEMENTS, check_parity, export_onnx, onnx_predictor, store_weights_fp16
 from .train import Normalized, TrainConfig, evaluate, train
-from .variants import CALIBRATION_IMAGES, derive_variants, export_variants
+from .variants import derive_variants, export_variants
 
 CHECKPOINTS = Path("runs")  # git-ignored: the trained torch weights, to re-export without retraining
 FULL_PRECISION_FILE = "model.float32.onnx"  # the export before its weights are stored compactly; removed
@@ -69,7 +69,7 @@ def build_version(config: TrainConfig, task: TaskData, out_root: Path, version: 
     full.unlink()
     log(f"test split, float32 weights: accuracy {full_metrics['accuracy']:.4f}  mean IoU {full_metrics['mean_iou']:.4f}")
 
-    files = export_variants(folder, task.train_epoch(0)[0][:CALIBRATION_IMAGES])
+    files = export_variants(folder, task)
     variant_metrics = measure_variants(files, test, log)
 
     card = model_card(

@@ -23,7 +23,7 @@ import onnx
 
 from cnnserve.contract.card import BOXES, CARD_FILE, INPUT_NAME, MODEL_FILE, VARIANT_FILES, file_sha256
 
-from .data import digits_task
+from .data import TaskData, digits_task
 
 # INT8 test-split accuracy (813 images, 2026-11-26, fully connected layers still quantized), calibrated on 256
 # and on 1,024 training images: vgg11-digits/3 0.9065 and 0.9139 (FP32 0.9139), resnet18-digits/2 0.9200 and
@@ -107,10 +107,12 @@ def convert_fp16(source: Path, target: Path) -> None:
     onnx.checker.check_model(str(target))
 
 
-def export_variants(folder: Path, calibration: np.ndarray) -> dict[str, Path]:
+def export_variants(folder: Path, task: TaskData) -> dict[str, Path]:
+    """The INT8 and FP16 files beside ``model.onnx``; INT8 calibrated on the first images of ``task``'s
+    training epoch 0 (training's own task, or ``derive_variants``'s rendering of just those images)."""
     files = {"fp32": folder / MODEL_FILE}
     files["int8"] = folder / VARIANT_FILES["int8"]
-    quantize_int8(files["fp32"], files["int8"], calibration)
+    quantize_int8(files["fp32"], files["int8"], task.train_epoch(0)[0][:CALIBRATION_IMAGES])
     files["fp16"] = folder / VARIANT_FILES["fp16"]
     convert_fp16(files["fp32"], files["fp16"])
     return files
@@ -126,7 +128,7 @@ def derive_variants(folder: Path, log=print) -> dict[str, Path]:
     training = card["training"]
     task = digits_task(channels, size, seed=training["seed"], copies_per_epoch=1, limit=CALIBRATION_IMAGES,
                        train_pages=training["settings"].get("train_pages"))
-    files = export_variants(folder, task.train_epoch(0)[0][:CALIBRATION_IMAGES])
+    files = export_variants(folder, task)
     for variant, path in files.items():
         recorded = card["files"].get(variant, {}).get("sha256")
         same = "matches its card" if recorded == file_sha256(path) else "DIFFERS from its card (another ONNX Runtime, or derived another way)"
