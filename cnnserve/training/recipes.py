@@ -55,12 +55,12 @@ RECIPES: dict[str, TrainConfig] = {
     # export took 64 s: the single-process renderer, not the network, sets the pace there.
     "alexnet-digits": TrainConfig(
         name="alexnet-digits", arch="alexnet", channels=3, input_size=64, epochs=12, lr=1e-3, copies_per_epoch=14,
-        options={"classifier_width": 512, "dropout": 0.3}, version=1,
+        options={"classifier_width": 512, "dropout": 0.3}, version=1, train_pages={"tight_crop_share": 0.2},
     ),
     # Inception v1 with its two auxiliary classifiers (training only; AUX_WEIGHT in train.py). One step of batch 64
     # takes 1.8 s on one busy core against 0.7 s for AlexNet.
     "googlenet-digits": TrainConfig(
         name="googlenet-digits", arch="googlenet", channels=3, input_size=64, epochs=16, copies_per_epoch=14,
-        options={"aux_classifiers": True}, version=1,
+        options={"aux_classifiers": True}, version=1, train_pages={"tight_crop_share": 0.2},
     ),
 }

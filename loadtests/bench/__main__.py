@@ -159,7 +159,7 @@ def resnet_against_raw(server, resnet, raw_best: dict, protocol: str, seconds: f
 
     passes = in_turns([
         lambda: {raw_key: raw.measure_point(resnet, raw_best["threads"], raw_best["batch"], seconds / 2,
-                                            raw_best["variant"]).images_per_s},
+                                            raw_best["variant"], runs=raw_best.get("runs", 1)).images_per_s},
         served,
     ], RATIO_PASSES)
     return {**medians(passes), f"resnet18_{protocol}_ratio": median_ratio(passes, served_key, raw_key)}

@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from .grpc_channel import ONE_CHANNEL
+from .raw import describe_threads
 
 PROTOCOL_NAMES = {"predict": "/predict (PNG)", "v2-http": "V2 REST binary", "grpc": "V2 gRPC"}
 
@@ -57,7 +58,7 @@ def target_rows(results: dict) -> list[TargetRow]:
     variant = targets.get("precision", {}).get("resnet18-digits", "fp32")
     raw = results["raw"]["resnet18-digits"]
     best = raw.get("variants", {}).get(variant, raw)["best"]
-    detail += (f"; raw {variant.upper()}: batch {best['batch']} on {best['threads']} threads, "
+    detail += (f"; raw {variant.upper()}: batch {best['batch']}, {describe_threads(best)}, "
                f"{median(rounds, f'resnet18_{best_path}_raw'):.0f} images/s")
     rows.append(TargetRow(f"resnet18-digits, 64 clients, served ({variant.upper()}) ÷ raw ONNX Runtime best of the "
                           "same variant",
@@ -118,14 +119,14 @@ def raw_rows(results: dict) -> list[str]:
         lines.append(
             f"| {name} | {'×'.join(map(str, facts['input_shape']))} | {one['p50_ms']:.2f} ms "
             f"({one['images_per_s']:.0f} img/s, {one['threads']} thr) | {best['images_per_s']:.0f} img/s "
-            f"(batch {best['batch']}, {best['threads']} thr) | {facts['decode_ms']:.2f} ms | "
+            f"(batch {best['batch']}, {describe_threads(best)}) | {facts['decode_ms']:.2f} ms | "
             f"{in_turn['p50_ms']:.2f} ms ({in_turn['threads']} thr) |"
         )
         for variant, figures in facts.get("variants", {}).items():
             one, best = figures["batch1"], figures["best"]
             lines.append(f"| {name} ({variant.upper()}) | | {one['p50_ms']:.2f} ms ({one['images_per_s']:.0f} img/s, "
                          f"{one['threads']} thr) | {best['images_per_s']:.0f} img/s (batch {best['batch']}, "
-                         f"{best['threads']} thr) | | |")
+                         f"{describe_threads(best)}) | | |")
     return lines
 
 

@@ -10,6 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 import loadtests.bench.__main__ as bench_main
+from cnnserve.serving.repository import discover
+from loadtests.bench import raw
 from loadtests.bench.grpc_channel import ONE_CHANNEL
 from loadtests.bench.profile import layer_of, read_collapsed
 from loadtests.bench.raw import RawPoint
@@ -123,7 +125,7 @@ def test_resnet18_is_judged_on_each_rounds_paired_ratios_not_on_a_ratio_of_media
     }
     row = target_rows(results)[0]
     assert row.measured == ("0.78 (/predict (PNG) 0.76, V2 REST binary 0.70, V2 gRPC 0.78; "
-                            "raw FP32: batch 32 on 2 threads, 500 images/s)")
+                            "raw FP32: batch 32, 2 thr, 500 images/s)")
     assert not row.met
 
 
@@ -131,7 +133,7 @@ def test_a_slow_spell_on_one_side_of_a_pair_is_outvoted_by_the_other_pairs(monke
     raws = iter([600.0, 500.0, 640.0])  # the second raw turn caught a slow spell
     served = iter([560.0, 300.0, 560.0])  # and so did the second served turn, harder
     monkeypatch.setattr(bench_main.raw, "measure_point",
-                        lambda model, threads, batch, seconds, variant: RawPoint(threads, batch, next(raws), 100.0))
+                        lambda model, threads, batch, seconds, variant, runs=1: RawPoint(threads, batch, next(raws), 100.0))
     monkeypatch.setattr(bench_main, "measure", lambda *args: {"throughput_rps": next(served), "mean_batch": 30.0})
     resnet = SimpleNamespace(name="resnet18-digits", input_shape=(3, 64, 64))
     found = bench_main.resnet_against_raw(None, resnet, {"threads": 2, "batch": 64, "variant": "int8"}, "v2-http", 2.0)
@@ -150,6 +152,18 @@ def test_the_in_process_harness_prices_each_route_without_sockets():
     assert set(costs) == {"v2-binary", "predict", "noop-v2", "noop"}
     assert 0 < costs["noop"] < costs["noop-v2"] < costs["v2-binary"] and costs["noop"] < costs["predict"]
     assert "function calls" in result.stdout  # the profile of one route
+
+
+def test_the_raw_best_includes_a_single_threaded_call_on_every_core_at_once():
+    """A server with a worker per core computes that way under load; a raw best without it would flatter the
+    ratios. The batch-1 latency stays that of one call alone."""
+    lenet = next(v for v in discover(REPO_ROOT / "models").versions() if v.name == "lenet5-digits")
+    points = raw.measure_raw(lenet, cores=2, seconds=0.01)
+    assert {(p.threads, p.runs) for p in points} == {(1, 1), (2, 1), (1, 2)}
+    assert all(p.images_per_s > 0 for p in points)
+    assert raw.batch1(points).runs == 1
+    assert raw.describe_threads(RawPoint(1, 16, 700.0, 20.0, runs=2)) == "2 runs × 1 thr"
+    assert raw.describe_threads({"threads": 2, "batch": 16}) == "2 thr"  # results written before runs existed
 
 
 def test_a_profile_sample_belongs_to_its_innermost_known_layer():
