@@ -80,8 +80,10 @@ def judged(model: str, condition: Condition) -> tuple[float, float] | None:
     return accuracy, mean_iou
 
 
-def run_suite(url: str, count: int | None, models: list[str] | None = None, log=print) -> dict:
-    """{"models": {name: {"version", "conditions": {condition: metrics}}}} for every served model."""
+def run_suite(url: str, count: int | None, models: list[str] | None = None, log=print,
+              conditions: list[Condition] = CONDITIONS, renderings: int = 1) -> dict:
+    """{"models": {name: {"version", "conditions": {condition: metrics}}}} for every served model; each condition's
+    pictures are ``renderings`` different pictures of every test digit (the first one the suite's own)."""
     with httpx.Client(base_url=url, timeout=120, limits=httpx.Limits(max_connections=CLIENTS)) as client:
         listing = client.get("/models").json()["models"]
         served = [m for m in listing if (models is None or m["name"] in models)
@@ -90,9 +92,9 @@ def run_suite(url: str, count: int | None, models: list[str] | None = None, log=
             if model not in served and (models is None or model["name"] in models):
                 log(f"{model['name']} skipped: {model['versions'][-1]['reason']}")
         results = {"models": {}}
-        for condition in CONDITIONS:
-            files = condition_files(condition, count)
-            results["count_per_condition"] = len(files)
+        for condition in conditions:
+            files = [f for seed in range(renderings) for f in condition_files(condition, count, seed=seed)]
+            results["count_per_condition"], results["renderings"] = len(files), renderings
             for model in served:
                 row = measure(client, model["name"], files)
                 latest = model["versions"][-1]
@@ -105,6 +107,12 @@ def run_suite(url: str, count: int | None, models: list[str] | None = None, log=
     return results
 
 
+def measured_conditions(results: dict) -> list[Condition]:
+    """The conditions a run measured, in the suite's order."""
+    names = {c for entry in results["models"].values() for c in entry["conditions"]}
+    return [c for c in CONDITIONS if c.name in names]
+
+
 def table(results: dict) -> str:
     """Markdown: one row per condition, accuracy / mean IoU per model, with a mark where a bar is missed."""
     names = list(results["models"])
@@ -112,7 +120,7 @@ def table(results: dict) -> str:
         "| condition | " + " | ".join(f"{n}/{results['models'][n]['version']}" for n in names) + " |",
         "|---|" + "---|" * len(names),
     ]
-    for condition in CONDITIONS:
+    for condition in measured_conditions(results):
         cells = []
         for name in names:
             row = results["models"][name]["conditions"][condition.name]
@@ -142,14 +150,15 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(results["models"])
-    x = np.arange(len(CONDITIONS))
+    conditions = measured_conditions(results)
+    x = np.arange(len(conditions))
     lowest = min(r[m] for e in results["models"].values() for r in e["conditions"].values() for m in ("accuracy", "mean_iou"))
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), sharey=True)
     for ax, metric in zip(axes, ("accuracy", "mean_iou")):
         for k, name in enumerate(names):
-            values = [results["models"][name]["conditions"][c.name][metric] for c in CONDITIONS]
+            values = [results["models"][name]["conditions"][c.name][metric] for c in conditions]
             ax.bar(x + (k - (len(names) - 1) / 2) * 0.8 / len(names), values, 0.8 / len(names), label=name)
-        ax.set_xticks(x, [c.name for c in CONDITIONS], rotation=30, ha="right")
+        ax.set_xticks(x, [c.name for c in conditions], rotation=30, ha="right")
         ax.set_title(f"{metric.replace('_', ' ')} through POST /predict (dotted: the ResNet-18 and VGG-11 bar)", pad=4)
         ax.set_ylim(max(0.0, lowest - 0.05), 1)
         ax.axhline(0.97 if metric == "accuracy" else 0.80, color="grey", linestyle=":", linewidth=1)
@@ -182,22 +191,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="a running cnnserve (default: start one on the committed models)")
     parser.add_argument("--count", type=int, help="test digits per condition (default: all 271)")
     parser.add_argument("--model", action="append", help="only this model (repeatable)")
+    parser.add_argument("--condition", action="append", choices=[c.name for c in CONDITIONS],
+                        help="only this condition (repeatable)")
+    parser.add_argument("--renderings", type=int, default=1,
+                        help="pictures of each digit per condition, each drawn afresh (default 1: the suite's own); "
+                             "more for a finer comparison of two models")
     parser.add_argument("--write-cards", action="store_true", help="record the results on each model's card")
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--precision", default="fp32", choices=["fp32", "int8", "fp16"],
                         help="the variant the local server serves (default fp32, the card's reference)")
     parser.add_argument("--out", type=Path, default=RESULTS / datetime.date.today().isoformat())
     args = parser.parse_args(argv)
+    if args.write_cards and (args.condition or args.renderings != 1 or args.count):
+        parser.error("--write-cards records the whole suite's own pictures: no --condition, --renderings or --count")
+    conditions = [c for c in CONDITIONS if not args.condition or c.name in args.condition]
     command = "python -m loadtests.accuracy" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
 
     if args.url:
-        results = run_suite(args.url, args.count, args.model)
+        results = run_suite(args.url, args.count, args.model, conditions=conditions, renderings=args.renderings)
     else:
         from .local_server import running_server
 
         with tempfile.TemporaryDirectory() as tmp, \
                 running_server(Path(tmp), models_dir=str(args.models_dir), precision=args.precision) as server:
-            results = run_suite(server.url, args.count, args.model)
+            results = run_suite(server.url, args.count, args.model, conditions=conditions,
+                                renderings=args.renderings)
     markdown = table(results)
     print("\n" + markdown)
     args.out.mkdir(parents=True, exist_ok=True)

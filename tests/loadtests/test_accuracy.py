@@ -41,3 +41,13 @@ def test_committed_models_hold_their_bar_on_every_condition(server):
                 assert row["accuracy"] >= bar[0] - SLACK and row["mean_iou"] >= bar[1] - SLACK, (
                     f"{name} on {condition.name}: {row}; all misses: {missed(results)}"
                 )
+
+
+def test_a_finer_comparison_draws_each_digit_afresh_per_rendering(server):
+    """``--renderings 3 --condition square``: three different pictures of each digit, one condition in the table."""
+    square = next(c for c in CONDITIONS if c.name == "square")
+    first, again = condition_files(square, count=3, seed=0), condition_files(square, count=3, seed=1)
+    assert [f.label for f in first] == [f.label for f in again] and all(a.data != b.data for a, b in zip(first, again))
+    results = run_suite(server.url, 3, ["lenet5-digits"], log=lambda line: None, conditions=[square], renderings=2)
+    assert results["models"]["lenet5-digits"]["conditions"]["square"]["images"] == 6
+    assert table(results).count("\n| ") == 1  # the header's separator, then the one condition
