@@ -50,7 +50,9 @@ RECIPES: dict[str, TrainConfig] = {
     # `python -m cnnserve.training train --recipe NAME` reproduces them. 64 px as ResNet-18: the stride-4 stem
     # leaves 15 x 15. Not yet trained to the end: a run stopped for time (2026-11-26, 2 threads, about 2.2 minutes
     # an epoch) reached val accuracy only 0.18 after 7 of 12 epochs (loss 4.55 -> 3.08; VGG-11 had 0.46 at its
-    # epoch 7): the stride-4 11 x 11 stem may see too little of a small digit at 64 px; try 96-128 px.
+    # epoch 7). At 64 px the last feature map is 1 x 1 (15, 7, 3, then the third pool: the adaptive pool only
+    # copies that one pixel to 6 x 6), so the box head has no position left to read; at 96 px it is 2 x 2, at
+    # 128 px 3 x 3, at the paper's 224 px 6 x 6: try 128 px (about 1.5 times ResNet-18's compute at 64 px).
     # On a GPU (`--device cuda`, an H100, 2026-11-26) one full GoogLeNet epoch with its rendering, validation and
     # export took 64 s: the single-process renderer, not the network, sets the pace there.
     "alexnet-digits": TrainConfig(
