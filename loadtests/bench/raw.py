@@ -74,8 +74,7 @@ def measure_point(model: ModelVersion, threads: int, batch: int, seconds: float,
     if runs == 1:
         durations = time_calls(call, seconds)
         return RawPoint(threads, batch, batch * len(durations) / sum(durations), float(np.median(durations)) * 1000)
-    call()
-    began = time.perf_counter()
+    began = time.perf_counter()  # each thread warms up first (time_calls): one uncounted call in the window
     with concurrent.futures.ThreadPoolExecutor(runs) as pool:  # ONNX Runtime releases the GIL while it computes
         per_thread = list(pool.map(lambda _: time_calls(call, seconds, min_calls=2), range(runs)))
     elapsed = time.perf_counter() - began
