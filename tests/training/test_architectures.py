@@ -84,10 +84,3 @@ def test_alexnet_takes_local_response_normalization_as_an_option():
     with_lrn = create_model("alexnet", num_classes=10, in_channels=3, input_size=64, lrn=True)
     assert sum(isinstance(m, torch.nn.LocalResponseNorm) for m in with_lrn.modules()) == 2
     assert not any(isinstance(m, torch.nn.LocalResponseNorm) for m in plain.modules())
-
-
-def test_alexnet_takes_batch_normalization_after_every_convolution_as_an_option():
-    plain = create_model("alexnet", num_classes=10, in_channels=3, input_size=128)
-    normalized = create_model("alexnet", num_classes=10, in_channels=3, input_size=128, batch_norm=True)
-    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in normalized.modules()) == 5
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())

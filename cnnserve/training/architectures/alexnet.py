@@ -3,9 +3,7 @@
 Each stage is (output channels, kernel, stride, padding, pool after it, local response normalization after it);
 the paper's two GPU towers are merged (the usual single-tower variant: torchvision's ``alexnet``, 61,100,840
 parameters for 1000 classes at 224 px). Local response normalization (the paper's, after the first two stages) is
-off by default, as in most re-implementations; ``lrn=True`` puts it back. ``batch_norm=True`` puts batch
-normalization between each convolution and its ReLU (as VGG's ``_bn`` variants do): without it, the digits recipe
-learned about ten times slower than the other networks (see the recipe).
+off by default, as in most re-implementations; ``lrn=True`` puts it back.
 
 A pool is left out where the map is already smaller than its window, so the same network also builds for the
 small pictures of the digits task (at 32 px the stride-4 stem leaves 7 x 7); the adaptive pool then brings any
@@ -36,15 +34,12 @@ def conv_size(size: int, kernel: int, stride: int, padding: int) -> int:
 
 def build_alexnet(
     *, num_classes: int, in_channels: int, input_size: int, box_head: bool, lrn: bool = False,
-    batch_norm: bool = False, classifier_width: int = 4096, dropout: float = 0.5,
+    classifier_width: int = 4096, dropout: float = 0.5,
 ) -> TwoHeadNet:
     layers: list[nn.Module] = []
     channels, size = in_channels, input_size
     for out, kernel, stride, padding, pool, normalize in ALEXNET_STAGES:
-        layers.append(nn.Conv2d(channels, out, kernel, stride, padding))
-        if batch_norm:
-            layers.append(nn.BatchNorm2d(out))
-        layers.append(nn.ReLU(inplace=True))
+        layers += [nn.Conv2d(channels, out, kernel, stride, padding), nn.ReLU(inplace=True)]
         size = conv_size(size, kernel, stride, padding)
         if normalize and lrn:
             layers.append(nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0))
