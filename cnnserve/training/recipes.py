@@ -53,7 +53,12 @@ RECIPES: dict[str, TrainConfig] = {
     # an epoch) reached val accuracy only 0.18 after 7 of 12 epochs (loss 4.55 -> 3.08; VGG-11 had 0.46 at its
     # epoch 7). At 64 px the last feature map is 1 x 1 (15, 7, 3, then the third pool: the adaptive pool only
     # copies that one pixel to 6 x 6), so the box head has no position left to read; at 96 px it is 2 x 2, at
-    # 128 px 3 x 3, at the paper's 224 px 6 x 6: try 128 px (about 1.5 times ResNet-18's compute at 64 px).
+    # 128 px 3 x 3, at the paper's 224 px 6 x 6. At 128 px with batch normalization after every convolution
+    # (2026-11-26, 2 threads, 6.5 minutes an epoch) validation accuracy was still at chance after two epochs
+    # (0.098, 0.094; ResNet-18 had 0.27 and GoogLeNet 0.23 by then), and 400 steps of the classifier alone
+    # (no box loss) left cross-entropy at 2.30; ZFNet's finer stem (7 x 7 at stride 2) did no better in 100
+    # steps at twice the cost. It fits 64 pictures (cross-entropy 2.1 -> 0.73 in 60 steps), so nothing is broken:
+    # it is slow to start, and a full run is left for a GPU host (`--device cuda`).
     # On a GPU (`--device cuda`, an H100, 2026-11-26) one full GoogLeNet epoch with its rendering, validation and
     # export took 64 s: the single-process renderer, not the network, sets the pace there.
     "alexnet-digits": TrainConfig(
