@@ -1,13 +1,15 @@
 """Ablation of the batcher's scheduling heuristics: each variant is a worktree with one heuristic switched off.
 
-python ablate.py ROUNDS SECONDS VARIANT... ; rows printed as they come and appended to /tmp/exp/ablate.jsonl
+python ablate.py OUT.jsonl ROUNDS SECONDS VARIANT... : rows printed as they come and appended to OUT.jsonl.
+An experiment record, run from a checkout at /work/main (the worktrees are made from its HEAD).
 """
-import json, subprocess, sys, tempfile, time, urllib.request
+import json, subprocess, sys, tempfile, time
 from pathlib import Path
 sys.path.insert(0, "/work/main")
 from loadtests.local_server import running_server
 from loadtests.bench.perf_analyzer import perf_analyzer
 from loadtests.bench.grpc_channel import one_channel
+from loadtests.predict_bench import batch_totals
 
 SWITCHES = {  # variant -> (file, old, new)
     "base": [],
@@ -31,17 +33,11 @@ def worktree(variant):
             text = target.read_text()
             assert text.count(old) == 1, (variant, old)
             target.write_text(text.replace(old, new))
-        (path / "models").exists() and subprocess.run(["rm", "-rf", str(path / "models")])
     return path
 
-def batch_mean(url, model, before):
-    text = urllib.request.urlopen(url + "/metrics").read().decode()
-    s = c = 0.0
-    for line in text.splitlines():
-        if f'model="{model}"' in line:
-            if line.startswith("cnnserve_batch_size_images_sum"): s += float(line.rsplit(" ", 1)[1])
-            if line.startswith("cnnserve_batch_size_images_count"): c += float(line.rsplit(" ", 1)[1])
-    return (s, c) if before is None else (s - before[0]) / max(c - before[1], 1)
+def mean_batch(server, model, before):
+    total, count = batch_totals(server.metrics(), model)
+    return (total - before[0]) / max(count - before[1], 1)
 
 MODELS = Path("/tmp/abl-models")
 if not MODELS.exists():
@@ -49,7 +45,7 @@ if not MODELS.exists():
     for m in ("lenet5-digits", "resnet18-digits"):
         (MODELS / m).symlink_to(f"/work/main/models/{m}")
 
-rounds, seconds, variants = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
+out, rounds, seconds, variants = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
 for r in range(rounds):
     for variant in variants:
         path = worktree(variant)
@@ -61,14 +57,14 @@ for r in range(rounds):
                 ("resnet18-digits", "one-channel", 64),
             ]
             for model, protocol, clients in cases:
-                before = batch_mean(server.url, model, None)
+                before = batch_totals(server.metrics(), model)
                 if protocol == "one-channel":
                     res = one_channel(model, server.grpc_address, [1, 3, 64, 64], clients, seconds * 2)
                 else:
                     res = perf_analyzer(model, server.grpc_address if protocol == "grpc" else host, protocol, clients, seconds)
                 row = dict(round=r, variant=variant, model=model, protocol=protocol, clients=clients,
                            rps=round(res["throughput_rps"], 1), p50_ms=round(res["p50_ms"], 3),
-                           batch=round(batch_mean(server.url, model, before), 2), t=time.time())
+                           batch=round(mean_batch(server, model, before), 2), t=time.time())
                 print(json.dumps(row), flush=True)
-                with open("/tmp/exp/ablate.jsonl", "a") as f:
+                with open(out, "a") as f:
                     f.write(json.dumps(row) + "\n")
