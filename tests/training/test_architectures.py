@@ -84,3 +84,13 @@ def test_alexnet_takes_local_response_normalization_as_an_option():
     with_lrn = create_model("alexnet", num_classes=10, in_channels=3, input_size=64, lrn=True)
     assert sum(isinstance(m, torch.nn.LocalResponseNorm) for m in with_lrn.modules()) == 2
     assert not any(isinstance(m, torch.nn.LocalResponseNorm) for m in plain.modules())
+
+
+def test_alexnet_features_keep_their_spread_at_initialization():
+    # From PyTorch's default initialization the spread across a batch fell to about 0.003 by the last stage
+    # (architectures/alexnet.py) and training stalled; He initialization keeps it near the input's.
+    torch.manual_seed(0)
+    model = create_model("alexnet", num_classes=10, in_channels=3, input_size=64, classifier_width=256)
+    with torch.inference_mode():
+        features = model.backbone(torch.randn(64, 3, 64, 64))
+    assert features.std(0).mean() > 0.1

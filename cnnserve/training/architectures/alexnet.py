@@ -8,6 +8,12 @@ off by default, as in most re-implementations; ``lrn=True`` puts it back.
 A pool is left out where the map is already smaller than its window, so the same network also builds for the
 small pictures of the digits task (at 32 px the stride-4 stem leaves 7 x 7); the adaptive pool then brings any
 map to the classifier's 6 x 6.
+
+Convolutions start from He initialization and the linear layers from N(0, 0.01), zero biases (torchvision's
+initialization for VGG) rather than PyTorch's default. Without batch normalization the default (variance
+1/(3 fan-in)) shrinks the signal at every layer: on the digits task the last feature map's spread across a batch
+was 0.003 at the start and the second stage's ReLUs went 99% silent within 60 Adam steps at 1e-3. With He
+convolutions the box loss after 400 steps at 3e-4 was 4.1 with He linear layers and 3.4 with N(0, 0.01).
 """
 
 from __future__ import annotations
@@ -52,7 +58,20 @@ def build_alexnet(
     hidden = [classifier_width, classifier_width]
     classifier = nn.Sequential(nn.Dropout(dropout), mlp_head(features, hidden, num_classes, dropout))
     boxes = nn.Sequential(nn.Dropout(dropout), mlp_head(features, hidden, 4, dropout)) if box_head else None
-    return TwoHeadNet(backbone, classifier, boxes)
+    net = TwoHeadNet(backbone, classifier, boxes)
+    initialize(net)
+    return net
+
+
+def initialize(net: nn.Module) -> None:
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0.0, 0.01)
+        else:
+            continue
+        nn.init.zeros_(module.bias)
 
 
 register_model("alexnet", build_alexnet)
