@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 3000
 
-.PHONY: serve test setup setup-test lock models variants accuracy bench-models bench gpu-check profile protos soak container-check clean
+.PHONY: serve test setup setup-test lock models seed-models variants accuracy bench-models bench gpu-check profile protos soak container-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,15 @@ models: setup-test
 		$(BIN)/python -m cnnserve.training train --recipe $$recipe || exit 1; \
 	done
 	$(BIN)/python -m loadtests.accuracy --write-cards
+
+# The seeds' other networks (AlexNet, GoogLeNet): too large to commit, so trained into models-seed/ (git-ignored)
+# and measured there on the robustness suite (about 2.5 hours on 2 cores; README, "Training").
+SEED_MODELS := alexnet-digits googlenet-digits
+seed-models: setup-test
+	for recipe in $(SEED_MODELS); do \
+		$(BIN)/python -m cnnserve.training train --recipe $$recipe --out models-seed || exit 1; \
+	done
+	$(BIN)/python -m loadtests.accuracy --models-dir models-seed --write-cards --out loadtests/results/$$(date +%F)-seed
 
 # The derived INT8 and FP16 files of the committed models (never committed; training writes them too).
 variants: setup
