@@ -67,11 +67,10 @@ def initialize(net: nn.Module) -> None:
     for module in net.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, 0.0, 0.01)
-        else:
-            continue
-        nn.init.zeros_(module.bias)
+            nn.init.zeros_(module.bias)
 
 
 register_model("alexnet", build_alexnet)
