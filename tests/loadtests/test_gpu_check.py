@@ -24,15 +24,17 @@ def gpu_check(tmp_path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_the_check_rehearsed_on_the_cpu_writes_its_report(tmp_path):
-    result = gpu_check(tmp_path, "--providers", "CPUExecutionProvider")
+    result = gpu_check(tmp_path, "--providers", "CPUExecutionProvider", "--images-per-request", "1", "3")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "gpu-check.json").read_text())
     assert report["served_models"]["lenet5-digits"]["provider"] == "CPUExecutionProvider"
     (accuracy,) = report["accuracy"]
     assert accuracy["passed"] and accuracy["accuracy"] == accuracy["card_fp32_accuracy"]  # the card was measured so
     served = report["throughput"]["lenet5-digits"]["served"]
-    assert [r["concurrency"] for r in served] == [1, 8]
+    assert [(r["images_per_request"], r["concurrency"]) for r in served] == [(1, 1), (1, 8), (3, 1), (3, 8)]
     assert all(r["throughput_rps"] > 0 and r["errors"] == 0 and r["mean_batch"] >= 1 for r in served)
+    assert all(r["images_per_s"] == r["images_per_request"] * r["throughput_rps"] for r in served)
+    assert served[2]["mean_batch"] >= 3  # a request's images are batched together
     table = (tmp_path / "gpu-check.md").read_text()
     assert "| every model served on the provider asked, none degraded |" in table and "| yes |" in table
     assert (tmp_path / "gpu-check.png").read_bytes().startswith(b"\x89PNG")
