@@ -24,6 +24,7 @@ import argparse
 import ctypes
 import datetime
 import functools
+import itertools
 import json
 import os
 import subprocess
@@ -37,7 +38,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 
-from cnnserve.serving.config import CUDNN_SEARCH_MODES
+from cnnserve.serving.config import CUDNN_SEARCH_MODES, GPU_BATCH_SHAPES
 from cnnserve.serving.repository import ModelVersion, discover
 from cnnserve.serving.runtime import CPU, CUDA, GPU_PROVIDERS, LoadedModel, load_model, preload_gpu_libraries
 
@@ -263,11 +264,12 @@ def run(args) -> dict:
 
     results["throughput"] = {}
     throughput_models = [v for v in committed if v.name in args.throughput_models] + bench
-    for index, workers in enumerate(args.workers):
+    for index, (workers, shapes) in enumerate(itertools.product(args.workers, args.gpu_batch_shapes)):
         with tempfile.TemporaryDirectory() as tmp:
             models_dir = served_models_dir(args.models_dir, args.bench_dir, Path(tmp))
             settings = {"models_dir": str(models_dir), "providers": f"{args.providers},{CPU}" if args.providers != CPU else CPU,
-                        "serve": ",".join([*(m.name for m in committed), *(b.name for b in bench)])}
+                        "serve": ",".join([*(m.name for m in committed), *(b.name for b in bench)]),
+                        "gpu_batch_shapes": shapes}
             if workers:
                 settings["workers"] = str(workers)
             with running_server(Path(tmp), **settings) as server:
@@ -280,7 +282,8 @@ def run(args) -> dict:
                         figures["in_process"] = in_process(model, args.providers, variant, args.seconds, args.batch_sizes)
                     for images in args.images_per_request:
                         rows = served(server, model, args.concurrency, args.seconds, images)
-                        figures["served"] += [{"workers": workers or "default", **row} for row in rows]
+                        figures["served"] += [{"workers": workers or "default", "gpu_batch_shapes": shapes, **row}
+                                              for row in rows]
                 results.setdefault("server_log_tails", []).append(server.log()[-4000:])
     return results
 
@@ -308,10 +311,10 @@ def summary_rows(results: dict) -> list[tuple[str, str, bool | None]]:
                  all(r.get("passed") for r in results["accuracy"]))]
     for name, figures in results.get("throughput", {}).items():
         best = max(r["images_per_s"] for r in figures["in_process"])
-        for workers, images in dict.fromkeys(_served_setting(r) for r in figures["served"]):
-            at = {r["concurrency"]: r for r in figures["served"] if _served_setting(r) == (workers, images)}
-            top = max(at)
-            setting = f"workers {workers}, {images} image{'s' if images > 1 else ''} per request"
+        for setting in dict.fromkeys(_served_setting(r) for r in figures["served"]):
+            at = {r["concurrency"]: r for r in figures["served"] if _served_setting(r) == setting}
+            top, images = max(at), setting[1]
+            setting = _setting_label(*setting)
             rows.append((f"{name}, {setting}: served images/s at {top} clients / in-process best >= 0.5",
                          f"{at[top]['images_per_s']:.0f} / {best:.0f} = {at[top]['images_per_s'] / best:.2f}",
                          at[top]["images_per_s"] / best >= 0.5))
@@ -322,7 +325,11 @@ def summary_rows(results: dict) -> list[tuple[str, str, bool | None]]:
 
 
 def _served_setting(row: dict) -> tuple:
-    return row["workers"], row.get("images_per_request", 1)
+    return row["workers"], row["images_per_request"], row["gpu_batch_shapes"]
+
+
+def _setting_label(workers, images: int, shapes: str) -> str:
+    return f"workers {workers}, {images} image{'s' if images > 1 else ''} per request, GPU batch shapes {shapes}"
 
 
 def write_report(results: dict, folder: Path) -> Path:
@@ -351,10 +358,12 @@ def write_report(results: dict, folder: Path) -> Path:
     for name, figures in results.get("throughput", {}).items():
         lines += ["", f"## {name} ({figures['variant']})", "", "| in-process batch | images/s | ms per call |", "|---|---|---|"]
         lines += [f"| {r['batch']} | {r['images_per_s']:.0f} | {r['p50_ms']:.2f} |" for r in figures["in_process"]]
-        lines += ["", ("| workers | images per request | served clients (V2 REST binary) | requests/s | images/s | p50 ms "
-                       "| p99 ms | mean batch | compute ms per batch | queue ms | errors |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['workers']} | {r.get('images_per_request', 1)} | {r['concurrency']} | {r['throughput_rps']:.0f} | "
-                  f"{r.get('images_per_s', r['throughput_rps']):.0f} | {r['p50_ms'] or 0:.2f} | {r['p99_ms'] or 0:.2f} | "
+        lines += ["", ("| workers | GPU batch shapes | images per request | served clients (V2 REST binary) | requests/s | "
+                       "images/s | p50 ms | p99 ms | mean batch | compute ms per batch | queue ms | errors |"),
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['workers']} | {r['gpu_batch_shapes']} | {r['images_per_request']} | "
+                  f"{r['concurrency']} | {r['throughput_rps']:.0f} | "
+                  f"{r['images_per_s']:.0f} | {r['p50_ms'] or 0:.2f} | {r['p99_ms'] or 0:.2f} | "
                   f"{r['mean_batch'] or 0:.1f} | {r['compute_ms'] or 0:.2f} | {r['queue_ms'] or 0:.2f} | {r['errors']} |"
                   for r in figures["served"]]
     if results["failures"]:
@@ -375,10 +384,10 @@ def plot(results: dict, path: Path) -> None:
     throughput = results["throughput"]
     figure, axes = plt.subplots(1, len(throughput), figsize=(max(8, 6 * len(throughput)), 4.5), squeeze=False)
     for axis, (name, figures) in zip(axes[0], throughput.items()):
-        for workers, images in dict.fromkeys(_served_setting(r) for r in figures["served"]):
-            rows = [r for r in figures["served"] if _served_setting(r) == (workers, images)]
+        for setting in dict.fromkeys(_served_setting(r) for r in figures["served"]):
+            rows = [r for r in figures["served"] if _served_setting(r) == setting]
             axis.plot([r["concurrency"] for r in rows], [r["images_per_s"] for r in rows], marker="o",
-                      label=f"served, V2 REST binary, {images} image{'s' if images > 1 else ''} per request, workers: {workers}")
+                      label=f"served, V2 REST binary, {_setting_label(*setting)}")
             for r in rows:
                 axis.annotate(f"batch {r['mean_batch'] or 0:.0f}", (r["concurrency"], r["images_per_s"]), fontsize=7,
                               textcoords="offset points", xytext=(0, 6), ha="center")
@@ -421,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="images each served request carries (one series each)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0],
                         help="server workers, one server each (0: the server's default, one per GPU)")
+    parser.add_argument("--gpu-batch-shapes", nargs="+", default=["powers_of_two"], choices=GPU_BATCH_SHAPES,
+                        help="the servers' gpu_batch_shapes, one server each (with each --workers)")
     parser.add_argument("--no-cudnn", dest="cudnn", action="store_false", help="skip the cuDNN search comparison")
     parser.add_argument("--no-accuracy", dest="accuracy", action="store_false", help="skip the test-split accuracy")
     parser.add_argument("--commit", default=git_commit())

@@ -13,6 +13,7 @@ batching lives under ``models:`` in the YAML file::
     precision: auto                            # auto | fp32 | fp16 | int8
     precision_tolerance: {accuracy: 0.005, mean_iou: 0.01}
     cudnn_conv_algo_search: HEURISTIC          # or EXHAUSTIVE, DEFAULT (GPU only)
+    gpu_batch_shapes: powers_of_two            # or largest: one session per model, every batch padded to the maximum
     tensorrt_cache_dir: /var/cache/cnnserve/tensorrt   # engines keyed by file sha256 (default: under the temp dir)
     workers: auto                              # worker processes (each serves every protocol)
     threads: auto                              # ONNX Runtime intra-op threads per worker
@@ -43,6 +44,7 @@ DEFAULT_CONFIG_FILE = "cnnserve.yaml"
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
 CONTROL_MODES = ("none", "poll", "explicit")  # Triton's names
 CUDNN_SEARCH_MODES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")  # ONNX Runtime's cudnn_conv_algo_search values
+GPU_BATCH_SHAPES = ("powers_of_two", "largest")
 
 
 # One Python worker parses too few requests to keep a GPU busy: on an H100 (16 cores, 2026-11-26), ResNet-50 at
@@ -101,6 +103,10 @@ class Settings:
     # at 224, H200, loadtests/results/2026-11-26-gpu): first run of a new batch size 0.09 s against EXHAUSTIVE's
     # 0.10-0.48 s, and as fast warm (853 / 6426 images/s at batch 1 / 64 against 894 / 5649); DEFAULT: 136 / 2296.
     cudnn_conv_algo_search: str = "HEURISTIC"
+    # On a GPU each batch is padded to one of a few sizes, each on a session of its own, so cuDNN never searches on
+    # a live request (runtime.LoadedModel): every power of two up to max_batch_size (seven sessions for 64: seven
+    # copies of the weights on the GPU per worker), or the largest alone (one session, every batch computed full).
+    gpu_batch_shapes: str = "powers_of_two"
     # TensorRT's engines and timing cache, keyed by each file's sha256 (runtime.TensorrtPlan); keep it across
     # restarts (the Kubernetes GPU overlay mounts a volume here) or every start builds the engines again.
     tensorrt_cache_dir: Path = Path(tempfile.gettempdir()) / "cnnserve-tensorrt"
@@ -189,6 +195,8 @@ def _parse(name: str, raw: Any, current: Any) -> Any:
         raise ValueError(f"cudnn_conv_algo_search must be one of {', '.join(CUDNN_SEARCH_MODES)}, not {raw!r}")
     if name == "cudnn_conv_algo_search":
         return str(raw).upper()
+    if name == "gpu_batch_shapes" and raw not in GPU_BATCH_SHAPES:
+        raise ValueError(f"gpu_batch_shapes must be one of {', '.join(GPU_BATCH_SHAPES)}, not {raw!r}")
     if name == "precision" and raw not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {raw!r}")
     return type(current)(raw)

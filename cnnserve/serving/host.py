@@ -31,6 +31,7 @@ from .runtime import (
     GPU_PROVIDERS,
     LoadedModel,
     ModelInvalid,
+    batch_shapes,
     choose_providers,
     cuda_device_count,
     load_model,
@@ -132,7 +133,7 @@ class ModelHost:
             "model %s ready on %s (%s, %d thread(s); warmed batch sizes %s%s: %s; "
             "batches up to %d run on the event loop, up to %d on every core when the others are idle)",
             model.key, loaded.providers[0], loaded.variant, self.threads, ", ".join(map(str, warm_up)),
-            f" (every batch padded to {loaded.fixed_batch})" if loaded.fixed_batch else "",
+            f" (each batch padded to the next of them, each on its own session)" if loaded.shapes else "",
             ", ".join(f"batch {size} {1000 * seconds:.2f} ms" for size, seconds in warm_up.items() if size in (1, max_batch_size)),
             runner.inline_up_to, SOLO_MAX_BATCH if runner.solo else 0,
         )
@@ -168,7 +169,7 @@ class ModelHost:
         loaded = load_model(model, providers, settings.precision, self.threads, cache_dir, device_id=self.device_id,
                             cudnn_search=settings.cudnn_conv_algo_search, max_batch_size=max_batch_size)
         if loaded.on_gpu:
-            loaded.pad_batches(max_batch_size)
+            loaded.pad_batches(batch_shapes(max_batch_size, settings.gpu_batch_shapes))
         return loaded, loaded.warm_up(max_batch_size) if settings.warmup else {}
 
     def fall_back(

@@ -16,8 +16,9 @@ import ctypes
 import functools
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -188,6 +189,14 @@ def usable_gpus(requested: tuple[str, ...]) -> int:
     return cuda_device_count() if providers[0] in GPU_PROVIDERS else 0
 
 
+def batch_shapes(max_batch_size: int, mode: str) -> list[int]:
+    """The batch sizes a GPU session runs (``gpu_batch_shapes``): every power of two below ``max_batch_size`` and
+    the maximum itself, or the maximum alone."""
+    if mode == "largest":
+        return [max_batch_size]
+    return sorted({*(2**i for i in range(max_batch_size.bit_length()) if 2**i < max_batch_size), max_batch_size})
+
+
 class ModelInvalid(Exception):
     """The model file is missing, corrupt, or does not match its card."""
 
@@ -196,12 +205,13 @@ class ModelInvalid(Exception):
 class LoadedModel:
     """A session and how to run it.
 
-    ``fixed_batch`` (set on a GPU, ``pad_batches``): every run is padded to that many rows. ONNX Runtime's CUDA
-    convolutions choose their cuDNN algorithms again whenever the input shape differs from the previous run's,
-    even for shapes seen before: ResNet-50 at 224 on an H200 (ONNX Runtime 1.31.1, cuDNN 9.14) took 5 ms per run
-    at one batch size and 69 ms (HEURISTIC search) or 367 ms (EXHAUSTIVE) cycling through 30-33 images
-    (loadtests/results/2026-11-26-gpu/README.md). One shape costs a batch of 1 the compute of a full batch
-    (ResNet-50: 9.6 ms instead of 1.7) and saves every varying batch the search.
+    ``shapes`` (set on a GPU, ``pad_batches``): every run is padded to the smallest of a few batch sizes that holds
+    it, and each size runs on a session of its own. ONNX Runtime's CUDA convolutions choose their cuDNN algorithms
+    again whenever the input shape differs from the previous run's, even for shapes seen before: ResNet-50 at 224
+    on an H200 (ONNX Runtime 1.31.1, cuDNN 9.14) took 5 ms per run at one batch size and 69 ms (HEURISTIC search)
+    or 367 ms (EXHAUSTIVE) cycling through 30-33 images (loadtests/results/2026-11-26-gpu/README.md). A session
+    that only ever sees one shape never searches again. With one shape alone (``gpu_batch_shapes: largest``) a
+    batch of 8 computes a full batch of 64 (ResNet-50: 9.6 ms for one image instead of 1.7).
     """
 
     model: ModelVersion
@@ -209,44 +219,52 @@ class LoadedModel:
     providers: list[str]
     variant: str
     output_names: list[str]
-    fixed_batch: int = 0
-    _padded: np.ndarray | None = None  # the fixed-shape input, reused: one run at a time per model (the batcher's)
+    open_session: Callable[[], ort.InferenceSession] | None = None  # another session like ``session`` (load_model)
+    # batch size -> its session and its padded input, reused: one run at a time per model (the batcher's)
+    shapes: dict[int, tuple[ort.InferenceSession, np.ndarray]] = field(default_factory=dict)
 
     @property
     def on_gpu(self) -> bool:
         return self.providers[0] in GPU_PROVIDERS
 
-    def pad_batches(self, rows: int) -> None:
-        self.fixed_batch = rows
-        self._padded = np.zeros((rows, *self.model.input_shape), np.float32)
+    def pad_batches(self, sizes: list[int]) -> None:
+        """Pad every run to the smallest of ``sizes`` that holds it, on that size's own session (the largest
+        size's is ``session``)."""
+        largest = max(sizes)
+        self.shapes = {size: (self.session if size == largest else self.open_session(),
+                              np.zeros((size, *self.model.input_shape), np.float32)) for size in sorted(sizes)}
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities [N, K] and boxes [N, 4] (None for classification-only models)."""
         rows = len(images)
-        if self.fixed_batch and rows < self.fixed_batch:
-            self._padded[:rows] = images  # the rows after them hold an earlier batch's images: their answers are dropped
-            probabilities, boxes = self.run_session(self._padded)
-            return probabilities[:rows], None if boxes is None else boxes[:rows]
-        return self.run_session(images)
+        size = next((size for size in self.shapes if size >= rows), None)
+        if size is None:
+            return self.run_session(images, self.session)
+        session, padded = self.shapes[size]
+        if rows < size:
+            padded[:rows] = images  # the rows after them hold an earlier batch's images: their answers are dropped
+            images = padded
+        probabilities, boxes = self.run_session(images, session)
+        return probabilities[:rows], None if boxes is None else boxes[:rows]
 
-    def run_session(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def run_session(self, images: np.ndarray, session: ort.InferenceSession) -> tuple[np.ndarray, np.ndarray | None]:
         if self.on_gpu:
-            binding = self.session.io_binding()
+            binding = session.io_binding()
             binding.bind_cpu_input(INPUT_NAME, images)
             for name in self.output_names:
                 binding.bind_output(name)
-            self.session.run_with_iobinding(binding)
+            session.run_with_iobinding(binding)
             outputs = dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
         else:
-            outputs = dict(zip(self.output_names, self.session.run(self.output_names, {INPUT_NAME: images})))
+            outputs = dict(zip(self.output_names, session.run(self.output_names, {INPUT_NAME: images})))
         return outputs[PROBABILITIES], outputs.get(BOXES)
 
     def warm_sizes(self, max_batch_size: int) -> list[int]:
-        """The batch sizes warm-up runs: with padded batches the one shape every run has (its first run makes
-        cuDNN choose the algorithms, which must not happen on a live request); on the CPU, where a new shape costs
-        no search, the powers of two up to the maximum, which give the cost table."""
-        if self.fixed_batch:
-            return [self.fixed_batch]
+        """The batch sizes warm-up runs: with padded batches the shapes runs have (the first run of each makes
+        cuDNN choose its session's algorithms, which must not happen on a live request); on the CPU, where a new
+        shape costs no search, the powers of two up to the maximum, which give the cost table."""
+        if self.shapes:
+            return list(self.shapes)
         return sorted({1, max_batch_size, *(2**i for i in range(max_batch_size.bit_length()) if 2**i <= max_batch_size)})
 
     def warm_up(self, max_batch_size: int) -> dict[int, float]:
@@ -309,13 +327,13 @@ def load_model(
         raise ModelInvalid(f"{path.name} sha256 is {actual[:12]}..., the card says {expected_sha[:12]}...")
     tensorrt = TensorrtPlan.for_file(model, variant, expected_sha or file_sha256(path), cache_dir, max_batch_size) \
         if TENSORRT in providers else None
+    open_session = functools.partial(
+        ort.InferenceSession, str(path), session_options(threads, spin),
+        providers=[(p, provider_options(p, device_id, cudnn_search, tensorrt)) for p in providers],
+    )
     try:
-        session = ort.InferenceSession(
-            str(path),
-            session_options(threads, spin),
-            providers=[(p, provider_options(p, device_id, cudnn_search, tensorrt)) for p in providers],
-        )
+        session = open_session()
     except Exception as exc:  # noqa: BLE001  (ONNX Runtime raises its own types for corrupt files)
         raise ModelInvalid(f"ONNX Runtime cannot load {path.name}: {exc}") from None
     output_names = verify_contract(model, session)
-    return LoadedModel(model, session, session.get_providers(), variant, output_names)
+    return LoadedModel(model, session, session.get_providers(), variant, output_names, open_session)

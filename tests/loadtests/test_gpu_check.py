@@ -32,6 +32,7 @@ def test_the_check_rehearsed_on_the_cpu_writes_its_report(tmp_path):
     assert accuracy["passed"] and accuracy["accuracy"] == accuracy["card_fp32_accuracy"]  # the card was measured so
     served = report["throughput"]["lenet5-digits"]["served"]
     assert [(r["images_per_request"], r["concurrency"]) for r in served] == [(1, 1), (1, 8), (3, 1), (3, 8)]
+    assert {r["gpu_batch_shapes"] for r in served} == {"powers_of_two"}
     assert all(r["throughput_rps"] > 0 and r["errors"] == 0 and r["mean_batch"] >= 1 for r in served)
     assert all(r["images_per_s"] == r["images_per_request"] * r["throughput_rps"] for r in served)
     assert served[2]["mean_batch"] >= 3  # a request's images are batched together

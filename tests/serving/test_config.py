@@ -41,6 +41,13 @@ def test_bad_precision_is_refused():
         load_settings(environ={"CNNSERVE_PRECISION": "int4", "CNNSERVE_CONFIG": "/dev/null"})
 
 
+def test_gpu_batch_shapes_take_one_of_two_names():
+    assert load_settings(environ={"CNNSERVE_GPU_BATCH_SHAPES": "largest", "CNNSERVE_CONFIG": "/dev/null"}) \
+        .gpu_batch_shapes == "largest"
+    with pytest.raises(ValueError, match="gpu_batch_shapes must be one of powers_of_two, largest"):
+        load_settings(environ={"CNNSERVE_GPU_BATCH_SHAPES": "all", "CNNSERVE_CONFIG": "/dev/null"})
+
+
 @pytest.mark.parametrize("cores", [1, 2, 4, 16])
 def test_default_workers_times_threads_fit_the_cores(cores):
     settings = Settings()

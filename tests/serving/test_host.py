@@ -70,13 +70,15 @@ def test_without_a_gpu_nothing_is_degraded(host_for):
     assert host.status[key]["status"] == "ready" and host.status[key]["reason"] is None
 
 
-def test_on_a_gpu_every_batch_is_padded_to_the_models_batch_limit(host_for, a_gpu_that_does_not_work, monkeypatch):
+@pytest.mark.parametrize("mode, shapes", [("powers_of_two", [1, 2, 4, 8, 16]), ("largest", [16])])
+def test_on_a_gpu_every_batch_is_padded_to_one_of_the_configured_shapes(host_for, a_gpu_that_does_not_work,
+                                                                        monkeypatch, mode, shapes):
     real_load = host_module.load_model
 
     def a_session_on_the_gpu(*args, **kwargs):  # what a working CUDA session reports; this one runs on the CPU
         return replace(real_load(*args, **kwargs), providers=[CUDA, CPU])
 
     monkeypatch.setattr(host_module, "load_model", a_session_on_the_gpu)
-    host, key = host_for(max_batch_size=16)
+    host, key = host_for(max_batch_size=16, gpu_batch_shapes=mode)
     assert host.status[key]["status"] == "ready" and host.status[key]["provider"] == CUDA
-    assert host.loaded[key].fixed_batch == 16
+    assert list(host.loaded[key].shapes) == shapes

@@ -17,6 +17,7 @@ from cnnserve.serving.runtime import (
     TENSORRT_LIBRARIES,
     ModelInvalid,
     TensorrtPlan,
+    batch_shapes,
     choose_providers,
     choose_variant,
     load_model,
@@ -76,24 +77,34 @@ def test_tensorrt_is_only_taken_in_its_current_major():
     assert TENSORRT_LIBRARIES == ("libnvinfer.so.10",)
 
 
-def test_with_padded_batches_every_run_has_one_shape_and_answers_only_the_real_rows(tmp_path):
+def test_gpu_batch_shapes_are_the_powers_of_two_up_to_the_limit_or_the_limit_alone():
+    assert batch_shapes(64, "powers_of_two") == [1, 2, 4, 8, 16, 32, 64]
+    assert batch_shapes(48, "powers_of_two") == [1, 2, 4, 8, 16, 32, 48]
+    assert batch_shapes(64, "largest") == [64]
+
+
+def test_with_padded_batches_each_size_runs_on_its_own_session_and_answers_only_the_real_rows(tmp_path):
     model = discover(MODELS_DIR, ("lenet5-digits",)).resolve("lenet5-digits")
     loaded = load_model(model, [CPU], "fp32", 1, tmp_path)
     assert sorted(loaded.warm_up(12)) == [1, 2, 4, 8, 12]  # on the CPU: the cost table's sizes
     padded = replace(loaded, providers=[CUDA, CPU])  # what a CUDA session reports; this one still runs on the CPU
-    padded.pad_batches(12)
-    assert list(padded.warm_up(12)) == [12]
-    shapes = []
+    padded.pad_batches([4, 12])
+    assert list(padded.warm_up(12)) == [4, 12]
+    assert padded.shapes[12][0] is loaded.session and padded.shapes[4][0] is not loaded.session
+    seen = []  # (session, shape) of every run
     run_session = padded.run_session
-    padded.run_session = lambda images: shapes.append(images.shape) or run_session(images)
+    padded.run_session = lambda images, session: seen.append((session, images.shape)) or run_session(images, session)
     rng = np.random.default_rng(0)
-    for rows in (3, 12, 5):
+    for rows in (3, 12, 5, 4, 1):
         images = rng.random((rows, *model.input_shape), dtype=np.float32)
         probabilities, boxes = padded.run(images)
         expected_probabilities, expected_boxes = loaded.run(images)
         np.testing.assert_allclose(probabilities, expected_probabilities, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(boxes, expected_boxes, rtol=1e-5, atol=1e-6)
-    assert shapes == [(12, *model.input_shape)] * 3
+    small, large = padded.shapes[4][0], padded.shapes[12][0]
+    assert seen == [(small, (4, *model.input_shape)), (large, (12, *model.input_shape)),
+                    (large, (12, *model.input_shape)), (small, (4, *model.input_shape)),
+                    (small, (4, *model.input_shape))]  # each session only ever sees its own shape
 
 
 def test_tensorrt_is_skipped_when_its_library_does_not_load():
