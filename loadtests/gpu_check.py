@@ -382,7 +382,9 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     throughput = results["throughput"]
-    figure, axes = plt.subplots(1, len(throughput), figsize=(max(8, 6 * len(throughput)), 4.5), squeeze=False)
+    series = max(len(dict.fromkeys(_served_setting(r) for r in f["served"])) for f in throughput.values())
+    figure, axes = plt.subplots(1, len(throughput), figsize=(max(8, 6 * len(throughput)), 4.5 + 0.2 * series),
+                                squeeze=False)
     for axis, (name, figures) in zip(axes[0], throughput.items()):
         for setting in dict.fromkeys(_served_setting(r) for r in figures["served"]):
             rows = [r for r in figures["served"] if _served_setting(r) == setting]
@@ -397,7 +399,7 @@ def plot(results: dict, path: Path) -> None:
         axis.set(title=f"{name} ({figures['variant']})", xlabel="concurrent clients", ylabel="images/s", xscale="log",
                  ylim=(0, None))
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below: the lines stay visible
     device = results["device"]
     figure.suptitle(f"{device.get('gpu') or 'CPU'}, {device['provider']}\nONNX Runtime {device['onnxruntime']}, "
                     f"commit {device['commit']}, {device['date']}", fontsize=10)

@@ -137,9 +137,9 @@ def session_options(threads: int, spin: bool = False) -> ort.SessionOptions:
 class TensorrtPlan:
     """The one TensorRT engine a model file gets, and where it is cached.
 
-    Its optimisation profile spans batch 1 to the batcher's largest at the card's input (on a GPU every batch is
-    padded to the largest, so one shape is ever built for; without a profile TensorRT builds an engine per new
-    shape, each possibly a minute). Engine and timing cache live in ``cache_dir`` (``tensorrt_cache_dir``,
+    Its optimisation profile spans batch 1 to the batcher's largest at the card's input (without a profile
+    TensorRT builds an engine per new shape, each possibly a minute; each padded batch size's session loads the
+    same cached engine). Engine and timing cache live in ``cache_dir`` (``tensorrt_cache_dir``,
     mounted persistently by the Kubernetes GPU overlay) under a prefix of the model's name, variant and the
     file's sha256, so a new version, or the same version's file changed, never loads an old engine. FP16 comes
     from the FP32 graph (``trt_fp16_enable``); an INT8 QDQ file is built as INT8.
