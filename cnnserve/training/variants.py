@@ -8,6 +8,10 @@ first start.
 
     python -m cnnserve.training.variants models/resnet18-digits/2     # write both files
     python -m cnnserve.training.variants --missing models/*/*         # only where a file is absent
+    python -m cnnserve.training.variants --only fp16 --missing models/*/*   # the CUDA image: FP16 alone
+
+FP16 comes out byte for byte under onnxruntime-gpu too (1.31.1 on an H100, loadtests/results/2026-11-27-gpu);
+INT8 does not (its calibration differs between ONNX Runtime releases), and a GPU serves FP16 anyway.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from .data import TaskData, digits_task
 # 0.9213 (0.9200), lenet5-digits/3 0.7540 and 0.7589 (0.7614). Percentile calibration (99.999) also kept VGG-11's
 # but cost ResNet-18 0.12 points.
 CALIBRATION_IMAGES = 1024
+DERIVED = ("int8", "fp16")
 
 
 def kept_float(graph: onnx.GraphProto) -> list[str]:
@@ -107,28 +112,31 @@ def convert_fp16(source: Path, target: Path) -> None:
     onnx.checker.check_model(str(target))
 
 
-def export_variants(folder: Path, task: TaskData) -> dict[str, Path]:
-    """The INT8 and FP16 files beside ``model.onnx``; INT8 calibrated on the first images of ``task``'s
-    training epoch 0 (training's own task, or ``derive_variants``'s rendering of just those images)."""
+def export_variants(folder: Path, task: TaskData | None, variants=DERIVED) -> dict[str, Path]:
+    """``variants``' files beside ``model.onnx``; INT8 calibrated on the first images of ``task``'s training epoch
+    0 (training's own task, or ``derive_variants``'s rendering of just those images; FP16 alone needs none)."""
     files = {"fp32": folder / MODEL_FILE}
-    files["int8"] = folder / VARIANT_FILES["int8"]
-    quantize_int8(files["fp32"], files["int8"], task.train_epoch(0)[0][:CALIBRATION_IMAGES])
-    files["fp16"] = folder / VARIANT_FILES["fp16"]
-    convert_fp16(files["fp32"], files["fp16"])
+    if "int8" in variants:
+        files["int8"] = folder / VARIANT_FILES["int8"]
+        quantize_int8(files["fp32"], files["int8"], task.train_epoch(0)[0][:CALIBRATION_IMAGES])
+    if "fp16" in variants:
+        files["fp16"] = folder / VARIANT_FILES["fp16"]
+        convert_fp16(files["fp32"], files["fp16"])
     return files
 
 
-def derive_variants(folder: Path, log=print) -> dict[str, Path]:
-    """Write a digits model's INT8 and FP16 files from its model.onnx, calibrated as training did, and say
+def derive_variants(folder: Path, log=print, variants=DERIVED) -> dict[str, Path]:
+    """Write a digits model's ``variants`` files from its model.onnx, INT8 calibrated as training did, and say
     whether each matches its card (byte for byte with the same ONNX Runtime)."""
     card = json.loads((folder / CARD_FILE).read_text())
-    channels, size = card["input"]["channels"], card["input"]["shape"][-1]
-    # Calibration takes the first images of training's epoch 0: the first rendering of the first training digits
-    # on the recipe's own training pages, so rendering only those digits on those pages gives the same images.
-    training = card["training"]
-    task = digits_task(channels, size, seed=training["seed"], copies_per_epoch=1, limit=CALIBRATION_IMAGES,
-                       train_pages=training["settings"].get("train_pages"))
-    files = export_variants(folder, task)
+    task = None
+    if "int8" in variants:
+        # Calibration takes the first images of training's epoch 0: the first rendering of the first training
+        # digits on the recipe's own training pages, so rendering only those digits on those pages gives the same.
+        channels, size, training = card["input"]["channels"], card["input"]["shape"][-1], card["training"]
+        task = digits_task(channels, size, seed=training["seed"], copies_per_epoch=1, limit=CALIBRATION_IMAGES,
+                           train_pages=training["settings"].get("train_pages"))
+    files = export_variants(folder, task, variants)
     for variant, path in files.items():
         recorded = card["files"].get(variant, {}).get("sha256")
         same = "matches its card" if recorded == file_sha256(path) else "DIFFERS from its card (another ONNX Runtime, or derived another way)"
@@ -136,24 +144,26 @@ def derive_variants(folder: Path, log=print) -> dict[str, Path]:
     return files
 
 
-def missing_variants(folder: Path) -> list[str]:
-    """The derived files that the card lists and the folder lacks."""
+def missing_variants(folder: Path, variants=DERIVED) -> list[str]:
+    """Those of ``variants`` that the card lists and the folder lacks."""
     files = json.loads((folder / CARD_FILE).read_text()).get("files", {})
-    return [v for v, entry in files.items() if entry.get("derived") and not (folder / entry["file"]).exists()]
+    return [v for v, entry in files.items()
+            if v in variants and entry.get("derived") and not (folder / entry["file"]).exists()]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", type=Path, nargs="+", help="model version folders, e.g. models/resnet18-digits/2")
     parser.add_argument("--missing", action="store_true", help="only folders where a derived file is absent")
+    parser.add_argument("--only", nargs="+", choices=DERIVED, default=list(DERIVED), help="derive these alone")
     args = parser.parse_args(argv)
     for folder in args.folders:
-        if not (folder / CARD_FILE).exists() or (args.missing and not missing_variants(folder)):
+        if not (folder / CARD_FILE).exists() or (args.missing and not missing_variants(folder, args.only)):
             continue
-        print(f"deriving the INT8 and FP16 files of {folder} (once; precision: auto times them at start)...",
-              flush=True)
+        print(f"deriving the {' and '.join(v.upper() for v in args.only)} file{'s' if len(args.only) > 1 else ''} of {folder} "
+              "(once; precision: auto times them at start)...", flush=True)
         began = time.perf_counter()
-        derive_variants(folder)
+        derive_variants(folder, variants=args.only)
         print(f"  done in {time.perf_counter() - began:.0f} s", flush=True)
     return 0
 

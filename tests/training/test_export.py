@@ -18,7 +18,7 @@ from cnnserve.training.architectures import create_model, list_models
 from cnnserve.training.export import PARITY_TOLERANCE, check_parity, cpu_session, export_onnx, store_weights_fp16
 from cnnserve.training.recipes import RECIPES
 from cnnserve.training.train import Normalized
-from cnnserve.training.variants import derive_variants, kept_float
+from cnnserve.training.variants import derive_variants, kept_float, main as variants_main
 from tests.committed import VERSIONS
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -128,6 +128,20 @@ def test_derived_variants_of_a_committed_model_are_reproduced_exactly(tmp_path):
     card = json.loads((folder / CARD_FILE).read_text())
     for variant, path in derive_variants(folder, log=lambda line: None).items():
         assert file_sha256(path) == card["files"][variant]["sha256"], variant
+
+
+def test_fp16_alone_is_derived_without_calibration_for_a_gpu_image(tmp_path, capsys):
+    """What deploy/Dockerfile.cuda runs: the FP16 file, byte for byte as the card says, and no INT8 file (whose
+    bytes depend on the ONNX Runtime release); run again with --missing, it finds nothing to do."""
+    folder = tmp_path / "lenet5-digits"
+    shutil.copytree(MODELS / "lenet5-digits" / str(VERSIONS["lenet5-digits"]), folder)
+    card = json.loads((folder / CARD_FILE).read_text())
+    assert variants_main(["--only", "fp16", "--missing", str(folder)]) == 0
+    assert file_sha256(folder / VARIANT_FILES["fp16"]) == card["files"]["fp16"]["sha256"]
+    assert not (folder / VARIANT_FILES["int8"]).exists()
+    capsys.readouterr()
+    assert variants_main(["--only", "fp16", "--missing", str(folder)]) == 0
+    assert "deriving" not in capsys.readouterr().out
 
 
 def test_int8_keeps_the_first_convolution_the_fully_connected_layers_and_the_box_head_in_float():
