@@ -103,7 +103,7 @@ GPU_VENV := .venv-gpu
 gpu-check:
 	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
 	$(GPU_VENV)/bin/pip install --quiet -e '.[gpu,train]' httpx aiohttp
-	$(GPU_VENV)/bin/python -m cnnserve.training.variants --missing $(foreach m,$(COMMITTED_MODELS),$(lastword $(sort $(wildcard models/$(m)/*))))
+	$(GPU_VENV)/bin/python -m cnnserve.training.variants --only fp16 --missing $(foreach m,$(COMMITTED_MODELS),$(lastword $(sort $(wildcard models/$(m)/*))))
 	test -f models-bench/resnet50-imagenet-untrained/1/model.onnx || \
 		$(GPU_VENV)/bin/python -m cnnserve.training bench-models --out models-bench --archs resnet50
 	$(GPU_VENV)/bin/python -m loadtests.gpu_check $(GPU_CHECK_ARGS)

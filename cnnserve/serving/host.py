@@ -266,6 +266,7 @@ class ModelHost:
                 "variant": loaded.variant,
                 "precision_choice": choice.describe() if (choice := self.precision_choices.get(key)) else None,
                 "threads": self.threads,
+                "batch_shapes": list(loaded.shapes) or None,
                 "pid": os.getpid(),
             }
         return statuses

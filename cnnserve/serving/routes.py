@@ -59,6 +59,7 @@ def describe_version(model: ModelVersion, status: dict, settings: Settings) -> d
             "max_batch_size": batching.max_batch_size,
             "max_queue_delay_ms": batching.max_queue_delay_ms,
             "max_queue_images": batching.max_queue_images,
+            "padded_to": status.get("batch_shapes"),  # on a GPU: the batch sizes ONNX Runtime runs (gpu_batch_shapes)
         },
     }
 

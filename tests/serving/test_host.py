@@ -81,4 +81,4 @@ def test_on_a_gpu_every_batch_is_padded_to_one_of_the_configured_shapes(host_for
     monkeypatch.setattr(host_module, "load_model", a_session_on_the_gpu)
     host, key = host_for(max_batch_size=16, gpu_batch_shapes=mode)
     assert host.status[key]["status"] == "ready" and host.status[key]["provider"] == CUDA
-    assert list(host.loaded[key].shapes) == shapes
+    assert list(host.loaded[key].shapes) == host.status[key]["batch_shapes"] == shapes
