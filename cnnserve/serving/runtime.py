@@ -237,8 +237,8 @@ class LoadedModel:
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities [N, K] and boxes [N, 4] (None for classification-only models)."""
         rows = len(images)
-        size = next((size for size in self.shapes if size >= rows), None)
-        if size is None:
+        size = next((size for size in self.shapes if size >= rows), None) if self.shapes else None
+        if size is None:  # on the CPU (no padding), or more rows than the largest shape
             return self.run_session(images, self.session)
         session, padded = self.shapes[size]
         if rows < size:
