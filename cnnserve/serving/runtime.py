@@ -229,10 +229,18 @@ class LoadedModel:
 
     def pad_batches(self, sizes: list[int]) -> None:
         """Pad every run to the smallest of ``sizes`` that holds it, on that size's own session (the largest
-        size's is ``session``)."""
+        size's is ``session``). If the other sessions cannot be made (out of GPU memory: each holds its own copy
+        of the weights), every run is padded to the largest, on ``session`` alone, and the log says why."""
         largest = max(sizes)
-        self.shapes = {size: (self.session if size == largest else self.open_session(),
-                              np.zeros((size, *self.model.input_shape), np.float32)) for size in sorted(sizes)}
+        try:
+            sessions = {size: self.open_session() for size in sizes if size != largest}
+        except Exception as exc:  # noqa: BLE001  (ONNX Runtime raises its own types, CUDA's out-of-memory among them)
+            log.error("model %s: a session per batch shape could not be made (%s); every batch is padded to %d "
+                      "instead (gpu_batch_shapes: largest)", self.model.key, exc, largest)
+            sessions = {}
+        sessions[largest] = self.session
+        self.shapes = {size: (sessions[size], np.zeros((size, *self.model.input_shape), np.float32))
+                       for size in sorted(sessions)}
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities [N, K] and boxes [N, 4] (None for classification-only models)."""

@@ -107,6 +107,21 @@ def test_with_padded_batches_each_size_runs_on_its_own_session_and_answers_only_
                     (small, (4, *model.input_shape))]  # each session only ever sees its own shape
 
 
+def test_when_the_sessions_per_shape_cannot_be_made_every_batch_is_padded_to_the_largest(tmp_path, caplog):
+    model = discover(MODELS_DIR, ("lenet5-digits",)).resolve("lenet5-digits")
+    loaded = replace(load_model(model, [CPU], "fp32", 1, tmp_path), providers=[CUDA, CPU])
+
+    def out_of_gpu_memory():  # what the CUDA provider raises when the card is full; there is no card here
+        raise RuntimeError("CUDA failure 2: out of memory")
+
+    loaded.open_session = out_of_gpu_memory
+    loaded.pad_batches([1, 2, 4, 8])
+    assert list(loaded.shapes) == [8] and loaded.shapes[8][0] is loaded.session
+    assert "every batch is padded to 8 instead" in caplog.text and "out of memory" in caplog.text
+    probabilities, _ = loaded.run(np.zeros((3, *model.input_shape), np.float32))
+    assert probabilities.shape[0] == 3
+
+
 def test_tensorrt_is_skipped_when_its_library_does_not_load():
     assert choose_providers(("auto",), GPU_BUILD, gpu_devices=2, tensorrt_usable=False) == [CUDA, CPU]
 
