@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 3000
 
-.PHONY: serve test setup setup-test lock models seed-models variants accuracy bench-models bench gpu-check profile protos soak container-check clean
+.PHONY: serve serve-gpu gpu-setup test setup setup-test lock models seed-models variants accuracy bench-models bench gpu-check profile protos soak container-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,7 +48,7 @@ GRPC_PORT ?= 3001
 # On a first start, derive the committed models' INT8 and FP16 files (not committed; 21 s on 2 cores),
 # so precision: auto can time them and serve the fastest that is as accurate.
 serve: setup
-	$(BIN)/python -m cnnserve.training.variants --missing $(foreach m,$(COMMITTED_MODELS),$(lastword $(sort $(wildcard models/$(m)/*))))
+	$(BIN)/python -m cnnserve.training.variants --missing $(LATEST_COMMITTED)
 	CNNSERVE_GRPC_HOST=127.0.0.1 CNNSERVE_GRPC_PORT=$(GRPC_PORT) \
 		$(BIN)/bentoml serve cnnserve.serving.app:CnnServe --host 127.0.0.1 --port $(PORT)
 
@@ -56,6 +56,7 @@ test: setup-test
 	$(BIN)/python -m pytest
 
 COMMITTED_MODELS := lenet5-digits resnet18-digits vgg11-digits
+LATEST_COMMITTED = $(foreach m,$(COMMITTED_MODELS),$(lastword $(sort $(wildcard models/$(m)/*))))
 
 # Retrain and re-export the three committed models, then measure them through a real server on the
 # robustness suite and write the results on their cards (about 2.5 hours on 2 cores; the cards say each one's).
@@ -76,7 +77,7 @@ seed-models: setup-test
 
 # The derived INT8 and FP16 files of the committed models (never committed; training writes them too).
 variants: setup
-	$(BIN)/python -m cnnserve.training.variants $(foreach m,$(COMMITTED_MODELS),$(lastword $(sort $(wildcard models/$(m)/*))))
+	$(BIN)/python -m cnnserve.training.variants $(LATEST_COMMITTED)
 
 # The robustness suite against a fresh server on the committed models: per-condition accuracy and mean IoU
 # through POST /predict (about 5 minutes); writes loadtests/results/<date>/accuracy.{md,json,png}.
@@ -100,13 +101,23 @@ bench: setup-test
 # ResNet-50 at 224 (about 5 minutes on an H200). Writes loadtests/results/<date>-gpu/; exits 1 on a fallback or an
 # accuracy drop over 0.5 points.
 GPU_VENV := .venv-gpu
-gpu-check:
-	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
+gpu-check: gpu-setup
 	$(GPU_VENV)/bin/pip install --quiet -e '.[gpu,train]' httpx aiohttp
-	$(GPU_VENV)/bin/python -m cnnserve.training.variants --only fp16 --missing $(foreach m,$(COMMITTED_MODELS),$(lastword $(sort $(wildcard models/$(m)/*))))
 	test -f models-bench/resnet50-imagenet-untrained/1/model.onnx || \
 		$(GPU_VENV)/bin/python -m cnnserve.training bench-models --out models-bench --archs resnet50
 	$(GPU_VENV)/bin/python -m loadtests.gpu_check $(GPU_CHECK_ARGS)
+
+# make serve on a host with an NVIDIA GPU (driver 580 or later): its own environment with onnxruntime-gpu and
+# NVIDIA's CUDA 13 and cuDNN 9 wheels (the CPU package cannot share one), the committed models' FP16 files
+# derived (what precision: auto serves on a GPU), four workers per GPU (docs/operations.md, serving on a GPU).
+serve-gpu: gpu-setup
+	CNNSERVE_GRPC_HOST=127.0.0.1 CNNSERVE_GRPC_PORT=$(GRPC_PORT) \
+		$(GPU_VENV)/bin/bentoml serve cnnserve.serving.app:CnnServe --host 127.0.0.1 --port $(PORT)
+
+gpu-setup:
+	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/pip install --quiet -e '.[gpu,variants]'
+	$(GPU_VENV)/bin/python -m cnnserve.training.variants --only fp16 --missing $(LATEST_COMMITTED)
 
 # Where a real server's CPU goes per request under wrk load, by layer (py-spy on every worker; about 1 minute);
 # writes loadtests/results/<date>/profile-<model>-c<clients>.{md,json,png}.

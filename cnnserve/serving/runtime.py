@@ -80,6 +80,10 @@ def choose_providers(
     """
     if requested == ("auto",):
         wanted = list(PREFERENCE)
+        if gpu_devices and not GPU_PROVIDERS & set(available):
+            log.warning("%d NVIDIA GPU(s) present, but this ONNX Runtime build (%s) has no GPU provider: the models "
+                        "run on the CPU. On a GPU host install onnxruntime-gpu instead: pip install '.[gpu]' "
+                        "(make serve-gpu does)", gpu_devices, ort.__version__)
     else:
         missing = [p for p in requested if p not in available]
         if missing:

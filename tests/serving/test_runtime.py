@@ -122,6 +122,15 @@ def test_when_the_sessions_per_shape_cannot_be_made_every_batch_is_padded_to_the
     assert probabilities.shape[0] == 3
 
 
+def test_a_gpu_next_to_onnx_runtimes_cpu_build_is_pointed_out(caplog):
+    assert choose_providers(("auto",), [CPU], gpu_devices=2, tensorrt_usable=False) == [CPU]
+    assert "2 NVIDIA GPU(s) present, but this ONNX Runtime build" in caplog.text and "pip install '.[gpu]'" in caplog.text
+    caplog.clear()
+    choose_providers(("auto",), [CPU], gpu_devices=0, tensorrt_usable=False)
+    choose_providers(("auto",), GPU_BUILD, gpu_devices=1, tensorrt_usable=False)
+    assert "NVIDIA GPU" not in caplog.text
+
+
 def test_tensorrt_is_skipped_when_its_library_does_not_load():
     assert choose_providers(("auto",), GPU_BUILD, gpu_devices=2, tensorrt_usable=False) == [CUDA, CPU]
 
