@@ -431,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images-per-request", type=int, nargs="+", default=[1],
                         help="images each served request carries (one series each)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0],
-                        help="server workers, one server each (0: the server's default, one per GPU)")
+                        help="server workers, one server each (0: the server's default, four per GPU)")
     parser.add_argument("--gpu-batch-shapes", nargs="+", default=["powers_of_two"], choices=GPU_BATCH_SHAPES,
                         help="the servers' gpu_batch_shapes, one server each (with each --workers)")
     parser.add_argument("--no-cudnn", dest="cudnn", action="store_false", help="skip the cuDNN search comparison")
