@@ -91,6 +91,10 @@ class ModelHost:
             return loaded, warm_up, self.runner(loaded, warm_up, cache_dir)
         except (ModelInvalid, ValueError) as exc:
             return str(exc)
+        except Exception as exc:  # noqa: BLE001  (a run that fails at warm-up, e.g. out of GPU memory: this model
+            # is refused, the worker and the other models serve on)
+            log.exception("model %s failed while loading or warming up", model.key)
+            return f"failed while loading or warming up: {type(exc).__name__}: {exc}"
 
     def install(self, model: ModelVersion, prepared: tuple[LoadedModel, dict[int, float], ModelRunner] | str) -> bool:
         """Make a prepared model servable (or record its refusal): on the event loop, in one go."""

@@ -82,3 +82,13 @@ def test_on_a_gpu_every_batch_is_padded_to_one_of_the_configured_shapes(host_for
     host, key = host_for(max_batch_size=16, gpu_batch_shapes=mode)
     assert host.status[key]["status"] == "ready" and host.status[key]["provider"] == CUDA
     assert list(host.loaded[key].shapes) == host.status[key]["batch_shapes"] == shapes
+
+
+def test_a_model_whose_warm_up_fails_is_refused_and_the_worker_serves_on(host_for, monkeypatch):
+    def out_of_gpu_memory(self, max_batch_size):  # what a full GPU makes ONNX Runtime raise; there is none here
+        raise RuntimeError("CUDA failure 2: out of memory")
+
+    monkeypatch.setattr(host_module.LoadedModel, "warm_up", out_of_gpu_memory)
+    host, key = host_for(precision="fp32")
+    assert host.status[key] == {"status": "failed",
+                                "reason": "failed while loading or warming up: RuntimeError: CUDA failure 2: out of memory"}
