@@ -248,6 +248,13 @@ def served(server, model: ModelVersion, concurrencies: list[int], seconds: float
     return rows
 
 
+def save_so_far(results: dict, folder: Path) -> None:
+    """``gpu-check.json`` with what has been measured: a lent GPU machine's time runs out, and what a stopped
+    check had measured should not go with it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "gpu-check.json").write_text(json.dumps(results, indent=2, default=str))
+
+
 def run(args) -> dict:
     preload_gpu_libraries(ort.get_available_providers())
     results = {"device": device_report(args.providers, args.commit), "failures": []}
@@ -259,6 +266,7 @@ def run(args) -> dict:
     results["accuracy"] = check_accuracy(committed, args.providers, args.variants) if args.accuracy else []
     failures += [f"{r['model']} {r['variant']}: {r.get('error') or 'accuracy or provider'}" for r in results["accuracy"]
                  if not r.get("passed")]
+    save_so_far(results, args.out)
     if args.providers in GPU_PROVIDERS and bench and args.cudnn:
         results["cudnn_search"] = compare_cudnn_search(bench[0], args.providers, args.seconds)
 
@@ -284,6 +292,7 @@ def run(args) -> dict:
                         rows = served(server, model, args.concurrency, args.seconds, images)
                         figures["served"] += [{"workers": workers or "default", "gpu_batch_shapes": shapes, **row}
                                               for row in rows]
+                        save_so_far(results, args.out)
                 results.setdefault("server_log_tails", []).append(server.log()[-4000:])
     return results
 
@@ -333,8 +342,7 @@ def _setting_label(workers, images: int, shapes: str) -> str:
 
 
 def write_report(results: dict, folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "gpu-check.json").write_text(json.dumps(results, indent=2, default=str))
+    save_so_far(results, folder)
     device = results["device"]
     lines = [f"# GPU check, {device['date']}", "",
              (f"{device.get('gpu') or 'no GPU'} (driver {device.get('driver')}, compute capability "
