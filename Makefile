@@ -89,9 +89,11 @@ bench-models: setup-test
 	$(BIN)/python -m cnnserve.training bench-models --out models-bench
 
 # On a GPU host, after make gpu-check: .venv-gpu/bin/python -m loadtests.bench --providers CUDAExecutionProvider
-# (the CPU targets are skipped there). The benchmark (about 25 minutes): raw ONNX Runtime, every protocol at 1-64 clients with batching on and off,
+# (the CPU targets are skipped there). The benchmark (about 25 minutes; it derives the INT8 and FP16 files first, as
+# make serve does, or precision auto would have only FP32 to choose): raw ONNX Runtime, every protocol at 1-64 clients with batching on and off,
 # the FastAPI baseline, ResNet-50 at 224, and the targets; writes loadtests/results/<date>/bench.{md,json,png}.
 bench: setup-test
+	$(BIN)/python -m cnnserve.training.variants --missing $(LATEST_COMMITTED)
 	@test -d models-bench || $(BIN)/python -m cnnserve.training bench-models --out models-bench
 	$(BIN)/python -m loadtests.bench $(BENCH_ARGS)
 

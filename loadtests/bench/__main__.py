@@ -38,6 +38,7 @@ import psutil
 from cnnserve.serving.config import load_settings
 from cnnserve.serving.precision import CANDIDATES
 from cnnserve.serving.repository import discover
+from cnnserve.training.variants import missing_variants
 
 from ..local_server import running_server
 from . import raw
@@ -271,6 +272,10 @@ def main() -> None:
         "raw": {},
     }
     log(f"machine: {results['machine']['cpu']}, {cores} cores; cnnserve defaults: {workers} workers × {threads} threads")
+    for version in versions:
+        if missing := missing_variants(version.folder):
+            log(f"WARNING: {version.key} lacks its {', '.join(missing)} file(s), so precision auto can only serve what "
+                f"is there: python -m cnnserve.training.variants --missing {version.folder} (make bench does)")
     for version in [*versions, *bench_versions]:
         log(f"raw ONNX Runtime: {version.name}")
         results["raw"][version.name] = raw_figures(version, cores, args.seconds, args.providers)
