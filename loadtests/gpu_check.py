@@ -45,8 +45,7 @@ from cnnserve.serving.runtime import CPU, CUDA, GPU_PROVIDERS, LoadedModel, load
 from .bench.http_load import http_load
 from .bench.machine import describe_machine
 from .bench.raw import time_calls
-from .bench.served import v2_binary_body
-from .bench.wrk import HttpLoad
+from .bench.served import v2_binary_load
 from .local_server import running_server
 from .predict_bench import batch_totals
 
@@ -224,15 +223,8 @@ def server_means(server, model: str, before: dict | None = None) -> dict:
     return means
 
 
-def v2_load(model: ModelVersion, images: int) -> HttpLoad:
-    """The V2 REST binary request (what perf_analyzer sends) carrying ``images`` zero images."""
-    tensor, header_length = v2_binary_body([images, *model.input_shape])
-    return HttpLoad("POST", f"/v2/models/{model.name}/infer", [tensor],
-                    headers={"Inference-Header-Content-Length": str(header_length)})
-
-
 def served(server, model: ModelVersion, concurrencies: list[int], seconds: float, images: int = 1) -> list[dict]:
-    load = v2_load(model, images)
+    load = v2_binary_load(model, images=images)
     rows = []
     for concurrency in concurrencies:
         before = server_means(server, model.name)

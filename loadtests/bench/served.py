@@ -56,17 +56,22 @@ def v2_binary_body(shape: list[int]) -> tuple[bytes, int]:
     return header + bytes(4 * count), len(header)
 
 
+def v2_binary_load(model, path: str | None = None, images: int = 1) -> HttpLoad:
+    """The V2 REST binary request carrying ``images`` zero images, POSTed to ``path`` (the model's infer route)."""
+    tensor, header_length = v2_binary_body([images, *model.input_shape])
+    return HttpLoad("POST", path or f"/v2/models/{model.name}/infer", [tensor],
+                    headers={"Inference-Header-Content-Length": str(header_length)})
+
+
 def route_loads(model) -> dict[str, HttpLoad]:
     """What wrk sends to each prediction route: V2 REST with a binary tensor, ``/predict`` with PNG files, and
     the same V2 request to the two no-op routes (noop_routes.py): the V2 route without inference, and a bare
     POST that only reads the body."""
-    tensor, header_length = v2_binary_body([1, *model.input_shape])
-    binary = {"Inference-Header-Content-Length": str(header_length)}
     return {
-        "v2-binary": HttpLoad("POST", f"/v2/models/{model.name}/infer", [tensor], headers=binary),
+        "v2-binary": v2_binary_load(model),
         "predict": predict_load(model.name, model.input_shape[0], model.input_shape[-1]),
-        "noop-v2": HttpLoad("POST", f"/noop/v2/models/{model.name}/infer", [tensor], headers=binary),
-        "noop": HttpLoad("POST", "/noop", [tensor], headers=binary),
+        "noop-v2": v2_binary_load(model, f"/noop/v2/models/{model.name}/infer"),
+        "noop": v2_binary_load(model, "/noop"),
     }
 
 
