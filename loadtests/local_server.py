@@ -59,16 +59,24 @@ def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout: flo
 
 @contextlib.contextmanager
 def running_server(tmp_dir: Path, wait: bool = True, target: str = "cnnserve.serving.app:CnnServe", cwd: Path = REPO_ROOT,
-                   **settings: str):
+                   bentoml_home: Path | None = None, **settings: str):
     """``running_server(tmp, models_dir=..., workers="1")``: keys become CNNSERVE_* variables.
 
     ``target`` is what ``bentoml serve`` starts: the service in this checkout,
-    or a built Bento's tag (built into ``tmp/bentoml``, this server's BENTOML_HOME).
+    or a built Bento's tag (pass the ``bentoml_home`` it was built into).
+
+    Each server has a BENTOML_HOME of its own unless told otherwise: BentoML
+    empties ``$BENTOML_HOME/prometheus_multiproc_dir`` when a server starts, so
+    a second server on the same home deleted the first one's metric files, and
+    from then on the first one's ``/metrics`` and statistics missed its own
+    requests (perf_analyzer: "failed to find the requested model version"; mean
+    batches of None or of the other server's batches in the benchmark's targets,
+    which keep two servers up).
     """
     port, grpc_port = free_port(), free_port()
     env = {
         **os.environ,
-        "BENTOML_HOME": str(tmp_dir / "bentoml"),
+        "BENTOML_HOME": str(bentoml_home or tmp_dir / f"bentoml-{port}"),
         "CNNSERVE_CONFIG": os.devnull,
         "BENTOML_DO_NOT_TRACK": "true",
         "CNNSERVE_GRPC_HOST": "127.0.0.1",

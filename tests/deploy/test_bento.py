@@ -46,7 +46,7 @@ def test_a_built_bento_carries_the_page_and_serves_predictions(tmp_path):
         "index.html", "page.js", "page.css"}
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    with running_server(tmp_path, target=tag, cwd=elsewhere) as server:
+    with running_server(tmp_path, target=tag, cwd=elsewhere, bentoml_home=home) as server:
         assert server.client.get("/readyz").status_code == 200
         response = server.client.post("/predict", files={"image": ("a.png", GOOD)}, data={"model": "lenet5-digits"})
         assert response.status_code == 200 and response.json()["model"] == "lenet5-digits"
