@@ -223,18 +223,21 @@ class ModelHost:
 
     def runner(self, loaded: LoadedModel, warm_up: dict[int, float], cache_dir: Path) -> ModelRunner:
         """How this model's batches run. With idle cores to borrow, a model too large to run on the
-        event loop gets a second session with a thread per core, for a lone request's batch of up to
-        SOLO_MAX_BATCH and for queued batches while the other workers are idle (cnnserve/serving/runner.py).
+        event loop gets two more sessions with a thread per core: one for a lone request's batch of up to
+        SOLO_MAX_BATCH, one (whose threads do not spin) for queued batches while the other workers are idle
+        (cnnserve/serving/runner.py).
         Warm-up timings cannot choose the sizes: every worker warms up at once, so a session with a thread
         per core looks slower then than it is."""
         settings = self.settings
         inline = inline_up_to(warm_up)
         if self.tokens is None or inline >= SOLO_MAX_BATCH:
             return ModelRunner(loaded, inline)
-        solo = load_model(loaded.model, loaded.providers, loaded.variant, self.cores, cache_dir, spin=True)
+        solo, solo_queued = (load_model(loaded.model, loaded.providers, loaded.variant, self.cores, cache_dir, spin=spin)
+                             for spin in (True, False))
         if settings.warmup:
             solo.warm_up(SOLO_MAX_BATCH)
-        return ModelRunner(loaded, inline, self.tokens, solo)
+            solo_queued.warm_up(SOLO_MAX_BATCH)
+        return ModelRunner(loaded, inline, self.tokens, solo, solo_queued)
 
     def batcher(self, model: ModelVersion) -> AdaptiveBatcher:
         batcher = self.batchers.get(model.key)

@@ -69,17 +69,20 @@ def test_only_a_small_batch_with_every_core_free_runs_now_on_every_core(tmp_path
 
 
 def test_a_queued_batch_borrows_every_core_only_while_no_other_worker_is_busy(tmp_path):
+    """It borrows them with the session whose threads do not spin: its event loop reads the next calls meanwhile."""
     calls = []
     path = tmp_path / "cores.lock"
     tokens = CoreTokens(cores=2, share=1, worker_index=0, workers=2, path=path)
-    runner = ModelRunner(Session("own", calls), inline_up_to=0, tokens=tokens, solo=Session("solo", calls))
+    runner = ModelRunner(Session("own", calls), inline_up_to=0, tokens=tokens, solo=Session("solo", calls),
+                         solo_queued=Session("solo, not spinning", calls))
     runner(np.zeros((30, 1)))  # the other worker idle: one gRPC channel's batch gets both cores
     other_busy = hold_token_in_another_process(path, token=3)  # worker 1's busy mark (byte cores + 1)
     runner(np.zeros((30, 1)))  # worker 1 has a request in flight, though its core token is free
     other_busy.kill()
     other_busy.wait()
     runner(np.zeros((30, 1)))
-    assert calls == [("solo", 30), ("own", 30), ("solo", 30)]
+    assert runner.run_if_cores_free(np.zeros((1, 1))) is not None  # a lone request's: the spinning one
+    assert calls == [("solo, not spinning", 30), ("own", 30), ("solo, not spinning", 30), ("solo", 1)]
 
 
 def test_a_worker_is_busy_from_its_first_request_in_flight_to_its_last(tmp_path):
