@@ -44,6 +44,20 @@ def one_channel_row(rounds: list[dict]) -> TargetRow:
                      f"{batch:.1f})", spread(ratios), "≥ 0.80, mean batch ≥ 16", ratio >= 0.80 and batch >= 16)
 
 
+def mean_batch_row(rounds: list[dict], protocols: list[str]) -> TargetRow:
+    """Issue 19's promise: batches form on every protocol, judged on the protocol whose median batch is smallest
+    (a round where the server's metrics missed a protocol counts as a batch of 0)."""
+    def batch(r: dict, protocol: str) -> float:
+        return r.get(f"resnet18_{protocol}_c64_mean_batch") or 0.0
+
+    medians = {p: statistics.median(batch(r, p) for r in rounds) for p in protocols}
+    lowest = min(medians, key=medians.get)
+    detail = ", ".join(f"{PROTOCOL_NAMES[p]} {b:.1f}" for p, b in medians.items())
+    return TargetRow("resnet18-digits, 64 clients, mean batch on every protocol (the lowest)",
+                     f"{medians[lowest]:.1f} images, {PROTOCOL_NAMES[lowest]} ({detail})",
+                     spread([min(batch(r, p) for p in protocols) for r in rounds], 1), "≥ 16", medians[lowest] >= 16)
+
+
 def target_rows(results: dict) -> list[TargetRow]:
     """One row per promise, judged on the median of the rounds."""
     targets = results.get("targets", {})
@@ -85,10 +99,7 @@ def target_rows(results: dict) -> list[TargetRow]:
                           f"{median(rounds, 'noop_v2_wrk_c64'):.0f} req/s; ÷ the bare no-op POST {vs_bare:.2f}, "
                           f"{median(rounds, 'noop_wrk_c64'):.0f} req/s)", spread(vs_noop), "≥ 0.50",
                           noop_ratio >= 0.5))
-    batches = [r[f"resnet18_{best_path}_c64_mean_batch"] for r in rounds]
-    batch = statistics.median(batches)
-    rows.append(TargetRow(f"resnet18-digits, 64 clients, mean batch ({PROTOCOL_NAMES[best_path]})",
-                          f"{batch:.1f} images", spread(batches, 1), "≥ 16", batch >= 16))
+    rows.append(mean_batch_row(rounds, [p for p in PROTOCOL_NAMES if f"resnet18_{p}_c64_mean_batch" in rounds[0]]))
     if f"resnet18_{ONE_CHANNEL}_ratio" in rounds[0]:
         rows.append(one_channel_row(rounds))
     for name, facts in results["raw"].items():
