@@ -33,7 +33,7 @@ Runtime's threads never oversubscribe the cores; ONNX Runtime releases the GIL,
 so the event loop keeps reading, decoding and answering requests meanwhile.
 Batches of up to ``inline_up_to`` images run on the event loop instead: the
 worker sets it from the model's warm-up, to the sizes that compute in under
-``INLINE_BELOW_S``. The hand-off to the thread and back costs about 0.1 ms of
+``INLINE_BELOW_S`` (on the CPU only: host.py). The hand-off to the thread and back costs about 0.1 ms of
 CPU, as much as a whole LeNet-5 batch, and a batch that short holds other
 requests back (at most 2 ms) less than the hand-off would cost them.
 """

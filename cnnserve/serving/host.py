@@ -227,9 +227,18 @@ class ModelHost:
         SOLO_MAX_BATCH, one (whose threads do not spin) for queued batches while the other workers are idle
         (cnnserve/serving/runner.py).
         Warm-up timings cannot choose the sizes: every worker warms up at once, so a session with a thread
-        per core looks slower then than it is."""
+        per core looks slower then than it is.
+
+        On a GPU no batch runs on the event loop, however fast: a run there is mostly waiting for the device,
+        with the GIL released, and the loop should be reading the next requests meanwhile. On an H100 every
+        ResNet-18 batch (up to 64 images, under 2 ms) ran on the loop, and one-image requests reached 0.10-0.17
+        of in-process ONNX Runtime, while ResNet-50, whose batches ran on the executor thread, reached 0.54-0.61
+        (loadtests/results/2026-11-27-gpu). The same trap on the CPU: one worker, perf_analyzer's gRPC at 64
+        clients, ResNet-18 INT8 (batch 1 runs on the loop): 515 calls/s in batches of 1.7; with no batch on the
+        loop 828 in batches of 31, since grpc.aio hands the loop one call per pass and a batch on the loop
+        blocks the next."""
         settings = self.settings
-        inline = inline_up_to(warm_up)
+        inline = 0 if loaded.on_gpu else inline_up_to(warm_up)
         if self.tokens is None or inline >= SOLO_MAX_BATCH:
             return ModelRunner(loaded, inline)
         solo, solo_queued = (load_model(loaded.model, loaded.providers, loaded.variant, self.cores, cache_dir, spin=spin)

@@ -83,6 +83,12 @@ def test_on_a_gpu_every_batch_is_padded_to_one_of_the_configured_shapes(host_for
     host, key = host_for(max_batch_size=16, gpu_batch_shapes=mode)
     assert host.status[key]["status"] == "ready" and host.status[key]["provider"] == CUDA
     assert list(host.loaded[key].shapes) == host.status[key]["batch_shapes"] == shapes
+    assert host.batchers[key].inline_up_to == 0  # on a GPU the loop reads requests while a batch computes
+
+
+def test_on_the_cpu_batches_that_compute_in_under_2_ms_run_on_the_event_loop(host_for):
+    host, key = host_for(max_batch_size=16)
+    assert host.batchers[key].inline_up_to > 0  # LeNet-5: the hand-off to a thread costs about as much as a batch
 
 
 def test_a_model_whose_warm_up_fails_is_refused_and_the_worker_serves_on(host_for, monkeypatch):
