@@ -233,7 +233,7 @@ class ModelHost:
         with the GIL released, and the loop should be reading the next requests meanwhile. On an H100 every
         ResNet-18 batch (up to 64 images, under 2 ms) ran on the loop, and one-image requests reached 0.10-0.17
         of in-process ONNX Runtime, while ResNet-50, whose batches ran on the executor thread, reached 0.54-0.61
-        (loadtests/results/2026-11-27-gpu). The same trap on the CPU: one worker, perf_analyzer's gRPC at 64
+        (loadtests/results/2026-11-27-gpu). The same trap on the CPU: one worker of two threads, perf_analyzer's gRPC at 64
         clients, ResNet-18 INT8 (batch 1 runs on the loop): 515 calls/s in batches of 1.7; with no batch on the
         loop 828 in batches of 31, since grpc.aio hands the loop one call per pass and a batch on the loop
         blocks the next."""

@@ -11,13 +11,13 @@ tries to take every core token at once (never waiting) and runs on the event
 loop; a queued batch does the same on the executor thread, but only while no
 other worker has a request in flight (``busy``), since borrowing from a worker
 that is merely between two batches makes its next batch wait (HTTP load over
-both workers lost 3-8%). Holding every token, a batch runs the model's second
-session, which has a thread per core; otherwise it claims its worker's own
+both workers lost 3-8%). Holding every token, a batch runs a session of the
+model with a thread per core; otherwise it claims its worker's own
 share, waiting until they are free. Two sessions have a thread per core: the lone request's spins between
 the steps of a run, since its loop has nothing else to do meanwhile; a queued batch's does not, since its
 loop is reading the next calls meanwhile, and spinning threads starved it (one gRPC channel to ResNet-18
-INT8, 16 calls in flight: batches of 1.5 and 547 calls/s with spinning, 3.6 and 676 without; 64 calls:
-700 and 867, in alternated passes). Tokens and busy marks are ``fcntl``
+INT8, 16 calls in flight: 460 calls/s in batches of 1.7 with spinning, 633 in batches of 3.6 without; 64
+calls: 688 and 740, in alternated passes). Tokens and busy marks are ``fcntl``
 byte-range locks on one file per server (named after the worker processes'
 common parent), so the kernel releases those of a worker that dies.
 """
