@@ -249,7 +249,7 @@ class LoadedModel:
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities [N, K] and boxes [N, 4] (None for classification-only models)."""
         rows = len(images)
-        size = next((size for size in self.shapes if size >= rows), None) if self.shapes else None
+        size = next((size for size in self.shapes if size >= rows), None)
         if size is None:  # on the CPU (no padding), or more rows than the largest shape
             return self.run_session(images, self.session)
         session, padded = self.shapes[size]
@@ -277,7 +277,7 @@ class LoadedModel:
         shape costs no search, the powers of two up to the maximum, which give the cost table."""
         if self.shapes:
             return list(self.shapes)
-        return sorted({1, max_batch_size, *(2**i for i in range(max_batch_size.bit_length()) if 2**i <= max_batch_size)})
+        return batch_shapes(max_batch_size, "powers_of_two")
 
     def warm_up(self, max_batch_size: int) -> dict[int, float]:
         """Run each of ``warm_sizes`` and return seconds per size, the model's own cost
