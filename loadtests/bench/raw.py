@@ -1,7 +1,8 @@
 """The limit: in-process ONNX Runtime throughput and latency, with no server.
 
-Sessions use ONNX Runtime's defaults (spinning threads and all) so the figure
-is the best the library does on this machine; one thread and a thread per core,
+Sessions are the server's (session_options) with ONNX Runtime's default of
+spinning threads, so the figure is the best the library does on this machine
+with the file the server runs; one thread and a thread per core,
 and every power-of-two batch size are tried, and the best kept. So are
 single-threaded runs on every core at once (one session called from a thread
 per core), which is how a server with a worker per core computes under load:
@@ -26,6 +27,7 @@ import onnxruntime as ort
 
 from cnnserve.contract.images import decode_image
 from cnnserve.serving.repository import ModelVersion
+from cnnserve.serving.runtime import session_options
 
 from ..digit_images import digit_files
 
@@ -46,9 +48,9 @@ CPU = "CPUExecutionProvider"
 
 @functools.cache  # the target rounds measure the same sessions again
 def session(path: str, threads: int, provider: str = CPU) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
+    """The server's session options (an INT8 file runs as fast as the server runs it), with ONNX Runtime's
+    default of spinning threads."""
+    options = session_options(threads, spin=True)
     return ort.InferenceSession(path, options, providers=[provider] if provider == CPU else [provider, CPU])
 
 
