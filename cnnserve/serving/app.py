@@ -13,6 +13,7 @@ Start it with ``bentoml serve cnnserve.serving.app:CnnServe``.
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import bentoml
@@ -65,6 +66,11 @@ class CnnServe:
     def __init__(self):
         self.host = ModelHost(settings, repository, (bentoml.server_context.worker_index or 1) - 1)
         serve_core(rest_app, InferenceCore(settings, repository, self.host))
+        # What exists now lives as long as the worker (modules, models, BentoML's app): out of the collector's
+        # sight, the collections that requests' garbage triggers stop walking it. They took 4% of the machine's
+        # CPU under LeNet-5 load (perf); frozen, LeNet-5 V2 REST gained 2.6% and ResNet-18 2.4% (alternated
+        # passes, 64 clients, 2026-11-27).
+        gc.freeze()
 
     def __is_ready__(self) -> bool:
         """Ready once every model version has been loaded and warmed up, or refused with a reason."""
