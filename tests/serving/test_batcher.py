@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from cnnserve.serving.batcher import AdaptiveBatcher, inline_up_to
+from cnnserve.serving.batcher import ARRIVES_ONE_PER_PASS, AdaptiveBatcher, inline_up_to
 from cnnserve.serving.errors import DeadlineExceeded, Overloaded
 
 FAR = 3600.0
@@ -198,6 +198,25 @@ async def test_tiny_batches_run_on_the_event_loop_others_on_the_executor():
     await b.submit(images(1.0, 2), deadline())
     await b.submit(images(1.0, 3), deadline())
     assert threads == [threading.current_thread().name, "executor_0"]
+
+
+async def test_a_batch_holding_a_call_that_arrives_one_per_pass_never_runs_on_the_event_loop():
+    """gRPC's calls reach the worker one per loop pass: a batch on the loop would keep the next one out."""
+    threads = []
+
+    def model(batch):
+        threads.append(threading.current_thread().name)
+        return batch.reshape(len(batch), -1), None
+
+    async def grpc_call():
+        ARRIVES_ONE_PER_PASS.set(True)  # as the gRPC plane does, in the call's own task
+        return await b.submit(images(1.0), deadline())
+
+    b = AdaptiveBatcher("m/1", model, ThreadPoolExecutor(1, thread_name_prefix="executor"), max_batch_size=8,
+                        inline_up_to=8)
+    await asyncio.create_task(grpc_call())
+    await b.submit(images(1.0), deadline())
+    assert threads == ["executor_0", threading.current_thread().name]
 
 
 def test_inline_sizes_come_from_warm_up_timings():

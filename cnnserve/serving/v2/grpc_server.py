@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..auth import GrpcKeyInterceptor, key_check
+from ..batcher import ARRIVES_ONE_PER_PASS
 from ..config import Settings
 from ..errors import InvalidInput, ModelUnavailable, ServiceError
 from . import inference_pb2 as pb
@@ -143,6 +144,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await abort(context, exc)
 
     async def ModelInfer(self, request, context):
+        ARRIVES_ONE_PER_PASS.set(True)  # this call's own task: its batches leave the loop free for the next call
         try:
             model, outputs, timings = await self.plane.infer(
                 request.model_name,
