@@ -109,7 +109,7 @@ class ModelRunner:
         self.inline_up_to = inline_up_to  # batches this small run on the loop (batcher.py)
         self.tokens = tokens
         self.solo = solo  # the same model with a thread per core, spinning: a lone request's
-        self.solo_queued = solo_queued or solo  # ... and not spinning: a queued batch's, off the loop
+        self.solo_queued = solo_queued  # ... and not spinning: a queued batch's, off the loop (both or neither)
 
     def __call__(self, images: np.ndarray):
         """A batch small enough for the event loop needs no tokens: it runs on the loop's own thread. A larger

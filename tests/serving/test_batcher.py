@@ -208,12 +208,13 @@ async def test_a_batch_holding_a_call_that_arrives_one_per_pass_never_runs_on_th
         threads.append(threading.current_thread().name)
         return batch.reshape(len(batch), -1), None
 
+    b = AdaptiveBatcher("m/1", model, ThreadPoolExecutor(1, thread_name_prefix="executor"), max_batch_size=8,
+                        inline_up_to=8)
+
     async def grpc_call():
         ARRIVES_ONE_PER_PASS.set(True)  # as the gRPC plane does, in the call's own task
         return await b.submit(images(1.0), deadline())
 
-    b = AdaptiveBatcher("m/1", model, ThreadPoolExecutor(1, thread_name_prefix="executor"), max_batch_size=8,
-                        inline_up_to=8)
     await asyncio.create_task(grpc_call())
     await b.submit(images(1.0), deadline())
     assert threads == ["executor_0", threading.current_thread().name]

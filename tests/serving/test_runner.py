@@ -58,7 +58,8 @@ def test_only_a_small_batch_with_every_core_free_runs_now_on_every_core(tmp_path
     calls = []
     path = tmp_path / "cores.lock"
     tokens = CoreTokens(cores=2, share=1, worker_index=0, workers=2, path=path)
-    runner = ModelRunner(Session("own", calls), inline_up_to=0, tokens=tokens, solo=Session("solo", calls))
+    runner = ModelRunner(Session("own", calls), inline_up_to=0, tokens=tokens, solo=Session("solo", calls),
+                         solo_queued=Session("solo, not spinning", calls))
     assert runner.run_if_cores_free(np.zeros((4, 1))) is not None
     assert runner.run_if_cores_free(np.zeros((5, 1))) is None  # a large batch means load: its own cores
     other = hold_token_in_another_process(path, token=1)
