@@ -186,6 +186,24 @@ async def test_the_regathering_wait_ends_after_a_tenth_of_the_last_compute():
     assert 15 <= result.queue_ms < 100  # waited about 20 ms, not for ever
 
 
+async def test_grpc_calls_regather_for_up_to_a_whole_compute_of_the_last_batch():
+    """gRPC hands the worker one call per loop pass, so its clients come back later than a tenth of a compute:
+    calls 40-100 ms after a 200 ms batch of 4 still make one batch of 4."""
+    model = SlowModel(seconds=0.2)
+    b = batcher(model)
+
+    async def grpc_call(delay: float = 0.0):
+        ARRIVES_ONE_PER_PASS.set(True)  # as the gRPC plane does, in the call's own task
+        await asyncio.sleep(delay)
+        return await b.submit(images(1.0), deadline())
+
+    await asyncio.gather(*(grpc_call() for _ in range(4)))
+    assert model.batches == [4]
+    results = await asyncio.gather(*(grpc_call(0.04 + 0.02 * i) for i in range(4)))
+    assert model.batches == [4, 4]
+    assert results[-1].queue_ms < 100  # the fourth arrival ended the wait, not the timer
+
+
 async def test_tiny_batches_run_on_the_event_loop_others_on_the_executor():
     threads = []
 
