@@ -90,8 +90,8 @@ def sweep(args, versions, workers: int, threads: int, tmp: Path) -> tuple[list[d
     return served, baseline
 
 
-def target_round(server, fp32_server, fastapi_url: str, versions: dict, raw_best: dict, cores: int,
-                 seconds: float) -> dict:
+def target_round(server, fp32_server, fastapi_url: str, versions: dict, raw_best: dict, precision: dict[str, str],
+                 cores: int, seconds: float) -> dict:
     """One round of the head-to-head measurements behind the targets.
 
     Every ratio is taken within a pass of alternated turns and the median of the passes kept: the machine's
@@ -128,9 +128,10 @@ def target_round(server, fp32_server, fastapi_url: str, versions: dict, raw_best
     found["lenet5_vs_noop_v2"] = median_ratio(passes, "lenet5_wrk_infer_c64", "noop_v2_wrk_c64")
     found["lenet5_vs_noop"] = median_ratio(passes, "lenet5_wrk_infer_c64", "noop_wrk_c64")
     for version in versions.values():
-        ones = [raw.measure_point(version, threads, 1, seconds / 4) for threads in sorted({1, cores})]
+        variant = precision[version.name]
+        ones = [raw.measure_point(version, threads, 1, seconds / 4, variant) for threads in sorted({1, cores})]
         found[f"{version.name}_raw_b1_ms"] = raw.batch1(ones).p50_ms
-        found.update(one_client(server, version, cores, seconds))
+        found.update(one_client(server, version, variant, cores, seconds))
     return found
 
 
@@ -166,14 +167,15 @@ def resnet_against_raw(server, resnet, raw_best: dict, protocol: str, seconds: f
     return {**medians(passes), f"resnet18_{protocol}_ratio": median_ratio(passes, served_key, raw_key)}
 
 
-def one_client(server, version, cores: int, seconds: float) -> dict:
-    """The one-client target: in-process decode-then-run and served ``/predict``, measured in turn
+def one_client(server, version, variant: str, cores: int, seconds: float) -> dict:
+    """The one-client target: in-process decode-then-run (of ``variant``, the one served) and served ``/predict``,
+    measured in turn
     ``ONE_CLIENT_PAIRS`` times in short turns, and what the server adds judged pair by pair. The machine
     has slow spells of a second or two (VGG-11's batch 1 went 8 -> 12 ms, in process as much as served), so
     both sides of a pair mostly share one, and the median of the pairs outvotes those that do not."""
     in_turn, served = f"{version.name}_decode_then_run_ms", f"{version.name}_predict_c1_p50_ms"
     passes = in_turns([
-        lambda: {in_turn: raw.decode_then_run(version, cores, seconds / 8).p50_ms},
+        lambda: {in_turn: raw.decode_then_run(version, cores, seconds / 8, variant=variant).p50_ms},
         lambda: {served: measure(server, version.name, [1, *version.input_shape], "predict", 1, seconds / 4)["p50_ms"]},
     ], ONE_CLIENT_PAIRS)
     return {**medians(passes), f"{version.name}_c1_added_ms": statistics.median(p[served] - p[in_turn] for p in passes)}
@@ -198,7 +200,8 @@ def targets(args, versions, raw_results: dict, workers: int, threads: int, cores
         raw_best = {**resnet_raw.get("variants", {}).get(precision["resnet18-digits"], resnet_raw)["best"],
                     "variant": precision["resnet18-digits"]}
         for index in range(args.rounds):
-            rounds.append(target_round(server, fp32_server, fastapi_url, by_name, raw_best, cores, args.seconds))
+            rounds.append(target_round(server, fp32_server, fastapi_url, by_name, raw_best, precision, cores,
+                                       args.seconds))
             log(f"target round {index + 1}/{args.rounds}: " + ", ".join(f"{k} {v:.4g}" for k, v in rounds[-1].items()
                                                                         if v is not None))
     return {"rounds": rounds, "worker_processes": worker_processes, "precision": precision,

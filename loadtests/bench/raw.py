@@ -128,16 +128,17 @@ def decode_ms(model: ModelVersion, count: int = 64) -> float:
     return float(np.median(durations)) * 1000
 
 
-def decode_then_run(model: ModelVersion, cores: int, seconds: float, provider: str = CPU) -> RawPoint:
-    """Decode one PNG, then run it alone, image after image, in process (best thread count).
+def decode_then_run(model: ModelVersion, cores: int, seconds: float, provider: str = CPU,
+                    variant: str = "fp32") -> RawPoint:
+    """Decode one PNG, then run it alone with ``variant``'s file, image after image, in process (best thread count).
 
     This is what a script without a server pays per image, and the baseline of
-    the one-client target. Each step finds the caches full of the other's data,
+    the one-client target (with the variant the server serves). Each step finds the caches full of the other's data,
     so it costs more than the two back-to-back medians added (ResNet-18 here:
     4.19-4.36 ms against 3.76-4.04; docs/architecture.md).
     """
     files = png_files(model, 32)
-    path = str(model.file_for("fp32")[0])
+    path = str(model.file_for(variant)[0])
     points = []
     for threads in sorted({1, cores}):
         one_image = functools.partial(decode_and_run, model, session(path, threads, provider), itertools.cycle(files))

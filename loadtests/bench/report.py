@@ -110,7 +110,9 @@ def target_rows(results: dict) -> list[TargetRow]:
         added_by_round = [r[f"{name}_c1_added_ms"] for r in rounds]
         added = statistics.median(added_by_round)
         apart = median(rounds, f"{name}_raw_b1_ms") + facts["decode_ms"]
-        rows.append(TargetRow(f"{name}, 1 client, /predict p50 − in-process decode + batch-1 run",
+        served_variant = targets.get("precision", {}).get(name, "fp32").upper()
+        rows.append(TargetRow(f"{name}, 1 client, /predict p50 − in-process decode + batch-1 run ({served_variant}, "
+                              "as served)",
                               f"{added:.2f} ms (paired; /predict {served:.2f}, in process {in_turn:.2f}, "
                               f"or {apart:.2f} measured apart)", spread(added_by_round), "≤ 2 ms", added <= 2))
     serving = results["serving"]
