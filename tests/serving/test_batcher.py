@@ -204,6 +204,22 @@ async def test_grpc_calls_regather_for_up_to_a_whole_compute_of_the_last_batch()
     assert results[-1].queue_ms < 100  # the fourth arrival ended the wait, not the timer
 
 
+async def test_no_wait_for_company_makes_a_request_miss_its_deadline():
+    """A gRPC call due to start within 50 ms runs in time, though the regathering wait could last 200 ms and the
+    queue delay half a second."""
+    model = SlowModel(seconds=0.2)
+    b = batcher(model, max_queue_delay_ms=500)
+
+    async def grpc_call(seconds: float = FAR):
+        ARRIVES_ONE_PER_PASS.set(True)
+        return await b.submit(images(1.0), deadline(seconds))
+
+    await asyncio.gather(*(grpc_call() for _ in range(4)))
+    result = await grpc_call(0.05)
+    assert model.batches == [4, 1]
+    assert 40 <= result.queue_ms < 50
+
+
 async def test_tiny_batches_run_on_the_event_loop_others_on_the_executor():
     threads = []
 
