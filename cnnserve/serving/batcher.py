@@ -71,6 +71,7 @@ REGATHER_FRACTION = 0.1
 # gRPC calls come in one per loop pass, so they regather for up to a whole compute of the last batch (see fill).
 REGATHER_FRACTION_ONE_PER_PASS = 1.0
 REGATHER_MIN_S = 1e-3  # shorter waits are not worth a timer (the event loop's resolution is a millisecond)
+DEADLINE_MARGIN_S = 5e-3  # a wait for company ends this long before a queued request's deadline (a loaded loop's pass)
 # True in the task of a request whose protocol hands the worker one call per loop pass (gRPC): its batches never
 # run on the loop.
 ARRIVES_ONE_PER_PASS = contextvars.ContextVar("arrives_one_per_pass", default=False)
@@ -201,8 +202,8 @@ class AdaptiveBatcher:
         and +4% (two servers, alternated passes, 3 rounds). The other worker
         and the loop use the cores meanwhile.
 
-        Either wait ends a millisecond before the earliest deadline in the
-        queue: no request is dropped for a wait the batcher chose.
+        Either wait ends ``DEADLINE_MARGIN_S`` before the earliest deadline in
+        the queue: no request is dropped for a wait the batcher chose.
         """
         waits = []
         if self.max_queue_delay:
@@ -212,7 +213,7 @@ class AdaptiveBatcher:
             waits.append((self.last_finished + fraction * self.last_compute, self.last_batch_images))
         while True:
             now = time.perf_counter()
-            latest = min(job.deadline for job in self.queue) - REGATHER_MIN_S
+            latest = min(job.deadline for job in self.queue) - DEADLINE_MARGIN_S
             pending = [min(until, latest) - now for until, size in waits if self.queued_images < size]
             pending = [seconds for seconds in pending if seconds > 0]
             if not pending:

@@ -215,9 +215,9 @@ async def test_no_wait_for_company_makes_a_request_miss_its_deadline():
         return await b.submit(images(1.0), deadline(seconds))
 
     await asyncio.gather(*(grpc_call() for _ in range(4)))
-    result = await grpc_call(0.05)
+    result = await grpc_call(0.05)  # would raise DeadlineExceeded had it waited for company until then
     assert model.batches == [4, 1]
-    assert 40 <= result.queue_ms < 50
+    assert result.queue_ms < 50
 
 
 async def test_tiny_batches_run_on_the_event_loop_others_on_the_executor():
