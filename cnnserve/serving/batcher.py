@@ -5,10 +5,11 @@ is idle, everything queued (up to ``max_batch_size`` images) runs as one ONNX
 Runtime call. At low load a request therefore runs at once, alone, and pays no
 batching delay; under load, requests pile up while a batch computes and the
 next batch is as large as the load. After a batch, when fewer images wait than
-it held, the model waits up to a tenth of its compute time for its clients to
-come back (``fill``), so batches grow with the load instead of alternating.
-``max_queue_delay_ms`` can hold an idle model back a little to fill batches
-further (Triton's knob of the same name).
+it held, the model waits up to a tenth of its compute time (a whole one for
+gRPC calls, below) for its clients to come back (``fill``), so batches grow
+with the load instead of alternating. ``max_queue_delay_ms`` can hold an idle
+model back a little to fill batches further (Triton's knob of the same name).
+No such wait runs into a queued request's deadline.
 
 Admission is bounded: a request that would take the queue past
 ``max_queue_images`` is refused at once (``Overloaded``: 503 / RESOURCE_EXHAUSTED
