@@ -129,6 +129,9 @@ class Settings:
     grpc_host: str = "0.0.0.0"
     grpc_port: int = 3001
     grpc_max_message_bytes: int = 32 * 1024 * 1024
+    # A gRPC connection is asked to go (GOAWAY) after this long, so clients reconnect and land on another worker or
+    # pod (0: never); calls in flight then have the request timeout to finish.
+    grpc_max_connection_age_s: float = 300.0
     warmup: bool = True
     access_log: bool = False
     fast_lane: bool = True
@@ -180,6 +183,8 @@ def _parse(name: str, raw: Any, current: Any) -> Any:
         return replace(current, **{k.strip(): float(v) for k, v in items.items()})
     if name == "zoom_in_below" and not 0.0 <= float(raw) <= 1.0:
         raise ValueError(f"zoom_in_below is a share of the input's side, from 0 (never zoom) to 1, not {raw!r}")
+    if name == "grpc_max_connection_age_s" and float(raw) < 0:
+        raise ValueError(f"grpc_max_connection_age_s is seconds (0: connections never age), not {raw!r}")
     if isinstance(current, float):
         return float(raw)
     if isinstance(current, Path):

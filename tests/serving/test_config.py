@@ -41,6 +41,11 @@ def test_bad_precision_is_refused():
         load_settings(environ={"CNNSERVE_PRECISION": "int4", "CNNSERVE_CONFIG": "/dev/null"})
 
 
+def test_a_negative_grpc_connection_age_is_refused():
+    with pytest.raises(ValueError, match="grpc_max_connection_age_s"):
+        load_settings(environ={"CNNSERVE_GRPC_MAX_CONNECTION_AGE_S": "-1", "CNNSERVE_CONFIG": "/dev/null"})
+
+
 def test_gpu_batch_shapes_take_one_of_two_names():
     assert load_settings(environ={"CNNSERVE_GPU_BATCH_SHAPES": "largest", "CNNSERVE_CONFIG": "/dev/null"}) \
         .gpu_batch_shapes == "largest"

@@ -178,15 +178,32 @@ class GrpcServer:
         self.server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
 
-    async def start(self) -> None:
+    def options(self) -> list[tuple[str, int]]:
+        """The server's channel arguments: message limits, the shared port, and how long a connection lives.
+
+        Clients such as tritonclient keep a few connections open for good, and the kernel (SO_REUSEPORT) or a
+        Kubernetes Service places each once, when it opens: a worker or a pod added later gets none of their
+        calls, and one that drew more connections keeps them. Asking every connection to go after
+        ``grpc_max_connection_age_s`` (gRPC adds up to 10% of jitter) makes clients reconnect and be placed
+        again; calls in flight then have the request timeout (and a second) to finish.
+        """
         limit = self.settings.grpc_max_message_bytes
+        options = [
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 1),
+        ]
+        if self.settings.grpc_max_connection_age_s > 0:
+            options += [
+                ("grpc.max_connection_age_ms", round(self.settings.grpc_max_connection_age_s * 1000)),
+                ("grpc.max_connection_age_grace_ms", round(self.settings.request_timeout_ms) + 1000),
+            ]
+        return options
+
+    async def start(self) -> None:
         self.server = grpc.aio.server(
             interceptors=[GrpcKeyInterceptor(key_check(self.settings), self.count_refusal)],
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-                ("grpc.so_reuseport", 1),
-            ]
+            options=self.options(),
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.plane, self.settings), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
