@@ -91,9 +91,9 @@ def split(workers: list[psutil.Process], server_pids: set[int], window: float) -
 
 def budget_row(server, model, protocol: str, concurrency: int, seconds: float) -> dict:
     """One protocol under load; every share in milliseconds of one core per request (one image each)."""
-    workers = [p for p in psutil.Process(server.process.pid).children(recursive=True)
-               if "worker" in " ".join(p.cmdline())]
-    server_pids = {server.process.pid, *(p.pid for p in psutil.Process(server.process.pid).children(recursive=True))}
+    children = psutil.Process(server.process.pid).children(recursive=True)
+    workers = [p for p in children if "worker" in " ".join(p.cmdline())]
+    server_pids = {server.process.pid, *(p.pid for p in children)}
     shares: dict = {}
     sampler = threading.Thread(target=lambda: shares.update(split(workers, server_pids, seconds * 0.6)))
     measure(server, model.name, [1, *model.input_shape], protocol, concurrency, 1.0)  # warm this path
@@ -105,8 +105,9 @@ def budget_row(server, model, protocol: str, concurrency: int, seconds: float) -
     rate = row["throughput_rps"]
     per_request = {name: 1000 * share / rate for name, share in shares.items()}
     unaccounted = max(0.0, 1000 * (os.cpu_count() or 1) / rate - sum(per_request.values()))
+    total = sum(per_request.values()) + unaccounted
     return {"protocol": protocol, "rps": rate, "mean_batch": row["mean_batch"], **per_request,
-            "unaccounted": unaccounted, "batch_share": per_request["others"] / (sum(per_request.values()) + unaccounted)}
+            "unaccounted": unaccounted, "batch_share": per_request["others"] / total}
 
 
 def report(model_name: str, variant: str, clients: int, rows: list[dict]) -> str:

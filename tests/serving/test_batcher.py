@@ -49,6 +49,13 @@ def images(value: float, n: int = 1) -> np.ndarray:
     return np.full((n, 1), value, np.float32)
 
 
+async def grpc_call(b: AdaptiveBatcher, after: float = 0.0, due_in: float = FAR):
+    """One image submitted as the gRPC plane submits a call (marked in its own task), ``after`` seconds."""
+    ARRIVES_ONE_PER_PASS.set(True)
+    await asyncio.sleep(after)
+    return await b.submit(images(1.0), deadline(due_in))
+
+
 async def test_a_lone_request_runs_at_once_and_gets_its_rows():
     model = SlowModel()
     result = await batcher(model).submit(images(3.0, 2), deadline())
@@ -191,15 +198,9 @@ async def test_grpc_calls_regather_for_up_to_a_whole_compute_of_the_last_batch()
     calls 40-100 ms after a 200 ms batch of 4 still make one batch of 4."""
     model = SlowModel(seconds=0.2)
     b = batcher(model)
-
-    async def grpc_call(delay: float = 0.0):
-        ARRIVES_ONE_PER_PASS.set(True)  # as the gRPC plane does, in the call's own task
-        await asyncio.sleep(delay)
-        return await b.submit(images(1.0), deadline())
-
-    await asyncio.gather(*(grpc_call() for _ in range(4)))
+    await asyncio.gather(*(grpc_call(b) for _ in range(4)))
     assert model.batches == [4]
-    results = await asyncio.gather(*(grpc_call(0.04 + 0.02 * i) for i in range(4)))
+    results = await asyncio.gather(*(grpc_call(b, after=0.04 + 0.02 * i) for i in range(4)))
     assert model.batches == [4, 4]
     assert results[-1].queue_ms < 100  # the fourth arrival ended the wait, not the timer
 
@@ -209,49 +210,44 @@ async def test_no_wait_for_company_makes_a_request_miss_its_deadline():
     queue delay half a second."""
     model = SlowModel(seconds=0.2)
     b = batcher(model, max_queue_delay_ms=500)
-
-    async def grpc_call(seconds: float = FAR):
-        ARRIVES_ONE_PER_PASS.set(True)
-        return await b.submit(images(1.0), deadline(seconds))
-
-    await asyncio.gather(*(grpc_call() for _ in range(4)))
-    result = await grpc_call(0.05)  # would raise DeadlineExceeded had it waited for company until then
+    await asyncio.gather(*(grpc_call(b) for _ in range(4)))
+    # would raise DeadlineExceeded had it waited for company until then
+    result = await asyncio.create_task(grpc_call(b, due_in=0.05))
     assert model.batches == [4, 1]
     assert result.queue_ms < 50
 
 
-async def test_tiny_batches_run_on_the_event_loop_others_on_the_executor():
-    threads = []
+class ThreadRecordingModel:
+    """Returns its input; records the name of the thread each batch ran on."""
 
-    def model(batch):
-        threads.append(threading.current_thread().name)
+    def __init__(self):
+        self.threads: list[str] = []
+
+    def __call__(self, batch: np.ndarray):
+        self.threads.append(threading.current_thread().name)
         return batch.reshape(len(batch), -1), None
 
-    b = AdaptiveBatcher("m/1", model, ThreadPoolExecutor(1, thread_name_prefix="executor"), max_batch_size=8,
-                        inline_up_to=2)
+
+def batcher_on_named_executor(model, inline_up_to: int) -> AdaptiveBatcher:
+    return AdaptiveBatcher("m/1", model, ThreadPoolExecutor(1, thread_name_prefix="executor"), max_batch_size=8,
+                           inline_up_to=inline_up_to)
+
+
+async def test_tiny_batches_run_on_the_event_loop_others_on_the_executor():
+    model = ThreadRecordingModel()
+    b = batcher_on_named_executor(model, inline_up_to=2)
     await b.submit(images(1.0, 2), deadline())
     await b.submit(images(1.0, 3), deadline())
-    assert threads == [threading.current_thread().name, "executor_0"]
+    assert model.threads == [threading.current_thread().name, "executor_0"]
 
 
 async def test_a_batch_holding_a_call_that_arrives_one_per_pass_never_runs_on_the_event_loop():
     """gRPC's calls reach the worker one per loop pass: a batch on the loop would keep the next one out."""
-    threads = []
-
-    def model(batch):
-        threads.append(threading.current_thread().name)
-        return batch.reshape(len(batch), -1), None
-
-    b = AdaptiveBatcher("m/1", model, ThreadPoolExecutor(1, thread_name_prefix="executor"), max_batch_size=8,
-                        inline_up_to=8)
-
-    async def grpc_call():
-        ARRIVES_ONE_PER_PASS.set(True)  # as the gRPC plane does, in the call's own task
-        return await b.submit(images(1.0), deadline())
-
-    await asyncio.create_task(grpc_call())
+    model = ThreadRecordingModel()
+    b = batcher_on_named_executor(model, inline_up_to=8)
+    await asyncio.create_task(grpc_call(b))
     await b.submit(images(1.0), deadline())
-    assert threads == ["executor_0", threading.current_thread().name]
+    assert model.threads == ["executor_0", threading.current_thread().name]
 
 
 def test_inline_sizes_come_from_warm_up_timings():
