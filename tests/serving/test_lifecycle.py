@@ -31,12 +31,13 @@ def answered_versions(server, requests: int = 12, version: int | None = None) ->
     return versions
 
 
-def wait_for(condition, seconds: float = 15.0):
+def wait_for(probe, until=bool, seconds: float = 15.0):
+    """Probe every quarter second until ``until(probe())`` holds; a timeout names what was seen last."""
     deadline = time.monotonic() + seconds
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"not within {seconds} s"
+    while not until(seen := probe()):
+        assert time.monotonic() < deadline, f"not within {seconds} s; last seen: {seen!r}"
         time.sleep(0.25)
-    return result
+    return seen
 
 
 def listed(server) -> list[dict]:
@@ -58,7 +59,7 @@ def test_versions_come_and_go_with_their_folders(repo_copy, tmp_path):
         assert answered_versions(server) == {old}
 
         repo_copy(MODEL, as_version=old + 1)
-        wait_for(lambda: answered_versions(server) == {old + 1})
+        wait_for(lambda: answered_versions(server), until=lambda seen: seen == {old + 1})
 
         broken = repo_copy(MODEL, as_version=old + 2)
         with (broken / "model.onnx").open("r+b") as model:
@@ -68,7 +69,7 @@ def test_versions_come_and_go_with_their_folders(repo_copy, tmp_path):
         assert answered_versions(server) == {old + 1}  # the broken version never took traffic
 
         shutil.rmtree(repo_copy.root / MODEL / str(old + 1))
-        wait_for(lambda: answered_versions(server) == {old})
+        wait_for(lambda: answered_versions(server), until=lambda seen: seen == {old})
         gone = httpx.post(f"{server.url}/predict?model={MODEL}&version={old + 1}",
                           files={"image": ("digit.png", digit_files(1, 32, count=1)[0].data)}, timeout=30)
         assert gone.status_code == 404 and f"no version {old + 1}" in gone.json()["error"]
@@ -93,14 +94,14 @@ def test_a_roll_under_load_loses_no_request(repo_copy, tmp_path):
             time.sleep(4)
             repo_copy(MODEL, as_version=old + 1)
             copied = time.monotonic()
-            wait_for(lambda: answered_versions(server, requests=6) == {old + 1})
+            wait_for(lambda: answered_versions(server, requests=6), until=lambda seen: seen == {old + 1})
             assert time.monotonic() - copied < 15
             broken = repo_copy(MODEL, as_version=old + 2)
             (broken / "model.onnx").write_bytes(b"not a model")
             wait_for(lambda: refusal(server, f"{MODEL}/{old + 2}"))
             assert answered_versions(server, requests=6) == {old + 1}
             shutil.rmtree(repo_copy.root / MODEL / str(old))  # the old version drains and goes
-            wait_for(lambda: [v["version"] for v in listed(server)] == [old + 1])
+            wait_for(lambda: [v["version"] for v in listed(server)], until=lambda seen: seen == [old + 1])
             output, _ = gate.communicate(timeout=180)
         finally:
             gate.kill()
@@ -157,7 +158,7 @@ def test_latest_one_unloads_the_old_version_only_once_the_new_one_serves(repo_co
         assert [v["version"] for v in listed(server)] == [old]  # outside the policy now, but nothing else serves
         shutil.rmtree(broken)
         repo_copy(MODEL, as_version=old + 2)
-        wait_for(lambda: [v["version"] for v in listed(server)] == [old + 2])
+        wait_for(lambda: [v["version"] for v in listed(server)], until=lambda seen: seen == [old + 2])
         assert answered_versions(server, requests=4) == {old + 2}
         (entry,) = [m for m in httpx.get(f"{server.url}/models", timeout=30).json()["models"] if m["name"] == MODEL]
         assert entry["version_policy"] == "latest:1"
