@@ -45,6 +45,7 @@ PRECISIONS = ("auto", "fp32", "fp16", "int8")
 CONTROL_MODES = ("none", "poll", "explicit")  # Triton's names
 CUDNN_SEARCH_MODES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")  # ONNX Runtime's cudnn_conv_algo_search values
 GPU_BATCH_SHAPES = ("powers_of_two", "largest")
+PER_MODEL_KEYS = {"max_batch_size", "max_queue_delay_ms", "max_queue_images", "version_policy"}
 
 
 # One Python worker parses too few requests to keep a GPU busy: on an H100 (16 cores, 2026-11-26), ResNet-50 at
@@ -167,8 +168,23 @@ class Settings:
         return max(1, (cores or os.cpu_count() or 1) // self.inference_workers(cores, gpus))
 
 
+def _check(name: str, raw: Any) -> None:
+    """Refuse a value outside a setting's range or choices, naming the setting."""
+    if name == "zoom_in_below" and not 0.0 <= float(raw) <= 1.0:
+        raise ValueError(f"zoom_in_below is a share of the input's side, from 0 (never zoom) to 1, not {raw!r}")
+    if name == "grpc_max_connection_age_s" and float(raw) < 0:
+        raise ValueError(f"grpc_max_connection_age_s is seconds (0: connections never age), not {raw!r}")
+    if name == "repository_poll_seconds" and float(raw) <= 0:
+        raise ValueError(f"repository_poll_seconds must be positive, not {raw!r}")
+    choices = {"model_control_mode": CONTROL_MODES, "gpu_batch_shapes": GPU_BATCH_SHAPES, "precision": PRECISIONS,
+               "cudnn_conv_algo_search": CUDNN_SEARCH_MODES}.get(name)
+    if choices and (str(raw).upper() if name == "cudnn_conv_algo_search" else raw) not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, not {raw!r}")
+
+
 def _parse(name: str, raw: Any, current: Any) -> Any:
-    """Coerce a YAML or environment value to the type of the field's default."""
+    """Coerce a YAML or environment value to the type of the field's default, once ``_check`` accepts it."""
+    _check(name, raw)
     if isinstance(current, bool):
         return raw if isinstance(raw, bool) else str(raw).strip().lower() in ("1", "true", "yes", "on")
     if isinstance(current, int):
@@ -181,10 +197,6 @@ def _parse(name: str, raw: Any, current: Any) -> Any:
         if unknown:
             raise ValueError(f"precision_tolerance takes accuracy and mean_iou, not {', '.join(sorted(unknown))}")
         return replace(current, **{k.strip(): float(v) for k, v in items.items()})
-    if name == "zoom_in_below" and not 0.0 <= float(raw) <= 1.0:
-        raise ValueError(f"zoom_in_below is a share of the input's side, from 0 (never zoom) to 1, not {raw!r}")
-    if name == "grpc_max_connection_age_s" and float(raw) < 0:
-        raise ValueError(f"grpc_max_connection_age_s is seconds (0: connections never age), not {raw!r}")
     if isinstance(current, float):
         return float(raw)
     if isinstance(current, Path):
@@ -192,18 +204,8 @@ def _parse(name: str, raw: Any, current: Any) -> Any:
     if isinstance(current, tuple):
         items = raw if isinstance(raw, list) else [s for s in str(raw).split(",")]
         return tuple(str(s).strip() for s in items if str(s).strip())
-    if name == "model_control_mode" and raw not in CONTROL_MODES:
-        raise ValueError(f"model_control_mode must be one of {', '.join(CONTROL_MODES)}, not {raw!r}")
-    if name == "repository_poll_seconds" and float(raw) <= 0:
-        raise ValueError(f"repository_poll_seconds must be positive, not {raw!r}")
-    if name == "cudnn_conv_algo_search" and str(raw).upper() not in CUDNN_SEARCH_MODES:
-        raise ValueError(f"cudnn_conv_algo_search must be one of {', '.join(CUDNN_SEARCH_MODES)}, not {raw!r}")
     if name == "cudnn_conv_algo_search":
         return str(raw).upper()
-    if name == "gpu_batch_shapes" and raw not in GPU_BATCH_SHAPES:
-        raise ValueError(f"gpu_batch_shapes must be one of {', '.join(GPU_BATCH_SHAPES)}, not {raw!r}")
-    if name == "precision" and raw not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {raw!r}")
     return type(current)(raw)
 
 
@@ -226,6 +228,11 @@ def load_settings(environ: dict[str, str] | None = None, config_file: Path | Non
         if key in environ:
             updates[name] = _parse(name, environ[key], getattr(settings, name))
     settings = replace(settings, **updates)
+    for model, options in (values.get("models") or {}).items():
+        unknown = set(options or {}) - PER_MODEL_KEYS
+        if unknown:
+            raise ValueError(f"unknown key(s) under models.{model} in {path}: {', '.join(sorted(unknown))} "
+                             f"(a model takes {', '.join(sorted(PER_MODEL_KEYS))})")
     per_model = {
         model: Batching(
             int(options.get("max_batch_size", settings.max_batch_size)),

@@ -137,8 +137,8 @@ class InferenceCore:
         return Tracked(self.metrics, protocol)
 
     def count_refusal(self, protocol: str, outcome: str) -> None:
-        """A request refused before its handler ran (no valid API key, a body over the limit): counted under
-        model ``unknown``, as no model was read."""
+        """A request refused before a model was read (no valid API key, a body over the limit, a malformed
+        form): counted under model ``unknown``."""
         pass_totals().inc(child(self.metrics.requests, "unknown", "", protocol, outcome))
 
     def admit(self, record: Tracked, model: ModelVersion) -> None:

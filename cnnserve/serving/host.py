@@ -113,6 +113,7 @@ class ModelHost:
         self.loaded[model.key] = loaded
         self.metrics.model_ready.labels(*labels).set(1)
         self.metrics.model_precision.labels(*labels, loaded.variant).set(1)
+        self.metrics.model_degraded.labels(*labels).set(int(model.key in self.degraded))  # 0 exported, not absent
 
         def observe(images: int, seconds: float) -> None:
             totals = pass_totals()
@@ -157,6 +158,7 @@ class ModelHost:
         self.precision_choices.pop(model.key, None)
         self.degraded.pop(model.key, None)
         self.metrics.model_ready.labels(model.name, str(model.version)).set(0)
+        self.metrics.model_degraded.labels(model.name, str(model.version)).set(0)
         self.status = self.describe()
         log.info("model %s unloaded", model.key)
 
@@ -188,7 +190,6 @@ class ModelHost:
             raise ModelInvalid(f"{reason}; the providers are set explicitly, so the model is not served")
         log.error("model %s: %s; loading it again for the CPU", model.key, reason)
         self.degraded[model.key] = f"{reason}; served on the CPU"
-        self.metrics.model_degraded.labels(model.name, str(model.version)).set(1)
         return self.load_on([CPU], model, max_batch_size, cache_dir)
 
     def load_fastest(

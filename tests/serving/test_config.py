@@ -31,6 +31,19 @@ def test_unknown_keys_are_refused_by_name(tmp_path):
         load_settings(environ={}, config_file=path)
 
 
+def test_unknown_keys_under_a_model_are_refused_by_name(tmp_path):
+    path = tmp_path / "cnnserve.yaml"
+    path.write_text("models:\n  lenet5-digits: {max_batch_size: 256, max_bach_size: 3}\n")
+    with pytest.raises(ValueError, match="models.lenet5-digits.*max_bach_size"):
+        load_settings(environ={}, config_file=path)
+
+
+@pytest.mark.parametrize("seconds", ["0", "-1"])
+def test_a_repository_poll_interval_must_be_positive(seconds):
+    with pytest.raises(ValueError, match="repository_poll_seconds must be positive"):
+        load_settings(environ={"CNNSERVE_REPOSITORY_POLL_SECONDS": seconds, "CNNSERVE_CONFIG": "/dev/null"})
+
+
 def test_config_variable_naming_a_missing_file_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_settings(environ={"CNNSERVE_CONFIG": str(tmp_path / "nope.yaml")})

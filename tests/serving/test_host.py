@@ -69,6 +69,8 @@ def test_each_worker_takes_its_own_gpu(host_for, a_gpu_that_does_not_work, monke
 def test_without_a_gpu_nothing_is_degraded(host_for):
     host, key = host_for()
     assert host.status[key]["status"] == "ready" and host.status[key]["reason"] is None
+    exported = {(s.labels["model"], s.labels["version"]): s.value for s in host.metrics.model_degraded.collect()[0].samples}
+    assert exported[("lenet5-digits", str(VERSIONS["lenet5-digits"]))] == 0  # 0, not absent: an alert can tell them apart
 
 
 @pytest.mark.parametrize("mode, shapes", [("powers_of_two", [1, 2, 4, 8, 16]), ("largest", [16])])

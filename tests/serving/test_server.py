@@ -147,6 +147,20 @@ def test_metrics_expose_requests_latency_queue_batches_inflight_and_readiness(se
         assert metric_total(text, "cnnserve_model_ready", model=model) == 1
 
 
+@pytest.mark.parametrize(("route", "form", "outcome"), [
+    ("/predict_batch", {"files": [("images", ("d.png", GOOD))] * 65}, "too_large"),  # over max_images_per_request
+    ("/predict", {"data": {"image": "https://example.com/digit.png"}}, "client_error"),  # text where a file belongs
+    ("/explain", {"content": b"raw bytes, not a form"}, "client_error"),
+])
+def test_a_form_refused_before_any_model_is_read_is_counted_under_model_unknown(server, route, form, outcome):
+    before = server.metrics()
+    response = server.client.post(route, **form)
+    assert 400 <= response.status_code < 500 and response.json()["error"]
+    counted = [metric_total(text, "cnnserve_requests_total", model="unknown", outcome=outcome)
+               for text in (before, server.metrics())]
+    assert counted[1] - counted[0] == 1
+
+
 BOMB = png(Image.new("1", (20_000, 20_000)))
 
 
