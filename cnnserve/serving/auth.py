@@ -6,7 +6,8 @@ line, ``#`` comments allowed: ``printf %s "$KEY" | sha256sum``). Clients send
 ``Authorization: Bearer <key>`` (HTTP header or gRPC metadata). A presented key
 is hashed and compared with every stored digest in constant time. With no keys
 configured, nothing is checked. Health and metrics stay open by default
-(``auth_open_paths``; gRPC health and reflection are always open).
+(``auth_open_paths``; over gRPC, ``grpc.health.v1``, reflection and V2's
+ServerLive and ServerReady are always open).
 
 Loading and unloading models (the repository API) takes an admin key (``admin_api_keys``,
 ``admin_api_keys_file``) whenever any key is configured: a prediction key gets 403 /
@@ -28,7 +29,8 @@ from starlette.responses import JSONResponse
 
 from .config import Settings
 
-OPEN_GRPC_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+OPEN_GRPC_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.",  # and V2's server health, as over HTTP
+                      "/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady")
 ADMIN_PATH = re.compile(r"^/v2/repository/models/[^/]+/(load|unload)$")
 ADMIN_GRPC_METHODS = ("/inference.GRPCInferenceService/RepositoryModelLoad",
                       "/inference.GRPCInferenceService/RepositoryModelUnload")
@@ -122,7 +124,7 @@ class ApiKeyMiddleware:
 
 
 class GrpcKeyInterceptor(grpc.aio.ServerInterceptor):
-    """UNAUTHENTICATED for any RPC but health and reflection without a valid key; ``refused`` hears the
+    """UNAUTHENTICATED for any RPC but health (both kinds) and reflection without a valid key; ``refused`` hears the
     method of each RPC refused (to count it)."""
 
     def __init__(self, check: KeyCheck, refused: Callable[[str], None] = lambda method: None):

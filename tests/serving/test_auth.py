@@ -103,6 +103,11 @@ def test_grpc_refuses_without_a_valid_key_and_serves_with_one(secured):
 def test_grpc_health_stays_open(secured):
     with grpc.insecure_channel(secured.grpc_address) as channel:
         status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status
+        v2 = pb_grpc.GRPCInferenceServiceStub(channel)
+        assert v2.ServerLive(pb.ServerLiveRequest()).live and v2.ServerReady(pb.ServerReadyRequest()).ready
+        with pytest.raises(grpc.RpcError) as caught:  # what names a model is not health
+            v2.ModelReady(pb.ModelReadyRequest(name="lenet5-digits"))
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert status == health_pb2.HealthCheckResponse.SERVING
 
 
