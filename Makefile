@@ -5,14 +5,19 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 3000
 
-.PHONY: serve serve-gpu gpu-setup test setup setup-test lock models seed-models variants accuracy bench-models bench gpu-check profile protos soak container-check clean
+.PHONY: serve serve-gpu gpu-setup test setup setup-test setup-system-tools lock models seed-models variants accuracy bench-models bench gpu-check profile protos soak container-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-setup: $(BIN)/python
+# Installed once per change of pyproject.toml or constraints.txt (a stamp in the venv): a restart of
+# make serve needs no package registry. The package itself is editable, so code changes need no reinstall.
+setup: $(VENV)/.installed-serve
+
+$(VENV)/.installed-serve: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[cpu,variants]'
+	touch $@
 
 TRITON_VENV := .venv-triton
 
@@ -21,8 +26,13 @@ lock: setup-test
 	{ sed -n '1,3p' constraints.txt; $(BIN)/pip freeze --all --exclude-editable | grep -v '^torch==' | sort -f; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 
-setup-test: $(BIN)/python $(TRITON_VENV)/bin/perf_analyzer
+setup-test: $(VENV)/.installed-test $(TRITON_VENV)/bin/perf_analyzer setup-system-tools
+
+$(VENV)/.installed-test: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[cpu,train,test]'
+	touch $@
+
+setup-system-tools:
 	@command -v promtool >/dev/null || { \
 		command -v apt-get >/dev/null || { echo "the tests need Debian's prometheus (prometheus, promtool)"; exit 1; }; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; }

@@ -125,8 +125,11 @@ def main() -> None:
     import sys
     import tempfile
 
-    separator = sys.argv.index("--")
-    settings = dict(item.split("=", 1) for item in sys.argv[1:separator])
+    separator = sys.argv.index("--") if "--" in sys.argv else len(sys.argv)
+    pairs = sys.argv[1:separator]
+    if separator >= len(sys.argv) - 1 or not all("=" in pair for pair in pairs):  # no COMMAND, or --help
+        sys.exit("usage: python -m loadtests.local_server [KEY=VALUE ...] -- COMMAND\n" + (main.__doc__ or ""))
+    settings = dict(item.split("=", 1) for item in pairs)
     with tempfile.TemporaryDirectory() as tmp, running_server(Path(tmp), **settings) as server:
         command = [
             part.replace("{url}", server.url).replace("{grpc}", server.grpc_address)
