@@ -64,7 +64,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import DeadlineExceeded, Overloaded
+from .errors import DeadlineExceeded, Overloaded, TooLarge
 
 RunBatch = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
 INLINE_BELOW_S = 2e-3
@@ -137,7 +137,11 @@ class AdaptiveBatcher:
         self.last_compute = 0.0
 
     def check_room(self, count: int) -> None:
-        """Refuse at once (before any decoding) when ``count`` more images would overflow the queue."""
+        """Refuse at once (before any decoding) when ``count`` more images would overflow the queue: for now
+        (503, retry), or for good when they would overflow it empty (413: a retry could never succeed)."""
+        if count > self.max_queue_images:
+            raise TooLarge(f"{count} images in one request; model {self.name} queues at most {self.max_queue_images}"
+                           " (max_queue_images)")
         if self.queued_images + count > self.max_queue_images:
             raise Overloaded(
                 f"model {self.name} has {self.queued_images} images queued (limit {self.max_queue_images}); "

@@ -125,6 +125,7 @@ class Settings:
     max_explain_windows: int = 256  # occluded copies one POST /explain may run
     max_image_pixels: int = 40_000_000
     max_body_bytes: int = 32 * 1024 * 1024
+    body_timeout_s: float = 60.0  # a request body still arriving after this gets 408 (BentoML's own routes: 60 s)
     max_tensor_elements: int = 16 * 1024 * 1024
     grpc_enabled: bool = True
     grpc_host: str = "0.0.0.0"

@@ -44,6 +44,12 @@ class TooLarge(ServiceError):
     outcome = "too_large"
 
 
+class BodyTimeout(ServiceError):
+    """The request's body did not arrive in time (``body_timeout_s``): a stalled or trickling client."""
+
+    status = HTTPStatus.REQUEST_TIMEOUT
+
+
 class ModelNotFound(ServiceError):
     status = HTTPStatus.NOT_FOUND
     grpc_code = "NOT_FOUND"
@@ -83,3 +89,11 @@ def rejected_image(exc: ImageRejected, prefix: str = "") -> ServiceError:
     """The answer to a refused file (413, 415 or 400); ``prefix`` names the image in a request that sent several."""
     answer = next(answer for cause, answer in IMAGE_REJECTIONS if isinstance(exc, cause))
     return answer(f"{prefix}{exc}")
+
+
+def whole_number(value: str, what: str) -> int:
+    """A client's count or version: ASCII digits only (``int`` alone would take "+4", " 4", "4_0" and
+    non-ASCII digits)."""
+    if not (value.isascii() and value.isdigit()):
+        raise InvalidInput(f"{what} must be a whole number, got {value!r}")
+    return int(value)

@@ -138,7 +138,7 @@ class ModelHost:
             "model %s ready on %s (%s, %d thread(s); warmed batch sizes %s%s: %s; "
             "batches up to %d run on the event loop, up to %d on every core when the others are idle)",
             model.key, loaded.providers[0], loaded.variant, self.threads, ", ".join(map(str, warm_up)),
-            f" (each batch padded to the next of them, each on its own session)" if loaded.shapes else "",
+            " (each batch padded to the next of them, each on its own session)" if loaded.shapes else "",
             ", ".join(f"batch {size} {1000 * seconds:.2f} ms" for size, seconds in warm_up.items() if size in (1, max_batch_size)),
             runner.inline_up_to, SOLO_MAX_BATCH if runner.solo else 0,
         )

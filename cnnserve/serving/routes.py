@@ -24,9 +24,9 @@ from starlette.routing import Route
 from .annotate import annotated_png
 from .config import Settings
 from .core import InferenceCore, TensorResult
-from .errors import InvalidInput, ServiceError
+from .errors import InvalidInput, ServiceError, whole_number
 from .explain import default_window, geometry, occluded, positions, sensitivity
-from .http_common import error_response, read_body, timeout_ms
+from .http_common import BodyClock, error_response, read_body, timeout_ms
 from .lifecycle import RepositoryPoller
 from .multipart import parse_form
 from .openapi import openapi_document
@@ -83,15 +83,7 @@ PREDICT_OPTIONS = {"model", "version", "top_k"}
 
 def integer_field(form, name: str) -> int | None:
     value = form.get(name)
-    if value in (None, ""):
-        return None
-    problem = InvalidInput(f"{name} must be an integer, got {value!r}")
-    if not value.isascii():
-        raise problem
-    try:
-        return int(value)
-    except ValueError:
-        raise problem from None
+    return None if value in (None, "") else whole_number(value, name)
 
 
 async def read_files(request: Request, field: str, max_files: int, protocol: str,
@@ -112,7 +104,7 @@ async def read_files(request: Request, field: str, max_files: int, protocol: str
 async def parse_files(request: Request, field: str, max_files: int,
                       options: frozenset[str]) -> tuple[list[bytes], dict]:
     content_type = request.headers.get("content-type", "")
-    if not content_type.startswith("multipart/form-data"):
+    if not content_type.lower().startswith("multipart/form-data"):  # media types are case-insensitive
         raise InvalidInput(f"send the image(s) as multipart/form-data field {field!r}")
     form = parse_form(await read_body(request), content_type, {field, *PREDICT_OPTIONS, *options}, max_files)
     if field in form.texts:
@@ -290,6 +282,7 @@ def serve_core(app: Starlette, core: InferenceCore) -> None:
     """Hand the routes their inference core and V2 data plane (before the app's lifespan starts gRPC)."""
     app.state.core = core
     app.state.dataplane = DataPlane(core)
+    app.state.body_clock = BodyClock(core.settings.body_timeout_s)
 
 
 def build_rest_app() -> Starlette:

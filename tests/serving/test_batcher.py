@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cnnserve.serving.batcher import ARRIVES_ONE_PER_PASS, AdaptiveBatcher, inline_up_to
-from cnnserve.serving.errors import DeadlineExceeded, Overloaded
+from cnnserve.serving.errors import DeadlineExceeded, Overloaded, TooLarge
 
 FAR = 3600.0
 pytestmark = pytest.mark.anyio
@@ -130,6 +130,14 @@ async def test_a_full_queue_refuses_at_once():
         await b.submit(images(1.0), deadline())
     assert time.perf_counter() - started < 0.05
     await asyncio.gather(first, *queued)
+
+
+def test_a_request_larger_than_the_whole_queue_is_too_large_not_told_to_retry():
+    b = batcher(SlowModel(seconds=0.2), max_queue_images=4)
+    with pytest.raises(TooLarge, match="queues at most 4") as caught:
+        b.check_room(5)
+    assert caught.value.retry_after is None and caught.value.status == 413
+    b.check_room(4)  # fits an empty queue
 
 
 async def test_a_request_past_its_deadline_is_dropped_without_running():

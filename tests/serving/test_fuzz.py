@@ -14,7 +14,7 @@ from starlette.requests import Request
 from cnnserve.contract.images import ImageRejected, decode_image
 from cnnserve.serving.errors import ServiceError
 from cnnserve.serving.v2.rest import parse_inputs, request_timeout_ms, requested_outputs, split_body
-from cnnserve.serving.v2.tensors import DATATYPES, from_raw
+from cnnserve.serving.v2.tensors import DATATYPES, Limits, from_raw
 
 BOUNDED = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -60,7 +60,7 @@ json_values = st.recursive(
 inputs = st.lists(
     st.fixed_dictionaries(
         {"name": st.sampled_from(["images", "image_bytes", "x"]), "datatype": st.sampled_from([*DATATYPES, "FP99"]),
-         "shape": st.lists(st.integers(-2, 40), max_size=5)},
+         "shape": st.lists(st.integers(-2, 40) | st.booleans(), max_size=5)},
         optional={"data": json_values, "parameters": json_values | st.fixed_dictionaries({}, optional={
             "binary_data_size": st.integers(-5, 5000) | st.text(max_size=3)})},
     ),
@@ -85,7 +85,7 @@ def test_v2_parser_on_arbitrary_requests(payload, binary, header_length):
         parsed, rest = split_body(body, header)
         requested_outputs(parsed)
         request_timeout_ms(parsed, Request({"type": "http", "headers": []}))
-        tensors = parse_inputs(parsed, rest, max_elements=100_000)
+        tensors = parse_inputs(parsed, rest, Limits(elements=100_000, files=64))
     except ServiceError:
         return
     for tensor in tensors:
@@ -96,7 +96,7 @@ def test_v2_parser_on_arbitrary_requests(payload, binary, header_length):
 @given(st.sampled_from([*DATATYPES, "FP99"]), st.lists(st.integers(0, 50), max_size=4), st.binary(max_size=2048))
 def test_raw_tensors_on_arbitrary_bytes(datatype, shape, raw):
     try:
-        tensor = from_raw("x", datatype, shape, raw, max_elements=100_000)
+        tensor = from_raw("x", datatype, shape, raw, Limits(elements=100_000, files=64))
     except ServiceError:
         return
     assert list(tensor.array.shape) == shape

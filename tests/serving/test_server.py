@@ -177,7 +177,7 @@ BOMB = png(Image.new("1", (20_000, 20_000)))
         ({"image": ("a.png", GOOD)}, {"model": "lenet5-digits", "version": "7"}, 404, "no version 7"),
         ({"image": ("a.png", GOOD)}, {"top_k": "0"}, 400, "top_k"),
         ({"image": ("a.png", GOOD)}, {"top_k": "11"}, 400, "top_k"),
-        ({"image": ("a.png", GOOD)}, {"top_k": "many"}, 400, "top_k must be an integer"),
+        ({"image": ("a.png", GOOD)}, {"top_k": "many"}, 400, "top_k must be a whole number"),
         ({"picture": ("a.png", GOOD)}, {}, 400, "unknown field(s) ['picture']"),
         ({}, {"model": "lenet5-digits"}, 400, "missing multipart file field 'image'"),
         ({}, {"image": "http://127.0.0.1:9/secret.png"}, 400, "must be an uploaded file, not text"),

@@ -24,7 +24,7 @@ from ... import __version__
 from ...contract.card import BOXES, INPUT_NAME, PROBABILITIES
 from ..control import ControlFile
 from ..core import SERVING, InferenceCore, TensorResult
-from ..errors import InvalidInput, ModelNotFound, ModelUnavailable
+from ..errors import InvalidInput, ModelNotFound, ModelUnavailable, whole_number
 from ..repository import ModelVersion
 from .statistics import model_statistics
 from .tensors import BYTES, Tensor
@@ -41,10 +41,7 @@ Compute = Callable[[ModelVersion, np.ndarray, float], Awaitable[TensorResult]]
 def parse_version(version: str | int | None) -> int | None:
     if version in (None, ""):
         return None
-    try:
-        return int(version)
-    except ValueError:
-        raise InvalidInput(f"model version must be an integer, got {version!r}") from None
+    return version if isinstance(version, int) else whole_number(version, "model version")
 
 
 class DataPlane:

@@ -23,7 +23,7 @@ from ..errors import InvalidInput, ModelUnavailable, ServiceError
 from . import inference_pb2 as pb
 from . import inference_pb2_grpc as pb_grpc
 from .dataplane import DataPlane
-from .tensors import BYTES, Tensor, from_raw, from_values, raw_bytes
+from .tensors import BYTES, Limits, Tensor, from_raw, from_values, raw_bytes
 
 log = logging.getLogger("cnnserve.grpc")
 SERVICE_NAME = "inference.GRPCInferenceService"
@@ -43,7 +43,7 @@ async def abort(context: grpc.aio.ServicerContext, exc: ServiceError):
     await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
 
 
-def input_tensors(request: pb.ModelInferRequest, max_elements: int) -> list[Tensor]:
+def input_tensors(request: pb.ModelInferRequest, limits: Limits) -> list[Tensor]:
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
@@ -51,10 +51,10 @@ def input_tensors(request: pb.ModelInferRequest, max_elements: int) -> list[Tens
     for index, item in enumerate(request.inputs):
         shape = list(item.shape)
         if raw:
-            tensors.append(from_raw(item.name, item.datatype, shape, raw[index], max_elements))
+            tensors.append(from_raw(item.name, item.datatype, shape, raw[index], limits))
         else:
             field = TYPED_FIELD.get(item.datatype, "fp32_contents")
-            tensors.append(from_values(item.name, item.datatype, shape, list(getattr(item.contents, field)), max_elements))
+            tensors.append(from_values(item.name, item.datatype, shape, list(getattr(item.contents, field)), limits))
     return tensors
 
 
@@ -149,7 +149,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             model, outputs, timings = await self.plane.infer(
                 request.model_name,
                 request.model_version,
-                lambda: input_tensors(request, self.settings.max_tensor_elements),
+                lambda: input_tensors(request, Limits.of(self.settings)),
                 [o.name for o in request.outputs] or None,
                 PROTOCOL,
                 None if (remaining := context.time_remaining()) is None else max(remaining * 1000, 0.001),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import json
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -21,7 +21,7 @@ from ..errors import InvalidInput, ModelUnavailable, ServiceError
 from ..http_common import BytesResponse, header, read_body, timeout_ms
 from ..http_common import error_response as error
 from .dataplane import DataPlane
-from .tensors import Tensor, from_raw, from_values, raw_bytes
+from .tensors import Limits, Tensor, from_raw, from_values, raw_bytes
 
 HEADER_LENGTH = b"inference-header-content-length"
 COMPACT = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps with options builds one a call
@@ -42,6 +42,15 @@ def parameters_of(item: dict, where: str) -> dict:
     return value
 
 
+def parsed_json(data: bytes, what: str):
+    """A client's JSON; what Python's parser refuses beyond syntax is the client's error too: nesting past the
+    recursion limit (RecursionError) and integers past 4,300 digits (a ValueError), each a 500 before."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise InvalidInput(f"{what} is not valid JSON: {exc}") from None
+
+
 def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     json_length = len(body)
     if header_length is not None:
@@ -50,16 +59,13 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
                 f"Inference-Header-Content-Length is {header_length!r} but the body has {len(body)} bytes"
             )
         json_length = int(header_length)
-    try:
-        payload = json.loads(body[:json_length])
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"the request is not valid JSON: {exc}") from None
+    payload = parsed_json(body[:json_length], "the request")
     if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
         raise InvalidInput('the request must be a JSON object with an "inputs" list')
     return payload, body[json_length:]
 
 
-def parse_inputs(payload: dict, binary: bytes, max_elements: int) -> list[Tensor]:
+def parse_inputs(payload: dict, binary: bytes, limits: Limits) -> list[Tensor]:
     tensors, offset = [], 0
     for item in payload["inputs"]:
         if not isinstance(item, dict) or not {"name", "datatype", "shape"} <= set(item):
@@ -69,14 +75,16 @@ def parse_inputs(payload: dict, binary: bytes, max_elements: int) -> list[Tensor
             raise InvalidInput(f"input {name!r}: shape must be a list")
         size = parameters_of(item, f"input {name!r}").get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise InvalidInput(f"input {name!r}: binary_data_size must be a whole number of bytes, got {size!r}")
+            if offset + size > len(binary):
                 raise InvalidInput(
                     f"input {name!r}: binary_data_size {size} but only {len(binary) - offset} binary bytes remain"
                 )
-            tensors.append(from_raw(name, datatype, shape, binary[offset : offset + size], max_elements))
+            tensors.append(from_raw(name, datatype, shape, binary[offset : offset + size], limits))
             offset += size
         elif "data" in item:
-            tensors.append(from_values(name, datatype, shape, item["data"], max_elements))
+            tensors.append(from_values(name, datatype, shape, item["data"], limits))
         else:
             raise InvalidInput(f"input {name!r} has neither data nor binary_data_size")
     if offset != len(binary):
@@ -137,7 +145,7 @@ def request_timeout_ms(payload: dict, request: Request) -> float | None:
         return timeout_ms(request.scope)
     if not isinstance(timeout_us, (int, float)) or isinstance(timeout_us, bool):
         raise InvalidInput(f"parameters.timeout must be a number of microseconds, got {timeout_us!r}")
-    return timeout_us / 1000
+    return min(timeout_us, 1e18) / 1000  # an integer of 400 digits would overflow the division
 
 
 async def infer(request: Request) -> Response | BytesResponse:
@@ -148,15 +156,20 @@ async def answer_infer(request: Request, dataplane: DataPlane, protocol: str) ->
     """One V2 REST inference request through ``dataplane``, counted under ``protocol``."""
     try:
         payload, binary = split_body(await read_body(request), header(request.scope, HEADER_LENGTH))
-        max_elements = dataplane.core.settings.max_tensor_elements
         names, binary_outputs = requested_outputs(payload)
+        timeout = request_timeout_ms(payload, request)
+    except ServiceError as exc:  # refused before a model is read
+        dataplane.core.count_refusal(protocol, exc.outcome)
+        return error(exc)
+    limits = Limits.of(dataplane.core.settings)
+    try:
         model, outputs, timings = await dataplane.infer(
             request.path_params["name"],
             request.path_params.get("version"),
-            lambda: parse_inputs(payload, binary, max_elements),
+            lambda: parse_inputs(payload, binary, limits),
             names,
             protocol,
-            request_timeout_ms(payload, request),
+            timeout,
         )
     except ServiceError as exc:
         return error(exc)
@@ -210,11 +223,15 @@ async def statistics(request: Request) -> Response:
 
 
 async def repository_index(request: Request) -> Response:
-    body = await request.body()
     try:
-        ready = bool(json.loads(body).get("ready", False)) if body.strip() else False
-    except (ValueError, AttributeError):
+        body = await read_body(request)
+        ready = bool(parsed_json(body, "the index request").get("ready", False)) if body.strip() else False
+    except AttributeError:
         return error(InvalidInput("the index request's body must be a JSON object such as {\"ready\": true}"))
+    except ServiceError as exc:
+        return error(exc)
+    except ClientDisconnect:  # gone mid-body: nobody to answer, nothing to log
+        return Response(status_code=400)
     return JSONResponse(plane(request).repository_index(ready))
 
 

@@ -42,12 +42,28 @@ class Tensor:
     array: np.ndarray  # object dtype of bytes for BYTES
 
 
-def element_count(name: str, shape: list[int], max_elements: int) -> int:
-    if not all(isinstance(d, int) and d >= 0 for d in shape):
+@dataclass(frozen=True)
+class Limits:
+    """How large one input tensor may be, checked on its declared shape before its data is read: numbers
+    (``max_tensor_elements``), and BYTES elements, each an image file (``max_images_per_request``; splitting
+    millions of empty elements held a worker's loop for 2 s before the image limit refused them)."""
+
+    elements: int
+    files: int
+
+    @classmethod
+    def of(cls, settings) -> Limits:
+        return cls(settings.max_tensor_elements, settings.max_images_per_request)
+
+
+def element_count(name: str, datatype: str, shape: list[int], limits: Limits) -> int:
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise InvalidInput(f"input {name!r}: shape {shape} must be non-negative integers")
     count = math.prod(shape)
-    if count > max_elements:
-        raise TooLarge(f"input {name!r}: {count} elements; the limit is {max_elements}")
+    if datatype == BYTES and count > limits.files:
+        raise TooLarge(f"input {name!r}: {count} images in one request; the limit is {limits.files}")
+    if count > limits.elements:
+        raise TooLarge(f"input {name!r}: {count} elements; the limit is {limits.elements}")
     return count
 
 
@@ -77,10 +93,10 @@ def join_bytes_elements(array: np.ndarray) -> bytes:
     return b"".join(struct.pack("<I", len(e)) + e for e in array.ravel())
 
 
-def from_raw(name: str, datatype: str, shape: list[int], raw: bytes, max_elements: int) -> Tensor:
+def from_raw(name: str, datatype: str, shape: list[int], raw: bytes, limits: Limits) -> Tensor:
     """A tensor from the binary extension (REST) or raw_input_contents (gRPC)."""
     check_datatype(name, datatype)
-    count = element_count(name, shape, max_elements)
+    count = element_count(name, datatype, shape, limits)
     if datatype == BYTES:
         return Tensor(name, datatype, split_bytes_elements(name, raw, count).reshape(shape))
     dtype = np.dtype(NUMPY_OF[datatype])
@@ -92,14 +108,14 @@ def from_raw(name: str, datatype: str, shape: list[int], raw: bytes, max_element
     return Tensor(name, datatype, np.frombuffer(raw, dtype=dtype).reshape(shape))
 
 
-def from_values(name: str, datatype: str, shape: list[int], values, max_elements: int) -> Tensor:
+def from_values(name: str, datatype: str, shape: list[int], values, limits: Limits) -> Tensor:
     """A tensor from JSON ``data`` (flat or nested) or gRPC typed contents.
 
     BYTES elements given as text in JSON are base64 (binary files cannot be JSON
     strings); gRPC ``bytes_contents`` are raw bytes.
     """
     check_datatype(name, datatype)
-    count = element_count(name, shape, max_elements)
+    count = element_count(name, datatype, shape, limits)
     if datatype == BYTES:
         flat = list(_flatten(values))
         try:

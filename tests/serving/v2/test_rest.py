@@ -11,7 +11,7 @@ import pytest
 from cnnserve.contract.images import decode_image
 from loadtests.digit_images import digit_files
 from tests.committed import VERSIONS
-from tests.serving.helpers import v2_json
+from tests.serving.helpers import metric_total, v2_json
 
 MODEL = "lenet5-digits"
 VERSION = VERSIONS[MODEL]
@@ -175,6 +175,10 @@ def test_bad_tensors_get_a_4xx_naming_the_problem(server, make, status, phrase):
     assert phrase in response.json()["error"]
 
 
+SIZE_AS_TEXT = json.dumps({"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 1, 32, 32],
+                                       "parameters": {"binary_data_size": "4096"}}]}).encode()
+
+
 @pytest.mark.parametrize(
     ("headers", "body", "phrase"),
     [
@@ -182,12 +186,22 @@ def test_bad_tensors_get_a_4xx_naming_the_problem(server, make, status, phrase):
         ({"Inference-Header-Content-Length": "14"}, b'{"inputs": []}' + bytes(10), "no input claims"),
         ({}, b"{not json", "not valid JSON"),
         ({}, b'{"inputs": 3}', '"inputs" list'),
+        ({}, b'{"inputs":' + b"[" * 10_000 + b"]" * 10_000 + b"}", "not valid JSON"),  # past the recursion limit
+        ({}, b'{"id":' + b"1" * 5000 + b',"inputs":[]}', "not valid JSON"),  # past Python's 4,300 digits
+        ({}, b'{"inputs":[],"parameters":{"timeout":1' + b"0" * 400 + b"}}", "got none"),  # a timeout that overflows
+        ({"Inference-Header-Content-Length": str(len(SIZE_AS_TEXT))}, SIZE_AS_TEXT + bytes(4096),
+         "binary_data_size must be a whole number"),
     ],
-    ids=["header-longer-than-body", "unclaimed-binary", "not-json", "inputs-not-a-list"],
+    ids=["header-longer-than-body", "unclaimed-binary", "not-json", "inputs-not-a-list", "nested-deep",
+         "huge-integer", "huge-timeout", "size-as-text"],
 )
 def test_framing_that_lies_is_refused(server, headers, body, phrase):
+    before = server.metrics()
     response = server.client.post(f"/v2/models/{MODEL}/infer", content=body, headers=headers)
-    assert response.status_code == 400 and phrase in response.json()["error"]
+    assert response.status_code == 400 and phrase in response.json()["error"], response.text
+    refused = [metric_total(text, "cnnserve_requests_total", protocol="v2-rest", outcome="client_error")
+               for text in (before, server.metrics())]
+    assert refused[1] - refused[0] == 1  # counted, whether refused before the model was read or after
 
 
 def test_unknown_model_is_404_before_the_data_is_read(server):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from cnnserve.serving.errors import InvalidInput, TooLarge
-from cnnserve.serving.v2.tensors import from_raw, from_values, join_bytes_elements, raw_bytes
+from cnnserve.serving.v2.tensors import Limits, from_raw, from_values, join_bytes_elements, raw_bytes
 
-LIMIT = 1_000_000
+LIMIT = Limits(elements=1_000_000, files=64)
 
 
 def test_raw_fp32_round_trips():
@@ -59,4 +59,17 @@ def test_malformed_tensors_are_refused_with_the_reason(call, message):
 
 def test_element_count_is_limited_before_any_data_is_read():
     with pytest.raises(TooLarge, match="limit is 100"):
-        from_raw("x", "FP32", [10, 11], b"", 100)
+        from_raw("x", "FP32", [10, 11], b"", Limits(elements=100, files=64))
+
+
+def test_image_files_are_limited_to_a_request_s_images_before_any_is_split():
+    with pytest.raises(TooLarge, match="7000000 images in one request; the limit is 64"):
+        from_raw("image_bytes", "BYTES", [7_000_000], bytes(28_000_000), LIMIT)
+    with pytest.raises(TooLarge, match="65 images"):
+        from_values("image_bytes", "BYTES", [65], [""] * 65, LIMIT)
+
+
+@pytest.mark.parametrize("shape", [[True, 1, 32, 32], [1.0, 1, 32, 32], ["1", 1, 32, 32]])
+def test_a_dimension_must_be_a_whole_number_not_a_boolean_or_a_float(shape):
+    with pytest.raises(InvalidInput, match="must be non-negative integers"):
+        from_values("images", "FP32", shape, [0.5] * 1024, LIMIT)
