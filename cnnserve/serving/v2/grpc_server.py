@@ -47,6 +47,8 @@ def input_tensors(request: pb.ModelInferRequest, limits: Limits) -> list[Tensor]
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
+    if raw and any(item.HasField("contents") for item in request.inputs):  # as Triton: which would be the data?
+        raise InvalidInput("send each input's data either as raw_input_contents or as contents, not both")
     tensors = []
     for index, item in enumerate(request.inputs):
         shape = list(item.shape)

@@ -113,8 +113,9 @@ def test_image_bytes(stub, digits):
          grpc.StatusCode.INVALID_ARGUMENT, "unknown input"),
         (lambda: infer_raw_request(np.full((1, 3, 64, 64), np.inf, np.float32)),
          grpc.StatusCode.INVALID_ARGUMENT, "NaN or infinite"),
+        (lambda: both_contents(np.zeros((1, 3, 64, 64), np.float32)), grpc.StatusCode.INVALID_ARGUMENT, "not both"),
     ],
-    ids=["wrong-shape", "wrong-datatype", "unknown-model", "unknown-input", "infinite"],
+    ids=["wrong-shape", "wrong-datatype", "unknown-model", "unknown-input", "infinite", "raw-and-typed"],
 )
 def test_client_mistakes_map_to_status_codes(stub, request_, code, phrase):
     with pytest.raises(grpc.RpcError) as caught:
@@ -128,6 +129,12 @@ def infer_raw_request(images, model=MODEL, name="images", datatype="FP32"):
         inputs=[pb.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=list(images.shape))],
         raw_input_contents=[images.tobytes()],
     )
+
+
+def both_contents(images):
+    request = infer_raw_request(images)
+    request.inputs[0].contents.fp32_contents.extend(images.ravel().tolist())
+    return request
 
 
 def test_unknown_model_metadata_is_not_found(stub):
