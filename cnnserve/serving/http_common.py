@@ -45,7 +45,7 @@ class BodyClock:
     """The bodies a worker is reading and when each began; once a second a sweep cancels every read older than
     ``seconds``, which then answers 408. A client that declares a length and stalls, or sends a byte a second,
     held its connection for good before (neither uvicorn nor the fast lane bounds a body's arrival). One dict
-    entry per request: ``asyncio.timeout`` around each read cost 5 µs, a seventh of the V2 layer's cost."""
+    entry per request, 0.7 µs; ``asyncio.timeout`` around each read cost 5 µs, a seventh of the V2 layer's."""
 
     def __init__(self, seconds: float):
         self.seconds = seconds
