@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -300,4 +301,14 @@ def build_rest_app() -> Starlette:
         *page_routes(),
         *v2_routes(),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: route_error})
+
+
+async def route_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """One of these routes with another method (405, with ``Allow``): JSON like every other error, not Starlette's
+    plain text. (A path none of them matches never reaches this app: BentoML mounts it passively and answers its
+    own plain-text 404.)"""
+    message = exc.detail
+    if exc.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path}; allowed: {exc.headers.get('Allow')}"
+    return JSONResponse({"error": message, "code": exc.status_code}, status_code=exc.status_code, headers=exc.headers)

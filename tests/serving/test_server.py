@@ -161,6 +161,19 @@ def test_a_form_refused_before_any_model_is_read_is_counted_under_model_unknown(
     assert counted[1] - counted[0] == 1
 
 
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("GET", "/predict", {"POST"}),
+    ("PUT", "/v2/models/lenet5-digits/infer", {"POST"}),
+    ("DELETE", "/models", {"GET", "HEAD"}),
+])
+def test_a_wrong_method_gets_a_json_error_naming_the_allowed_ones(server, method, path, allowed):
+    response = server.client.request(method, path)
+    assert response.status_code == 405, response.text
+    error = response.json()["error"]
+    assert error.startswith(f"{method} is not allowed on {path}; allowed: ")
+    assert set(error.rsplit("allowed: ", 1)[1].split(", ")) == set(response.headers["allow"].split(", ")) == allowed
+
+
 BOMB = png(Image.new("1", (20_000, 20_000)))
 
 
