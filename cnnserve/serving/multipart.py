@@ -23,9 +23,11 @@ class Form:
     texts: dict[str, str] = field(default_factory=dict)  # the last value of each text field
 
 
-def parse_form(body: bytes, content_type: str, fields: set[str], max_files: int) -> Form:
-    """The files and text fields of ``body``; a part named outside ``fields``, or more than
-    ``max_files`` files, stops the parse with a 4xx naming the problem."""
+def parse_form(body: bytes, content_type: str, file_field: str, text_fields: set[str], max_files: int) -> Form:
+    """The files of ``file_field`` and the values of ``text_fields`` in ``body``; a part named outside them, a
+    text where the files go (never taken for a URL to fetch, as BentoML's own parser would), a file where a text
+    goes, or more than ``max_files`` files stops the parse with a 4xx naming the problem."""
+    fields = {file_field, *text_fields}
     _, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
     if not boundary:
@@ -62,7 +64,12 @@ def parse_form(body: bytes, content_type: str, fields: set[str], max_files: int)
         if part not in fields:
             raise InvalidInput(f"unknown field(s) [{part!r}]; this endpoint takes {', '.join(sorted(fields))}")
         content = b"".join(chunks)
-        if b"filename" in options or b"filename*" in options:
+        is_file = b"filename" in options or b"filename*" in options
+        if is_file and part != file_field:
+            raise InvalidInput(f"{part} must be text, not a file")
+        if not is_file and part == file_field:
+            raise InvalidInput(f"field {part!r} must be an uploaded file, not text")
+        if is_file:
             file_count += 1
             if file_count > max_files:
                 raise TooLarge(f"too many images in one request: the limit is {max_files}")

@@ -90,11 +90,7 @@ def integer_field(form, name: str) -> int | None:
 async def read_files(request: Request, field: str, max_files: int, protocol: str,
                      options: frozenset[str] = frozenset()) -> tuple[list[bytes], dict]:
     """The uploaded files of one multipart field, and the text options beside them; a refusal is counted under
-    ``protocol`` and model ``unknown`` (the form names the model, so none is known yet).
-
-    A text value where a file belongs is refused: it is never taken for a URL to
-    fetch, which BentoML's own multipart parser would do.
-    """
+    ``protocol`` and model ``unknown`` (the form names the model, so none is known yet)."""
     try:
         return await parse_files(request, field, max_files, options)
     except ServiceError as exc:
@@ -107,15 +103,10 @@ async def parse_files(request: Request, field: str, max_files: int,
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):  # media types are case-insensitive
         raise InvalidInput(f"send the image(s) as multipart/form-data field {field!r}")
-    form = parse_form(await read_body(request), content_type, {field, *PREDICT_OPTIONS, *options}, max_files)
-    if field in form.texts:
-        raise InvalidInput(f"field {field!r} must be an uploaded file, not text")
+    form = parse_form(await read_body(request), content_type, field, PREDICT_OPTIONS | options, max_files)
     files = form.files.get(field)
     if not files:
         raise InvalidInput(f"missing multipart file field {field!r}")
-    options_sent_as_files = (PREDICT_OPTIONS | options) & set(form.files)
-    if options_sent_as_files:
-        raise InvalidInput(f"{', '.join(sorted(options_sent_as_files))} must be text, not a file")
     return files, form.texts
 
 

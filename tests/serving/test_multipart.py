@@ -5,7 +5,7 @@ import pytest
 from cnnserve.serving.errors import InvalidInput, TooLarge
 from cnnserve.serving.multipart import parse_form
 
-FIELDS = {"images", "model", "top_k"}
+FILES, TEXTS = "images", {"model", "top_k"}
 CONTENT_TYPE = "multipart/form-data; boundary=xyz"
 
 
@@ -22,28 +22,34 @@ def test_files_keep_their_bytes_and_order_and_texts_their_values():
     png_like = bytes(range(256)) + b"\r\n--xy" + bytes(100)  # a near-boundary inside the data
     form = parse_form(
         body(part("images", png_like, "0.png"), part("model", b"lenet5-digits"), part("images", b"second", "1.png")),
-        CONTENT_TYPE, FIELDS, max_files=4,
+        CONTENT_TYPE, FILES, TEXTS, max_files=4,
     )
     assert form.files == {"images": [png_like, b"second"]}
     assert form.texts == {"model": "lenet5-digits"}
 
 
 def test_a_part_is_a_file_when_it_has_a_file_name_even_an_empty_one():
-    as_text = parse_form(body(part("images", b"data")), CONTENT_TYPE, FIELDS, max_files=1)
-    assert as_text.files == {} and as_text.texts == {"images": "data"}
+    with pytest.raises(InvalidInput, match="field 'images' must be an uploaded file, not text"):
+        parse_form(body(part("images", b"https://example.com/x.png")), CONTENT_TYPE, FILES, TEXTS, max_files=1)
     unnamed_file = b'--xyz\r\nContent-Disposition: form-data; name="images"; filename=""\r\n\r\ndata\r\n'
-    assert parse_form(body(unnamed_file), CONTENT_TYPE, FIELDS, max_files=1).files == {"images": [b"data"]}
+    assert parse_form(body(unnamed_file), CONTENT_TYPE, FILES, TEXTS, max_files=1).files == {"images": [b"data"]}
+
+
+def test_an_option_sent_as_a_file_is_named_not_counted_as_an_image():
+    with pytest.raises(InvalidInput, match="model must be text, not a file"):
+        parse_form(body(part("images", b"x", "a.png"), part("model", b"m", "m.txt")), CONTENT_TYPE, FILES, TEXTS,
+                   max_files=1)
 
 
 def test_an_unknown_field_is_named():
     with pytest.raises(InvalidInput, match=r"unknown field\(s\) \['picture'\]; this endpoint takes images, model"):
-        parse_form(body(part("picture", b"x", "a.png")), CONTENT_TYPE, FIELDS, max_files=1)
+        parse_form(body(part("picture", b"x", "a.png")), CONTENT_TYPE, FILES, TEXTS, max_files=1)
 
 
 def test_more_files_than_allowed_is_too_large():
     three = body(*(part("images", b"x", f"{i}.png") for i in range(3)))
     with pytest.raises(TooLarge, match="the limit is 2"):
-        parse_form(three, CONTENT_TYPE, FIELDS, max_files=2)
+        parse_form(three, CONTENT_TYPE, FILES, TEXTS, max_files=2)
 
 
 @pytest.mark.parametrize(
@@ -60,4 +66,4 @@ def test_more_files_than_allowed_is_too_large():
 )
 def test_a_malformed_body_is_invalid_input_naming_the_problem(payload, content_type, phrase):
     with pytest.raises(InvalidInput, match=phrase):
-        parse_form(payload, content_type, FIELDS, max_files=1)
+        parse_form(payload, content_type, FILES, TEXTS, max_files=1)
