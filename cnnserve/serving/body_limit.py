@@ -9,13 +9,22 @@ than the limit in memory.
 
 from __future__ import annotations
 
+from typing import Callable
+
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
+
+from .errors import ServiceError
+from .http_common import BodyClock, error_response, receive_body
 
 
 class BodyLimit:
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, clock: Callable[[], BodyClock | None] = lambda: None):
+        """``clock`` gives the worker's body clock where the app behind has none of its own (the fast lane;
+        BentoML's stack bounds a request with its own timeout)."""
         self.app = app
         self.max_bytes = max_bytes
+        self.clock = clock
 
     def refusal(self, detail: str) -> JSONResponse:
         return JSONResponse({"error": detail, "code": 413}, status_code=413)
@@ -39,19 +48,14 @@ class BodyLimit:
         return await self.app(scope, receive, send)  # no length, not chunked: HTTP/1.1 says no body
 
     async def read_chunked(self, scope, receive, send):
-        """Read a body of undeclared length up to the limit, then replay it to the app."""
-        chunks, received, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            chunks.append(message.get("body", b""))
-            received += len(chunks[-1])
-            if received > self.max_bytes:
-                return await self.refusal(f"request body exceeds the limit of {self.max_bytes} bytes")(
-                    scope, receive, send
-                )
-            more = message.get("more_body", False)
+        """Read a body of undeclared length up to the limit (and within the clock's time, when there is one),
+        then replay it to the app."""
+        try:
+            body = await receive_body(receive, self.clock(), self.max_bytes)
+        except ClientDisconnect:
+            return
+        except ServiceError as exc:  # TooLarge or BodyTimeout
+            return await error_response(exc)(scope, receive, send)
         replayed = False
 
         async def replay():
@@ -59,6 +63,6 @@ class BodyLimit:
             if replayed:
                 return await receive()
             replayed = True
-            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)

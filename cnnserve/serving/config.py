@@ -175,8 +175,8 @@ def _check(name: str, raw: Any) -> None:
         raise ValueError(f"zoom_in_below is a share of the input's side, from 0 (never zoom) to 1, not {raw!r}")
     if name == "grpc_max_connection_age_s" and float(raw) < 0:
         raise ValueError(f"grpc_max_connection_age_s is seconds (0: connections never age), not {raw!r}")
-    if name == "repository_poll_seconds" and float(raw) <= 0:
-        raise ValueError(f"repository_poll_seconds must be positive, not {raw!r}")
+    if name in ("repository_poll_seconds", "body_timeout_s") and not float(raw) > 0:  # NaN too
+        raise ValueError(f"{name} must be positive, not {raw!r}")
     choices = {"model_control_mode": CONTROL_MODES, "gpu_batch_shapes": GPU_BATCH_SHAPES, "precision": PRECISIONS,
                "cudnn_conv_algo_search": CUDNN_SEARCH_MODES}.get(name)
     if choices and (str(raw).upper() if name == "cudnn_conv_algo_search" else raw) not in choices:

@@ -99,6 +99,23 @@ class Tracked:
                        time.perf_counter() - self.started)
 
 
+class Refusals:
+    """A protocol plane's reading before a model is known (``with core.refusals(protocol):``): a refusal there
+    is counted under model ``unknown``, as ``Tracked`` counts what follows. A plain class for the same reason."""
+
+    __slots__ = ("core", "protocol")
+
+    def __init__(self, core: InferenceCore, protocol: str):
+        self.core, self.protocol = core, protocol
+
+    def __enter__(self) -> Refusals:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if isinstance(error, ServiceError):
+            self.core.count_refusal(self.protocol, error.outcome)
+
+
 @dataclass
 class TensorResult:
     model: ModelVersion
@@ -135,6 +152,10 @@ class InferenceCore:
     def track(self, protocol: str) -> Tracked:
         """Count one request (``with core.track(protocol) as record:``); see ``Tracked``."""
         return Tracked(self.metrics, protocol)
+
+    def refusals(self, protocol: str) -> Refusals:
+        """Count a refusal before a model is read (``with core.refusals(protocol):``); see ``Refusals``."""
+        return Refusals(self, protocol)
 
     def count_refusal(self, protocol: str, outcome: str) -> None:
         """A request refused before a model was read (no valid API key, a body over the limit, a malformed

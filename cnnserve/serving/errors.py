@@ -45,9 +45,13 @@ class TooLarge(ServiceError):
 
 
 class BodyTimeout(ServiceError):
-    """The request's body did not arrive in time (``body_timeout_s``): a stalled or trickling client."""
+    """The request's body did not arrive in time (``body_timeout_s``): a stalled or trickling client, whose
+    connection is closed after the answer (kept alive, a byte a while would hold it again)."""
 
     status = HTTPStatus.REQUEST_TIMEOUT
+
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}
 
 
 class ModelNotFound(ServiceError):
@@ -93,7 +97,7 @@ def rejected_image(exc: ImageRejected, prefix: str = "") -> ServiceError:
 
 def whole_number(value: str, what: str) -> int:
     """A client's count or version: ASCII digits only (``int`` alone would take "+4", " 4", "4_0" and
-    non-ASCII digits)."""
-    if not (value.isascii() and value.isdigit()):
-        raise InvalidInput(f"{what} must be a whole number, got {value!r}")
+    non-ASCII digits), and at most 18 of them (past 4,300, ``int`` itself refuses)."""
+    if not (value.isascii() and value.isdigit() and len(value) <= 18):
+        raise InvalidInput(f"{what} must be a whole number, got {value[:40]!r}")
     return int(value)

@@ -100,7 +100,8 @@ class FastLane:
         self.rest_app = rest_app  # the handlers read the core and the data plane from its state
         self.max_body_bytes = max_body_bytes
         self.keys_needed = key_check.enabled
-        self.guarded = BodyLimit(ApiKeyMiddleware(self.handle, key_check, open_paths), max_body_bytes)
+        self.guarded = BodyLimit(ApiKeyMiddleware(self.handle, key_check, open_paths), max_body_bytes,
+                                 clock=lambda: rest_app.state.body_clock)
         self.enter = self.checked
         for middleware, options in reversed(around):
             self.enter = middleware(self.enter, **options)

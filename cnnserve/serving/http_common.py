@@ -9,7 +9,7 @@ import time
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
-from .errors import BodyTimeout, InvalidInput, ServiceError
+from .errors import BodyTimeout, InvalidInput, ServiceError, TooLarge
 
 TIMEOUT_HEADER = b"x-timeout-ms"
 
@@ -56,20 +56,21 @@ class BodyClock:
     def begin(self) -> asyncio.Task:
         task = asyncio.current_task()
         self.reading[task] = time.monotonic()
-        if self.sweeper is None:
+        if self.sweeper is None or self.sweeper.done():
             self.sweeper = asyncio.create_task(self.sweep(), name="body clock")
         return task
 
     def end(self, task: asyncio.Task) -> None:
         self.reading.pop(task, None)
+        self.expired.discard(task)
 
     def timed_out(self, task: asyncio.Task) -> bool:
-        """Whether ``task`` was cancelled by the sweep (then it is no longer cancelled), not by its client."""
+        """Whether ``task``'s cancellation was the sweep's alone (then it is no longer cancelled); a cancellation
+        from anyone else as well (shutdown, a timeout around the request) stays one."""
         if task not in self.expired:
             return False
         self.expired.discard(task)
-        task.uncancel()
-        return True
+        return task.uncancel() == 0
 
     async def sweep(self) -> None:
         while True:
@@ -81,29 +82,39 @@ class BodyClock:
                     task.cancel()
 
 
+async def receive_body(receive, clock: BodyClock | None, max_bytes: int | None = None) -> bytes:
+    """A whole request body from its ASGI messages: within the clock's time (``BodyTimeout``, 408) and, when
+    given, ``max_bytes`` (``TooLarge``); ``ClientDisconnect`` if the client leaves first."""
+    task = clock.begin() if clock else None
+    chunks, received = [], 0
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            chunks.append(message.get("body", b""))
+            if max_bytes is not None:
+                received += len(chunks[-1])
+                if received > max_bytes:
+                    raise TooLarge(f"request body exceeds the limit of {max_bytes} bytes")
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    except asyncio.CancelledError:
+        if clock and clock.timed_out(task):
+            raise BodyTimeout(f"the request body did not arrive within {clock.seconds:g} s") from None
+        raise
+    finally:
+        if clock:
+            clock.end(task)
+
+
 async def read_body(request: Request) -> bytes:
     """The whole request body, read straight from the ASGI messages, within ``body_timeout_s`` (408 beyond).
 
     Starlette's ``request.body()`` gets there through an async generator, a
     few microseconds a request that the prediction routes do not need to pay.
     """
-    clock: BodyClock = request.app.state.body_clock
-    task = clock.begin()
-    chunks = []
-    try:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                raise ClientDisconnect()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    except asyncio.CancelledError:
-        if clock.timed_out(task):
-            raise BodyTimeout(f"the request body did not arrive within {clock.seconds:g} s") from None
-        raise
-    finally:
-        clock.end(task)
+    return await receive_body(request.receive, request.app.state.body_clock)
 
 
 class BytesResponse:

@@ -87,19 +87,9 @@ def integer_field(form, name: str) -> int | None:
     return None if value in (None, "") else whole_number(value, name)
 
 
-async def read_files(request: Request, field: str, max_files: int, protocol: str,
+async def read_files(request: Request, field: str, max_files: int,
                      options: frozenset[str] = frozenset()) -> tuple[list[bytes], dict]:
-    """The uploaded files of one multipart field, and the text options beside them; a refusal is counted under
-    ``protocol`` and model ``unknown`` (the form names the model, so none is known yet)."""
-    try:
-        return await parse_files(request, field, max_files, options)
-    except ServiceError as exc:
-        request.app.state.core.count_refusal(protocol, exc.outcome)
-        raise
-
-
-async def parse_files(request: Request, field: str, max_files: int,
-                      options: frozenset[str]) -> tuple[list[bytes], dict]:
+    """The uploaded files of one multipart field, and the text options beside them."""
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):  # media types are case-insensitive
         raise InvalidInput(f"send the image(s) as multipart/form-data field {field!r}")
@@ -117,17 +107,19 @@ EXPLAIN = "explain"  # and /explain
 async def predict_route(request: Request, field: str) -> tuple[dict, list[bytes]]:
     core = request.app.state.core
     limit = 1 if field == "image" else core.settings.max_images_per_request
-    files, options = await read_files(request, field, limit, PROTOCOL)
-    name = request.query_params.get("model") or options.get("model") or None
-    merged = {**options, **{k: v for k, v in request.query_params.items() if k in ("version", "top_k")}}
-    top_k = integer_field(merged, "top_k")
+    with core.refusals(PROTOCOL):  # the form names the model: none is known yet
+        files, options = await read_files(request, field, limit)
+        name = request.query_params.get("model") or options.get("model") or None
+        merged = {**options, **{k: v for k, v in request.query_params.items() if k in ("version", "top_k")}}
+        top_k, version, timeout = integer_field(merged, "top_k"), integer_field(merged, "version"), timeout_ms(
+            request.scope)
 
     def read(model: ModelVersion) -> list[bytes]:
         core.check_top_k(model, top_k)  # refused before any decoding
         return files
 
     began = time.perf_counter()
-    result = await core.infer(PROTOCOL, name, integer_field(merged, "version"), timeout_ms(request.scope), read)
+    result = await core.infer(PROTOCOL, name, version, timeout, read)
     model = result.model
     top_k = core.check_top_k(model, top_k)
     predictions = [
@@ -181,9 +173,11 @@ async def explain(request: Request) -> Response:
 async def explain_route(request: Request) -> tuple[dict, bytes]:
     """The JSON answer and the image file it explains."""
     core = request.app.state.core
-    files, options = await read_files(request, "image", 1, EXPLAIN, EXPLAIN_OPTIONS)
-    merged = {**options, **{k: v for k, v in request.query_params.items() if k in {"version", *EXPLAIN_OPTIONS}}}
-    name = request.query_params.get("model") or options.get("model") or None
+    with core.refusals(EXPLAIN):
+        files, options = await read_files(request, "image", 1, EXPLAIN_OPTIONS)
+        merged = {**options, **{k: v for k, v in request.query_params.items() if k in {"version", *EXPLAIN_OPTIONS}}}
+        name = request.query_params.get("model") or options.get("model") or None
+        version, timeout = integer_field(merged, "version"), timeout_ms(request.scope)
     plan: dict = {}
 
     def read(model: ModelVersion) -> list[bytes]:
@@ -221,7 +215,7 @@ async def explain_route(request: Request) -> tuple[dict, bytes]:
                             result.timings)
 
     began = time.perf_counter()
-    result = await core.infer(EXPLAIN, name, integer_field(merged, "version"), timeout_ms(request.scope), read, compute)
+    result = await core.infer(EXPLAIN, name, version, timeout, read, compute)
     model, placement = result.model, result.placements[0]
     answer = describe(result.probabilities[0], None if result.boxes is None else result.boxes[0], model.labels,
                       core.settings.default_top_k, placement.source)

@@ -19,8 +19,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cnnserve.serving.core import TensorResult
+from cnnserve.serving.errors import ServiceError
 from cnnserve.serving.fastlane import V2_INFER_PATH, FastRoutes
-from cnnserve.serving.http_common import read_body
+from cnnserve.serving.http_common import error_response, read_body
 from cnnserve.serving.repository import ModelVersion
 from cnnserve.serving.v2.dataplane import DataPlane
 from cnnserve.serving.v2.rest import answer_infer
@@ -31,7 +32,10 @@ NOOP_SERVICE = "loadtests.bench.noop_service:CnnServe"  # the service with these
 
 async def noop(request: Request) -> Response:
     """``POST /noop``: read the body, answer ``{}``."""
-    await read_body(request)
+    try:
+        await read_body(request)
+    except ServiceError as exc:  # a body that never came
+        return error_response(exc)
     return Response(b"{}", media_type="application/json")
 
 

@@ -38,10 +38,11 @@ def test_unknown_keys_under_a_model_are_refused_by_name(tmp_path):
         load_settings(environ={}, config_file=path)
 
 
-@pytest.mark.parametrize("seconds", ["0", "-1"])
-def test_a_repository_poll_interval_must_be_positive(seconds):
-    with pytest.raises(ValueError, match="repository_poll_seconds must be positive"):
-        load_settings(environ={"CNNSERVE_REPOSITORY_POLL_SECONDS": seconds, "CNNSERVE_CONFIG": "/dev/null"})
+@pytest.mark.parametrize("seconds", ["0", "-1", "nan"])
+@pytest.mark.parametrize("name", ["repository_poll_seconds", "body_timeout_s"])
+def test_intervals_must_be_positive(name, seconds):
+    with pytest.raises(ValueError, match=f"{name} must be positive"):
+        load_settings(environ={f"CNNSERVE_{name.upper()}": seconds, "CNNSERVE_CONFIG": "/dev/null"})
 
 
 def test_config_variable_naming_a_missing_file_is_an_error(tmp_path):

@@ -185,33 +185,39 @@ def test_sigterm_serves_every_connection_made_before_it_then_refuses(tmp_path):
 
 
 def test_a_client_that_stalls_or_trickles_its_body_gets_408_and_the_worker_serves_on(tmp_path):
-    """One client declares a body and stalls, another sends a byte a second: each gets 408 once ``body_timeout_s``
-    has passed (within the clock's one-second sweep), and a good request is served meanwhile."""
+    """Clients that declare a body and stall, send a byte a second, or send chunks and stall: each gets 408 once
+    ``body_timeout_s`` has passed (within the clock's one-second sweep), its connection closed after it, and a
+    good request is served meanwhile."""
     with running_server(tmp_path, serve="lenet5-digits", workers="1", body_timeout_s="2") as server:
         host, port = server.url.removeprefix("http://").split(":")
 
-        def slow_client(path: str, trickle: bool) -> tuple[bytes, float]:
+        def slow_client(path: str, framing: str, trickle: bool) -> tuple[bytes, float]:
             began = time.perf_counter()
             with socket.create_connection((host, int(port)), timeout=15) as sock:
                 kind = "multipart/form-data; boundary=b" if path == "/predict" else "application/json"
-                sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {kind}\r\n"
-                             "Content-Length: 100000\r\n\r\n{".encode())
+                sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {kind}\r\n{framing}\r\n".encode())
+                sock.sendall(b"1\r\n{\r\n" if "chunked" in framing else b"{")
                 sock.settimeout(0.5)
                 answer = b""
-                while time.perf_counter() - began < 10 and b"\r\n\r\n" not in answer:
+                while time.perf_counter() - began < 10:
                     try:
-                        answer += sock.recv(4096)
+                        received = sock.recv(4096)
                     except TimeoutError:
                         if trickle:
                             sock.sendall(b" ")
-                return answer, time.perf_counter() - began
+                        continue
+                    if not received:  # closed by the server
+                        return answer, time.perf_counter() - began
+                    answer += received
+                return answer + b" (still open)", time.perf_counter() - began
 
-        with ThreadPoolExecutor(2) as pool:
-            stalled = pool.submit(slow_client, "/v2/models/lenet5-digits/infer", False)
-            trickled = pool.submit(slow_client, "/predict", True)
+        with ThreadPoolExecutor(3) as pool:
+            stalled = pool.submit(slow_client, "/v2/models/lenet5-digits/infer", "Content-Length: 100000\r\n", False)
+            trickled = pool.submit(slow_client, "/predict", "Content-Length: 100000\r\n", True)
+            chunked = pool.submit(slow_client, "/predict", "Transfer-Encoding: chunked\r\n", False)
             good = httpx.post(f"{server.url}/predict", files={"image": ("d.png", digit_files(1, 32, count=1)[0].data)},
                               timeout=10)
             assert good.status_code == 200
-            for answer, seconds in (stalled.result(), trickled.result()):
-                assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+            for answer, seconds in (stalled.result(), trickled.result(), chunked.result()):
+                assert answer.startswith(b"HTTP/1.1 408") and answer.endswith(b"}"), answer[-300:]
                 assert 2 <= seconds < 4.5

@@ -179,7 +179,9 @@ class DataPlane:
             tensor = single_input(read_inputs())
             return files(tensor) if tensor.name == IMAGE_BYTES else pixels(model, tensor)
 
-        result = await self.core.infer(protocol, name, parse_version(version), timeout_ms, read, self.compute)
+        with self.core.refusals(protocol):
+            number = parse_version(version)
+        result = await self.core.infer(protocol, name, number, timeout_ms, read, self.compute)
         outputs = {PROBABILITIES: result.probabilities, BOXES: result.boxes}
         wanted = requested or result.model.output_names
         return result.model, [Tensor(n, "FP32", np.asarray(outputs[n], dtype=np.float32)) for n in wanted], result.timings

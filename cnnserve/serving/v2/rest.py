@@ -145,7 +145,7 @@ def request_timeout_ms(payload: dict, request: Request) -> float | None:
         return timeout_ms(request.scope)
     if not isinstance(timeout_us, (int, float)) or isinstance(timeout_us, bool):
         raise InvalidInput(f"parameters.timeout must be a number of microseconds, got {timeout_us!r}")
-    return min(timeout_us, 1e18) / 1000  # an integer of 400 digits would overflow the division
+    return max(-1e18, min(timeout_us, 1e18)) / 1000  # an integer of 400 digits would overflow the division
 
 
 async def infer(request: Request) -> Response | BytesResponse:
@@ -154,15 +154,12 @@ async def infer(request: Request) -> Response | BytesResponse:
 
 async def answer_infer(request: Request, dataplane: DataPlane, protocol: str) -> Response | BytesResponse:
     """One V2 REST inference request through ``dataplane``, counted under ``protocol``."""
-    try:
-        payload, binary = split_body(await read_body(request), header(request.scope, HEADER_LENGTH))
-        names, binary_outputs = requested_outputs(payload)
-        timeout = request_timeout_ms(payload, request)
-    except ServiceError as exc:  # refused before a model is read
-        dataplane.core.count_refusal(protocol, exc.outcome)
-        return error(exc)
     limits = Limits.of(dataplane.core.settings)
     try:
+        with dataplane.core.refusals(protocol):
+            payload, binary = split_body(await read_body(request), header(request.scope, HEADER_LENGTH))
+            names, binary_outputs = requested_outputs(payload)
+            timeout = request_timeout_ms(payload, request)
         model, outputs, timings = await dataplane.infer(
             request.path_params["name"],
             request.path_params.get("version"),
