@@ -7,15 +7,15 @@ PORT ?= 3000
 
 .PHONY: serve serve-gpu gpu-setup test setup setup-test setup-system-tools lock models seed-models variants accuracy bench-models bench gpu-check profile protos soak container-check clean
 
-$(BIN)/python:
+$(VENV)/pyvenv.cfg:  # written when the venv is made, so a venv made again is newer than the install stamps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# Installed once per change of pyproject.toml or constraints.txt (a stamp in the venv): a restart of
+# Installed once per change of pyproject.toml, constraints.txt or this file (a stamp in the venv): a restart of
 # make serve needs no package registry. The package itself is editable, so code changes need no reinstall.
 setup: $(VENV)/.installed-serve
 
-$(VENV)/.installed-serve: pyproject.toml constraints.txt | $(BIN)/python
+$(VENV)/.installed-serve: pyproject.toml constraints.txt Makefile $(VENV)/pyvenv.cfg
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[cpu,variants]'
 	touch $@
 
@@ -28,7 +28,7 @@ lock: setup-test
 
 setup-test: $(VENV)/.installed-test $(TRITON_VENV)/bin/perf_analyzer setup-system-tools
 
-$(VENV)/.installed-test: pyproject.toml constraints.txt | $(BIN)/python
+$(VENV)/.installed-test: pyproject.toml constraints.txt Makefile $(VENV)/pyvenv.cfg
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[cpu,train,test]'
 	touch $@
 
