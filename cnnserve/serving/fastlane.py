@@ -137,7 +137,7 @@ class FastLane:
         length = header(scope, b"content-length")
         if length is None:
             return scope["method"] == "GET"
-        return length.isdigit() and int(length) <= self.max_body_bytes
+        return length.isascii() and length.isdigit() and int(length) <= self.max_body_bytes
 
     async def handle(self, scope, receive, send):
         scope["cnnserve.handled"] = True

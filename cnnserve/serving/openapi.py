@@ -34,7 +34,7 @@ def json_or_png(description: str, drawn: str) -> dict:
 
 EXPLAIN_FIELDS = {
     "window": {"type": "integer", "minimum": 1, "description": "occluding square, in pixels of the model's input"},
-    "stride": {"type": "integer", "minimum": 1, "description": "its step; default: the window (tiles)"},
+    "stride": {"type": "integer", "minimum": 1, "description": "its step, at most the window; default: the window (tiles)"},
     "target": {"type": "string", "description": "the label to explain; default: the answer's"},
 }
 

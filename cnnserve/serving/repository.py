@@ -107,11 +107,22 @@ class Repository:
         return versions[version]
 
     def has_folder(self, name: str) -> bool:
-        """Whether ``name`` is a model folder under the root (loaded or not); never a path out of it."""
-        return bool(name) and not name.startswith(".") and "/" not in name and (self.root / name).is_dir()
+        """Whether ``name`` is a model folder under the root (loaded or not); never a path out of it, and never
+        an error for a name the file system cannot hold (over 255 bytes raised OSError: a 500)."""
+        if not name or name.startswith(".") or "/" in name or "\0" in name:
+            return False
+        try:
+            return (self.root / name).is_dir()
+        except OSError:
+            return False
 
     def default_model(self) -> str | None:
         return next(iter(self.models), None)
+
+
+def is_version(folder_name: str) -> bool:
+    """A version folder's name: ASCII digits ("²" passes ``isdigit`` but not ``int``)."""
+    return folder_name.isascii() and folder_name.isdigit()
 
 
 def read_card(folder: Path, name: str, version: int) -> dict:
@@ -121,13 +132,25 @@ def read_card(folder: Path, name: str, version: int) -> dict:
         raise ValueError(f"{CARD_FILE} is missing")
     try:
         card = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except OSError as exc:
+        raise ValueError(f"{CARD_FILE} cannot be read: {exc.strerror}") from None
+    except (ValueError, RecursionError) as exc:  # invalid JSON or UTF-8
         raise ValueError(f"{CARD_FILE} is not valid JSON: {exc}") from None
-    spec = card.get("input", {})
+    try:
+        return checked_card(card, name, version)
+    except (TypeError, AttributeError, IndexError) as exc:  # a field of the wrong type; no card may stop a server
+        raise ValueError(f"{CARD_FILE} does not follow the contract ({type(exc).__name__}: {exc})") from None
+
+
+def checked_card(card: dict, name: str, version: int) -> dict:
+    if not isinstance(card, dict):
+        raise ValueError(f"{CARD_FILE} must hold a JSON object, not {type(card).__name__}")
+    spec = card.get("input") or {}
     shape = spec.get("shape")
     if spec.get("name", INPUT_NAME) != INPUT_NAME:
         raise ValueError(f"input must be named {INPUT_NAME!r}, card says {spec.get('name')!r}")
-    if not (isinstance(shape, list) and len(shape) == 4 and shape[1] in (1, 3) and all(d > 0 for d in shape[1:])):
+    whole = isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in shape[1:])
+    if not (whole and len(shape) == 4 and shape[1] in (1, 3) and all(d > 0 for d in shape[1:])):
         raise ValueError(f"input shape must be [N, C(1 or 3), H, W], card says {shape}")
     if spec.get("resize", STRETCH) not in POLICIES:
         raise ValueError(f"input.resize must be one of {', '.join(POLICIES)}, card says {spec.get('resize')!r}")
@@ -141,6 +164,8 @@ def read_card(folder: Path, name: str, version: int) -> dict:
         labels = [str(i) for i in range(classes)]
     if not labels:
         raise ValueError("the card has no labels and no probabilities shape to count classes from")
+    if not (isinstance(labels, list) and all(isinstance(label, str) for label in labels)):
+        raise ValueError(f"labels must be a list of strings, card says {labels!r}"[:200])
     if classes and classes > 0 and classes != len(labels):
         raise ValueError(f"card lists {len(labels)} labels for {classes} classes")
     return {**card, "name": name, "version": version, "labels": labels, "outputs": outputs}
@@ -157,7 +182,7 @@ def discover(root: Path, serve: tuple[str, ...] = (), policy: Callable[[str], Ve
     names = serve or tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")))
     for name in names:
         model_dir = root / name
-        version_dirs = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
+        version_dirs = [p for p in model_dir.iterdir() if p.is_dir() and is_version(p.name)] if model_dir.is_dir() else []
         if not version_dirs:
             repository.failures[name] = f"no version folders under {model_dir}"
             log.error("model %s: no version folders under %s", name, model_dir)

@@ -186,9 +186,9 @@ async def explain_route(request: Request) -> tuple[dict, bytes]:
         asked_window, asked_stride = integer_field(merged, "window"), integer_field(merged, "stride")
         window = window if asked_window is None else asked_window
         stride = stride if asked_stride is None else asked_stride
-        if not 1 <= window <= min(height, width) or stride < 1:
-            raise InvalidInput(f"window must be 1 to {min(height, width)} pixels of {model.name}'s input and stride at "
-                               f"least 1, got window {window} and stride {stride}")
+        if not 1 <= window <= min(height, width) or not 1 <= stride <= window:  # wider strides leave pixels unseen
+            raise InvalidInput(f"window must be 1 to {min(height, width)} pixels of {model.name}'s input and stride 1 "
+                               f"to the window, got window {window} and stride {stride}")
         corners = positions(height, width, window, stride)
         if len(corners) > core.settings.max_explain_windows:
             raise InvalidInput(f"window {window} and stride {stride} make {len(corners)} occluded copies; the limit is "

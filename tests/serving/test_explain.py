@@ -44,6 +44,7 @@ def test_an_explanation_answers_like_predict_and_maps_every_window(server):
 @pytest.mark.parametrize(("options", "phrase"), [
     ({"window": 0}, "window must be 1 to 32"),
     ({"window": 1, "stride": 1}, "max_explain_windows"),  # 1,024 copies
+    ({"window": 4, "stride": 1000}, "stride 1 to the window, got window 4 and stride 1000"),  # pixels no square covers
     ({"target": "eleven"}, "target must be one of"),
 ])
 def test_impossible_explanations_are_refused_with_the_reason(server, options, phrase):

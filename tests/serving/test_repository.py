@@ -44,8 +44,16 @@ def test_unknown_model_names_the_served_ones(repo_copy):
         (lambda folder: (folder / "card.json").write_text("{not json"), "not valid JSON"),
         (lambda folder: patch_card(folder, input={"shape": [-1, 5, 8, 8]}), "input shape"),
         (lambda folder: patch_card(folder, outputs=[{"name": "logits"}]), "outputs"),
+        (lambda folder: (folder / "card.json").write_text("[1, 2]"), "must hold a JSON object, not list"),
+        (lambda folder: patch_card(folder, input={"shape": [-1, 1, "32", 32]}), "input shape"),
+        (lambda folder: patch_card(folder, input=[1]), "does not follow the contract"),
+        (lambda folder: patch_card(folder, labels=10), "labels must be a list of strings"),
+        (lambda folder: patch_card(folder, labels=[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]), "labels must be a list of strings"),
+        (lambda folder: patch_card(folder, outputs=["probabilities"]), "does not follow the contract"),
+        (lambda folder: ((folder / "card.json").unlink(), (folder / "card.json").mkdir()), "cannot be read"),
     ],
-    ids=["no-card", "bad-json", "bad-shape", "bad-outputs"],
+    ids=["no-card", "bad-json", "bad-shape", "bad-outputs", "a-list", "text-dimension", "input-a-list",
+         "labels-a-number", "labels-not-text", "outputs-not-objects", "card-a-folder"],
 )
 def test_a_broken_card_is_reported_and_the_others_still_serve(repo_copy, damage, reason):
     repo_copy("lenet5-digits")
@@ -55,6 +63,20 @@ def test_a_broken_card_is_reported_and_the_others_still_serve(repo_copy, damage,
     assert repository.resolve("lenet5-digits").name == "lenet5-digits"
     with pytest.raises(ModelUnavailable, match=reason):
         repository.resolve("broken")
+
+
+def test_only_folders_named_with_ascii_digits_are_versions(repo_copy):
+    repo_copy("lenet5-digits")
+    repo_copy("lenet5-digits", as_version="²")  # str.isdigit() says yes, int() says no
+    repository = discover(repo_copy.root)
+    assert list(repository.models["lenet5-digits"]) == [VERSIONS["lenet5-digits"]] and not repository.failures
+
+
+def test_a_name_the_file_system_cannot_hold_is_no_model_folder(repo_copy):
+    repo_copy("lenet5-digits")
+    repository = discover(repo_copy.root)
+    assert not repository.has_folder("a" * 300) and not repository.has_folder("nul\0byte")
+    assert repository.has_folder("lenet5-digits")
 
 
 def test_classification_only_card_without_labels_counts_classes(repo_copy):
