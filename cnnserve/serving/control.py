@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
+
 WANTED, LOCK = "wanted.json", "wanted.lock"
 
 
@@ -29,9 +31,12 @@ class ControlFile:
 
     @classmethod
     def for_this_server(cls, models_dir: Path) -> ControlFile:
-        """The folder of this server: its arbiter's process id, and its repository (two servers never share)."""
+        """The folder of this server: its arbiter's process id and start time (in a container the arbiter is
+        always process 1, and /tmp may outlive a restart, which then served the previous run's models instead of
+        ``serve``), and its repository (two servers never share)."""
         repository = hashlib.sha256(str(models_dir.resolve()).encode()).hexdigest()[:12]
-        folder = Path(tempfile.gettempdir()) / f"cnnserve-control-{os.getppid()}-{repository}"
+        arbiter = psutil.Process(os.getppid())
+        folder = Path(tempfile.gettempdir()) / f"cnnserve-control-{arbiter.pid}-{int(arbiter.create_time())}-{repository}"
         folder.mkdir(exist_ok=True)
         return cls(folder)
 

@@ -81,7 +81,8 @@ class RepositoryPoller:
                 except Exception:  # the report still goes out: the caller waits for it
                     log.exception("applying the models asked for (%s) failed", ", ".join(names))
                 serving = sorted({v.name for v in self.repository.versions()})
-                refused = {k: r for k, r in self.host.failures.items() if k.split("/")[0] in names}
+                failures = {**self.repository.failures, **self.host.failures}  # cards unread, and versions refused
+                refused = {k: r for k, r in failures.items() if k.split("/")[0] in names}
                 control.report(self.host.worker_index, generation, serving, refused)
                 applied = generation
             await asyncio.sleep(EXPLICIT_POLL_S)
@@ -99,10 +100,11 @@ class RepositoryPoller:
             if version.key in self.host.failures and self.refused.get(version.key) == folder_signature(version.folder):
                 continue
             await self.add(version)
-        for key, reason in found.failures.items():  # cards that cannot be read
-            self.repository.failures.setdefault(key, reason)
+        self.repository.failures.update(found.failures)  # cards that cannot be read, each with its latest reason
         for key in [k for k in self.host.failures if k not in found_keys and k not in found.failures]:
             self.forget(key)  # a refused version whose folder is gone
+        for key in [k for k in self.repository.failures if k not in found.failures and k not in self.host.failures]:
+            del self.repository.failures[key]  # a card mended, a folder gone, or a model no longer asked for
         for version in list(self.repository.versions()):
             if version.key in found_keys:
                 continue

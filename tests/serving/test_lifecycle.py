@@ -129,6 +129,12 @@ def test_explicit_mode_loads_and_unloads_in_every_worker_through_the_repository_
 
         missing = httpx.post(f"{server.url}/v2/repository/models/nope/load", timeout=30)
         assert missing.status_code == 404 and "nope" in missing.json()["error"]
+        broken = repo_copy(MODEL, as_name="broken")
+        (broken / "card.json").write_text("{not json")
+        refused = httpx.post(f"{server.url}/v2/repository/models/broken/load", timeout=60)
+        assert refused.status_code == 400 and "card.json is not valid JSON" in refused.json()["error"]
+        index = httpx.post(f"{server.url}/v2/repository/index", timeout=30).json()
+        assert [(e["state"], e["reason"]) for e in index if e["name"] == "broken"] == [("UNAVAILABLE", "unloaded")]
         result = subprocess.run([str(require(TRITON_PYTHON)), str(REPO_ROOT / "tests/serving/v2/tritonclient_repository.py"),
                                  server.url.removeprefix("http://"), server.grpc_address, MODEL],
                                 capture_output=True, text=True, timeout=600, check=False)

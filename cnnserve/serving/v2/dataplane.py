@@ -82,10 +82,14 @@ class DataPlane:
         """Serve ``name`` (its versions in the folder) in every worker; returns once all have, or raises with what
         each refused."""
         reports = await self.control(name, lambda names: names | {name})
-        problems = [f"{key}: {reason}" for r in reports for key, reason in r["refused"].items()
-                    if key.split("/")[0] == name]
-        if problems or not all(name in r["serving"] for r in reports):
-            raise InvalidInput(f"model {name!r} was not loaded: {'; '.join(sorted(set(problems))) or 'no version serves'}")
+        problems = sorted({f"{key}: {reason}" for r in reports for key, reason in r["refused"].items()
+                           if key.split("/")[0] == name})
+        if not problems and all(name in r["serving"] for r in reports):
+            return
+        if not any(name in r["serving"] for r in reports):  # nothing of it serves: stop asking for it (Triton's way)
+            await self.control(name, lambda names: names - {name})
+        raise InvalidInput(f"model {name!r} was not loaded: "
+                           + ("; ".join(problems) or "no version serves in every worker (unloaded meanwhile?)"))
 
     async def unload(self, name: str) -> None:
         """Stop serving ``name`` in every worker (queued requests are answered first); returns once all have."""
