@@ -40,7 +40,14 @@ import onnxruntime as ort
 
 from cnnserve.serving.config import CUDNN_SEARCH_MODES, GPU_BATCH_SHAPES
 from cnnserve.serving.repository import ModelVersion, discover
-from cnnserve.serving.runtime import CPU, CUDA, GPU_PROVIDERS, LoadedModel, load_model, preload_gpu_libraries
+from cnnserve.serving.runtime import (
+    CUDA,
+    PREFERENCE,
+    LoadedModel,
+    load_model,
+    preload_gpu_libraries,
+    tensorrt_version,
+)
 
 from .bench.http_load import http_load
 from .bench.machine import describe_machine
@@ -72,6 +79,7 @@ def device_report(provider: str, commit: str) -> dict:
     }
     report["cuda_runtime"] = _library_version("libcudart.so", "cudaRuntimeGetVersion")
     report["cudnn"] = _library_version("libcudnn.so.9", "cudnnGetVersion", returns=True)
+    report["tensorrt"] = tensorrt_version()
     return report
 
 
@@ -106,11 +114,19 @@ def latest_versions(models_dir: Path, names: tuple[str, ...]) -> list[ModelVersi
     return [max(repository.models[name].values(), key=lambda v: v.version) for name in names if name in repository.models]
 
 
-def session(model: ModelVersion, provider: str, variant: str, cudnn_search: str = "EXHAUSTIVE") -> LoadedModel:
-    """The session the server would build for ``variant`` on ``provider`` (device 0, CPU as the last resort)."""
-    providers = [provider] if provider == CPU else [provider, CPU]
-    return load_model(model, providers, variant, os.cpu_count() or 1, Path(tempfile.gettempdir()),
-                      cudnn_search=cudnn_search)
+def provider_list(provider: str) -> list[str]:
+    """What the server asks for to run on ``provider``: the providers after it in preference, down to the CPU
+    (TensorRT hands CUDA what it cannot build, as in production)."""
+    return list(PREFERENCE[PREFERENCE.index(provider):])
+
+
+def session(model: ModelVersion, provider: str, variant: str, cudnn_search: str = "EXHAUSTIVE",
+            max_batch_size: int = 64) -> LoadedModel:
+    """The session the server would build for ``variant`` on ``provider`` (device 0; TensorRT's profile up to
+    ``max_batch_size``)."""
+    return load_model(model, provider_list(provider), variant, os.cpu_count() or 1,
+                      Path(tempfile.gettempdir()) / "cnnserve-gpu-check-tensorrt", cudnn_search=cudnn_search,
+                      max_batch_size=max_batch_size)
 
 
 def check_accuracy(versions: list[ModelVersion], provider: str, variants: list[str]) -> list[dict]:
@@ -175,7 +191,7 @@ def compare_cudnn_search(model: ModelVersion, provider: str, seconds: float) -> 
 
 
 def in_process(model: ModelVersion, provider: str, variant: str, seconds: float, sizes) -> list[dict]:
-    loaded = session(model, provider, variant)
+    loaded = session(model, provider, variant, max_batch_size=max(sizes))
     rows = []
     for size in sizes:
         images = np.random.default_rng(0).random((size, *model.input_shape), dtype=np.float32)
@@ -259,7 +275,7 @@ def run(args) -> dict:
     failures += [f"{r['model']} {r['variant']}: {r.get('error') or 'accuracy or provider'}" for r in results["accuracy"]
                  if not r.get("passed")]
     save_so_far(results, args.out)
-    if args.providers in GPU_PROVIDERS and bench and args.cudnn:
+    if args.providers == CUDA and bench and args.cudnn:  # TensorRT does not use cuDNN's search
         results["cudnn_search"] = compare_cudnn_search(bench[0], args.providers, args.seconds)
 
     results["throughput"] = {}
@@ -267,7 +283,7 @@ def run(args) -> dict:
     for index, (workers, shapes) in enumerate(itertools.product(args.workers, args.gpu_batch_shapes)):
         with tempfile.TemporaryDirectory() as tmp:
             models_dir = served_models_dir(args.models_dir, args.bench_dir, Path(tmp))
-            settings = {"models_dir": str(models_dir), "providers": f"{args.providers},{CPU}" if args.providers != CPU else CPU,
+            settings = {"models_dir": str(models_dir), "providers": ",".join(provider_list(args.providers)),
                         "serve": ",".join([*(m.name for m in committed), *(b.name for b in bench)]),
                         "gpu_batch_shapes": shapes}
             if workers:

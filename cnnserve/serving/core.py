@@ -35,7 +35,7 @@ Compute = Callable[[ModelVersion, np.ndarray, float], Awaitable["TensorResult"]]
 Payload = list[bytes] | np.ndarray  # image files, or the model's input tensor [N, C, H, W]
 
 
-SERVING = ("ready", "degraded")  # degraded: served, on another execution provider than asked (host.fall_back)
+SERVING = ("ready", "degraded")  # degraded: served, on another execution provider than asked (host.load_stepping_down)
 
 
 class Host(Protocol):

@@ -85,9 +85,7 @@ class ModelHost:
         max_batch_size = settings.batching_for(model.name).max_batch_size if settings.batching else 1
         cache_dir = settings.tensorrt_cache_dir
         try:
-            loaded, warm_up = self.load_on(self.providers, model, max_batch_size, cache_dir)
-            if loaded.providers[0] != self.providers[0]:
-                loaded, warm_up = self.fall_back(model, loaded, max_batch_size, cache_dir)
+            loaded, warm_up = self.load_stepping_down(model, max_batch_size, cache_dir)
             return loaded, warm_up, self.runner(loaded, warm_up, cache_dir)
         except (ModelInvalid, ValueError) as exc:
             return str(exc)
@@ -178,19 +176,32 @@ class ModelHost:
             loaded.pad_batches(batch_shapes(max_batch_size, settings.gpu_batch_shapes))
         return loaded, loaded.warm_up(max_batch_size) if settings.warmup else {}
 
-    def fall_back(
-        self, model: ModelVersion, loaded: LoadedModel, max_batch_size: int, cache_dir: Path
+    def load_stepping_down(
+        self, model: ModelVersion, max_batch_size: int, cache_dir: Path
     ) -> tuple[LoadedModel, dict[int, float]]:
-        """ONNX Runtime gave the session another provider than the one asked for (a GPU provider whose
-        libraries did not load falls back to the CPU with only a log line of its own). With providers set
-        explicitly the model is refused; with ``auto`` it is loaded again for the CPU (the file and threads
-        chosen for the CPU, not the GPU's FP16) and shown as degraded, with the reason."""
-        reason = f"{self.providers[0]} was asked for but ONNX Runtime gave {loaded.providers[0]}"
-        if self.settings.providers != ("auto",):
-            raise ModelInvalid(f"{reason}; the providers are set explicitly, so the model is not served")
-        log.error("model %s: %s; loading it again for the CPU", model.key, reason)
-        self.degraded[model.key] = f"{reason}; served on the CPU"
-        return self.load_on([CPU], model, max_batch_size, cache_dir)
+        """The model on the first of this worker's providers that really takes it. A GPU provider can fail at
+        creation (its libraries, an engine TensorRT cannot build) or hand the session to another provider (a
+        GPU provider whose libraries did not load gives it to the CPU with only a log line of its own). With
+        providers set explicitly the model is then refused; with ``auto`` it is loaded again on the next
+        provider (TensorRT, then CUDA, then the CPU, each with its own file and threads) and shown as degraded,
+        with the reason."""
+        providers = self.providers
+        self.degraded.pop(model.key, None)
+        while True:
+            try:
+                loaded, warm_up = self.load_on(providers, model, max_batch_size, cache_dir)
+                if loaded.providers[0] == providers[0]:
+                    return loaded, warm_up
+                reason = f"{providers[0]} was asked for but ONNX Runtime gave {loaded.providers[0]}"
+            except ModelInvalid as exc:
+                if providers[0] == CPU:
+                    raise
+                reason = str(exc)
+            if self.settings.providers != ("auto",):
+                raise ModelInvalid(f"{reason}; the providers are set explicitly, so the model is not served")
+            providers = providers[1:]
+            log.error("model %s: %s; loading it again on %s", model.key, reason, providers[0])
+            self.degraded[model.key] = f"{reason}; served on {providers[0]}"
 
     def load_fastest(
         self, model: ModelVersion, providers: list[str], max_batch_size: int, cache_dir: Path
@@ -280,6 +291,7 @@ class ModelHost:
                 "reason": self.degraded.get(key),
                 "provider": loaded.providers[0],
                 "providers": loaded.providers,
+                "device_id": self.device_id if loaded.on_gpu else None,  # which GPU this worker's sessions use
                 "variant": loaded.variant,
                 "precision_choice": choice.describe() if (choice := self.precision_choices.get(key)) else None,
                 "threads": self.threads,

@@ -48,6 +48,7 @@ def describe_version(model: ModelVersion, status: dict, settings: Settings) -> d
         "status": status["status"],
         "reason": status["reason"],
         "provider": status.get("provider"),
+        "device_id": status.get("device_id"),  # on a GPU: the answering worker's GPU
         "precision": status.get("variant"),
         "precision_choice": status.get("precision_choice"),
         "input": card["input"],

@@ -31,7 +31,9 @@ log = logging.getLogger("cnnserve.runtime")
 TENSORRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 PREFERENCE = (TENSORRT, CUDA, CPU)
 GPU_PROVIDERS = {TENSORRT, CUDA}
-TENSORRT_LIBRARIES = ("libnvinfer.so.10",)  # ONNX Runtime 1.18 and later are built against TensorRT 10
+# ONNX Runtime 1.18 and later are built against TensorRT 10; its provider library needs the parser too, which
+# NVIDIA's packages ship apart (libnvonnxparsers10): with one missing the provider cannot load.
+TENSORRT_LIBRARIES = ("libnvinfer.so.10", "libnvonnxparser.so.10")
 
 
 @functools.cache
@@ -60,13 +62,23 @@ def preload_gpu_libraries(available: list[str]) -> bool:
 
 @functools.cache
 def tensorrt_loads() -> bool:
-    for name in TENSORRT_LIBRARIES:
-        try:
+    """Whether every library ONNX Runtime's TensorRT provider links loads here."""
+    try:
+        for name in TENSORRT_LIBRARIES:
             ctypes.CDLL(name)
-            return True
-        except OSError:
-            continue
-    return False
+    except OSError:
+        return False
+    return True
+
+
+@functools.cache
+def tensorrt_version() -> str:
+    """TensorRT's version as its library reports it (10.3.0), or "none"."""
+    try:
+        number = ctypes.CDLL(TENSORRT_LIBRARIES[0]).getInferLibVersion()
+    except (OSError, AttributeError):
+        return "none"
+    return f"{number // 10000}.{number // 100 % 100}.{number % 100}"
 
 
 def choose_providers(
@@ -98,6 +110,9 @@ def choose_providers(
                 log.warning("%s requested but no GPU is present; falling back", provider)
             continue
         if provider == TENSORRT and not tensorrt_usable:
+            if requested != ("auto",):
+                log.warning("%s requested but TensorRT's libraries (%s) do not all load; falling back", provider,
+                            ", ".join(TENSORRT_LIBRARIES))
             continue
         chosen.append(provider)
     if CPU not in chosen:
@@ -109,6 +124,10 @@ def choose_variant(precision: str, providers: list[str], variants: list[str]) ->
     """A variant's name is taken as asked (it must exist); ``auto`` without timing: FP16 on CUDA when shipped,
     else FP32."""
     if precision != "auto":
+        if precision == "int8" and providers[0] == TENSORRT:
+            raise ValueError("TensorRT cannot build the INT8 files (asymmetric uint8 quantization; TensorRT takes "
+                             "symmetric int8 only): serve fp32, from which TensorRT builds FP16, or INT8 on CUDA or "
+                             "the CPU")
         if precision not in variants:
             raise ValueError(
                 f"precision {precision} requested but only {variants} are present; derived files are made by "
@@ -154,28 +173,29 @@ class TensorrtPlan:
     Its optimisation profile spans batch 1 to the batcher's largest at the card's input (without a profile
     TensorRT builds an engine per new shape, each possibly a minute; each padded batch size's session loads the
     same cached engine). Engine and timing cache live in ``cache_dir`` (``tensorrt_cache_dir``,
-    mounted persistently by the Kubernetes GPU overlay) under a prefix of the model's name, variant and the
-    file's sha256, so a new version, or the same version's file changed, never loads an old engine. FP16 comes
-    from the FP32 graph (``trt_fp16_enable``); an INT8 QDQ file is built as INT8.
+    mounted persistently by the Kubernetes GPU overlay) under a prefix of the model's name, variant, the
+    file's sha256 and the ONNX Runtime and TensorRT versions, so a new version, the same version's file changed,
+    or an upgraded image (whose TensorRT refuses an older engine) never loads an old engine. FP16 comes from the
+    FP32 graph (``trt_fp16_enable``); the INT8 files are not for TensorRT (``choose_variant``).
     """
 
     cache_dir: Path
     prefix: str
     input_shape: tuple[int, ...]
     max_batch_size: int
-    int8: bool = False
 
     @classmethod
     def for_file(cls, model: ModelVersion, variant: str, sha256: str, cache_dir: Path, max_batch_size: int) -> TensorrtPlan:
-        return cls(cache_dir, f"{model.name}-{variant}-{sha256[:16]}", tuple(model.input_shape), max_batch_size,
-                   int8=variant == "int8")
+        versions = f"ort{ort.__version__}-trt{tensorrt_version()}"
+        return cls(cache_dir, f"{model.name}-{variant}-{sha256[:16]}-{versions}", tuple(model.input_shape),
+                   max_batch_size)
 
     def shapes(self, batch: int) -> str:
         return f"{INPUT_NAME}:{'x'.join(map(str, (batch, *self.input_shape)))}"
 
     def options(self) -> dict:
         return {
-            "trt_fp16_enable": True, "trt_int8_enable": self.int8,
+            "trt_fp16_enable": True,
             "trt_profile_min_shapes": self.shapes(1), "trt_profile_opt_shapes": self.shapes(self.max_batch_size),
             "trt_profile_max_shapes": self.shapes(self.max_batch_size),
             "trt_engine_cache_enable": True, "trt_engine_cache_path": str(self.cache_dir),
@@ -248,6 +268,9 @@ class LoadedModel:
         largest = max(sizes)
         try:
             sessions = {size: self.open_session() for size in sizes if size != largest}
+            elsewhere = {s.get_providers()[0] for s in sessions.values()} - {self.providers[0]}
+            if elsewhere:
+                raise ModelInvalid(f"a session came up on {', '.join(elsewhere)}")
         except Exception as exc:  # noqa: BLE001  (ONNX Runtime raises its own types, CUDA's out-of-memory among them)
             log.error("model %s: a session per batch shape could not be made (%s); every batch is padded to %d "
                       "instead (gpu_batch_shapes: largest)", self.model.key, exc, largest)
@@ -347,15 +370,19 @@ def load_model(
         log.warning("model %s: card records no sha256 for %s; integrity not checked", model.key, path.name)
     elif (actual := file_sha256(path)) != expected_sha:
         raise ModelInvalid(f"{path.name} sha256 is {actual[:12]}..., the card says {expected_sha[:12]}...")
-    tensorrt = TensorrtPlan.for_file(model, variant, expected_sha or file_sha256(path), cache_dir, max_batch_size) \
-        if TENSORRT in providers else None
+    tensorrt = None
+    if TENSORRT in providers:
+        tensorrt = TensorrtPlan.for_file(model, variant, expected_sha or file_sha256(path), cache_dir, max_batch_size)
+        cache_dir.mkdir(parents=True, exist_ok=True)  # TensorRT makes one folder level, and fails if a worker won
+    # enable_fallback=0: when a provider fails at creation, ONNX Runtime would otherwise retry on its own list
+    # with every provider option dropped (device 0, cuDNN's exhaustive search), saying so only on stdout.
     open_session = functools.partial(
         ort.InferenceSession, str(path), session_options(threads, spin),
-        providers=[(p, provider_options(p, device_id, cudnn_search, tensorrt)) for p in providers],
+        providers=[(p, provider_options(p, device_id, cudnn_search, tensorrt)) for p in providers], enable_fallback=0,
     )
     try:
         session = open_session()
     except Exception as exc:  # noqa: BLE001  (ONNX Runtime raises its own types for corrupt files)
-        raise ModelInvalid(f"ONNX Runtime cannot load {path.name}: {exc}") from None
+        raise ModelInvalid(f"ONNX Runtime cannot load {path.name} on {providers[0]}: {exc}") from None
     output_names = verify_contract(model, session)
     return LoadedModel(model, session, session.get_providers(), variant, output_names, open_session)

@@ -62,3 +62,17 @@ def grpc_request(model: str, images: np.ndarray, outputs=()) -> pb.ModelInferReq
         outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name=o) for o in outputs],
         raw_input_contents=[images.astype(np.float32).tobytes()],
     )
+
+
+def on_cuda(loaded):
+    """``loaded`` (a runtime.LoadedModel) as a CUDA session reports itself, and so every further session it opens;
+    they all run on the CPU, which is what this machine has."""
+    from dataclasses import replace
+
+    from cnnserve.serving.runtime import CPU, CUDA
+
+    def reports_cuda(session):
+        session.get_providers = lambda: [CUDA, CPU]
+        return session
+
+    return replace(loaded, providers=[CUDA, CPU], open_session=lambda: reports_cuda(loaded.open_session()))

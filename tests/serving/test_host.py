@@ -13,8 +13,9 @@ from cnnserve.serving import host as host_module
 from cnnserve.serving.config import Settings
 from cnnserve.serving.host import ModelHost
 from cnnserve.serving.repository import discover
-from cnnserve.serving.runtime import CPU, CUDA
+from cnnserve.serving.runtime import CPU, CUDA, TENSORRT, ModelInvalid
 from tests.committed import VERSIONS
+from tests.serving.helpers import on_cuda
 
 
 @pytest.fixture
@@ -60,10 +61,41 @@ def test_with_providers_set_explicitly_a_fallback_is_refused(host_for, a_gpu_tha
     assert "providers are set explicitly" in host.status[key]["reason"]
 
 
+@pytest.fixture
+def tensorrt_that_cannot_build(a_gpu_that_does_not_work, monkeypatch):
+    """TensorRT's libraries load, but its session fails at creation; CUDA's session works (and runs on the CPU)."""
+    monkeypatch.setattr(host_module.ort, "get_available_providers", lambda: [TENSORRT, CUDA, CPU])
+    monkeypatch.setattr(host_module, "tensorrt_loads", lambda: True)
+    real_load = host_module.load_model
+
+    def load(model, providers, *args, **kwargs):
+        if providers[0] == TENSORRT:
+            raise ModelInvalid("ONNX Runtime cannot load model.onnx on TensorrtExecutionProvider: EP_FAIL")
+        return on_cuda(real_load(model, providers, *args, **kwargs))
+
+    monkeypatch.setattr(host_module, "load_model", load)
+
+
+def test_a_provider_that_fails_at_creation_steps_down_to_the_next_and_is_shown_degraded(host_for,
+                                                                                         tensorrt_that_cannot_build):
+    host, key = host_for()
+    assert host.providers == [TENSORRT, CUDA, CPU]
+    status = host.status[key]
+    assert status["status"] == "degraded" and status["provider"] == CUDA
+    assert status["reason"] == ("ONNX Runtime cannot load model.onnx on TensorrtExecutionProvider: EP_FAIL; "
+                                "served on CUDAExecutionProvider")
+
+
+def test_with_providers_set_explicitly_a_provider_failing_at_creation_is_refused(host_for, tensorrt_that_cannot_build):
+    host, key = host_for(providers=(TENSORRT, CUDA, CPU))
+    assert host.status[key]["status"] == "failed" and "providers are set explicitly" in host.status[key]["reason"]
+
+
 def test_each_worker_takes_its_own_gpu(host_for, a_gpu_that_does_not_work, monkeypatch):
     monkeypatch.setattr(host_module, "cuda_device_count", lambda: 2)
-    host, _ = host_for(worker_index=3)
+    host, key = host_for(worker_index=3)
     assert host.device_id == 1  # workers 0, 1, 2, 3 on GPUs 0, 1, 0, 1
+    assert host.status[key]["device_id"] is None  # its session fell back to the CPU: no GPU to name
 
 
 def test_without_a_gpu_nothing_is_degraded(host_for):
@@ -79,7 +111,7 @@ def test_on_a_gpu_every_batch_is_padded_to_one_of_the_configured_shapes(host_for
     real_load = host_module.load_model
 
     def a_session_on_the_gpu(*args, **kwargs):  # what a working CUDA session reports; this one runs on the CPU
-        return replace(real_load(*args, **kwargs), providers=[CUDA, CPU])
+        return on_cuda(real_load(*args, **kwargs))
 
     monkeypatch.setattr(host_module, "load_model", a_session_on_the_gpu)
     host, key = host_for(max_batch_size=16, gpu_batch_shapes=mode)

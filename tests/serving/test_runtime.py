@@ -28,6 +28,7 @@ from cnnserve.serving.runtime import (
     session_options,
 )
 from tests.committed import VERSIONS
+from tests.serving.helpers import on_cuda
 from tests.conftest import MODELS_DIR
 
 GPU_BUILD = [TENSORRT, CUDA, CPU]  # what onnxruntime-gpu lists, GPU or not
@@ -66,17 +67,38 @@ def test_tensorrt_builds_one_engine_per_file_from_its_fp32_graph_cached_under_it
     shape = "x".join(map(str, model.input_shape))
     assert options["trt_profile_min_shapes"] == f"images:1x{shape}"
     assert options["trt_profile_opt_shapes"] == options["trt_profile_max_shapes"] == f"images:64x{shape}"
-    assert options["trt_fp16_enable"] and not options["trt_int8_enable"]
+    assert options["trt_fp16_enable"] and "trt_int8_enable" not in options
     assert options["trt_engine_cache_enable"] and options["trt_timing_cache_enable"]
     assert options["trt_engine_cache_path"] == options["trt_timing_cache_path"] == str(tmp_path)
-    assert options["trt_engine_cache_prefix"] == f"lenet5-digits-fp32-{sha[:16]}"
+    assert options["trt_engine_cache_prefix"] == f"lenet5-digits-fp32-{sha[:16]}-ort{ort.__version__}-trtnone"
     changed = TensorrtPlan.for_file(model, "fp32", "f" * 64, tmp_path, 64)
     assert changed.options()["trt_engine_cache_prefix"] != options["trt_engine_cache_prefix"]  # a new file, a new engine
-    assert TensorrtPlan.for_file(model, "int8", sha, tmp_path, 64).options()["trt_int8_enable"]
 
 
-def test_tensorrt_is_only_taken_in_its_current_major():
-    assert TENSORRT_LIBRARIES == ("libnvinfer.so.10",)
+def test_an_upgraded_tensorrt_never_loads_an_older_engine(tmp_path, monkeypatch):
+    model = discover(MODELS_DIR, ("lenet5-digits",)).resolve("lenet5-digits")
+    before = TensorrtPlan.for_file(model, "fp32", "0" * 64, tmp_path, 64).prefix
+    monkeypatch.setattr(runtime, "tensorrt_version", lambda: "10.14.1")
+    assert TensorrtPlan.for_file(model, "fp32", "0" * 64, tmp_path, 64).prefix == before.replace("trtnone", "trt10.14.1")
+
+
+def test_tensorrt_is_refused_the_int8_files_it_cannot_build():
+    with pytest.raises(ValueError, match="TensorRT cannot build the INT8 files"):
+        choose_variant("int8", [TENSORRT, CUDA, CPU], ["fp32", "int8"])
+    assert choose_variant("int8", [CUDA, CPU], ["fp32", "int8"]) == "int8"
+
+
+def test_tensorrt_is_only_taken_in_its_current_major_with_its_parser():
+    assert TENSORRT_LIBRARIES == ("libnvinfer.so.10", "libnvonnxparser.so.10")
+
+
+def test_onnx_runtime_never_retries_a_failed_provider_on_its_own_with_the_options_dropped(tmp_path):
+    """ONNX Runtime's Python session retries a provider that fails at creation on its own list, without the
+    options (device, cuDNN search, TensorRT's profile); load_model turns that off (a private attribute, read here
+    to check the switch still takes effect on this ONNX Runtime)."""
+    model = discover(MODELS_DIR, ("lenet5-digits",)).resolve("lenet5-digits")
+    loaded = load_model(model, [CPU], "fp32", 1, tmp_path)
+    assert loaded.session._enable_fallback is False and loaded.open_session()._enable_fallback is False
 
 
 def test_gpu_batch_shapes_are_the_powers_of_two_up_to_the_limit_or_the_limit_alone():
@@ -89,7 +111,7 @@ def test_with_padded_batches_each_size_runs_on_its_own_session_and_answers_only_
     model = discover(MODELS_DIR, ("lenet5-digits",)).resolve("lenet5-digits")
     loaded = load_model(model, [CPU], "fp32", 1, tmp_path)
     assert sorted(loaded.warm_up(12)) == [1, 2, 4, 8, 12]  # on the CPU: the cost table's sizes
-    padded = replace(loaded, providers=[CUDA, CPU])  # what a CUDA session reports; this one still runs on the CPU
+    padded = on_cuda(loaded)
     padded.pad_batches([4, 12])
     assert list(padded.warm_up(12)) == [4, 12]
     assert padded.shapes[12][0] is loaded.session and padded.shapes[4][0] is not loaded.session
@@ -107,6 +129,13 @@ def test_with_padded_batches_each_size_runs_on_its_own_session_and_answers_only_
     assert seen == [(small, (4, *model.input_shape)), (large, (12, *model.input_shape)),
                     (large, (12, *model.input_shape)), (small, (4, *model.input_shape)),
                     (small, (4, *model.input_shape))]  # each session only ever sees its own shape
+
+
+def test_a_session_per_shape_that_comes_up_on_another_provider_is_not_used(tmp_path, caplog):
+    model = discover(MODELS_DIR, ("lenet5-digits",)).resolve("lenet5-digits")
+    loaded = replace(load_model(model, [CPU], "fp32", 1, tmp_path), providers=[CUDA, CPU])  # its others: the CPU's
+    loaded.pad_batches([1, 2, 4, 8])
+    assert list(loaded.shapes) == [8] and "came up on CPUExecutionProvider" in caplog.text
 
 
 def test_when_the_sessions_per_shape_cannot_be_made_every_batch_is_padded_to_the_largest(tmp_path, caplog):
