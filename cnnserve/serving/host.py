@@ -180,11 +180,11 @@ class ModelHost:
         self, model: ModelVersion, max_batch_size: int, cache_dir: Path
     ) -> tuple[LoadedModel, dict[int, float]]:
         """The model on the first of this worker's providers that really takes it. A GPU provider can fail at
-        creation (its libraries, an engine TensorRT cannot build) or hand the session to another provider (a
-        GPU provider whose libraries did not load gives it to the CPU with only a log line of its own). With
-        providers set explicitly the model is then refused; with ``auto`` it is loaded again on the next
-        provider (TensorRT, then CUDA, then the CPU, each with its own file and threads) and shown as degraded,
-        with the reason."""
+        creation or warm-up (its libraries, an engine TensorRT cannot build, memory) or hand the session to
+        another provider (a GPU provider whose libraries did not load gives it to the CPU with only a log line of
+        its own). With providers set explicitly the model is then refused; with ``auto`` it is loaded again on
+        the next provider (TensorRT, then CUDA, then the CPU, each with its own file and threads) and shown as
+        degraded, with the reason."""
         providers = self.providers
         self.degraded.pop(model.key, None)
         while True:
@@ -193,10 +193,10 @@ class ModelHost:
                 if loaded.providers[0] == providers[0]:
                     return loaded, warm_up
                 reason = f"{providers[0]} was asked for but ONNX Runtime gave {loaded.providers[0]}"
-            except ModelInvalid as exc:
+            except Exception as exc:  # noqa: BLE001  (on a GPU: a session or engine that fails, out of memory...)
                 if providers[0] == CPU:
                     raise
-                reason = str(exc)
+                reason = str(exc) if isinstance(exc, (ModelInvalid, ValueError)) else f"{type(exc).__name__}: {exc}"
             if self.settings.providers != ("auto",):
                 raise ModelInvalid(f"{reason}; the providers are set explicitly, so the model is not served")
             providers = providers[1:]

@@ -91,6 +91,28 @@ def test_with_providers_set_explicitly_a_provider_failing_at_creation_is_refused
     assert host.status[key]["status"] == "failed" and "providers are set explicitly" in host.status[key]["reason"]
 
 
+def test_a_gpu_session_that_fails_its_warm_up_steps_down_to_the_cpu(host_for, a_gpu_that_does_not_work, monkeypatch):
+    real_load = host_module.load_model
+
+    def load(model, providers, *args, **kwargs):
+        loaded = real_load(model, providers, *args, **kwargs)
+        if providers[0] != CUDA:
+            return loaded
+        loaded = on_cuda(loaded)
+
+        def out_of_memory(images, session):  # what CUDA raises when the card is full; there is no card here
+            raise RuntimeError("CUDA failure 2: out of memory")
+
+        loaded.run_session = out_of_memory
+        return loaded
+
+    monkeypatch.setattr(host_module, "load_model", load)
+    host, key = host_for()
+    status = host.status[key]
+    assert status["status"] == "degraded" and status["provider"] == CPU
+    assert status["reason"] == "RuntimeError: CUDA failure 2: out of memory; served on CPUExecutionProvider"
+
+
 def test_each_worker_takes_its_own_gpu(host_for, a_gpu_that_does_not_work, monkeypatch):
     monkeypatch.setattr(host_module, "cuda_device_count", lambda: 2)
     host, key = host_for(worker_index=3)
