@@ -112,8 +112,8 @@ async def predict_route(request: Request, field: str) -> tuple[dict, list[bytes]
         files, options = await read_files(request, field, limit)
         name = request.query_params.get("model") or options.get("model") or None
         merged = {**options, **{k: v for k, v in request.query_params.items() if k in ("version", "top_k")}}
-        top_k, version, timeout = integer_field(merged, "top_k"), integer_field(merged, "version"), timeout_ms(
-            request.scope)
+        top_k, version = integer_field(merged, "top_k"), integer_field(merged, "version")
+        timeout = timeout_ms(request.scope)
 
     def read(model: ModelVersion) -> list[bytes]:
         core.check_top_k(model, top_k)  # refused before any decoding
