@@ -80,6 +80,10 @@ def decode_image(
         if orientation != 1:
             image = ImageOps.exif_transpose(image)
         array, where = to_model_input(image, channels, width, height, policy, region)  # decodes now
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except ValueError as exc:
+        if str(exc).startswith("conversion from"):  # Pillow cannot convert the mode (LAB, say): a format matter
+            raise UnsupportedFormat(f"image mode {image.mode} is not supported: {exc}") from None
+        raise ImageRejected(f"corrupt or truncated image: {exc}") from None
+    except (OSError, SyntaxError, EOFError) as exc:
         raise ImageRejected(f"corrupt or truncated image: {exc}") from None
     return array, replace(where, source=original)  # a draft decode is smaller: boxes go to the file's own pixels

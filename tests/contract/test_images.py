@@ -82,6 +82,11 @@ def test_bad_files_are_rejected_naming_the_problem(data, error, message):
         decode_image(data, 3, 8, 8, LIMIT)
 
 
+def test_a_mode_pillow_cannot_convert_is_an_unsupported_format_not_a_corrupt_file():
+    with pytest.raises(UnsupportedFormat, match="image mode LAB is not supported"):
+        decode_image(encode(Image.new("LAB", (8, 8)), "TIFF"), 1, 8, 8, LIMIT)
+
+
 def test_pixel_bomb_is_refused_from_the_header_alone():
     bomb = encode(Image.new("1", (20_000, 20_000)), "PNG")  # tiny file, 400 megapixels
     assert len(bomb) < 200_000

@@ -180,6 +180,8 @@ class DataPlane:
             unknown = [o for o in requested or () if o not in model.output_names]
             if unknown:
                 raise InvalidInput(f"unknown output(s) {unknown}; {model.name} gives {model.output_names}")
+            if requested and len(set(requested)) < len(requested):
+                raise InvalidInput(f"an output is requested twice: {requested}")
             tensor = single_input(read_inputs())
             return files(tensor) if tensor.name == IMAGE_BYTES else pixels(model, tensor)
 

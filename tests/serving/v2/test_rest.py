@@ -159,6 +159,8 @@ BAD_REQUESTS = [
     ("nan", lambda: binary_request([("images", "FP32", [1, 1, 32, 32], nan_images().tobytes())]), 400, "NaN"),
     ("unknown-input", lambda: binary_request([("pixels", "FP32", [1, 1, 32, 32], bytes(4096))]), 400,
      "unknown input 'pixels'"),
+    ("output-twice", lambda: binary_request([("images", "FP32", [1, 1, 32, 32], bytes(4096))],
+                                            outputs=[{"name": "boxes"}, {"name": "boxes"}]), 400, "requested twice"),
     ("unknown-output", lambda: binary_request([("images", "FP32", [1, 1, 32, 32], bytes(4096))],
                                               outputs=[{"name": "logits"}]), 400, "unknown output"),
     ("bytes-not-images", lambda: binary_request([("image_bytes", "BYTES", [1], struct.pack("<I", 4) + b"junk")]),
