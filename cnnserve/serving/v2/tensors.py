@@ -124,13 +124,35 @@ def from_values(name: str, datatype: str, shape: list[int], values, limits: Limi
             raise InvalidInput(f"input {name!r}: BYTES elements in JSON must be base64 strings") from None
         array = np.array(elements, dtype=object)
     else:
-        try:
-            array = np.asarray(values, dtype=NUMPY_OF[datatype]).ravel()
-        except (ValueError, TypeError, OverflowError):
-            raise InvalidInput(f"input {name!r}: data is not a list of {datatype} numbers") from None
+        array = numbers(name, datatype, values)
     if array.size != count:
         raise InvalidInput(f"input {name!r}: {array.size} values for shape {shape}, which needs {count}")
     return Tensor(name, datatype, array.reshape(shape))
+
+
+# What JSON (or gRPC's typed contents) may hold for each kind of datatype, by numpy's kind of what it parsed to:
+# numbers of the datatype's kind (integers are numbers of a float type too), never text, booleans where numbers
+# go, or null (numpy would take "0.5" and true for FP32, and 1.7 for UINT8, silently).
+ACCEPTED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+
+
+def numbers(name: str, datatype: str, values) -> np.ndarray:
+    """``values`` (flat or nested) as a flat array of ``datatype``, refused unless every value is a number of
+    its kind within its range."""
+    target = np.dtype(NUMPY_OF[datatype])
+    problem = InvalidInput(f"input {name!r}: data is not a list of {datatype} numbers")
+    try:
+        parsed = np.asarray(values)
+    except (ValueError, TypeError, OverflowError):  # ragged, or an integer past 64 bits
+        raise problem from None
+    if parsed.dtype.kind not in ACCEPTED_KINDS[target.kind]:
+        raise problem
+    if target.kind in "iu" and parsed.size:
+        limits = np.iinfo(target)
+        if parsed.min() < limits.min or parsed.max() > limits.max:
+            raise InvalidInput(f"input {name!r}: values outside {datatype}'s range [{limits.min}, {limits.max}]")
+    with np.errstate(over="ignore"):  # a float past FP32's range becomes inf, which the core refuses by name
+        return parsed.astype(target).ravel()
 
 
 def _flatten(values):

@@ -69,6 +69,25 @@ def test_image_files_are_limited_to_a_request_s_images_before_any_is_split():
         from_values("image_bytes", "BYTES", [65], [""] * 65, LIMIT)
 
 
+@pytest.mark.parametrize(("datatype", "values", "message"), [
+    ("FP32", ["0.5", "0.5"], "not a list of FP32 numbers"),  # numpy alone would take text
+    ("FP32", [True, False], "not a list of FP32 numbers"),
+    ("FP32", [0.5, None], "not a list of FP32 numbers"),  # not "NaN or infinite"
+    ("UINT8", [1.7, 2.0], "not a list of UINT8 numbers"),  # numpy alone would make it 1
+    ("UINT8", [300, 2], "outside UINT8's range"),
+    ("INT64", [2**70, 1], "not a list of INT64 numbers"),
+    ("FP32", [[1.0], [2.0, 3.0]], "not a list of FP32 numbers"),  # ragged
+])
+def test_json_data_must_be_numbers_of_the_datatype_s_kind(datatype, values, message):
+    with pytest.raises(InvalidInput, match=message):
+        from_values("x", datatype, [2], values, LIMIT)
+
+
+def test_whole_numbers_serve_a_float_datatype_and_booleans_a_bool_one():
+    assert from_values("x", "FP32", [2], [0, 1], LIMIT).array.dtype == np.float32
+    assert from_values("x", "BOOL", [2], [True, False], LIMIT).array.tolist() == [True, False]
+
+
 @pytest.mark.parametrize("shape", [[True, 1, 32, 32], [1.0, 1, 32, 32], ["1", 1, 32, 32]])
 def test_a_dimension_must_be_a_whole_number_not_a_boolean_or_a_float(shape):
     with pytest.raises(InvalidInput, match="must be non-negative integers"):
