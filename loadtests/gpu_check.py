@@ -141,7 +141,11 @@ def check_accuracy(versions: list[ModelVersion], provider: str, variants: list[s
             if variant not in model.variants():
                 rows.append({"model": model.key, "variant": variant, "error": "file missing: run `make variants`"})
                 continue
-            loaded = session(model, provider, variant)
+            try:
+                loaded = session(model, provider, variant)
+            except ValueError as exc:  # a variant this provider cannot take (TensorRT and the INT8 files)
+                rows.append({"model": model.key, "variant": variant, "error": str(exc)})
+                continue
             figures = evaluate(lambda images, loaded=loaded: batched_run(loaded, images), test)
             drop = round(100 * (card["accuracy"] - figures["accuracy"]), 2)
             rows.append({"model": model.key, "variant": variant, "provider": loaded.providers[0], **figures,
@@ -434,7 +438,7 @@ def git_commit() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--providers", default=CUDA, help="the provider the models must run on")
+    parser.add_argument("--providers", default=CUDA, choices=PREFERENCE, help="the provider the models must run on")
     parser.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
     parser.add_argument("--bench-dir", type=Path, default=REPO_ROOT / "models-bench", help="python -m cnnserve.training bench-models")
     parser.add_argument("--models", nargs="+", default=list(COMMITTED), help="committed models to check")

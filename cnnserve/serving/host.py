@@ -29,7 +29,9 @@ from .runner import SOLO_MAX_BATCH, CoreTokens, ModelRunner
 from .runtime import (
     CPU,
     GPU_PROVIDERS,
+    TENSORRT,
     LoadedModel,
+    ModelFileInvalid,
     ModelInvalid,
     batch_shapes,
     choose_providers,
@@ -54,6 +56,9 @@ class ModelHost:
         available = ort.get_available_providers()
         preload_gpu_libraries(available)
         self.providers = choose_providers(settings.providers, available, cuda_device_count(), tensorrt_loads())
+        if settings.precision == "int8" and TENSORRT in self.providers:  # TensorRT cannot build the INT8 files
+            log.info("precision int8: the models run on %s, not TensorRT", self.providers[1])
+            self.providers.remove(TENSORRT)
         gpus = cuda_device_count() if self.providers[0] in GPU_PROVIDERS else 0
         self.device_id = worker_index % gpus if gpus else 0  # worker i on GPU i mod GPUs
         self.workers = settings.inference_workers(gpus=gpus)  # this worker's server has as many as app.py starts
@@ -193,9 +198,15 @@ class ModelHost:
                 if loaded.providers[0] == providers[0]:
                     return loaded, warm_up
                 reason = f"{providers[0]} was asked for but ONNX Runtime gave {loaded.providers[0]}"
+            except ModelFileInvalid:  # no provider would take the file
+                self.degraded.pop(model.key, None)
+                raise
             except Exception as exc:  # noqa: BLE001  (on a GPU: a session or engine that fails, out of memory...)
                 if providers[0] == CPU:
+                    self.degraded.pop(model.key, None)
                     raise
+                if not isinstance(exc, (ModelInvalid, ValueError)):
+                    log.exception("model %s failed on %s", model.key, providers[0])
                 reason = str(exc) if isinstance(exc, (ModelInvalid, ValueError)) else f"{type(exc).__name__}: {exc}"
             if self.settings.providers != ("auto",):
                 raise ModelInvalid(f"{reason}; the providers are set explicitly, so the model is not served")

@@ -235,6 +235,10 @@ class ModelInvalid(Exception):
     """The model file is missing, corrupt, or does not match its card."""
 
 
+class ModelFileInvalid(ModelInvalid):
+    """The file itself is at fault (missing, its sha256, its graph against the card): no provider would take it."""
+
+
 @dataclass
 class LoadedModel:
     """A session and how to run it.
@@ -340,19 +344,19 @@ def verify_contract(model: ModelVersion, session: ort.InferenceSession) -> list[
     """Check the graph's inputs and outputs against the card; return output names."""
     inputs = session.get_inputs()
     if [i.name for i in inputs] != [INPUT_NAME]:
-        raise ModelInvalid(f"graph inputs are {[i.name for i in inputs]}, the contract wants [{INPUT_NAME!r}]")
+        raise ModelFileInvalid(f"graph inputs are {[i.name for i in inputs]}, the contract wants [{INPUT_NAME!r}]")
     if inputs[0].type != "tensor(float)":
-        raise ModelInvalid(f"input {INPUT_NAME!r} is {inputs[0].type}, the contract wants tensor(float)")
+        raise ModelFileInvalid(f"input {INPUT_NAME!r} is {inputs[0].type}, the contract wants tensor(float)")
     shape = inputs[0].shape
     if len(shape) != 4 or list(shape[1:]) != list(model.input_shape):
-        raise ModelInvalid(f"input shape {shape} does not match the card's {model.card['input']['shape']}")
+        raise ModelFileInvalid(f"input shape {shape} does not match the card's {model.card['input']['shape']}")
     outputs = {o.name: o for o in session.get_outputs()}
     expected = [o["name"] for o in model.card["outputs"]]
     if set(outputs) != set(expected):
-        raise ModelInvalid(f"graph outputs are {sorted(outputs)}, the card says {sorted(expected)}")
+        raise ModelFileInvalid(f"graph outputs are {sorted(outputs)}, the card says {sorted(expected)}")
     classes = outputs[PROBABILITIES].shape[-1]
     if isinstance(classes, int) and classes != len(model.labels):
-        raise ModelInvalid(f"graph has {classes} classes, the card {len(model.labels)} labels")
+        raise ModelFileInvalid(f"graph has {classes} classes, the card {len(model.labels)} labels")
     return expected
 
 
@@ -365,11 +369,11 @@ def load_model(
     variant = choose_variant(precision, providers, model.variants())
     path, expected_sha = model.file_for(variant)
     if not path.exists():
-        raise ModelInvalid(f"{path.name} is missing")
+        raise ModelFileInvalid(f"{path.name} is missing")
     if expected_sha is None:
         log.warning("model %s: card records no sha256 for %s; integrity not checked", model.key, path.name)
     elif (actual := file_sha256(path)) != expected_sha:
-        raise ModelInvalid(f"{path.name} sha256 is {actual[:12]}..., the card says {expected_sha[:12]}...")
+        raise ModelFileInvalid(f"{path.name} sha256 is {actual[:12]}..., the card says {expected_sha[:12]}...")
     tensorrt = None
     if TENSORRT in providers:
         tensorrt = TensorrtPlan.for_file(model, variant, expected_sha or file_sha256(path), cache_dir, max_batch_size)

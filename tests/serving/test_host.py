@@ -13,7 +13,7 @@ from cnnserve.serving import host as host_module
 from cnnserve.serving.config import Settings
 from cnnserve.serving.host import ModelHost
 from cnnserve.serving.repository import discover
-from cnnserve.serving.runtime import CPU, CUDA, TENSORRT, ModelInvalid
+from cnnserve.serving.runtime import CPU, CUDA, TENSORRT, ModelFileInvalid, ModelInvalid
 from tests.committed import VERSIONS
 from tests.serving.helpers import on_cuda
 
@@ -84,6 +84,26 @@ def test_a_provider_that_fails_at_creation_steps_down_to_the_next_and_is_shown_d
     assert status["status"] == "degraded" and status["provider"] == CUDA
     assert status["reason"] == ("ONNX Runtime cannot load model.onnx on TensorrtExecutionProvider: EP_FAIL; "
                                 "served on CUDAExecutionProvider")
+
+
+def test_a_file_no_provider_would_take_is_refused_at_once_not_stepped_down(host_for, a_gpu_that_does_not_work,
+                                                                          monkeypatch):
+    tried = []
+
+    def load(model, providers, *args, **kwargs):
+        tried.append(providers[0])
+        raise ModelFileInvalid("model.onnx sha256 is 0123..., the card says 4567...")
+
+    monkeypatch.setattr(host_module, "load_model", load)
+    host, key = host_for()
+    assert tried == [CUDA] and host.status[key] == {"status": "failed", "reason": "model.onnx sha256 is 0123..., "
+                                                                                  "the card says 4567..."}
+    assert key not in host.degraded
+
+
+def test_with_int8_asked_tensorrt_steps_aside_for_cuda(host_for, tensorrt_that_cannot_build):
+    host, _ = host_for(precision="int8")
+    assert host.providers == [CUDA, CPU]
 
 
 def test_with_providers_set_explicitly_a_provider_failing_at_creation_is_refused(host_for, tensorrt_that_cannot_build):

@@ -131,8 +131,9 @@ def from_values(name: str, datatype: str, shape: list[int], values, limits: Limi
 
 
 # What JSON (or gRPC's typed contents) may hold for each kind of datatype, by numpy's kind of what it parsed to:
-# numbers of the datatype's kind (integers are numbers of a float type too), never text, booleans where numbers
-# go, or null (numpy would take "0.5" and true for FP32, and 1.7 for UINT8, silently).
+# numbers of the datatype's kind (integers are numbers of a float type too), never text, null, or only booleans
+# where numbers go (numpy would take "0.5" and true for FP32, and 1.7 for UINT8, silently). Booleans mixed with
+# numbers parse as numbers and pass: telling them apart would take a look at every value.
 ACCEPTED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
 
 
@@ -146,6 +147,8 @@ def numbers(name: str, datatype: str, values) -> np.ndarray:
         parsed = np.asarray(values)
     except (ValueError, TypeError, OverflowError):  # ragged, or an integer past 64 bits
         raise problem from None
+    if parsed.size == 0:  # [] parses as float64, whatever the datatype
+        return np.empty(0, target)
     if parsed.dtype.kind not in ACCEPTED_KINDS[target.kind]:
         raise problem
     if target.kind in "iu" and parsed.size:

@@ -86,6 +86,7 @@ def test_json_data_must_be_numbers_of_the_datatype_s_kind(datatype, values, mess
 def test_whole_numbers_serve_a_float_datatype_and_booleans_a_bool_one():
     assert from_values("x", "FP32", [2], [0, 1], LIMIT).array.dtype == np.float32
     assert from_values("x", "BOOL", [2], [True, False], LIMIT).array.tolist() == [True, False]
+    assert from_values("x", "UINT8", [0, 3], [], LIMIT).array.dtype == np.uint8  # no data for no image
 
 
 @pytest.mark.parametrize("shape", [[True, 1, 32, 32], [1.0, 1, 32, 32], ["1", 1, 32, 32]])
