@@ -205,9 +205,10 @@ class ModelHost:
                 if providers[0] == CPU:
                     self.degraded.pop(model.key, None)
                     raise
-                if not isinstance(exc, (ModelInvalid, ValueError)):
+                expected = isinstance(exc, (ModelInvalid, ValueError))  # a refusal that says its own reason
+                if not expected:
                     log.exception("model %s failed on %s", model.key, providers[0])
-                reason = str(exc) if isinstance(exc, (ModelInvalid, ValueError)) else f"{type(exc).__name__}: {exc}"
+                reason = str(exc) if expected else f"{type(exc).__name__}: {exc}"
             if self.settings.providers != ("auto",):
                 raise ModelInvalid(f"{reason}; the providers are set explicitly, so the model is not served")
             providers = providers[1:]

@@ -27,7 +27,7 @@ from ..core import SERVING, InferenceCore, TensorResult
 from ..errors import InvalidInput, ModelNotFound, ModelUnavailable, whole_number
 from ..repository import ModelVersion
 from .statistics import model_statistics
-from .tensors import BYTES, Tensor
+from .tensors import BYTES, Limits, Tensor
 
 IMAGE_BYTES = "image_bytes"
 SERVER_NAME = "cnnserve"
@@ -50,6 +50,7 @@ class DataPlane:
         given (the no-op routes give zeros, loadtests/bench/noop_routes.py)."""
         self.core = core
         self.compute = compute or core.run
+        self.limits = Limits.of(core.settings)  # how large a wire tensor may be, the same for every request
 
     @property
     def repository(self):

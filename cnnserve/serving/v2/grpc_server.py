@@ -151,7 +151,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             model, outputs, timings = await self.plane.infer(
                 request.model_name,
                 request.model_version,
-                lambda: input_tensors(request, Limits.of(self.settings)),
+                lambda: input_tensors(request, self.plane.limits),
                 [o.name for o in request.outputs] or None,
                 PROTOCOL,
                 None if (remaining := context.time_remaining()) is None else max(remaining * 1000, 0.001),

@@ -154,7 +154,6 @@ async def infer(request: Request) -> Response | BytesResponse:
 
 async def answer_infer(request: Request, dataplane: DataPlane, protocol: str) -> Response | BytesResponse:
     """One V2 REST inference request through ``dataplane``, counted under ``protocol``."""
-    limits = Limits.of(dataplane.core.settings)
     try:
         with dataplane.core.refusals(protocol):
             payload, binary = split_body(await read_body(request), header(request.scope, HEADER_LENGTH))
@@ -163,7 +162,7 @@ async def answer_infer(request: Request, dataplane: DataPlane, protocol: str) ->
         model, outputs, timings = await dataplane.infer(
             request.path_params["name"],
             request.path_params.get("version"),
-            lambda: parse_inputs(payload, binary, limits),
+            lambda: parse_inputs(payload, binary, dataplane.limits),
             names,
             protocol,
             timeout,
