@@ -12,9 +12,8 @@ from __future__ import annotations
 from typing import Callable
 
 from starlette.requests import ClientDisconnect
-from starlette.responses import JSONResponse
 
-from .errors import ServiceError
+from .errors import InvalidInput, ServiceError, TooLarge
 from .http_common import BodyClock, error_response, receive_body
 
 
@@ -26,9 +25,6 @@ class BodyLimit:
         self.max_bytes = max_bytes
         self.clock = clock
 
-    def refusal(self, detail: str) -> JSONResponse:
-        return JSONResponse({"error": detail, "code": 413}, status_code=413)
-
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
@@ -36,12 +32,10 @@ class BodyLimit:
         declared = headers.get(b"content-length")
         if declared is not None:
             if not declared.isdigit():
-                return await JSONResponse({"error": "invalid Content-Length header", "code": 400}, 400)(
-                    scope, receive, send
-                )
+                return await error_response(InvalidInput("invalid Content-Length header"))(scope, receive, send)
             if int(declared) > self.max_bytes:
                 message = f"request body is {int(declared)} bytes; the limit is {self.max_bytes}"
-                return await self.refusal(message)(scope, receive, send)
+                return await error_response(TooLarge(message))(scope, receive, send)
             return await self.app(scope, receive, send)
         if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
             return await self.read_chunked(scope, receive, send)
