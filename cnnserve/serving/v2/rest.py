@@ -51,7 +51,9 @@ def parsed_json(data: bytes, what: str):
         raise InvalidInput(f"{what} is not valid JSON: {exc}") from None
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
+def split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview]:
+    """The JSON header and a view of the binary tensors after it. A view, not a slice: slicing copied the
+    tensors twice (here and per input), 49 KB each for a ResNet-18 image."""
     json_length = len(body)
     if header_length is not None:
         if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
@@ -62,10 +64,10 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     payload = parsed_json(body[:json_length], "the request")
     if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
         raise InvalidInput('the request must be a JSON object with an "inputs" list')
-    return payload, body[json_length:]
+    return payload, memoryview(body)[json_length:]
 
 
-def parse_inputs(payload: dict, binary: bytes, limits: Limits) -> list[Tensor]:
+def parse_inputs(payload: dict, binary: memoryview, limits: Limits) -> list[Tensor]:
     tensors, offset = [], 0
     for item in payload["inputs"]:
         if not isinstance(item, dict) or not {"name", "datatype", "shape"} <= set(item):

@@ -72,7 +72,7 @@ def check_datatype(name: str, datatype: str) -> None:
         raise InvalidInput(f"input {name!r}: unknown datatype {datatype!r}; known: {', '.join(DATATYPES)}")
 
 
-def split_bytes_elements(name: str, raw: bytes, count: int) -> np.ndarray:
+def split_bytes_elements(name: str, raw: bytes | memoryview, count: int) -> np.ndarray:
     """BYTES tensor in its binary form: each element a 4-byte little-endian length, then the bytes."""
     elements, offset = [], 0
     for _ in range(count):
@@ -82,7 +82,7 @@ def split_bytes_elements(name: str, raw: bytes, count: int) -> np.ndarray:
         offset += 4
         if offset + length > len(raw):
             raise InvalidInput(f"input {name!r}: BYTES element claims {length} bytes, only {len(raw) - offset} remain")
-        elements.append(raw[offset : offset + length])
+        elements.append(bytes(raw[offset : offset + length]))
         offset += length
     if offset != len(raw):
         raise InvalidInput(f"input {name!r}: {len(raw) - offset} bytes left over after {count} BYTES elements")
@@ -93,8 +93,9 @@ def join_bytes_elements(array: np.ndarray) -> bytes:
     return b"".join(struct.pack("<I", len(e)) + e for e in array.ravel())
 
 
-def from_raw(name: str, datatype: str, shape: list[int], raw: bytes, limits: Limits) -> Tensor:
-    """A tensor from the binary extension (REST) or raw_input_contents (gRPC)."""
+def from_raw(name: str, datatype: str, shape: list[int], raw: bytes | memoryview, limits: Limits) -> Tensor:
+    """A tensor from the binary extension (REST: a view into the body, read in place) or raw_input_contents
+    (gRPC)."""
     check_datatype(name, datatype)
     count = element_count(name, datatype, shape, limits)
     if datatype == BYTES:
