@@ -38,7 +38,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 
-from cnnserve.serving.config import CUDNN_SEARCH_MODES, GPU_BATCH_SHAPES
+from cnnserve.serving.config import CUDNN_SEARCH_MODES, GPU_BATCH_SHAPES, available_cores
 from cnnserve.serving.repository import ModelVersion, discover
 from cnnserve.serving.runtime import (
     CUDA,
@@ -124,7 +124,7 @@ def session(model: ModelVersion, provider: str, variant: str, cudnn_search: str 
             max_batch_size: int = 64) -> LoadedModel:
     """The session the server would build for ``variant`` on ``provider`` (device 0; TensorRT's profile up to
     ``max_batch_size``)."""
-    return load_model(model, provider_list(provider), variant, os.cpu_count() or 1,
+    return load_model(model, provider_list(provider), variant, available_cores(),
                       Path(tempfile.gettempdir()) / "cnnserve-gpu-check-tensorrt", cudnn_search=cudnn_search,
                       max_batch_size=max_batch_size)
 

@@ -53,6 +53,66 @@ PER_MODEL_KEYS = {"max_batch_size", "max_queue_delay_ms", "max_queue_images", "v
 # clients 2,400, 6,255 and 4,625 (loadtests/results/2026-11-26-gpu/5-padded-batches-h100). Four per GPU: the best
 # or near it everywhere, at the cost of smaller batches (mean 8 at 64 clients instead of 30).
 WORKERS_PER_GPU = 4
+CGROUP_V1_CPU_MOUNTS = ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpuacct,cpu")
+
+
+def available_cores() -> int:
+    """The cores this server may use, which the default workers and threads are sized to: the CPU affinity
+    mask (taskset, a cpuset) and the CPU quota of the process's cgroup and its parents (a container's
+    ``limits.cpu``, systemd's ``CPUQuota=``), rounded down. ``os.cpu_count()`` sees neither: under a limit
+    of 2 CPUs on a 64-core node it says 64, and 64 workers would take turns on 2 cores. Down, not up: a
+    cgroup that spends its quota is stopped until the period ends (100 ms by default), every thread at once.
+    joblib's ``cpu_count`` reads the quota only at the cgroup root, as a container sees it, not a systemd
+    service's."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(cores, int(quota))) if quota is not None else cores
+
+
+def cgroup_cpu_quota(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> float | None:
+    """CPUs' worth of the tightest CPU quota on this process's cgroup path, or None without one (cgroup v2's
+    ``cpu.max``, v1's ``cpu.cfs_quota_us`` over ``cpu.cfs_period_us``). Inside a container the path's own
+    folder may not exist (v1 mounts the container's cgroup at the root): the root's files are read too."""
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return None
+    quotas = []
+    for line in lines:
+        if line.count(":") < 2:
+            continue
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # cgroup v2's unified hierarchy
+            quotas += [_cpu_max(Path(root, folder, "cpu.max")) for folder in _ancestors(path)]
+        elif "cpu" in controllers.split(","):
+            for mount in CGROUP_V1_CPU_MOUNTS:
+                quotas += [_cfs_quota(Path(mount.replace("/sys/fs/cgroup", root, 1), folder))
+                           for folder in _ancestors(path)]
+    found = [q for q in quotas if q is not None]
+    return min(found) if found else None
+
+
+def _ancestors(path: str) -> list[str]:
+    """A cgroup path and every folder above it, up to the root ("")."""
+    parts = path.strip("/").split("/") if path.strip("/") else []
+    return ["/".join(parts[:n]) for n in range(len(parts), -1, -1)]
+
+
+def _cpu_max(file: Path) -> float | None:
+    try:
+        quota, period = file.read_text().split()
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def _cfs_quota(folder: Path) -> float | None:
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
 
 
 @dataclass(frozen=True)
@@ -156,7 +216,7 @@ class Settings:
         """Worker processes: ``WORKERS_PER_GPU`` per GPU when the models run on ``gpus`` GPUs (each worker holds
         one CUDA context; worker *i* on GPU *i* mod ``gpus``), no more than the cores; on the CPU, as many as fit
         the cores with ``threads`` each."""
-        cores = cores or os.cpu_count() or 1
+        cores = cores or available_cores()
         if self.workers > 0:
             return self.workers
         if gpus > 0:
@@ -166,7 +226,7 @@ class Settings:
     def session_threads(self, cores: int | None = None, gpus: int = 0) -> int:
         if self.threads > 0:
             return self.threads
-        return max(1, (cores or os.cpu_count() or 1) // self.inference_workers(cores, gpus))
+        return max(1, (cores or available_cores()) // self.inference_workers(cores, gpus))
 
 
 def _check(name: str, raw: Any) -> None:

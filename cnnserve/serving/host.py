@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .batcher import AdaptiveBatcher, BatchResult, inline_up_to
-from .config import Settings
+from .config import Settings, available_cores
 from .errors import ModelUnavailable
 from .lone_request import lone_http_request
 from .metrics import ModelMetrics, child, pass_totals
@@ -64,7 +64,7 @@ class ModelHost:
         self.workers = settings.inference_workers(gpus=gpus)  # this worker's server has as many as app.py starts
         self.threads = settings.session_threads(gpus=gpus)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
-        self.cores = os.cpu_count() or 1
+        self.cores = available_cores()
         self.tokens = (
             CoreTokens(self.cores, self.threads, worker_index, self.workers)
             if settings.borrow_idle_cores and self.threads < self.cores and self.providers[0] == CPU

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import psutil
 
-from cnnserve.serving.config import load_settings
+from cnnserve.serving.config import available_cores, load_settings
 from cnnserve.serving.precision import CANDIDATES
 from cnnserve.serving.repository import discover
 from cnnserve.training.variants import missing_variants
@@ -259,7 +259,7 @@ def main() -> None:
     args = parser.parse_args()
 
     settings = load_settings({}, Path(os.devnull))
-    cores = os.cpu_count() or 1
+    cores = available_cores()
     workers, threads = settings.inference_workers(cores), settings.session_threads(cores)
     versions = [v for v in discover(args.models_dir).versions() if not args.models or v.name in args.models]
     bench_versions = [

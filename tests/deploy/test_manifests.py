@@ -57,8 +57,13 @@ def test_pods_are_probed_secured_and_sized(overlay):
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert probe in container
     env = {e["name"]: e["value"] for e in container["env"]}
-    workers, threads = int(env["CNNSERVE_WORKERS"]), int(env["CNNSERVE_THREADS"])
-    assert workers * threads <= float(container["resources"]["limits"]["cpu"]), "no oversubscription"
+    cpus = container["resources"]["limits"]["cpu"]
+    # The server sizes workers x threads to the container's CPU limit, rounded down (config.available_cores):
+    # a whole number wastes nothing, and explicit sizes must not exceed it.
+    assert str(cpus).isdigit() and int(cpus) >= 1, f"a whole number of CPUs, not {cpus!r}"
+    if "CNNSERVE_WORKERS" in env or "CNNSERVE_THREADS" in env:
+        workers, threads = int(env.get("CNNSERVE_WORKERS", 1)), int(env.get("CNNSERVE_THREADS", 1))
+        assert workers * threads <= int(cpus), "no oversubscription"
     ports = {p["name"] for p in documents["Service"]["spec"]["ports"]}
     assert ports == {"http", "grpc"}
     if overlay.name == "gpu":

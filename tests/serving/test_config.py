@@ -1,8 +1,14 @@
 """Settings: defaults, then the YAML file, then CNNSERVE_* variables."""
 
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
 import pytest
 
-from cnnserve.serving.config import Batching, Settings, VersionPolicy, load_settings
+from cnnserve.serving.config import Batching, Settings, VersionPolicy, cgroup_cpu_quota, load_settings
 
 
 def test_defaults_need_no_file(tmp_path):
@@ -71,6 +77,72 @@ def test_gpu_batch_shapes_take_one_of_two_names():
 def test_default_workers_times_threads_fit_the_cores(cores):
     settings = Settings()
     assert settings.inference_workers(cores) * settings.session_threads(cores) <= cores
+
+
+DEFAULTS_IN_A_FRESH_PROCESS = (
+    "from cnnserve.serving.config import Settings, available_cores; s = Settings(); "
+    "print(available_cores(), s.inference_workers(), s.session_threads())"
+)
+
+
+def defaults_in_a_process(enter) -> list[int]:
+    """Cores, default workers and threads, as a new Python process sees them once ``enter()`` has run in it."""
+    result = subprocess.run([sys.executable, "-c", DEFAULTS_IN_A_FRESH_PROCESS], preexec_fn=enter,
+                            capture_output=True, text=True, timeout=60, check=True)
+    return [int(v) for v in result.stdout.split()]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs a second core to take away")
+def test_default_workers_follow_the_cores_the_process_may_run_on():
+    assert defaults_in_a_process(lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})) == [1, 1, 1]
+
+
+@pytest.fixture
+def cpu_cgroup():
+    """A new cgroup v1 ``cpu`` folder, as a container runtime or systemd makes one; skipped where that is not
+    allowed (not root, or cgroup v2 only)."""
+    folder = Path("/sys/fs/cgroup/cpu", f"cnnserve-test-{uuid.uuid4().hex[:8]}")
+    try:
+        folder.mkdir()
+    except OSError as exc:
+        pytest.skip(f"cannot make a cpu cgroup here: {exc}")
+    yield folder
+    folder.rmdir()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs a second core to take away")
+def test_default_workers_follow_a_cgroup_cpu_limit_rounded_down(cpu_cgroup):
+    (cpu_cgroup / "cpu.cfs_period_us").write_text("100000")
+    (cpu_cgroup / "cpu.cfs_quota_us").write_text("150000")  # 1.5 CPUs: a second worker would be throttled
+    join = lambda: (cpu_cgroup / "cgroup.procs").write_text(str(os.getpid()))  # noqa: E731
+    assert defaults_in_a_process(join) == [1, 1, 1]
+
+
+def write_tree(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+@pytest.mark.parametrize("proc_cgroup, files, expected", [
+    # cgroup v2: the tightest quota on the way up to the root counts
+    ("0::/kubepods/pod1/c1\n", {"kubepods/cpu.max": "max 100000", "kubepods/pod1/cpu.max": "400000 100000",
+                                 "kubepods/pod1/c1/cpu.max": "max 100000"}, 4.0),
+    # cgroup v2 inside a container (cgroup namespace): its own cgroup is the root
+    ("0::/\n", {"cpu.max": "250000 100000"}, 2.5),
+    ("0::/\n", {"cpu.max": "max 100000"}, None),
+    # cgroup v1 in a container that mounts its own cgroup at the root: the path's folder does not exist
+    ("4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n",
+     {"cpu,cpuacct/cpu.cfs_quota_us": "200000", "cpu,cpuacct/cpu.cfs_period_us": "100000"}, 2.0),
+    ("3:cpu,cpuacct:/\n", {"cpu,cpuacct/cpu.cfs_quota_us": "-1", "cpu,cpuacct/cpu.cfs_period_us": "100000"}, None),
+    ("", {}, None),
+])
+def test_the_cgroup_quota_is_read_as_the_kernel_writes_it(tmp_path, proc_cgroup, files, expected):
+    root = write_tree(tmp_path / "cgroup", files)
+    proc = tmp_path / "proc-self-cgroup"
+    proc.write_text(proc_cgroup)
+    assert cgroup_cpu_quota(str(proc), str(root)) == expected
 
 
 def test_explicit_threads_shrink_the_worker_count():
