@@ -11,7 +11,9 @@
 4. **Throughput**: resnet18-digits and ResNet-50 at 224, in-process ONNX Runtime on the device (the session the
    server builds, each batch size) against the served V2 REST binary route at each concurrency, with the mean
    batch the server formed; one image per request, and with ``--images-per-request`` also requests that carry
-   several (a small model's GPU computes more images a second than Python processes parse requests).
+   several (a small model's GPU computes more images a second than Python processes parse requests). The load
+   comes from wrk when it is installed, else from the Python load generator, which needs far more of the host's
+   cores per request (each row records the client and its CPU per request).
 
 Writes ``gpu-check.{json,md,png}`` under ``loadtests/results/<date>-gpu/`` (``--out``) and exits 1 on a fallback
 or an accuracy drop. ``--providers CPUExecutionProvider`` rehearses every step on a host without a GPU (the tests
@@ -27,6 +29,8 @@ import functools
 import itertools
 import json
 import os
+import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,6 +57,7 @@ from .bench.http_load import http_load
 from .bench.machine import describe_machine
 from .bench.raw import time_calls
 from .bench.served import v2_binary_load
+from .bench.wrk import wrk
 from .local_server import running_server
 from .predict_bench import batch_totals
 
@@ -243,20 +248,45 @@ def server_means(server, model: str, before: dict | None = None) -> dict:
     return means
 
 
-def served(server, model: ModelVersion, concurrencies: list[int], seconds: float, images: int = 1) -> list[dict]:
+WRK_THREADS = 4  # wrk's threads on a GPU host: about 0.05 ms of a core per request, so four carry 80,000 a second
+
+
+def client_for(choice: str) -> str:
+    """``wrk`` or ``python``: ``auto`` takes wrk where it is installed. The Python load generator costs the host
+    several times wrk's CPU per request (one process sends about 3,000 a second), cores the server's workers then
+    lack: on a 16-core H100 host, ResNet-18 at 256 clients ran eight of them beside the server."""
+    if choice == "auto":
+        return "wrk" if shutil.which("wrk") else "python"
+    return choice
+
+
+def client_seconds() -> float:
+    """CPU seconds spent so far by this process's finished children: wrk, or the Python load's processes (their
+    start-up included)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def served(server, model: ModelVersion, concurrencies: list[int], seconds: float, images: int = 1,
+           client: str = "python") -> list[dict]:
     load = v2_binary_load(model, images=images)
     rows = []
     for concurrency in concurrencies:
-        before = server_means(server, model.name)
-        figures = http_load(server.url, load, concurrency, seconds)
-        rows.append({"concurrency": concurrency, "images_per_request": images, **figures,
+        before, spent = server_means(server, model.name), client_seconds()
+        if client == "wrk":
+            figures = wrk(server.url, load, concurrency, seconds, threads=WRK_THREADS)
+        else:
+            figures = http_load(server.url, load, concurrency, seconds)
+        requests = figures["throughput_rps"] * (max(1, round(seconds)) if client == "wrk" else seconds)
+        rows.append({"concurrency": concurrency, "images_per_request": images, "client": client, **figures,
+                     "client_cpu_ms_per_request": 1000 * (client_seconds() - spent) / requests if requests else None,
                      "images_per_s": figures["throughput_rps"] * images, **server_means(server, model.name, before)})
         row = rows[-1]
-        log(f"served {model.key} V2 binary, {images} image(s) per request, {concurrency:>3} clients: "
+        log(f"served {model.key} V2 binary, {images} image(s) per request, {concurrency:>3} clients ({client}): "
             f"{figures['throughput_rps']:8.0f} req/s, "
             f"p50 {figures['p50_ms'] or 0:7.2f} ms, mean batch {row['mean_batch'] or 0:5.1f}, compute "
             f"{row['compute_ms'] or 0:.2f} ms and queue {row['queue_ms'] or 0:.2f} ms per batch / request, "
-            f"errors {figures['errors']} {figures['statuses']}")
+            f"errors {figures['errors']} {figures.get('statuses', '')}")
     return rows
 
 
@@ -269,7 +299,8 @@ def save_so_far(results: dict, folder: Path) -> None:
 
 def run(args) -> dict:
     preload_gpu_libraries(ort.get_available_providers())
-    results = {"device": device_report(args.providers, args.commit), "failures": []}
+    args.client = client_for(args.client)
+    results = {"device": device_report(args.providers, args.commit), "client": args.client, "failures": []}
     log(f"device: {json.dumps(results['device'])}")
     committed = latest_versions(args.models_dir, tuple(args.models))
     bench = [v for v in latest_versions(args.bench_dir, BENCH_MODELS) if v.name in args.throughput_models]
@@ -301,7 +332,7 @@ def run(args) -> dict:
                     if "in_process" not in figures:
                         figures["in_process"] = in_process(model, args.providers, variant, args.seconds, args.batch_sizes)
                     for images in args.images_per_request:
-                        rows = served(server, model, args.concurrency, args.seconds, images)
+                        rows = served(server, model, args.concurrency, args.seconds, images, args.client)
                         figures["served"] += [{"workers": workers or "default", "gpu_batch_shapes": shapes, **row}
                                               for row in rows]
                         save_so_far(results, args.out)
@@ -379,12 +410,14 @@ def write_report(results: dict, folder: Path) -> Path:
         lines += ["", f"## {name} ({figures['variant']})", "", "| in-process batch | images/s | ms per call |", "|---|---|---|"]
         lines += [f"| {r['batch']} | {r['images_per_s']:.0f} | {r['p50_ms']:.2f} |" for r in figures["in_process"]]
         lines += ["", ("| workers | GPU batch shapes | images per request | served clients (V2 REST binary) | requests/s | "
-                       "images/s | p50 ms | p99 ms | mean batch | compute ms per batch | queue ms | errors |"),
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                       "images/s | p50 ms | p99 ms | mean batch | compute ms per batch | queue ms | errors | client "
+                       "(CPU ms per request) |"),
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['workers']} | {r['gpu_batch_shapes']} | {r['images_per_request']} | "
                   f"{r['concurrency']} | {r['throughput_rps']:.0f} | "
                   f"{r['images_per_s']:.0f} | {r['p50_ms'] or 0:.2f} | {r['p99_ms'] or 0:.2f} | "
-                  f"{r['mean_batch'] or 0:.1f} | {r['compute_ms'] or 0:.2f} | {r['queue_ms'] or 0:.2f} | {r['errors']} |"
+                  f"{r['mean_batch'] or 0:.1f} | {r['compute_ms'] or 0:.2f} | {r['queue_ms'] or 0:.2f} | {r['errors']} | "
+                  f"{r['client']} ({r['client_cpu_ms_per_request'] or 0:.3f}) |"
                   for r in figures["served"]]
     if results["failures"]:
         lines += ["", "## Failures", "", *(f"- {f}" for f in results["failures"])]
@@ -454,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="server workers, one server each (0: the server's default, four per GPU)")
     parser.add_argument("--gpu-batch-shapes", nargs="+", default=["powers_of_two"], choices=GPU_BATCH_SHAPES,
                         help="the servers' gpu_batch_shapes, one server each (with each --workers)")
+    parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto",
+                        help="the served load's generator (auto: wrk where it is installed)")
     parser.add_argument("--no-cudnn", dest="cudnn", action="store_false", help="skip the cuDNN search comparison")
     parser.add_argument("--no-accuracy", dest="accuracy", action="store_false", help="skip the test-split accuracy")
     parser.add_argument("--commit", default=git_commit())

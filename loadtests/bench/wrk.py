@@ -62,8 +62,9 @@ def require_wrk() -> str:
     return path
 
 
-def wrk(url: str, load: HttpLoad, concurrency: int, seconds: float) -> dict:
-    """Throughput and latency of ``load`` from ``concurrency`` keep-alive connections for ``seconds`` (whole, at least 1)."""
+def wrk(url: str, load: HttpLoad, concurrency: int, seconds: float, threads: int = 1) -> dict:
+    """Throughput and latency of ``load`` from ``concurrency`` keep-alive connections for ``seconds`` (whole, at
+    least 1), on ``threads`` threads (at most one per connection)."""
     with tempfile.TemporaryDirectory() as tmp:
         for i, body in enumerate(load.bodies, start=1):
             Path(tmp, f"{i}.body").write_bytes(body)
@@ -71,7 +72,7 @@ def wrk(url: str, load: HttpLoad, concurrency: int, seconds: float) -> dict:
         script = Path(tmp, "load.lua")
         script.write_text(LUA % {"count": len(load.bodies), "dir": tmp, "content_type": load.content_type,
                                  "headers": headers, "method": load.method, "path": load.path})
-        command = [require_wrk(), "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "30s", "-s", str(script), url]
+        command = [require_wrk(), f"-t{min(threads, concurrency)}", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "30s", "-s", str(script), url]
         result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=seconds + 60)
     line = next((x for x in result.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
     if result.returncode != 0 or line is None:

@@ -1,9 +1,10 @@
 """``make gpu-check``, rehearsed where there is no GPU: the same steps on the CPU provider (ONNX Runtime on the test
-split, a real server's ``/models``, the Python load generator against it) write the report; a provider this ONNX
-Runtime lacks fails the check at once instead of passing on the CPU; on a host with an NVIDIA GPU the real check
+split, a real server's ``/models``, the Python load generator or wrk against it) write the report; a provider this
+ONNX Runtime lacks fails the check at once instead of passing on the CPU; on a host with an NVIDIA GPU the real check
 runs (skipped here, with the reason)."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -24,7 +25,8 @@ def gpu_check(tmp_path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_the_check_rehearsed_on_the_cpu_writes_its_report(tmp_path):
-    result = gpu_check(tmp_path, "--providers", "CPUExecutionProvider", "--images-per-request", "1", "3")
+    result = gpu_check(tmp_path, "--providers", "CPUExecutionProvider", "--images-per-request", "1", "3",
+                       "--client", "python")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "gpu-check.json").read_text())
     assert report["served_models"]["lenet5-digits"]["provider"] == "CPUExecutionProvider"
@@ -35,10 +37,22 @@ def test_the_check_rehearsed_on_the_cpu_writes_its_report(tmp_path):
     assert {r["gpu_batch_shapes"] for r in served} == {"powers_of_two"}
     assert all(r["throughput_rps"] > 0 and r["errors"] == 0 and r["mean_batch"] >= 1 for r in served)
     assert all(r["images_per_s"] == r["images_per_request"] * r["throughput_rps"] for r in served)
+    assert all(r["client"] == "python" and r["client_cpu_ms_per_request"] > 0 for r in served)
     assert served[2]["mean_batch"] >= 3  # a request's images are batched together
     table = (tmp_path / "gpu-check.md").read_text()
     assert "| every model served on the provider asked, none degraded |" in table and "| yes |" in table
     assert (tmp_path / "gpu-check.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (make setup-test installs it)")
+def test_the_served_load_comes_from_wrk_where_it_is_installed(tmp_path):
+    result = gpu_check(tmp_path, "--providers", "CPUExecutionProvider", "--no-accuracy")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu-check.json").read_text())
+    served = report["throughput"]["lenet5-digits"]["served"]
+    assert report["client"] == "wrk" and all(r["client"] == "wrk" for r in served)
+    assert all(r["throughput_rps"] > 0 and r["errors"] == 0 and r["client_cpu_ms_per_request"] > 0 for r in served)
+    assert "| wrk (" in (tmp_path / "gpu-check.md").read_text()
 
 
 @pytest.mark.skipif(cuda_device_count() > 0, reason="this host has a GPU")
