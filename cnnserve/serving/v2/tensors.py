@@ -106,7 +106,10 @@ def from_raw(name: str, datatype: str, shape: list[int], raw: bytes | memoryview
             f"input {name!r}: {len(raw)} bytes of data for shape {shape} {datatype}, "
             f"which needs {count * dtype.itemsize}"
         )
-    return Tensor(name, datatype, np.frombuffer(raw, dtype=dtype).reshape(shape))
+    array = np.frombuffer(raw, dtype=dtype)
+    if array.ctypes.data % dtype.alignment:  # a view into a body at the JSON header's length: most often odd
+        array = array.copy()  # aligned, as numpy's fast loops and ONNX Runtime's inputs want
+    return Tensor(name, datatype, array.reshape(shape))
 
 
 def from_values(name: str, datatype: str, shape: list[int], values, limits: Limits) -> Tensor:
