@@ -19,6 +19,16 @@ def test_raw_fp32_round_trips():
     assert raw_bytes(tensor) == array.tobytes()
 
 
+@pytest.mark.parametrize("header_length", [238, 240])
+def test_raw_data_read_in_place_from_a_body_comes_out_aligned(header_length):
+    """REST reads the tensors as a view of the body, just after a JSON header of any length."""
+    array = np.arange(24, dtype=np.float32)
+    body = b"{" * header_length + array.tobytes()
+    tensor = from_raw("images", "FP32", [2, 12], memoryview(body)[header_length:], LIMIT)
+    np.testing.assert_array_equal(tensor.array.ravel(), array)
+    assert tensor.array.ctypes.data % array.dtype.alignment == 0
+
+
 def test_json_data_may_be_flat_or_nested():
     flat = from_values("x", "FP32", [2, 2], [1, 2, 3, 4], LIMIT)
     nested = from_values("x", "FP32", [2, 2], [[1, 2], [3, 4]], LIMIT)
