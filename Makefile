@@ -115,8 +115,8 @@ bench: setup-test
 GPU_VENV := .venv-gpu
 gpu-check: gpu-setup
 	$(GPU_VENV)/bin/pip install --quiet -e '.[gpu,train]' httpx aiohttp
-	@command -v wrk >/dev/null || { command -v apt-get >/dev/null && apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; } || \
+	@command -v wrk >/dev/null || { command -v apt-get >/dev/null && apt-get update -qq >/dev/null 2>&1 && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null 2>&1; } || \
 		echo "no wrk: the served load comes from Python processes, which take more of this host's cores per request"
 	test -f models-bench/resnet50-imagenet-untrained/1/model.onnx || \
 		$(GPU_VENV)/bin/python -m cnnserve.training bench-models --out models-bench --archs resnet50

@@ -261,8 +261,7 @@ def client_for(choice: str) -> str:
 
 
 def client_seconds() -> float:
-    """CPU seconds spent so far by this process's finished children: wrk, or the Python load's processes (their
-    start-up included)."""
+    """CPU seconds spent so far by this process's finished children (wrk)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
@@ -275,11 +274,11 @@ def served(server, model: ModelVersion, concurrencies: list[int], seconds: float
         before, spent = server_means(server, model.name), client_seconds()
         if client == "wrk":
             figures = wrk(server.url, load, concurrency, seconds, threads=WRK_THREADS)
+            requests = figures.pop("requests")
+            figures["client_cpu_ms_per_request"] = 1000 * (client_seconds() - spent) / requests if requests else None
         else:
-            figures = http_load(server.url, load, concurrency, seconds)
-        requests = figures["throughput_rps"] * (max(1, round(seconds)) if client == "wrk" else seconds)
+            figures = http_load(server.url, load, concurrency, seconds)  # counts its own CPU, start-up left out
         rows.append({"concurrency": concurrency, "images_per_request": images, "client": client, **figures,
-                     "client_cpu_ms_per_request": 1000 * (client_seconds() - spent) / requests if requests else None,
                      "images_per_s": figures["throughput_rps"] * images, **server_means(server, model.name, before)})
         row = rows[-1]
         log(f"served {model.key} V2 binary, {images} image(s) per request, {concurrency:>3} clients ({client}): "

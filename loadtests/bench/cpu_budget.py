@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import sys
 import tempfile
 import threading
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import psutil
 
+from cnnserve.serving.config import available_cores
 from cnnserve.serving.repository import discover
 
 from ..local_server import running_server
@@ -104,7 +104,7 @@ def budget_row(server, model, protocol: str, concurrency: int, seconds: float) -
     sampler.join()
     rate = row["throughput_rps"]
     per_request = {name: 1000 * share / rate for name, share in shares.items()}
-    unaccounted = max(0.0, 1000 * (os.cpu_count() or 1) / rate - sum(per_request.values()))
+    unaccounted = max(0.0, 1000 * available_cores() / rate - sum(per_request.values()))
     total = sum(per_request.values()) + unaccounted
     return {"protocol": protocol, "rps": rate, "mean_batch": row["mean_batch"], **per_request,
             "unaccounted": unaccounted, "batch_share": per_request["others"] / total}

@@ -35,7 +35,10 @@ def http_load(url: str, load: HttpLoad, concurrency: int, seconds: float, max_pr
         for status, count in part["statuses"].items():
             statuses[status] = statuses.get(status, 0) + count
     errors = sum(count for status, count in statuses.items() if status != 200)
+    requests = sum(len(p["latencies"]) for p in parts)
     return {
+        # the load's own CPU per answered request, over the measured window (not its processes' start-up)
+        "client_cpu_ms_per_request": 1000 * sum(p["cpu_s"] for p in parts) / requests if requests else None,
         "throughput_rps": sum(len(p["latencies"]) / p["window_s"] for p in parts),
         "p50_ms": float(np.percentile(latencies, 50)) * 1000 if len(latencies) else None,
         "p99_ms": float(np.percentile(latencies, 99)) * 1000 if len(latencies) else None,
@@ -79,6 +82,7 @@ async def _connections(url: str, load: HttpLoad, connections: int, start_at: flo
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
         await asyncio.sleep(max(0.0, start_at - time.time()))
-        began = time.time()
+        began, cpu_began = time.time(), time.process_time()
         await asyncio.gather(*(connection(session, i) for i in range(connections)))
-    return {"latencies": np.asarray(latencies), "statuses": statuses, "window_s": max(1e-3, stop_at - began)}
+    return {"latencies": np.asarray(latencies), "statuses": statuses, "window_s": max(1e-3, stop_at - began),
+            "cpu_s": time.process_time() - cpu_began}

@@ -9,6 +9,8 @@ from importlib import metadata
 
 import onnxruntime as ort
 
+from cnnserve.serving.config import available_cores
+
 
 def cpu_model() -> str:
     try:
@@ -38,7 +40,7 @@ def describe_machine(provider: str = "CPUExecutionProvider") -> dict:
         "cpu": cpu_model(),
         "provider": provider,
         **(describe_gpu() if provider != "CPUExecutionProvider" else {}),
-        "cores": os.cpu_count(),
+        "cores": available_cores(),  # those this process may use: its affinity and its cgroup's CPU limit
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "providers": ort.get_available_providers(),
         "python": platform.python_version(),

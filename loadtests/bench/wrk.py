@@ -64,7 +64,9 @@ def require_wrk() -> str:
 
 def wrk(url: str, load: HttpLoad, concurrency: int, seconds: float, threads: int = 1) -> dict:
     """Throughput and latency of ``load`` from ``concurrency`` keep-alive connections for ``seconds`` (whole, at
-    least 1), on ``threads`` threads (at most one per connection)."""
+    least 1), on up to ``threads`` threads: the most that divide ``concurrency``, since wrk gives each thread
+    ``connections // threads`` and would open fewer than asked otherwise."""
+    threads = max(t for t in range(1, min(threads, concurrency) + 1) if concurrency % t == 0)
     with tempfile.TemporaryDirectory() as tmp:
         for i, body in enumerate(load.bodies, start=1):
             Path(tmp, f"{i}.body").write_bytes(body)
@@ -72,13 +74,14 @@ def wrk(url: str, load: HttpLoad, concurrency: int, seconds: float, threads: int
         script = Path(tmp, "load.lua")
         script.write_text(LUA % {"count": len(load.bodies), "dir": tmp, "content_type": load.content_type,
                                  "headers": headers, "method": load.method, "path": load.path})
-        command = [require_wrk(), f"-t{min(threads, concurrency)}", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "30s", "-s", str(script), url]
+        command = [require_wrk(), f"-t{threads}", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "30s", "-s", str(script), url]
         result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=seconds + 60)
     line = next((x for x in result.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
     if result.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
     figures = json.loads(line.removeprefix("WRK_JSON "))
     return {
+        "requests": figures["requests"],
         "throughput_rps": figures["requests"] / figures["seconds"],
         "p50_ms": figures["p50_us"] / 1000,
         "p99_ms": figures["p99_us"] / 1000,

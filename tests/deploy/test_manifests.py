@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cnnserve.serving.config import Settings
 from loadtests.local_server import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy"
@@ -61,9 +62,10 @@ def test_pods_are_probed_secured_and_sized(overlay):
     # The server sizes workers x threads to the container's CPU limit, rounded down (config.available_cores):
     # a whole number wastes nothing, and explicit sizes must not exceed it.
     assert str(cpus).isdigit() and int(cpus) >= 1, f"a whole number of CPUs, not {cpus!r}"
-    if "CNNSERVE_WORKERS" in env or "CNNSERVE_THREADS" in env:
-        workers, threads = int(env.get("CNNSERVE_WORKERS", 1)), int(env.get("CNNSERVE_THREADS", 1))
-        assert workers * threads <= int(cpus), "no oversubscription"
+    settings = Settings(workers=int(env.get("CNNSERVE_WORKERS", 0)), threads=int(env.get("CNNSERVE_THREADS", 0)))
+    gpus = int(container["resources"]["limits"].get("nvidia.com/gpu", 0))
+    workers, threads = settings.inference_workers(int(cpus), gpus), settings.session_threads(int(cpus), gpus)
+    assert workers * threads <= int(cpus), f"{workers} workers x {threads} threads oversubscribe {cpus} CPUs"
     ports = {p["name"] for p in documents["Service"]["spec"]["ports"]}
     assert ports == {"http", "grpc"}
     if overlay.name == "gpu":

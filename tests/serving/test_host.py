@@ -3,14 +3,13 @@ the one asked for, the model is loaded again for the CPU and shown as degraded, 
 set explicitly. The GPU is what cannot exist here, so the test makes the host believe in one; the session that
 answers with the CPU provider is ONNX Runtime's own (this CPU build takes a CUDA request that way)."""
 
-import os
 from dataclasses import replace
 
 import pytest
 from prometheus_client import REGISTRY
 
 from cnnserve.serving import host as host_module
-from cnnserve.serving.config import Settings
+from cnnserve.serving.config import Settings, available_cores
 from cnnserve.serving.host import ModelHost
 from cnnserve.serving.repository import discover
 from cnnserve.serving.runtime import CPU, CUDA, TENSORRT, ModelFileInvalid, ModelInvalid
@@ -177,7 +176,7 @@ def test_a_model_whose_warm_up_fails_is_refused_and_the_worker_serves_on(host_fo
                                 "reason": "failed while loading or warming up: RuntimeError: CUDA failure 2: out of memory"}
 
 
-@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="borrowing idle cores needs two")
+@pytest.mark.skipif(available_cores() < 2, reason="borrowing idle cores needs two")
 def test_a_model_that_borrows_idle_cores_spins_only_for_a_lone_request(host_for):
     """A lone request's run holds its event loop anyway; a queued batch's loop reads the next calls meanwhile, and
     spinning threads starved it (cnnserve/serving/runner.py)."""
