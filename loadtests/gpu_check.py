@@ -42,7 +42,8 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 
-from cnnserve.serving.config import CUDNN_SEARCH_MODES, GPU_BATCH_SHAPES, available_cores
+from cnnserve.machine import available_cores
+from cnnserve.serving.config import CUDNN_SEARCH_MODES, GPU_BATCH_SHAPES
 from cnnserve.serving.repository import ModelVersion, discover
 from cnnserve.serving.runtime import (
     CUDA,

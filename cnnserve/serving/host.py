@@ -19,7 +19,8 @@ import numpy as np
 import onnxruntime as ort
 
 from .batcher import AdaptiveBatcher, BatchResult, inline_up_to
-from .config import Settings, available_cores
+from ..machine import available_cores
+from .config import Settings
 from .errors import ModelUnavailable
 from .lone_request import lone_http_request
 from .metrics import ModelMetrics, child, pass_totals

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 from dataclasses import replace
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..machine import available_cores
 from .architectures import list_models
 from .data import digits_task, folder_task
 from .pipeline import build_untrained, build_version, rederive_variants
@@ -53,7 +53,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--data-dir", type=Path, help="a folder with images and labels.csv/json (default: digits)")
     tr.add_argument("--out", type=Path, default=Path("models"), help="model repository root")
-    tr.add_argument("--threads", type=int, default=os.cpu_count())
+    tr.add_argument("--threads", type=int, default=available_cores(),
+                    help="torch threads (default: the cores this process may use, its CPU limit included)")
     tr.add_argument("--device", default="cpu", help="torch device to train on: cpu, or cuda on a GPU host with a "
                     "CUDA build of torch (the card records the GPU)")
     tr.add_argument("--dry-run", action="store_true", help="tiny subset, one short epoch: a smoke test")

@@ -35,7 +35,8 @@ from pathlib import Path
 
 import psutil
 
-from cnnserve.serving.config import available_cores, load_settings
+from cnnserve.machine import available_cores
+from cnnserve.serving.config import load_settings
 from cnnserve.serving.precision import CANDIDATES
 from cnnserve.serving.repository import discover
 from cnnserve.training.variants import missing_variants

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import psutil
 
-from cnnserve.serving.config import available_cores
+from cnnserve.machine import available_cores
 from cnnserve.serving.repository import discover
 
 from ..local_server import running_server

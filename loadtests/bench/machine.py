@@ -9,7 +9,7 @@ from importlib import metadata
 
 import onnxruntime as ort
 
-from cnnserve.serving.config import available_cores
+from cnnserve.machine import available_cores
 
 
 def cpu_model() -> str:

@@ -59,7 +59,7 @@ def test_pods_are_probed_secured_and_sized(overlay):
         assert probe in container
     env = {e["name"]: e["value"] for e in container["env"]}
     cpus = container["resources"]["limits"]["cpu"]
-    # The server sizes workers x threads to the container's CPU limit, rounded down (config.available_cores):
+    # The server sizes workers x threads to the container's CPU limit, rounded down (cnnserve/machine.py):
     # a whole number wastes nothing, and explicit sizes must not exceed it.
     assert str(cpus).isdigit() and int(cpus) >= 1, f"a whole number of CPUs, not {cpus!r}"
     settings = Settings(workers=int(env.get("CNNSERVE_WORKERS", 0)), threads=int(env.get("CNNSERVE_THREADS", 0)))

@@ -9,7 +9,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from cnnserve.serving import host as host_module
-from cnnserve.serving.config import Settings, available_cores
+from cnnserve.machine import available_cores
+from cnnserve.serving.config import Settings
 from cnnserve.serving.host import ModelHost
 from cnnserve.serving.repository import discover
 from cnnserve.serving.runtime import CPU, CUDA, TENSORRT, ModelFileInvalid, ModelInvalid
