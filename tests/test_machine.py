@@ -3,6 +3,7 @@ training's threads follow: real processes pinned by affinity or placed in a cgro
 kernel's files as it writes them."""
 
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -52,6 +53,29 @@ def test_the_cores_and_the_default_workers_follow_a_cgroup_cpu_limit_rounded_dow
     (cpu_cgroup / "cpu.cfs_quota_us").write_text("150000")  # 1.5 CPUs: a second worker would be throttled
     join = lambda: (cpu_cgroup / "cgroup.procs").write_text(str(os.getpid()))  # noqa: E731
     assert defaults_in_a_process(join) == [1, 1, 1, 1]
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux's unshare")
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs a second core to take away")
+def test_a_limit_inside_a_container_whose_own_cgroup_is_mounted_as_the_root_is_read(cpu_cgroup):
+    """Docker on cgroup v1 without a cgroup namespace: the container's cgroup (here without a limit) is
+    bind-mounted as the root of /sys/fs/cgroup/cpu, in a mount namespace of its own, while /proc/self/cgroup still
+    names the process's cgroup by its full path; the process runs in a cgroup below it limited to 1.2 CPUs."""
+    job = cpu_cgroup / "job"
+    job.mkdir()
+    try:
+        (job / "cpu.cfs_period_us").write_text("100000")
+        (job / "cpu.cfs_quota_us").write_text("120000")
+        script = (f"mount --make-rprivate / && mount --bind {cpu_cgroup} /sys/fs/cgroup/cpu && echo mounted && "
+                  'echo $$ > /sys/fs/cgroup/cpu/job/cgroup.procs && exec "$PYTHON" -c "$CODE"')
+        result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=60,
+                                env={**os.environ, "PYTHON": sys.executable, "CODE": DEFAULTS_IN_A_FRESH_PROCESS})
+    finally:
+        job.rmdir()
+    if not result.stdout.startswith("mounted"):
+        pytest.skip(f"cannot make a mount namespace here: {result.stderr.strip()[-200:]}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [int(v) for v in result.stdout.split()[1:]] == [1, 1, 1, 1]
 
 
 def cgroup_files(tmp_path: Path, proc_cgroup: str, mounts: dict[str, tuple[str, str]], files: dict[str, str]):
