@@ -10,6 +10,14 @@ import os
 from pathlib import Path
 
 
+def describe_cores() -> str:
+    """Where ``available_cores`` comes from, for the log line that explains a server's size."""
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    quota = cgroup_cpu_quota()
+    return (f"{available_cores()} cores (of {os.cpu_count()} on the machine; CPU affinity {affinity}, "
+            f"cgroup CPU quota {'none' if quota is None else f'{quota:g} CPUs'})")
+
+
 def available_cores() -> int:
     """The cores this process may use, which serving's default workers and threads and training's threads are
     sized to: the CPU affinity mask (taskset, a cpuset) and the CPU quota of the process's cgroup and its

@@ -18,6 +18,7 @@ import logging
 
 import bentoml
 
+from ..machine import describe_cores
 from .auth import ApiKeyMiddleware
 from .auth import key_check as make_key_check
 from .body_limit import BodyLimit
@@ -49,6 +50,11 @@ def configure_logging() -> None:
 
 configure_logging()
 settings = load_settings()
+GPUS = usable_gpus(settings.providers)
+WORKERS = settings.inference_workers(gpus=GPUS)
+if bentoml.server_context.worker_index is None:  # once, in the process that starts the workers
+    log.info("%d worker(s) of %d ONNX Runtime thread(s), for %s%s", WORKERS, settings.session_threads(gpus=GPUS),
+             describe_cores(), f" and {GPUS} GPU(s)" if GPUS else "")
 if settings.spread_connections and allowed("circus") and allowed("bentoml"):
     spread_connections()  # takes effect in the arbiter, which imports this before it binds the HTTP port
 repository = initial_repository(settings)
@@ -58,7 +64,7 @@ rest_app = build_rest_app()
 @bentoml.asgi_app(rest_app, path="/")
 @bentoml.service(
     name="cnnserve",
-    workers=settings.inference_workers(gpus=usable_gpus(settings.providers)),
+    workers=WORKERS,
     traffic={"timeout": 60},
     logging={"access": {"enabled": settings.access_log}},
 )

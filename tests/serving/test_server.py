@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cnnserve.machine import available_cores
+from cnnserve.serving.config import Settings
 from cnnserve.training.boxes import iou
 from cnnserve.training.data.digits import load_source_digits, split_indices
 from loadtests.digit_images import Condition, DigitFile, digit_files, render
@@ -126,6 +128,15 @@ def test_a_concurrent_burst_rides_in_shared_batches(server):
     batches = metric_total(after, "cnnserve_batch_size_images_count", **labels) - metric_total(before, "cnnserve_batch_size_images_count", **labels)
     assert images == 192
     assert images / batches > 1.5, f"mean batch {images / batches:.2f} images"
+
+
+def test_the_start_log_says_how_the_server_sized_itself(server):
+    """Once, from the process that starts the workers: a pod that starts fewer workers than expected says why."""
+    (line,) = [line for line in server.log().splitlines() if "worker(s) of" in line]
+    defaults = Settings()
+    assert (f"{defaults.inference_workers()} worker(s) of {defaults.session_threads()} ONNX Runtime thread(s), "
+            f"for {available_cores()} cores") in line
+    assert "CPU affinity" in line and "cgroup CPU quota" in line
 
 
 def test_metrics_expose_requests_latency_queue_batches_inflight_and_readiness(server):
