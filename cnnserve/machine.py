@@ -6,29 +6,35 @@ each other.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
-
-
-def describe_cores() -> str:
-    """Where ``available_cores`` comes from, for the log line that explains a server's size."""
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    quota = cgroup_cpu_quota()
-    return (f"{available_cores()} cores (of {os.cpu_count()} on the machine; CPU affinity {affinity}, "
-            f"cgroup CPU quota {'none' if quota is None else f'{quota:g} CPUs'})")
 
 
 def available_cores() -> int:
     """The cores this process may use, which serving's default workers and threads and training's threads are
     sized to: the CPU affinity mask (taskset, a cpuset) and the CPU quota of the process's cgroup and its
     parents (a container's ``limits.cpu``, systemd's ``CPUQuota=``), rounded down. ``os.cpu_count()`` sees
-    neither: under a limit of 2 CPUs on a 64-core node it says 64, and 64 workers would take turns on 2 cores. Down, not up: a
-    cgroup that spends its quota is stopped until the period ends (100 ms by default), every thread at once.
-    joblib's ``cpu_count`` reads the quota only at the cgroup root, as a container sees it, not a systemd
-    service's."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    quota = cgroup_cpu_quota()
-    return max(1, min(cores, int(quota))) if quota is not None else cores
+    neither: under a limit of 2 CPUs on a 64-core node it says 64, and 64 workers would take turns on 2 cores.
+    Down, not up: a cgroup that spends its quota is stopped until the period ends (100 ms by default), every
+    thread at once. joblib's ``cpu_count`` reads the quota only at the cgroup root, as a container sees it, not
+    a systemd service's."""
+    affinity, quota = _limits()
+    return max(1, min(affinity, int(quota))) if quota is not None else affinity
+
+
+def describe_cores() -> str:
+    """Where ``available_cores`` comes from, for the log line that explains a server's size."""
+    affinity, quota = _limits()
+    return (f"{available_cores()} cores (of {os.cpu_count()} on the machine; CPU affinity {affinity}, "
+            f"cgroup CPU quota {'none' if quota is None else f'{quota:g} CPUs'})")
+
+
+@functools.cache
+def _limits() -> tuple[int, float | None]:
+    """The affinity's cores and the cgroup quota, read once: a process is sized when it starts."""
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return affinity, cgroup_cpu_quota()
 
 
 def cgroup_cpu_quota(proc_cgroup: str = "/proc/self/cgroup", mountinfo: str = "/proc/self/mountinfo") -> float | None:

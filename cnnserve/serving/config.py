@@ -54,6 +54,8 @@ PER_MODEL_KEYS = {"max_batch_size", "max_queue_delay_ms", "max_queue_images", "v
 # clients 2,400, 6,255 and 4,625 (loadtests/results/2026-11-26-gpu/5-padded-batches-h100). Four per GPU: the best
 # or near it everywhere, at the cost of smaller batches (mean 8 at 64 clients instead of 30).
 WORKERS_PER_GPU = 4
+
+
 @dataclass(frozen=True)
 class Batching:
     max_batch_size: int = 64  # images per ONNX Runtime call

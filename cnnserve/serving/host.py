@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .batcher import AdaptiveBatcher, BatchResult, inline_up_to
 from ..machine import available_cores
+from .batcher import AdaptiveBatcher, BatchResult, inline_up_to
 from .config import Settings
 from .errors import ModelUnavailable
 from .lone_request import lone_http_request
@@ -193,28 +193,30 @@ class ModelHost:
         degraded, with the reason."""
         providers = self.providers
         self.degraded.pop(model.key, None)
-        while True:
-            try:
-                loaded, warm_up = self.load_on(providers, model, max_batch_size, cache_dir)
-                if loaded.providers[0] == providers[0]:
-                    return loaded, warm_up
-                reason = f"{providers[0]} was asked for but ONNX Runtime gave {loaded.providers[0]}"
-            except ModelFileInvalid:  # no provider would take the file
-                self.degraded.pop(model.key, None)
-                raise
-            except Exception as exc:  # noqa: BLE001  (on a GPU: a session or engine that fails, out of memory...)
-                if providers[0] == CPU:
-                    self.degraded.pop(model.key, None)
+        try:
+            while True:
+                try:
+                    loaded, warm_up = self.load_on(providers, model, max_batch_size, cache_dir)
+                    if loaded.providers[0] == providers[0]:
+                        return loaded, warm_up
+                    reason = f"{providers[0]} was asked for but ONNX Runtime gave {loaded.providers[0]}"
+                except ModelFileInvalid:  # no provider would take the file
                     raise
-                expected = isinstance(exc, (ModelInvalid, ValueError))  # a refusal that says its own reason
-                if not expected:
-                    log.exception("model %s failed on %s", model.key, providers[0])
-                reason = str(exc) if expected else f"{type(exc).__name__}: {exc}"
-            if self.settings.providers != ("auto",):
-                raise ModelInvalid(f"{reason}; the providers are set explicitly, so the model is not served")
-            providers = providers[1:]
-            log.error("model %s: %s; loading it again on %s", model.key, reason, providers[0])
-            self.degraded[model.key] = f"{reason}; served on {providers[0]}"
+                except Exception as exc:  # noqa: BLE001  (on a GPU: a session or engine that fails, out of memory)
+                    if providers[0] == CPU:
+                        raise
+                    expected = isinstance(exc, (ModelInvalid, ValueError))  # a refusal that says its own reason
+                    if not expected:
+                        log.exception("model %s failed on %s", model.key, providers[0])
+                    reason = str(exc) if expected else f"{type(exc).__name__}: {exc}"
+                if self.settings.providers != ("auto",):
+                    raise ModelInvalid(f"{reason}; the providers are set explicitly, so the model is not served")
+                providers = providers[1:]
+                log.error("model %s: %s; loading it again on %s", model.key, reason, providers[0])
+                self.degraded[model.key] = f"{reason}; served on {providers[0]}"
+        except Exception:
+            self.degraded.pop(model.key, None)  # refused, not degraded
+            raise
 
     def load_fastest(
         self, model: ModelVersion, providers: list[str], max_batch_size: int, cache_dir: Path

@@ -5,6 +5,7 @@ through them and reports the figures as JSON when the run ends."""
 from __future__ import annotations
 
 import json
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -74,14 +75,18 @@ def wrk(url: str, load: HttpLoad, concurrency: int, seconds: float, threads: int
         script = Path(tmp, "load.lua")
         script.write_text(LUA % {"count": len(load.bodies), "dir": tmp, "content_type": load.content_type,
                                  "headers": headers, "method": load.method, "path": load.path})
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         command = [require_wrk(), f"-t{threads}", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "30s", "-s", str(script), url]
         result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=seconds + 60)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
     line = next((x for x in result.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
     if result.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
     figures = json.loads(line.removeprefix("WRK_JSON "))
+    # wrk's CPU, and that of any other child this process reaped meanwhile (none, where the figure is used)
+    spent = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return {
-        "requests": figures["requests"],
+        "client_cpu_ms_per_request": 1000 * spent / figures["requests"] if figures["requests"] else None,
         "throughput_rps": figures["requests"] / figures["seconds"],
         "p50_ms": figures["p50_us"] / 1000,
         "p99_ms": figures["p99_us"] / 1000,

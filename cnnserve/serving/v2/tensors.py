@@ -155,7 +155,7 @@ def numbers(name: str, datatype: str, values) -> np.ndarray:
         return np.empty(0, target)
     if parsed.dtype.kind not in ACCEPTED_KINDS[target.kind]:
         raise problem
-    if target.kind in "iu" and parsed.size:
+    if target.kind in "iu":
         limits = np.iinfo(target)
         if parsed.min() < limits.min or parsed.max() > limits.max:
             raise InvalidInput(f"input {name!r}: values outside {datatype}'s range [{limits.min}, {limits.max}]")
