@@ -235,17 +235,33 @@ SERVER_HISTOGRAMS = {"mean_batch": "cnnserve_batch_size_images", "compute_ms": "
                      "queue_ms": "cnnserve_queue_duration_seconds"}
 
 
+HANDED_OVER = {"handed_over": "owner", "not_taken": "this_worker"}  # row key: computed_by label
+
+
+def handed_over(page: str, model: str) -> dict[str, float]:
+    """``shared_batches``: the batches handed to the GPU's first worker, by who computed them (the owner, or their own
+    worker when the owner could not take them)."""
+    counts = dict.fromkeys(HANDED_OVER, 0.0)
+    for line in page.splitlines():
+        if line.startswith("cnnserve_forwarded_batches_total{") and f'model="{model}"' in line:
+            for key, computed_by in HANDED_OVER.items():
+                if f'computed_by="{computed_by}"' in line:
+                    counts[key] += float(line.rsplit(" ", 1)[1])
+    return counts
+
+
 def server_means(server, model: str, before: dict | None = None) -> dict:
-    """Sum and count of the server's batch, compute and queue histograms; with ``before``, the means since then."""
+    """Sum and count of the server's batch, compute and queue histograms and the batches handed over; with
+    ``before``, the means and the batches handed over since then."""
     page = httpx.get(f"{server.url}/metrics", timeout=30).text
     totals = {key: batch_totals(page, model, family) for key, family in SERVER_HISTOGRAMS.items()}
     if before is None:
-        return totals
+        return {**totals, "handed": handed_over(page, model)}
     means = {}
     for key, (total, count) in totals.items():
         count -= before[key][1]
         means[key] = (total - before[key][0]) / count * (1000 if key.endswith("_ms") else 1) if count else None
-    return means
+    return {**means, **{key: count - before["handed"][key] for key, count in handed_over(page, model).items()}}
 
 
 WRK_THREADS = 4  # wrk's threads on a GPU host: about 0.02 ms of a core per request (measured on 2 cores)
@@ -277,6 +293,7 @@ def served(server, model: ModelVersion, concurrencies: list[int], seconds: float
             f"{figures['throughput_rps']:8.0f} req/s, "
             f"p50 {figures['p50_ms'] or 0:7.2f} ms, mean batch {row['mean_batch'] or 0:5.1f}, compute "
             f"{row['compute_ms'] or 0:.2f} ms and queue {row['queue_ms'] or 0:.2f} ms per batch / request, "
+            f"batches handed over {row['handed_over']:.0f} (not taken {row['not_taken']:.0f}), "
             f"errors {figures['errors']} {figures.get('statuses', '')}")
     return rows
 
@@ -306,12 +323,13 @@ def run(args) -> dict:
 
     results["throughput"] = {}
     throughput_models = [v for v in committed if v.name in args.throughput_models] + bench
-    for index, (workers, shapes) in enumerate(itertools.product(args.workers, args.gpu_batch_shapes)):
+    servers = itertools.product(args.workers, args.gpu_batch_shapes, args.shared_batches)
+    for index, (workers, shapes, shared) in enumerate(servers):
         with tempfile.TemporaryDirectory() as tmp:
             models_dir = served_models_dir(args.models_dir, args.bench_dir, Path(tmp))
             settings = {"models_dir": str(models_dir), "providers": ",".join(provider_list(args.providers)),
                         "serve": ",".join([*(m.name for m in committed), *(b.name for b in bench)]),
-                        "gpu_batch_shapes": shapes}
+                        "gpu_batch_shapes": shapes, "shared_batches": str(shared == "on").lower()}
             if workers:
                 settings["workers"] = str(workers)
             with running_server(Path(tmp), **settings) as server:
@@ -324,8 +342,8 @@ def run(args) -> dict:
                         figures["in_process"] = in_process(model, args.providers, variant, args.seconds, args.batch_sizes)
                     for images in args.images_per_request:
                         rows = served(server, model, args.concurrency, args.seconds, images, args.client)
-                        figures["served"] += [{"workers": workers or "default", "gpu_batch_shapes": shapes, **row}
-                                              for row in rows]
+                        figures["served"] += [{"workers": workers or "default", "gpu_batch_shapes": shapes,
+                                               "shared_batches": shared, **row} for row in rows]
                         save_so_far(results, args.out)
                 results.setdefault("server_log_tails", []).append(server.log()[-4000:])
     return results
@@ -368,11 +386,14 @@ def summary_rows(results: dict) -> list[tuple[str, str, bool | None]]:
 
 
 def _served_setting(row: dict) -> tuple:
-    return row["workers"], row["images_per_request"], row["gpu_batch_shapes"]
+    return row["workers"], row["images_per_request"], row["gpu_batch_shapes"], row.get("shared_batches", "off")
 
 
-def _setting_label(workers, images: int, shapes: str) -> str:
-    return f"workers {workers}, {images} image{'s' if images > 1 else ''} per request, GPU batch shapes {shapes}"
+def _setting_label(workers, images: int, shapes: str, shared: str, only: set[int] | None = None) -> str:
+    """The setting in words; ``only``: just the parts at these places (those a plot's series differ in)."""
+    parts = [f"workers {workers}", f"{images} image{'s' if images > 1 else ''} per request",
+             f"GPU batch shapes {shapes}", f"shared batches {shared}"]
+    return ", ".join(part for place, part in enumerate(parts) if only is None or place in only)
 
 
 def write_report(results: dict, folder: Path) -> Path:
@@ -400,14 +421,15 @@ def write_report(results: dict, folder: Path) -> Path:
     for name, figures in results.get("throughput", {}).items():
         lines += ["", f"## {name} ({figures['variant']})", "", "| in-process batch | images/s | ms per call |", "|---|---|---|"]
         lines += [f"| {r['batch']} | {r['images_per_s']:.0f} | {r['p50_ms']:.2f} |" for r in figures["in_process"]]
-        lines += ["", ("| workers | GPU batch shapes | images per request | served clients (V2 REST binary) | requests/s | "
-                       "images/s | p50 ms | p99 ms | mean batch | compute ms per batch | queue ms | errors | client "
-                       "(CPU ms per request) |"),
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['workers']} | {r['gpu_batch_shapes']} | {r['images_per_request']} | "
+        lines += ["", ("| workers | GPU batch shapes | shared batches | images per request | served clients (V2 REST binary) | requests/s | "
+                       "images/s | p50 ms | p99 ms | mean batch | compute ms per batch | queue ms | batches handed over "
+                       "(not taken) | errors | client (CPU ms per request) |"),
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['workers']} | {r['gpu_batch_shapes']} | {r.get('shared_batches', 'off')} | {r['images_per_request']} | "
                   f"{r['concurrency']} | {r['throughput_rps']:.0f} | "
                   f"{r['images_per_s']:.0f} | {r['p50_ms'] or 0:.2f} | {r['p99_ms'] or 0:.2f} | "
-                  f"{r['mean_batch'] or 0:.1f} | {r['compute_ms'] or 0:.2f} | {r['queue_ms'] or 0:.2f} | {r['errors']} | "
+                  f"{r['mean_batch'] or 0:.1f} | {r['compute_ms'] or 0:.2f} | {r['queue_ms'] or 0:.2f} | "
+                  f"{r.get('handed_over', 0):.0f} ({r.get('not_taken', 0):.0f}) | {r['errors']} | "
                   f"{r['client']} ({r['client_cpu_ms_per_request'] or 0:.3f}) |"
                   for r in figures["served"]]
     if results["failures"]:
@@ -430,10 +452,12 @@ def plot(results: dict, path: Path) -> None:
     figure, axes = plt.subplots(1, len(throughput), figsize=(max(8, 6 * len(throughput)), 4.5 + 0.2 * series),
                                 squeeze=False)
     for axis, (name, figures) in zip(axes[0], throughput.items()):
-        for setting in dict.fromkeys(_served_setting(r) for r in figures["served"]):
+        settings = list(dict.fromkeys(_served_setting(r) for r in figures["served"]))
+        differing = {place for place in range(4) if len({setting[place] for setting in settings}) > 1}
+        for setting in settings:
             rows = [r for r in figures["served"] if _served_setting(r) == setting]
             axis.plot([r["concurrency"] for r in rows], [r["images_per_s"] for r in rows], marker="o",
-                      label=f"served, V2 REST binary, {_setting_label(*setting)}")
+                      label=", ".join(["served, V2 REST binary", _setting_label(*setting, only=differing)]).strip(", "))
             for r in rows:
                 axis.annotate(f"batch {r['mean_batch'] or 0:.0f}", (r["concurrency"], r["images_per_s"]), fontsize=7,
                               textcoords="offset points", xytext=(0, 6), ha="center")
@@ -478,6 +502,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="server workers, one server each (0: the server's default, four per GPU)")
     parser.add_argument("--gpu-batch-shapes", nargs="+", default=["powers_of_two"], choices=GPU_BATCH_SHAPES,
                         help="the servers' gpu_batch_shapes, one server each (with each --workers)")
+    parser.add_argument("--shared-batches", nargs="+", default=["off", "on"], choices=["off", "on"],
+                        help="the servers' shared_batches, one server each (with each of the above): on, one batcher "
+                             "per GPU takes every worker's batches")
     parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto",
                         help="the served load's generator (auto: wrk where it is installed)")
     parser.add_argument("--no-cudnn", dest="cudnn", action="store_false", help="skip the cuDNN search comparison")

@@ -148,17 +148,21 @@ class AdaptiveBatcher:
                 "retry shortly"
             )
 
-    async def submit(self, images: np.ndarray, deadline: float) -> BatchResult:
+    async def submit(self, images: np.ndarray, deadline: float, admitted: bool = False) -> BatchResult:
         """Queue ``images`` (at most ``max_batch_size``) and wait for their rows.
 
         ``deadline`` is a ``time.perf_counter()`` value: a job not started by
-        then is dropped with ``DeadlineExceeded``.
+        then is dropped with ``DeadlineExceeded``. ``admitted``: another
+        worker's batch, already admitted by its own queue's bound
+        (shared_batches.py), which this queue takes without a check.
         """
         if len(images) > self.max_batch_size:
             raise ValueError(f"{len(images)} images exceed the batch limit {self.max_batch_size}; split them first")
-        self.check_room(len(images))
-        if self.idle and not self.queue and self.alone() and (result := self.run_alone(images, deadline)) is not None:
-            return result
+        if not admitted:
+            self.check_room(len(images))
+            lone = self.idle and not self.queue and self.alone()
+            if lone and (result := self.run_alone(images, deadline)) is not None:
+                return result
         job = Job(images, asyncio.get_running_loop().create_future(), deadline)
         self.queue.append(job)
         self.queued_images += len(images)

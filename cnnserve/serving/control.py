@@ -25,20 +25,25 @@ import psutil
 WANTED, LOCK = "wanted.json", "wanted.lock"
 
 
+def server_folder(models_dir: Path) -> Path:
+    """The folder the workers of one server share (the control file here, shared_batches.py's sockets): named
+    after its arbiter's process id and start time (in a container the arbiter is always process 1, and /tmp may
+    outlive a restart, which then served the previous run's models instead of ``serve``), and its repository (two
+    servers never share)."""
+    repository = hashlib.sha256(str(models_dir.resolve()).encode()).hexdigest()[:12]
+    arbiter = psutil.Process(os.getppid())
+    folder = Path(tempfile.gettempdir()) / f"cnnserve-control-{arbiter.pid}-{int(arbiter.create_time())}-{repository}"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 class ControlFile:
     def __init__(self, folder: Path):
         self.folder = folder
 
     @classmethod
     def for_this_server(cls, models_dir: Path) -> ControlFile:
-        """The folder of this server: its arbiter's process id and start time (in a container the arbiter is
-        always process 1, and /tmp may outlive a restart, which then served the previous run's models instead of
-        ``serve``), and its repository (two servers never share)."""
-        repository = hashlib.sha256(str(models_dir.resolve()).encode()).hexdigest()[:12]
-        arbiter = psutil.Process(os.getppid())
-        folder = Path(tempfile.gettempdir()) / f"cnnserve-control-{arbiter.pid}-{int(arbiter.create_time())}-{repository}"
-        folder.mkdir(exist_ok=True)
-        return cls(folder)
+        return cls(server_folder(models_dir))
 
     def start(self, names: tuple[str, ...]) -> None:
         """The models asked for at start (``serve``), unless another worker of this server wrote them already."""

@@ -12,6 +12,7 @@ counted the same way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -49,6 +50,9 @@ class Host(Protocol):
 
     def check_room(self, model: ModelVersion, count: int) -> None:
         """Raise ``errors.Overloaded`` when the model's queue has no room for ``count`` more images."""
+
+    def sharing_batches(self) -> contextlib.AbstractAsyncContextManager:
+        """For as long as the worker serves: take other workers' batches, where this one computes theirs."""
 
 
 def check_tensor(model: ModelVersion, images: np.ndarray) -> None:

@@ -9,6 +9,7 @@ thing. The inference core reaches it only through ``core.Host``: ``infer``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -21,6 +22,7 @@ import onnxruntime as ort
 from ..machine import available_cores
 from .batcher import AdaptiveBatcher, BatchResult, inline_up_to
 from .config import Settings
+from .control import server_folder
 from .errors import ModelUnavailable
 from .lone_request import lone_http_request
 from .metrics import ModelMetrics, child, pass_totals
@@ -41,6 +43,7 @@ from .runtime import (
     preload_gpu_libraries,
     tensorrt_loads,
 )
+from .shared_batches import NEVER, BatchOwner, DeviceBusy, Forwarder, ForwardingRunner, busy_path, owner_of, socket_path
 
 log = logging.getLogger("cnnserve")
 
@@ -71,6 +74,15 @@ class ModelHost:
             if settings.borrow_idle_cores and self.threads < self.cores and self.providers[0] == CPU
             else None
         )
+        # shared_batches: the worker that computes this worker's batches (None: each its own), the socket it takes
+        # them on (this worker's to listen on when it is that worker, else to forward to) and its busy mark
+        shared = settings.shared_batches and self.workers > max(gpus, 1)
+        self.batch_owner = owner_of(worker_index, gpus) if shared else None
+        folder = server_folder(settings.models_dir) if shared else None
+        self.device_busy = DeviceBusy(busy_path(folder, self.batch_owner)) if shared else None
+        owns = shared and self.batch_owner == worker_index
+        self.owner_socket = socket_path(folder, self.batch_owner) if owns else None
+        self.forwarder = Forwarder(socket_path(folder, self.batch_owner)) if shared and not owns else None
         self.loaded: dict[str, LoadedModel] = {}
         self.batchers: dict[str, AdaptiveBatcher] = {}
         self.failures: dict[str, str] = {}
@@ -113,6 +125,8 @@ class ModelHost:
             self.status = self.describe()
             return False
         loaded, warm_up, runner = prepared
+        if self.forwarder:
+            runner = ForwardingRunner(model.key, runner, self.forwarder, self.device_busy)
         self.failures.pop(model.key, None)
         self.loaded[model.key] = loaded
         self.metrics.model_ready.labels(*labels).set(1)
@@ -121,6 +135,10 @@ class ModelHost:
 
         def observe(images: int, seconds: float) -> None:
             totals = pass_totals()
+            if runner.handed:
+                totals.inc(child(self.metrics.forwarded_batches, *labels, runner.handed))
+                if runner.handed == "owner":  # its batch metrics are the owner's, who computed it
+                    return
             totals.observe(child(self.metrics.batch_size, *labels), images)
             totals.observe(child(self.metrics.compute_duration, *labels), seconds)
             totals.inc(child(self.metrics.batches_by_size, *labels, str(images)))
@@ -266,14 +284,15 @@ class ModelHost:
         blocks the next."""
         settings = self.settings
         inline = 0 if loaded.on_gpu else inline_up_to(warm_up)
+        busy = self.device_busy if self.owner_socket else None
         if self.tokens is None or inline >= SOLO_MAX_BATCH:
-            return ModelRunner(loaded, inline)
+            return ModelRunner(loaded, inline, device_busy=busy)
         solo, solo_queued = (load_model(loaded.model, loaded.providers, loaded.variant, self.cores, cache_dir, spin=spin)
                              for spin in (True, False))
         if settings.warmup:
             solo.warm_up(SOLO_MAX_BATCH)
             solo_queued.warm_up(SOLO_MAX_BATCH)
-        return ModelRunner(loaded, inline, self.tokens, solo, solo_queued)
+        return ModelRunner(loaded, inline, self.tokens, solo, solo_queued, device_busy=busy)
 
     def batcher(self, model: ModelVersion) -> AdaptiveBatcher:
         batcher = self.batchers.get(model.key)
@@ -294,6 +313,36 @@ class ModelHost:
     def check_room(self, model: ModelVersion, count: int) -> None:
         self.batcher(model).check_room(count)
 
+    async def run_forwarded(self, key: str, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Another worker's batch, queued here beside this worker's own requests (shared_batches.py)."""
+        batcher = self.batchers.get(key)
+        if batcher is None:
+            raise ModelUnavailable(f"model {key} is not loaded in the worker that owns the batches")
+        if self.tokens:
+            self.tokens.request_began()
+        try:
+            result = await batcher.submit(images, NEVER, admitted=True)
+        finally:
+            if self.tokens:
+                self.tokens.request_ended()
+        return result.probabilities, result.boxes
+
+    @contextlib.asynccontextmanager
+    async def sharing_batches(self):
+        """For as long as the worker serves: take the other workers' batches, when this worker owns them."""
+        owner = None
+        if self.owner_socket:
+            try:
+                owner = BatchOwner(self.owner_socket, self.run_forwarded, asyncio.get_running_loop())
+            except OSError as exc:  # e.g. a temp dir whose path is too long for a Unix socket
+                log.error("cannot take the other workers' batches at %s (%s): each worker computes its own",
+                          self.owner_socket, exc)
+        try:
+            yield
+        finally:
+            if owner:
+                owner.close()
+
     def describe(self) -> dict:
         """Per model version: ready or failed (with the reason), provider and precision.
 
@@ -311,6 +360,7 @@ class ModelHost:
                 "precision_choice": choice.describe() if (choice := self.precision_choices.get(key)) else None,
                 "threads": self.threads,
                 "batch_shapes": list(loaded.shapes) or None,
+                "batch_owner": self.batch_owner,  # shared_batches: the worker whose batches this worker's join
                 "pid": os.getpid(),
             }
         return statuses

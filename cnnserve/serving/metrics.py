@@ -162,6 +162,10 @@ class ModelMetrics:
                                        [*MODEL_LABELS, "batch_size"])
         self.compute_by_size = Counter("cnnserve_batch_compute_by_size_seconds", "ONNX Runtime time, by batch size",
                                        [*MODEL_LABELS, "batch_size"])
+        # shared_batches: the batches a worker formed and handed on, by who computed them: the worker that owns the
+        # device's batches ("owner"), or this worker because the owner could not take them ("this_worker").
+        self.forwarded_batches = Counter("cnnserve_forwarded_batches", "Batches handed to the worker that owns the "
+                                         "device's batches, by who computed them", [*MODEL_LABELS, "computed_by"])
         self.model_precision = Gauge(
             "cnnserve_model_precision",
             "1 for the precision variant each live inference worker serves the model version with",

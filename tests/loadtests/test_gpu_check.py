@@ -33,8 +33,12 @@ def test_the_check_rehearsed_on_the_cpu_writes_its_report(tmp_path):
     (accuracy,) = report["accuracy"]
     assert accuracy["passed"] and accuracy["accuracy"] == accuracy["card_fp32_accuracy"]  # the card was measured so
     served = report["throughput"]["lenet5-digits"]["served"]
-    assert [(r["images_per_request"], r["concurrency"]) for r in served] == [(1, 1), (1, 8), (3, 1), (3, 8)]
+    series = [(1, 1), (1, 8), (3, 1), (3, 8)]  # one server without shared batches, then one with
+    assert [(r["shared_batches"], r["images_per_request"], r["concurrency"]) for r in served] == \
+        [("off", *row) for row in series] + [("on", *row) for row in series]
     assert {r["gpu_batch_shapes"] for r in served} == {"powers_of_two"}
+    assert all(r["handed_over"] == r["not_taken"] == 0 for r in served[:4])  # counted only where batches are shared
+    assert all(r["handed_over"] >= 0 and r["not_taken"] >= 0 for r in served[4:])
     assert all(r["throughput_rps"] > 0 and r["errors"] == 0 and r["mean_batch"] >= 1 for r in served)
     assert all(r["images_per_s"] == r["images_per_request"] * r["throughput_rps"] for r in served)
     assert all(r["client"] == "python" and r["client_cpu_ms_per_request"] > 0 for r in served)

@@ -29,20 +29,26 @@ def a_gpu_that_does_not_work(monkeypatch):
 @pytest.fixture
 def host_for(repo_copy):
     """``host_for(**settings)``: a host on a copy of LeNet-5 (or ``model``), and the version's key; its metrics are
-    unregistered afterwards, so the next test's host can register them again."""
+    unregistered when the test builds another host or ends, so that one can register them again."""
     hosts = []
 
+    def unregister_built():
+        for built in hosts:
+            for metric in vars(built.metrics).values():
+                REGISTRY.unregister(metric)
+        hosts.clear()
+
     def build(worker_index: int = 0, model: str = "lenet5-digits", **settings) -> tuple[ModelHost, str]:
-        repo_copy(model)
+        unregister_built()
+        if not (repo_copy.root / model).exists():  # a second host of the test shares the first one's
+            repo_copy(model)
         config = replace(Settings(), **{"models_dir": repo_copy.root, "workers": 1, "threads": 1,
                                          "borrow_idle_cores": False, **settings})
         hosts.append(ModelHost(config, discover(config.models_dir, ()), worker_index))
         return hosts[-1], f"{model}/{VERSIONS[model]}"
 
     yield build
-    for built in hosts:
-        for metric in vars(built.metrics).values():
-            REGISTRY.unregister(metric)
+    unregister_built()
 
 
 def test_a_session_that_falls_back_is_reloaded_for_the_cpu_and_shown_degraded(host_for, a_gpu_that_does_not_work):
@@ -139,6 +145,17 @@ def test_each_worker_takes_its_own_gpu(host_for, a_gpu_that_does_not_work, monke
     assert host.device_id == 1  # workers 0, 1, 2, 3 on GPUs 0, 1, 0, 1
     assert host.status[key]["device_id"] is None  # its session fell back to the CPU: no GPU to name
 
+
+def test_with_shared_batches_each_worker_hands_its_batches_to_its_gpus_first_worker(host_for, a_gpu_that_does_not_work,
+                                                                                   monkeypatch):
+    monkeypatch.setattr(host_module, "cuda_device_count", lambda: 2)
+    owner, key = host_for(worker_index=1, workers=8, shared_batches=True)
+    forwarding, _ = host_for(worker_index=5, workers=8, shared_batches=True)
+    assert owner.owner_socket.name == forwarding.forwarder.path.name == "batches-1.sock"  # GPU 1's first worker
+    assert owner.forwarder is None and forwarding.owner_socket is None
+    assert owner.status[key]["batch_owner"] == forwarding.status[key]["batch_owner"] == 1
+    alone, _ = host_for(worker_index=1, workers=2, shared_batches=True)  # a worker per GPU: nothing to share
+    assert alone.batch_owner is None and alone.owner_socket is None and alone.forwarder is None
 
 def test_without_a_gpu_nothing_is_degraded(host_for):
     host, key = host_for()

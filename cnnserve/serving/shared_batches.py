@@ -1,0 +1,249 @@
+"""One batcher per GPU, fed by every worker on it (``shared_batches: true``).
+
+A GPU gets several workers (config.WORKERS_PER_GPU: one Python process parses too few requests to keep it busy),
+and each worker batched only its own clients: at 64 clients an H100 computed batches of 7.7 (ResNet-18) and 8.2
+(ResNet-50) images, four workers' at a time (loadtests/results/2026-11-27-gpu). With shared batches, worker *i*
+below the GPU count owns GPU *i*'s batches. The other workers on that GPU still read, decode and batch their own
+requests, but hand each batch they form to the owner over a Unix socket in the server's folder
+(control.server_folder); the owner's batcher merges them with its own requests and with each other's into one run.
+Only the worker that computes a batch records it in the batch metrics, so they count what the GPU ran.
+
+A forwarded batch was admitted by its own worker's queue bound and its expired requests dropped there, so the
+owner neither refuses nor drops it: its queue holds at most one batch per forwarding worker beyond its own bound.
+A worker runs a batch itself, on its own sessions, whenever the owner cannot take it (not listening yet, gone, or
+not serving that model version yet): a worker that dies or a version that loads a little later elsewhere costs
+batch size, never an answer. It also runs a batch itself while the owner computes nothing (``DeviceBusy``): there is
+then no batch to join, and the hand-over costs a lone request 0.3 ms (LeNet-5 at one client on two CPU workers:
+p50 0.73 ms handed over, 0.44 ms not; loadtests/results/2026-11-27/shared-batches-cpu).
+
+Transport: one connection per forwarding worker, used only by its executor thread (one batch in flight per
+worker); each message is a length-prefixed JSON header and the raw array. The owner reads each connection on a
+thread of its own, straight into the array (the kernel's copy, without the GIL), and hands the batch to its
+event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ModelUnavailable, ServiceError
+
+log = logging.getLogger("cnnserve")
+
+HEADER_LENGTH = struct.Struct("!I")
+RECONNECT_AFTER_S = 1.0  # after the owner could not be reached, run batches here this long before trying again
+# How long a forwarding worker waits for its batch's answer before it computes the batch itself: BentoML's own
+# request timeout (app.py's traffic timeout), far beyond any batch the owner's bounded queue holds.
+ANSWER_TIMEOUT_S = 60.0
+NEVER = math.inf  # a forwarded batch's deadline at its owner: it is never dropped there (see above)
+
+Outputs = tuple[np.ndarray, np.ndarray | None]
+
+
+def owner_of(worker_index: int, gpus: int) -> int:
+    """The worker that owns the batches of worker ``worker_index``'s GPU (workers share GPUs round robin, host.py);
+    on the CPU, worker 0."""
+    return worker_index % gpus if gpus else 0
+
+
+def socket_path(folder: Path, owner: int) -> Path:
+    return folder / f"batches-{owner}.sock"
+
+
+def busy_path(folder: Path, owner: int) -> Path:
+    return folder / f"batches-{owner}.busy"
+
+
+class DeviceBusy:
+    """Whether the owner is computing a batch, for every worker on its device to see: an ``flock`` on a file beside
+    the socket, held by the owner while a batch runs (the kernel drops it if the owner dies). Each end opens the
+    file itself, so two ends in one process exclude each other too."""
+
+    def __init__(self, path: Path):
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    @contextlib.contextmanager
+    def computing(self):
+        fcntl.flock(self.fd, fcntl.LOCK_EX)  # never waits long: the other ends only test it
+        try:
+            yield
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def idle(self) -> bool:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        return True
+
+
+def send(sock: socket.socket, header: dict, *arrays: np.ndarray) -> None:
+    encoded = json.dumps(header).encode()
+    sock.sendall(HEADER_LENGTH.pack(len(encoded)) + encoded)
+    for array in arrays:
+        sock.sendall(memoryview(np.ascontiguousarray(array, dtype=np.float32)).cast("B"))
+
+
+def receive_into(sock: socket.socket, view: memoryview) -> None:
+    while view:
+        received = sock.recv_into(view)
+        if not received:
+            raise ConnectionError("the other worker closed the connection")
+        view = view[received:]
+
+
+def receive_header(sock: socket.socket) -> dict:
+    length = bytearray(HEADER_LENGTH.size)
+    receive_into(sock, memoryview(length))
+    encoded = bytearray(HEADER_LENGTH.unpack(length)[0])
+    receive_into(sock, memoryview(encoded))
+    return json.loads(encoded)
+
+
+def receive_array(sock: socket.socket, shape: list[int]) -> np.ndarray:
+    array = np.empty(shape, dtype=np.float32)
+    receive_into(sock, memoryview(array).cast("B"))
+    return array
+
+
+class Forwarder:
+    """A worker's link to the owner of its GPU's batches; used from the worker's executor thread only."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.sock: socket.socket | None = None
+        self.retry_at = 0.0
+
+    def connection(self) -> socket.socket | None:
+        if self.sock is None and time.monotonic() >= self.retry_at:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(ANSWER_TIMEOUT_S)
+            try:
+                sock.connect(str(self.path))
+            except OSError:
+                sock.close()
+                self.retry_at = time.monotonic() + RECONNECT_AFTER_S
+            else:
+                self.sock = sock
+        return self.sock
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+            self.retry_at = time.monotonic() + RECONNECT_AFTER_S
+
+    def forward(self, key: str, images: np.ndarray) -> Outputs | None:
+        """The batch's outputs as the owner computed them, or None when the owner cannot take it now."""
+        sock = self.connection()
+        if sock is None:
+            return None
+        try:
+            send(sock, {"model": key, "shape": list(images.shape)}, images)
+            answer = receive_header(sock)
+            if "error" not in answer:
+                probabilities = receive_array(sock, answer["probabilities"])
+                return probabilities, None if answer["boxes"] is None else receive_array(sock, answer["boxes"])
+        except (OSError, ValueError) as exc:  # gone, restarted or silent past the timeout: compute here
+            log.warning("the batch owner at %s did not answer (%s); this worker computes its batches until it does",
+                        self.path, exc)
+            self.close()
+            return None
+        if answer["error"] == ModelUnavailable.__name__:  # not serving that version (yet, or any more)
+            return None
+        raise RuntimeError(f"the batch failed in the worker that owns the device's batches: {answer['message']}")
+
+
+class ForwardingRunner:
+    """A model's batches in a worker that does not own its device's: handed to the owner while it computes, else
+    run here. Never on the event loop (``inline_up_to`` 0, no ``solo``): the hand-over blocks until the answer."""
+
+    inline_up_to = 0
+    solo = None
+
+    def __init__(self, key: str, local: Callable[[np.ndarray], Outputs], forwarder: Forwarder, owner_busy: DeviceBusy):
+        self.key = key
+        self.local = local
+        self.forwarder = forwarder
+        self.owner_busy = owner_busy
+        # The last batch: None when run here with the owner idle; "owner" when the owner computed it; "this_worker"
+        # when handed over but run here, the owner unable to take it.
+        self.handed: str | None = None
+
+    def __call__(self, images: np.ndarray) -> Outputs:
+        if self.owner_busy.idle():
+            self.handed = None
+            return self.local(images)
+        outputs = self.forwarder.forward(self.key, images)
+        self.handed = "this_worker" if outputs is None else "owner"
+        return self.local(images) if outputs is None else outputs
+
+
+class BatchOwner:
+    """The owner's end: a listening socket, and a thread per forwarding worker that reads its batches and hands
+    each to ``run`` on the owner's event loop."""
+
+    def __init__(self, path: Path, run: Callable[[str, np.ndarray], Awaitable[Outputs]],
+                 loop: asyncio.AbstractEventLoop):
+        self.path = path
+        self.run = run
+        self.loop = loop
+        path.unlink(missing_ok=True)  # a socket left by a worker that died
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        self.listener.listen()
+        threading.Thread(target=self.accept, name="batch owner", daemon=True).start()
+        log.info("this worker computes the batches of every worker on its device (shared_batches, %s)", path)
+
+    def accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:  # closed: the worker stops
+                return
+            threading.Thread(target=self.serve, args=(connection,), name="forwarded batches", daemon=True).start()
+
+    def serve(self, connection: socket.socket) -> None:
+        with connection:
+            while True:
+                try:
+                    header = receive_header(connection)
+                    images = receive_array(connection, header["shape"])
+                except (OSError, ValueError):
+                    return  # the forwarding worker closed, or died
+                try:
+                    probabilities, boxes = asyncio.run_coroutine_threadsafe(
+                        self.run(header["model"], images), self.loop).result()
+                except Exception as exc:  # noqa: BLE001  (every failure goes back to the batch's worker)
+                    message = exc.message if isinstance(exc, ServiceError) else f"{type(exc).__name__}: {exc}"
+                    reply = ({"error": type(exc).__name__, "message": message},)
+                else:
+                    shapes = {"probabilities": list(probabilities.shape),
+                              "boxes": None if boxes is None else list(boxes.shape)}
+                    reply = (shapes, probabilities) + (() if boxes is None else (boxes,))
+                try:
+                    send(connection, *reply)
+                except OSError:
+                    return
+
+    def close(self) -> None:
+        self.listener.close()
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
