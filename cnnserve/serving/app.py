@@ -32,7 +32,7 @@ from .patches import allowed
 from .patches.bentoml_asgi import promised_middlewares, wrap_service_app
 from .patches.circus_sockets import listen_on_own_socket, spread_connections
 from .patches.uvicorn_writes import coalesce_responses
-from .routes import build_rest_app, serve_core
+from .routes import build_rest_app, route_error, serve_core
 from .runtime import usable_gpus
 
 log = logging.getLogger("cnnserve")
@@ -92,6 +92,7 @@ def worker_app(app):
     """What each worker's uvicorn serves: BentoML's app with the fast lane in front (fastlane.py), on the
     worker's own listening socket (patches/circus_sockets.py), each response in one write
     (patches/uvicorn_writes.py)."""
+    app.add_exception_handler(404, route_error)  # JSON naming the path, not BentoML's plain "Not Found"
     if settings.spread_connections:
         listen_on_own_socket()
     if settings.coalesce_writes:

@@ -186,6 +186,14 @@ def test_a_wrong_method_gets_a_json_error_naming_the_allowed_ones(server, method
     assert set(error.rsplit("allowed: ", 1)[1].split(", ")) == set(response.headers["allow"].split(", ")) == allowed
 
 
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/predictions"), ("POST", "/v2/models/lenet5-digits/infers"),
+                                              ("GET", "/v2/models/lenet5-digits/versions/4/nope")])
+def test_a_path_no_route_has_gets_a_json_404_naming_it(server, method, path):
+    response = server.client.request(method, path)
+    assert response.status_code == 404 and response.headers["content-type"] == "application/json"
+    assert response.json()["error"] == f"no route {method} {path} on this server; GET /openapi.json lists them"
+
 BOMB = png(Image.new("1", (20_000, 20_000)))
 
 
