@@ -16,14 +16,15 @@ from cnnserve.machine import cgroup_cpu_quota
 
 DEFAULTS_IN_A_FRESH_PROCESS = (
     "from cnnserve.machine import available_cores; from cnnserve.serving.config import Settings; "
-    "from cnnserve.training.__main__ import parse_args; s = Settings(); "
-    "print(available_cores(), s.inference_workers(), s.session_threads(), parse_args(['train']).threads)"
+    "from cnnserve.training.__main__ import parse_args; from cnnserve.training.card import machine; s = Settings(); "
+    "print(available_cores(), s.inference_workers(), s.session_threads(), parse_args(['train']).threads, "
+    "machine()['cores'])"
 )
 
 
 def defaults_in_a_process(enter) -> list[int]:
-    """Cores, serving's default workers and threads, and training's threads, as a new Python process sees them
-    once ``enter()`` has run in it."""
+    """Cores, serving's default workers and threads, training's threads and the cores its card records, as a new
+    Python process sees them once ``enter()`` has run in it."""
     result = subprocess.run([sys.executable, "-c", DEFAULTS_IN_A_FRESH_PROCESS], preexec_fn=enter,
                             capture_output=True, text=True, timeout=60, check=True)
     return [int(v) for v in result.stdout.split()]
@@ -31,7 +32,7 @@ def defaults_in_a_process(enter) -> list[int]:
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs a second core to take away")
 def test_the_cores_and_the_default_workers_follow_the_cpu_affinity():
-    assert defaults_in_a_process(lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})) == [1, 1, 1, 1]
+    assert defaults_in_a_process(lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})) == [1, 1, 1, 1, 1]
 
 
 @pytest.fixture
@@ -52,7 +53,7 @@ def test_the_cores_and_the_default_workers_follow_a_cgroup_cpu_limit_rounded_dow
     (cpu_cgroup / "cpu.cfs_period_us").write_text("100000")
     (cpu_cgroup / "cpu.cfs_quota_us").write_text("150000")  # 1.5 CPUs: a second worker would be throttled
     join = lambda: (cpu_cgroup / "cgroup.procs").write_text(str(os.getpid()))  # noqa: E731
-    assert defaults_in_a_process(join) == [1, 1, 1, 1]
+    assert defaults_in_a_process(join) == [1, 1, 1, 1, 1]
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux's unshare")
@@ -75,7 +76,7 @@ def test_a_limit_inside_a_container_whose_own_cgroup_is_mounted_as_the_root_is_r
     if not result.stdout.startswith("mounted"):
         pytest.skip(f"cannot make a mount namespace here: {result.stderr.strip()[-200:]}")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert [int(v) for v in result.stdout.split()[1:]] == [1, 1, 1, 1]
+    assert [int(v) for v in result.stdout.split()[1:]] == [1, 1, 1, 1, 1]
 
 
 def cgroup_files(tmp_path: Path, proc_cgroup: str, mounts: dict[str, tuple[str, str]], files: dict[str, str]):

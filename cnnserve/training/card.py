@@ -4,7 +4,6 @@ model version, written beside ``model.onnx`` as ``card.json``."""
 from __future__ import annotations
 
 import json
-import os
 import platform
 from pathlib import Path
 
@@ -13,13 +12,14 @@ import torch
 
 from cnnserve.contract.card import BOX_FORMAT, BOXES, CARD_FILE, INPUT_NAME, PROBABILITIES, RESIZE_POLICY, file_sha256
 
+from ..machine import available_cores
 from .export import OPSET
 
 
 def machine() -> dict:
     return {
         "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
+        "cores": available_cores(),  # those training could use (its affinity, its container's CPU limit)
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,
         **({"gpu": torch.cuda.get_device_name(0)} if torch.cuda.is_available() else {}),
