@@ -99,6 +99,7 @@ class Job:
     images: np.ndarray
     future: asyncio.Future
     deadline: float  # time.perf_counter() by which the batch must start
+    admitted_elsewhere: bool = False  # another worker's batch (shared_batches.py), outside this queue's bound
     enqueued: float = field(default_factory=time.perf_counter)
     arrives_one_per_pass: bool = field(default_factory=ARRIVES_ONE_PER_PASS.get)
 
@@ -126,6 +127,7 @@ class AdaptiveBatcher:
         self.on_batch = on_batch or (lambda images, seconds: None)
         self.queue: deque[Job] = deque()
         self.queued_images = 0
+        self.queued_from_elsewhere = 0  # of those, the images of other workers' batches (not bounded here)
         self.arrived = asyncio.Event()
         self.worker: asyncio.Task | None = None
         self.idle = True  # no batch is being formed or computed
@@ -142,10 +144,10 @@ class AdaptiveBatcher:
         if count > self.max_queue_images:
             raise TooLarge(f"{count} images in one request; model {self.name} queues at most {self.max_queue_images}"
                            " (max_queue_images)")
-        if self.queued_images + count > self.max_queue_images:
+        bounded = self.queued_images - self.queued_from_elsewhere
+        if bounded + count > self.max_queue_images:
             raise Overloaded(
-                f"model {self.name} has {self.queued_images} images queued (limit {self.max_queue_images}); "
-                "retry shortly"
+                f"model {self.name} has {bounded} images queued (limit {self.max_queue_images}); retry shortly"
             )
 
     async def submit(self, images: np.ndarray, deadline: float, admitted: bool = False) -> BatchResult:
@@ -163,9 +165,10 @@ class AdaptiveBatcher:
             lone = self.idle and not self.queue and self.alone()
             if lone and (result := self.run_alone(images, deadline)) is not None:
                 return result
-        job = Job(images, asyncio.get_running_loop().create_future(), deadline)
+        job = Job(images, asyncio.get_running_loop().create_future(), deadline, admitted_elsewhere=admitted)
         self.queue.append(job)
         self.queued_images += len(images)
+        self.queued_from_elsewhere += len(images) if admitted else 0
         self.arrived.set()
         if self.worker is None or self.worker.done():
             self.worker = asyncio.create_task(self.serve(), name=f"batcher {self.name}")
@@ -239,6 +242,7 @@ class AdaptiveBatcher:
         now = time.perf_counter()
         while self.queue and images + len(self.queue[0].images) <= self.max_batch_size:
             job = self.queue.popleft()
+            self.queued_from_elsewhere -= len(job.images) if job.admitted_elsewhere else 0
             if job.future.cancelled() or now > job.deadline:
                 self.queued_images -= len(job.images)
                 if not job.future.done():

@@ -43,7 +43,17 @@ from .runtime import (
     preload_gpu_libraries,
     tensorrt_loads,
 )
-from .shared_batches import NEVER, BatchOwner, DeviceBusy, Forwarder, ForwardingRunner, busy_path, owner_of, socket_path
+from .shared_batches import (
+    NEVER,
+    BatchOwner,
+    DeviceBusy,
+    Forwarder,
+    ForwardingRunner,
+    busy_path,
+    owner_of,
+    runs_as,
+    socket_path,
+)
 
 log = logging.getLogger("cnnserve")
 
@@ -126,7 +136,8 @@ class ModelHost:
             return False
         loaded, warm_up, runner = prepared
         if self.forwarder:
-            runner = ForwardingRunner(model.key, runner, self.forwarder, self.device_busy)
+            runner = ForwardingRunner(model.key, runs_as(loaded.variant, loaded.providers[0]), runner, self.forwarder,
+                                      self.device_busy)
         self.failures.pop(model.key, None)
         self.loaded[model.key] = loaded
         self.metrics.model_ready.labels(*labels).set(1)
@@ -313,11 +324,14 @@ class ModelHost:
     def check_room(self, model: ModelVersion, count: int) -> None:
         self.batcher(model).check_room(count)
 
-    async def run_forwarded(self, key: str, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Another worker's batch, queued here beside this worker's own requests (shared_batches.py)."""
-        batcher = self.batchers.get(key)
-        if batcher is None:
+    async def run_forwarded(self, key: str, how: str, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Another worker's batch, queued here beside this worker's own requests (shared_batches.py), if this
+        worker runs the model as that one does (``how``: variant and provider)."""
+        batcher, loaded = self.batchers.get(key), self.loaded.get(key)
+        if batcher is None or loaded is None:
             raise ModelUnavailable(f"model {key} is not loaded in the worker that owns the batches")
+        if (here := runs_as(loaded.variant, loaded.providers[0])) != how:
+            raise ModelUnavailable(f"model {key} runs as {here} in the worker that owns the batches, not {how}")
         if self.tokens:
             self.tokens.request_began()
         try:

@@ -25,6 +25,7 @@ event loop.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import fcntl
 import json
@@ -46,8 +47,9 @@ log = logging.getLogger("cnnserve")
 
 HEADER_LENGTH = struct.Struct("!I")
 RECONNECT_AFTER_S = 1.0  # after the owner could not be reached, run batches here this long before trying again
-# How long a forwarding worker waits for its batch's answer before it computes the batch itself: BentoML's own
-# request timeout (app.py's traffic timeout), far beyond any batch the owner's bounded queue holds.
+# How long a forwarding worker's socket waits on any one call (connect, send, each read of the answer) before it
+# gives up on the owner and computes the batch itself: BentoML's own request timeout (app.py's traffic timeout), far
+# beyond any batch the owner's bounded queue holds.
 ANSWER_TIMEOUT_S = 60.0
 NEVER = math.inf  # a forwarded batch's deadline at its owner: it is never dropped there (see above)
 
@@ -64,25 +66,40 @@ def socket_path(folder: Path, owner: int) -> Path:
     return folder / f"batches-{owner}.sock"
 
 
+def runs_as(variant: str, provider: str) -> str:
+    """How a worker runs a model version, which the owner must share to compute another worker's batch: with
+    ``precision: auto`` each worker chooses its variant by its own timings, and a GPU session that fails steps
+    down to another provider in one worker only."""
+    return f"{variant} on {provider}"
+
+
 def busy_path(folder: Path, owner: int) -> Path:
     return folder / f"batches-{owner}.busy"
 
 
 class DeviceBusy:
     """Whether the owner is computing a batch, for every worker on its device to see: an ``flock`` on a file beside
-    the socket, held by the owner while a batch runs (the kernel drops it if the owner dies). Each end opens the
-    file itself, so two ends in one process exclude each other too."""
+    the socket, held by the owner while any of its batches runs (the kernel drops it if the owner dies). Each end
+    opens the file itself, so two ends in one process exclude each other too (the tests' case)."""
 
     def __init__(self, path: Path):
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.running = 0  # the owner's batches running now (on the CPU one on the loop can overlap one off it)
+        self.count_lock = threading.Lock()
 
     @contextlib.contextmanager
     def computing(self):
-        fcntl.flock(self.fd, fcntl.LOCK_EX)  # never waits long: the other ends only test it
+        with self.count_lock:
+            self.running += 1
+            if self.running == 1:
+                fcntl.flock(self.fd, fcntl.LOCK_EX)  # never waits long: the other ends only test it
         try:
             yield
         finally:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            with self.count_lock:
+                self.running -= 1
+                if self.running == 0:
+                    fcntl.flock(self.fd, fcntl.LOCK_UN)
 
     def idle(self) -> bool:
         try:
@@ -149,13 +166,14 @@ class Forwarder:
             self.sock = None
             self.retry_at = time.monotonic() + RECONNECT_AFTER_S
 
-    def forward(self, key: str, images: np.ndarray) -> Outputs | None:
-        """The batch's outputs as the owner computed them, or None when the owner cannot take it now."""
+    def forward(self, key: str, runs_as: str, images: np.ndarray) -> Outputs | None:
+        """The batch's outputs as the owner computed them, or None when the owner cannot take it now, or would run
+        it otherwise than this worker does (``runs_as``: the variant and provider, which each worker chooses)."""
         sock = self.connection()
         if sock is None:
             return None
         try:
-            send(sock, {"model": key, "shape": list(images.shape)}, images)
+            send(sock, {"model": key, "runs_as": runs_as, "shape": list(images.shape)}, images)
             answer = receive_header(sock)
             if "error" not in answer:
                 probabilities = receive_array(sock, answer["probabilities"])
@@ -165,7 +183,7 @@ class Forwarder:
                         self.path, exc)
             self.close()
             return None
-        if answer["error"] == ModelUnavailable.__name__:  # not serving that version (yet, or any more)
+        if answer["error"] == ModelUnavailable.__name__:  # not serving that version (yet, or any more), or otherwise
             return None
         raise RuntimeError(f"the batch failed in the worker that owns the device's batches: {answer['message']}")
 
@@ -177,8 +195,10 @@ class ForwardingRunner:
     inline_up_to = 0
     solo = None
 
-    def __init__(self, key: str, local: Callable[[np.ndarray], Outputs], forwarder: Forwarder, owner_busy: DeviceBusy):
+    def __init__(self, key: str, runs_as: str, local: Callable[[np.ndarray], Outputs], forwarder: Forwarder,
+                 owner_busy: DeviceBusy):
         self.key = key
+        self.runs_as = runs_as  # how this worker runs the model: the owner must run it alike (runs_as())
         self.local = local
         self.forwarder = forwarder
         self.owner_busy = owner_busy
@@ -190,7 +210,7 @@ class ForwardingRunner:
         if self.owner_busy.idle():
             self.handed = None
             return self.local(images)
-        outputs = self.forwarder.forward(self.key, images)
+        outputs = self.forwarder.forward(self.key, self.runs_as, images)
         self.handed = "this_worker" if outputs is None else "owner"
         return self.local(images) if outputs is None else outputs
 
@@ -199,11 +219,14 @@ class BatchOwner:
     """The owner's end: a listening socket, and a thread per forwarding worker that reads its batches and hands
     each to ``run`` on the owner's event loop."""
 
-    def __init__(self, path: Path, run: Callable[[str, np.ndarray], Awaitable[Outputs]],
+    def __init__(self, path: Path, run: Callable[[str, str, np.ndarray], Awaitable[Outputs]],
                  loop: asyncio.AbstractEventLoop):
+        """``run(key, runs_as, images)``: the batch's outputs, or ``ModelUnavailable`` when this worker does not run
+        that model version as ``runs_as`` says."""
         self.path = path
         self.run = run
         self.loop = loop
+        self.connections: set[socket.socket] = set()
         path.unlink(missing_ok=True)  # a socket left by a worker that died
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(str(path))
@@ -217,33 +240,49 @@ class BatchOwner:
                 connection, _ = self.listener.accept()
             except OSError:  # closed: the worker stops
                 return
+            self.connections.add(connection)
             threading.Thread(target=self.serve, args=(connection,), name="forwarded batches", daemon=True).start()
 
     def serve(self, connection: socket.socket) -> None:
-        with connection:
-            while True:
-                try:
-                    header = receive_header(connection)
-                    images = receive_array(connection, header["shape"])
-                except (OSError, ValueError):
-                    return  # the forwarding worker closed, or died
-                try:
-                    probabilities, boxes = asyncio.run_coroutine_threadsafe(
-                        self.run(header["model"], images), self.loop).result()
-                except Exception as exc:  # noqa: BLE001  (every failure goes back to the batch's worker)
-                    message = exc.message if isinstance(exc, ServiceError) else f"{type(exc).__name__}: {exc}"
-                    reply = ({"error": type(exc).__name__, "message": message},)
-                else:
-                    shapes = {"probabilities": list(probabilities.shape),
-                              "boxes": None if boxes is None else list(boxes.shape)}
-                    reply = (shapes, probabilities) + (() if boxes is None else (boxes,))
-                try:
-                    send(connection, *reply)
-                except OSError:
-                    return
+        try:
+            with connection:
+                self.answer_batches(connection)
+        finally:
+            self.connections.discard(connection)
+
+    def answer_batches(self, connection: socket.socket) -> None:
+        """Each batch's answer, until the forwarding worker goes or this one stops. Stopping, it closes the
+        connection instead of answering, so the batch's own worker computes it (an answer would be an error)."""
+        while True:
+            try:
+                header = receive_header(connection)
+                images = receive_array(connection, header["shape"])
+                handed = asyncio.run_coroutine_threadsafe(
+                    self.run(header["model"], header["runs_as"], images), self.loop)
+            except (OSError, ValueError, RuntimeError):  # the forwarding worker went, or this loop is closed
+                return
+            try:
+                probabilities, boxes = handed.result()
+            except concurrent.futures.CancelledError:  # this worker stops with the batch queued
+                return
+            except Exception as exc:  # noqa: BLE001  (every failure of the run goes back to the batch's worker)
+                message = exc.message if isinstance(exc, ServiceError) else f"{type(exc).__name__}: {exc}"
+                reply = ({"error": type(exc).__name__, "message": message},)
+            else:
+                shapes = {"probabilities": list(probabilities.shape),
+                          "boxes": None if boxes is None else list(boxes.shape)}
+                reply = (shapes, probabilities) + (() if boxes is None else (boxes,))
+            try:
+                send(connection, *reply)
+            except OSError:
+                return
 
     def close(self) -> None:
+        """Stop taking batches: the forwarding workers find their connections closed and compute their own."""
         self.listener.close()
+        for connection in list(self.connections):
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             self.path.unlink()
 

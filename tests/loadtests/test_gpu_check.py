@@ -38,7 +38,7 @@ def test_the_check_rehearsed_on_the_cpu_writes_its_report(tmp_path):
         [("off", *row) for row in series] + [("on", *row) for row in series]
     assert {r["gpu_batch_shapes"] for r in served} == {"powers_of_two"}
     assert all(r["handed_over"] == r["not_taken"] == 0 for r in served[:4])  # counted only where batches are shared
-    assert all(r["handed_over"] >= 0 and r["not_taken"] >= 0 for r in served[4:])
+    assert sum(r["handed_over"] + r["not_taken"] for r in served[4:]) > 0  # worker 1 handed batches to worker 0
     assert all(r["throughput_rps"] > 0 and r["errors"] == 0 and r["mean_batch"] >= 1 for r in served)
     assert all(r["images_per_s"] == r["images_per_request"] * r["throughput_rps"] for r in served)
     assert all(r["client"] == "python" and r["client_cpu_ms_per_request"] > 0 for r in served)

@@ -157,6 +157,7 @@ def test_with_shared_batches_each_worker_hands_its_batches_to_its_gpus_first_wor
     alone, _ = host_for(worker_index=1, workers=2, shared_batches=True)  # a worker per GPU: nothing to share
     assert alone.batch_owner is None and alone.owner_socket is None and alone.forwarder is None
 
+
 def test_without_a_gpu_nothing_is_degraded(host_for):
     host, key = host_for()
     assert host.status[key]["status"] == "ready" and host.status[key]["reason"] is None

@@ -1,8 +1,9 @@
 """Shared batches, between two ends in one process over a real Unix socket: a worker's batch comes back exactly as
 the owner computed it; while the owner computes nothing the worker keeps its batch; whenever the owner cannot take
-a batch (not listening, gone, not serving the model), the worker computes it itself and tries the owner again
-later; a run that fails at the owner fails the batch with its reason; which worker owns which GPU's batches. Then a real server of two workers that shares them: every image
-computed once, in the owner, with ONNX Runtime's own answer."""
+a batch (not listening, stopping, gone, not serving the model, or running it otherwise), the worker computes it
+itself and tries the owner again later; a run that fails at the owner fails the batch with its reason; which
+worker owns which GPU's batches. Then a real server of two workers that shares them: batches handed over, every
+image counted once, every answer ONNX Runtime's own."""
 
 import asyncio
 import socket
@@ -23,6 +24,7 @@ from cnnserve.serving.shared_batches import (
     ForwardingRunner,
     busy_path,
     owner_of,
+    runs_as,
     socket_path,
 )
 from loadtests.local_server import running_server
@@ -31,6 +33,7 @@ from tests.conftest import MODELS_DIR
 from tests.serving.helpers import metric_total, v2_json
 
 pytestmark = pytest.mark.anyio
+FP32_ON_CPU = runs_as("fp32", "CPUExecutionProvider")
 
 
 @pytest.fixture
@@ -50,19 +53,19 @@ def owner_computing(tmp_path):
         yield DeviceBusy(busy_path(tmp_path, 0))
 
 
-def forwarding(path, busy: DeviceBusy, key: str = "plain/1") -> ForwardingRunner:
-    return ForwardingRunner(key, computed_here, Forwarder(path), busy)
+def forwarding(path, busy: DeviceBusy, key: str = "plain/1", how: str = FP32_ON_CPU) -> ForwardingRunner:
+    return ForwardingRunner(key, how, computed_here, Forwarder(path), busy)
 
 
 def batch(n: int = 3) -> np.ndarray:
     return np.random.default_rng(n).random((n, 3, 8, 8), dtype=np.float32)
 
 
-async def owner_computes(key: str, images: np.ndarray):
+async def owner_computes(key: str, how: str, images: np.ndarray):
     """What the owner's batcher would answer: probabilities from the pixels, boxes for one model only."""
-    await asyncio.sleep(0)
-    if key == "unserved/1":
-        raise ModelUnavailable("model unserved/1 is not loaded in the worker that owns the batches")
+    await asyncio.sleep(0.5 if key == "slow/1" else 0)
+    if key == "unserved/1" or how != FP32_ON_CPU:
+        raise ModelUnavailable(f"model {key} is not loaded as {how} in the worker that owns the batches")
     if key == "broken/1":
         raise RuntimeError("ONNX Runtime failed: out of memory")
     probabilities = images.reshape(len(images), -1)[:, :10] * 2
@@ -78,10 +81,10 @@ async def test_a_forwarded_batch_comes_back_exactly_as_the_owner_computed_it(pat
     forwarder = Forwarder(path)
     try:
         images = batch()
-        probabilities, boxes = await asyncio.to_thread(forwarder.forward, "boxed/1", images)
+        probabilities, boxes = await asyncio.to_thread(forwarder.forward, "boxed/1", FP32_ON_CPU, images)
         assert np.array_equal(probabilities, images.reshape(3, -1)[:, :10] * 2)
         assert np.array_equal(boxes, images[:, 0, 0, :4])
-        probabilities, boxes = await asyncio.to_thread(forwarder.forward, "plain/1", batch(64))
+        probabilities, boxes = await asyncio.to_thread(forwarder.forward, "plain/1", FP32_ON_CPU, batch(64))
         assert probabilities.shape == (64, 10) and boxes is None
     finally:
         forwarder.close()
@@ -100,9 +103,7 @@ async def test_while_the_owner_computes_nothing_the_worker_keeps_its_batch(path,
         owner.close()
 
 
-async def test_without_an_owner_the_worker_computes_its_batches_and_tries_again_later(path, owner_computing,
-                                                                                       monkeypatch):
-    monkeypatch.setattr(shared_batches, "RECONNECT_AFTER_S", 0.2)
+async def test_without_an_owner_the_worker_computes_its_batches_and_tries_again_later(path, owner_computing):
     runner = forwarding(path, owner_computing)
     probabilities, _ = await asyncio.to_thread(runner, batch())
     assert runner.handed == "this_worker" and (probabilities == -1).all()
@@ -110,7 +111,7 @@ async def test_without_an_owner_the_worker_computes_its_batches_and_tries_again_
     try:
         await asyncio.to_thread(runner, batch())
         assert runner.handed == "this_worker"  # not before RECONNECT_AFTER_S
-        await asyncio.sleep(0.25)
+        runner.forwarder.retry_at -= shared_batches.RECONNECT_AFTER_S  # as if that time had passed
         probabilities, _ = await asyncio.to_thread(runner, batch())
         assert runner.handed == "owner" and (probabilities >= 0).all()
     finally:
@@ -126,7 +127,7 @@ async def test_a_model_the_owner_does_not_serve_is_computed_here_and_the_link_st
         assert runner.handed == "this_worker" and (probabilities == -1).all()
         connection = runner.forwarder.sock
         assert connection is not None
-        await asyncio.to_thread(runner.forwarder.forward, "plain/1", batch())
+        await asyncio.to_thread(runner.forwarder.forward, "plain/1", FP32_ON_CPU, batch())
         assert runner.forwarder.sock is connection
     finally:
         runner.forwarder.close()
@@ -138,11 +139,36 @@ async def test_a_run_that_fails_at_the_owner_fails_the_batch_with_its_reason(pat
     forwarder = Forwarder(path)
     try:
         with pytest.raises(RuntimeError, match="owns the device's batches: RuntimeError: ONNX Runtime failed"):
-            await asyncio.to_thread(forwarder.forward, "broken/1", batch())
+            await asyncio.to_thread(forwarder.forward, "broken/1", FP32_ON_CPU, batch())
     finally:
         forwarder.close()
         owner.close()
 
+
+async def test_a_model_the_owner_runs_otherwise_is_computed_here(path, owner_computing):
+    """With precision auto each worker picks its variant by its own timings; a GPU session can step down to the CPU
+    in one worker only: the owner computes another worker's batch only as that worker would."""
+    owner = BatchOwner(path, owner_computes, asyncio.get_running_loop())
+    runner = forwarding(path, owner_computing, how=runs_as("int8", "CPUExecutionProvider"))
+    try:
+        probabilities, _ = await asyncio.to_thread(runner, batch())
+        assert runner.handed == "this_worker" and (probabilities == -1).all()
+    finally:
+        runner.forwarder.close()
+        owner.close()
+
+
+async def test_an_owner_that_stops_with_a_batch_in_hand_leaves_it_to_its_worker(path, owner_computing):
+    owner = BatchOwner(path, owner_computes, asyncio.get_running_loop())
+    runner = forwarding(path, owner_computing, key="slow/1")
+    try:
+        handed = asyncio.create_task(asyncio.to_thread(runner, batch()))
+        await asyncio.sleep(0.1)  # the owner holds the batch (it computes for 0.5 s)
+        owner.close()
+        probabilities, _ = await handed
+        assert runner.handed == "this_worker" and (probabilities == -1).all()
+    finally:
+        runner.forwarder.close()
 
 def test_an_owner_that_goes_away_mid_batch_leaves_the_batch_to_its_worker(path, owner_computing):
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
