@@ -11,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
 from loadtests.digit_images import digit_files
 from loadtests.local_server import REPO_ROOT, running_server
@@ -75,14 +76,17 @@ def test_versions_come_and_go_with_their_folders(repo_copy, tmp_path):
         assert gone.status_code == 404 and f"no version {old + 1}" in gone.json()["error"]
 
 
-def test_a_roll_under_load_loses_no_request(repo_copy, tmp_path):
+@pytest.mark.parametrize("shared_batches", [False, True], ids=["own-batches", "shared-batches"])
+def test_a_roll_under_load_loses_no_request(repo_copy, tmp_path, shared_batches):
     """The Locust gate (8 users, /predict and gRPC) runs while a new version is copied in, then a corrupt one, then
     the old version's folder is removed: no request fails, the answers move to the new version within 15 s, the
-    corrupt one is refused while the new keeps serving, and the old one drains and goes."""
+    corrupt one is refused while the new keeps serving, and the old one drains and goes. With shared batches too,
+    where the two workers load and unload each version at their own moments while one hands its batches to the
+    other."""
     old = VERSIONS[MODEL]
     repo_copy(MODEL)
     settings = {"models_dir": str(repo_copy.root), "workers": "2", "threads": "1", "model_control_mode": "poll",
-                "repository_poll_seconds": "0.5"}
+                "repository_poll_seconds": "0.5", "shared_batches": str(shared_batches).lower()}
     (tmp_path / "server").mkdir()
     with running_server(tmp_path / "server", **settings) as server:
         out = tmp_path / "gate"
@@ -105,9 +109,12 @@ def test_a_roll_under_load_loses_no_request(repo_copy, tmp_path):
             output, _ = gate.communicate(timeout=180)
         finally:
             gate.kill()
+        handed = sum(float(line.rsplit(" ", 1)[1]) for line in server.metrics().splitlines()
+                     if line.startswith("cnnserve_forwarded_batches_total{"))
         summary = json.loads((out / "summary.json").read_text())
         assert gate.returncode == 0 and summary["passed"], output[-3000:]
         assert summary["total"]["failures"] == 0 and all(r["requests"] > 0 for r in summary["requests"])
+        assert (handed > 0) == shared_batches
 
 
 def test_explicit_mode_loads_and_unloads_in_every_worker_through_the_repository_api(repo_copy, tmp_path):
