@@ -374,7 +374,7 @@ class ModelHost:
                 "precision_choice": choice.describe() if (choice := self.precision_choices.get(key)) else None,
                 "threads": self.threads,
                 "batch_shapes": list(loaded.shapes) or None,
-                "batch_owner": self.batch_owner,  # shared_batches: the worker whose batches this worker's join
+                "batch_owner": self.batch_owner,  # shared_batches: the worker that computes this worker's batches
                 "pid": os.getpid(),
             }
         return statuses
