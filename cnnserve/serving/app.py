@@ -23,6 +23,7 @@ from .auth import ApiKeyMiddleware
 from .auth import key_check as make_key_check
 from .body_limit import BodyLimit
 from .config import load_settings
+from .control import remove_when_the_server_stops
 from .core import InferenceCore
 from .fastlane import FastLane
 from .host import ModelHost
@@ -55,6 +56,7 @@ WORKERS = settings.inference_workers(gpus=GPUS)
 if bentoml.server_context.worker_index is None:  # once, in the process that starts the workers
     log.info("%d worker(s) of %d ONNX Runtime thread(s), for %s%s", WORKERS, settings.session_threads(gpus=GPUS),
              describe_cores(), f" and {GPUS} GPU(s)" if GPUS else "")
+    remove_when_the_server_stops(settings.models_dir)
 if settings.spread_connections and allowed("circus") and allowed("bentoml"):
     spread_connections()  # takes effect in the arbiter, which imports this before it binds the HTTP port
 repository = initial_repository(settings)

@@ -10,11 +10,13 @@ The API answers once every worker has reported that generation, with the failure
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import fcntl
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,16 +27,22 @@ import psutil
 WANTED, LOCK = "wanted.json", "wanted.lock"
 
 
-def server_folder(models_dir: Path) -> Path:
+def server_folder(models_dir: Path, arbiter: psutil.Process | None = None, make: bool = True) -> Path:
     """The folder the workers of one server share (the control file here, shared_batches.py's sockets): named
     after its arbiter's process id and start time (in a container the arbiter is always process 1, and /tmp may
     outlive a restart, which then served the previous run's models instead of ``serve``), and its repository (two
-    servers never share)."""
+    servers never share). ``arbiter``: by default the calling worker's parent."""
     repository = hashlib.sha256(str(models_dir.resolve()).encode()).hexdigest()[:12]
-    arbiter = psutil.Process(os.getppid())
+    arbiter = arbiter or psutil.Process(os.getppid())
     folder = Path(tempfile.gettempdir()) / f"cnnserve-control-{arbiter.pid}-{int(arbiter.create_time())}-{repository}"
-    folder.mkdir(exist_ok=True)
+    if make:
+        folder.mkdir(exist_ok=True)
     return folder
+
+
+def remove_when_the_server_stops(models_dir: Path) -> None:
+    """In the arbiter: remove the folder its workers share once it exits (it stops its workers first)."""
+    atexit.register(shutil.rmtree, server_folder(models_dir, psutil.Process(), make=False), ignore_errors=True)
 
 
 class ControlFile:

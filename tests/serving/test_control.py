@@ -1,4 +1,5 @@
-"""Explicit mode's control folder: shared by the workers of one server, never inherited from an earlier one."""
+"""The folder a server's workers share (explicit mode's control file, shared batches' sockets): one per server, never
+inherited from an earlier one, gone when the server stops."""
 
 import hashlib
 import json
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import psutil
 
-from cnnserve.serving.control import WANTED, ControlFile
+from cnnserve.serving.control import WANTED, ControlFile, server_folder
+from loadtests.local_server import running_server
 
 
 def test_a_server_started_again_with_the_same_arbiter_pid_starts_from_serve_not_from_the_last_run(tmp_path):
@@ -35,3 +37,13 @@ def test_the_workers_of_one_server_share_one_folder_and_the_first_start_wins(tmp
     second.start(("a",))  # a worker starting later (or replaced) keeps what the API asked for
     assert second.wanted() == (1, ["a", "b"])
     shutil.rmtree(first.folder)
+
+
+def test_a_stopped_server_leaves_no_folder_behind(repo_copy, tmp_path):
+    """Every start made one in the temp dir (explicit mode's control file, shared batches' sockets), and none went."""
+    repo_copy("lenet5-digits")
+    with running_server(tmp_path, models_dir=str(repo_copy.root), workers="2", model_control_mode="explicit",
+                        serve="lenet5-digits", shared_batches="true") as server:
+        folder = server_folder(repo_copy.root, psutil.Process(server.process.pid), make=False)
+        assert {path.name for path in folder.iterdir()} >= {WANTED, "batches-0.sock", "batches-0.busy"}
+    assert not folder.exists()
