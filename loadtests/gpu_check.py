@@ -13,7 +13,9 @@
    batch the server formed; one image per request, and with ``--images-per-request`` also requests that carry
    several (a small model's GPU computes more images a second than Python processes parse requests). The load
    comes from wrk when it is installed, else from the Python load generator, which needs far more of the host's
-   cores per request (each row records the client and its CPU per request).
+   cores per request (each row records the client and its CPU per request). One server for each combination of
+   ``--workers``, ``--gpu-batch-shapes`` and ``--shared-batches`` (by default off and on: with shared batches
+   each row also counts the batches workers handed to the GPU's first worker, and those it could not take).
 
 Writes ``gpu-check.{json,md,png}`` under ``loadtests/results/<date>-gpu/`` (``--out``) and exits 1 on a fallback
 or an accuracy drop. ``--providers CPUExecutionProvider`` rehearses every step on a host without a GPU (the tests

@@ -115,7 +115,7 @@ class Settings:
     tensorrt_cache_dir: Path = Path(tempfile.gettempdir()) / "cnnserve-tensorrt"
     # With several workers per GPU, the first worker on each GPU computes the batches of every worker on it
     # (shared_batches.py), so batches are as large as the GPU's whole load; off, each worker batches its own
-    # clients. On the CPU (where it only serves tests and measurement) worker 0 computes every batch.
+    # clients. On the CPU (where it only serves tests and measurement) worker 0 computes the batches handed to it.
     shared_batches: bool = False
     workers: int = 0  # 0: chosen from the core count
     threads: int = 0  # 0: chosen from the core count

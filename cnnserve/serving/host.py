@@ -3,7 +3,7 @@
 Built from the settings and the repository alone, so the service (app.py) and
 the benchmark's in-process mode (loadtests/bench/inproc.py) build the same
 thing. The inference core reaches it only through ``core.Host``: ``infer``,
-``check_room`` and ``status``.
+``check_room``, ``status`` and ``workers``; the routes' lifespan enters its ``sharing_batches``.
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ class ModelHost:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self.cores = available_cores()
         self.tokens = (
-            CoreTokens(self.cores, self.threads, worker_index, self.workers)
+            CoreTokens(self.cores, self.threads, worker_index, self.workers,
+                       server_folder(settings.models_dir) / "cores.lock")
             if settings.borrow_idle_cores and self.threads < self.cores and self.providers[0] == CPU
             else None
         )

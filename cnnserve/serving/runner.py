@@ -18,8 +18,8 @@ the steps of a run, since its loop has nothing else to do meanwhile; a queued ba
 loop is reading the next calls meanwhile, and spinning threads starved it (one gRPC channel to ResNet-18
 INT8, 16 calls in flight: 460 calls/s in batches of 1.7 with spinning, 633 in batches of 3.6 without; 64
 calls: 688 and 740, in alternated passes). Tokens and busy marks are ``fcntl``
-byte-range locks on one file per server (named after the worker processes'
-common parent), so the kernel releases those of a worker that dies.
+byte-range locks on one file in the folder the server's workers share
+(control.server_folder), so the kernel releases those of a worker that dies.
 """
 
 from __future__ import annotations
@@ -27,18 +27,17 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 
 class CoreTokens:
-    def __init__(self, cores: int, share: int, worker_index: int, workers: int, path: Path | None = None):
+    def __init__(self, cores: int, share: int, worker_index: int, workers: int, path: Path):
         """``worker_index`` counts from 0; worker i owns tokens i × share ... (i + 1) × share - 1, and marks
         itself busy at byte ``cores + i``."""
         self.cores = cores
-        self.path = path or Path(tempfile.gettempdir()) / f"cnnserve-cores-{os.getppid()}.lock"
+        self.path = path
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         self.own = [(worker_index * share + i) % cores for i in range(share)]
         self.busy_mark = cores + worker_index

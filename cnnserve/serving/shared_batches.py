@@ -10,9 +10,9 @@ Only the worker that computes a batch records it in the batch metrics, so they c
 
 A forwarded batch was admitted by its own worker's queue bound and its expired requests dropped there, so the
 owner neither refuses nor drops it: its queue holds at most one batch per forwarding worker beyond its own bound.
-A worker runs a batch itself, on its own sessions, whenever the owner cannot take it (not listening yet, gone, or
-not serving that model version yet): a worker that dies or a version that loads a little later elsewhere costs
-batch size, never an answer. It also runs a batch itself while the owner computes nothing (``DeviceBusy``): there is
+A worker runs a batch itself, on its own sessions, whenever the owner cannot take it (not listening yet, stopping,
+gone, not serving that model version yet, or running it with another variant or provider: ``runs_as``): a worker
+that dies or a version that loads a little later elsewhere costs batch size, never an answer. It also runs a batch itself while the owner computes nothing (``DeviceBusy``): there is
 then no batch to join, and the hand-over costs a lone request 0.3 ms (LeNet-5 at one client on two CPU workers:
 p50 0.73 ms handed over, 0.44 ms not; loadtests/results/2026-11-27/shared-batches-cpu).
 
@@ -79,7 +79,8 @@ def busy_path(folder: Path, owner: int) -> Path:
 
 class DeviceBusy:
     """Whether the owner is computing a batch, for every worker on its device to see: an ``flock`` on a file beside
-    the socket, held by the owner while any of its batches runs (the kernel drops it if the owner dies). Each end
+    the socket, held by the owner while any batch its runners run is computing (on the CPU a lone request's run on
+    every core, ``run_if_cores_free``, does not take it), and dropped by the kernel if the owner dies. Each end
     opens the file itself, so two ends in one process exclude each other too (the tests' case)."""
 
     def __init__(self, path: Path):

@@ -1,14 +1,18 @@
 """What the serving tests share: a PNG encoder, a reader of Prometheus' text format, V2 request builders
-(JSON for REST, protobuf for gRPC), and where an answer's box edges lie."""
+(JSON for REST, protobuf for gRPC), where an answer's box edges lie, and the folder a server's workers share."""
 
 from __future__ import annotations
 
 import io
+import time
+from pathlib import Path
 
 import numpy as np
+import psutil
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
+from cnnserve.serving.control import server_folder
 from cnnserve.serving.v2 import inference_pb2 as pb
 
 
@@ -76,3 +80,14 @@ def on_cuda(loaded):
         return session
 
     return replace(loaded, providers=[CUDA, CPU], open_session=lambda: reports_cuda(loaded.open_session()))
+
+
+def shared_folder_holding(server, models_dir: Path, names: set[str], seconds: float = 20.0) -> Path:
+    """The folder ``server``'s workers share, once it holds ``names``: worker 0 listens for shared batches once its
+    lifespan starts, which can follow the server's first ready answer (from another worker)."""
+    folder = server_folder(models_dir, psutil.Process(server.process.pid), make=False)
+    deadline = time.monotonic() + seconds
+    while not (folder.exists() and {path.name for path in folder.iterdir()} >= names):
+        assert time.monotonic() < deadline, f"{folder} does not hold {sorted(names)} after {seconds} s"
+        time.sleep(0.1)
+    return folder

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import psutil
 
-from cnnserve.serving.control import WANTED, ControlFile, server_folder
+from cnnserve.serving.control import WANTED, ControlFile
 from loadtests.local_server import running_server
+from tests.serving.helpers import shared_folder_holding
 
 
 def test_a_server_started_again_with_the_same_arbiter_pid_starts_from_serve_not_from_the_last_run(tmp_path):
@@ -40,10 +41,10 @@ def test_the_workers_of_one_server_share_one_folder_and_the_first_start_wins(tmp
 
 
 def test_a_stopped_server_leaves_no_folder_behind(repo_copy, tmp_path):
-    """Every start made one in the temp dir (explicit mode's control file, shared batches' sockets), and none went."""
+    """Every start made one in the temp dir (explicit mode's control file, shared batches' sockets, the core tokens'
+    lock file), and none went."""
     repo_copy("lenet5-digits")
-    with running_server(tmp_path, models_dir=str(repo_copy.root), workers="2", model_control_mode="explicit",
+    with running_server(tmp_path, models_dir=str(repo_copy.root), workers="2", threads="1", model_control_mode="explicit",
                         serve="lenet5-digits", shared_batches="true") as server:
-        folder = server_folder(repo_copy.root, psutil.Process(server.process.pid), make=False)
-        assert {path.name for path in folder.iterdir()} >= {WANTED, "batches-0.sock", "batches-0.busy"}
+        folder = shared_folder_holding(server, repo_copy.root, {WANTED, "batches-0.sock", "batches-0.busy", "cores.lock"})
     assert not folder.exists()

@@ -30,7 +30,7 @@ from cnnserve.serving.shared_batches import (
 from loadtests.local_server import running_server
 from tests.committed import VERSIONS
 from tests.conftest import MODELS_DIR
-from tests.serving.helpers import metric_total, v2_json
+from tests.serving.helpers import metric_total, shared_folder_holding, v2_json
 
 pytestmark = pytest.mark.anyio
 FP32_ON_CPU = runs_as("fp32", "CPUExecutionProvider")
@@ -199,12 +199,13 @@ def test_workers_share_the_owner_of_their_gpu_round_robin():
     assert [owner_of(i, gpus=0) for i in range(2)] == [0, 0]
 
 
-def test_a_server_with_shared_batches_computes_every_batch_in_one_worker(tmp_path):
+def test_a_server_with_shared_batches_hands_batches_over_and_answers_as_onnx_runtime(tmp_path):
     model, version = "resnet18-digits", VERSIONS["resnet18-digits"]
     inputs = np.random.default_rng(5).random((96, 1, 3, 64, 64), dtype=np.float32)
     session = ort.InferenceSession(MODELS_DIR / model / str(version) / "model.onnx", providers=["CPUExecutionProvider"])
     expected = [session.run(["probabilities"], {"images": x})[0] for x in inputs]
     with running_server(tmp_path, workers="2", shared_batches="true", serve=model, precision="fp32") as server:
+        shared_folder_holding(server, MODELS_DIR, {"batches-0.sock"})  # worker 0 takes batches from now on
 
         def infer(x: np.ndarray) -> np.ndarray:
             response = server.client.post(f"/v2/models/{model}/infer", json=v2_json(x))
