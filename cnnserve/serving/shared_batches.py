@@ -12,9 +12,10 @@ A forwarded batch was admitted by its own worker's queue bound and its expired r
 owner neither refuses nor drops it: its queue holds at most one batch per forwarding worker beyond its own bound.
 A worker runs a batch itself, on its own sessions, whenever the owner cannot take it (not listening yet, stopping,
 gone, not serving that model version yet, or running it with another variant or provider: ``runs_as``): a worker
-that dies or a version that loads a little later elsewhere costs batch size, never an answer. It also runs a batch itself while the owner computes nothing (``DeviceBusy``): there is
-then no batch to join, and the hand-over costs a lone request 0.3 ms (LeNet-5 at one client on two CPU workers:
-p50 0.73 ms handed over, 0.44 ms not; loadtests/results/2026-11-27/shared-batches-cpu).
+that dies or a version that loads a little later elsewhere costs batch size, never an answer. It also runs a batch
+itself while the owner computes nothing (``DeviceBusy``): there is then no batch to join, and the hand-over costs a
+lone request 0.3 ms (LeNet-5 at one client on two CPU workers: p50 0.73 ms handed over, 0.44 ms not;
+loadtests/results/2026-11-27/shared-batches-cpu).
 
 Transport: one connection per forwarding worker, used only by its executor thread (one batch in flight per
 worker); each message is a length-prefixed JSON header and the raw array. The owner reads each connection on a
