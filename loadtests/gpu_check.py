@@ -61,7 +61,7 @@ from .bench.raw import time_calls
 from .bench.served import v2_binary_load
 from .bench.wrk import wrk
 from .local_server import running_server
-from .predict_bench import batch_totals
+from .predict_bench import batch_totals, metric_total
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "loadtests" / "results"
@@ -243,13 +243,8 @@ HANDED_OVER = {"handed_over": "owner", "not_taken": "this_worker"}  # row key: c
 def handed_over(page: str, model: str) -> dict[str, float]:
     """``shared_batches``: the batches handed to the GPU's first worker, by who computed them (the owner, or their own
     worker when the owner could not take them)."""
-    counts = dict.fromkeys(HANDED_OVER, 0.0)
-    for line in page.splitlines():
-        if line.startswith("cnnserve_forwarded_batches_total{") and f'model="{model}"' in line:
-            for key, computed_by in HANDED_OVER.items():
-                if f'computed_by="{computed_by}"' in line:
-                    counts[key] += float(line.rsplit(" ", 1)[1])
-    return counts
+    return {key: metric_total(page, "cnnserve_forwarded_batches_total", model=model, computed_by=computed_by)
+            for key, computed_by in HANDED_OVER.items()}
 
 
 def server_means(server, model: str, before: dict | None = None) -> dict:

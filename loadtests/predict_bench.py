@@ -25,17 +25,15 @@ from .digit_images import digit_files
 from .soak import predict
 
 
+def metric_total(metrics: str, name: str, **labels) -> float:
+    """The sum of ``name``'s samples in a /metrics page whose labels include ``labels``."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()))
+
+
 def batch_totals(metrics: str, model: str, family: str = "cnnserve_batch_size_images") -> tuple[float, float]:
     """Sum and count of one of ``model``'s histograms in a /metrics page: images and batches by default."""
-    total = count = 0.0
-    for line in metrics.splitlines():
-        if f'model="{model}"' not in line:
-            continue
-        if line.startswith(f"{family}_sum"):
-            total += float(line.rsplit(" ", 1)[1])
-        elif line.startswith(f"{family}_count"):
-            count += float(line.rsplit(" ", 1)[1])
-    return total, count
+    return metric_total(metrics, f"{family}_sum", model=model), metric_total(metrics, f"{family}_count", model=model)
 
 
 async def run_level(url: str, model: str, files: list[tuple[bytes, int]], concurrency: int, requests: int) -> dict:

@@ -13,7 +13,6 @@ import pytest
 
 from cnnserve.machine import cgroup_cpu_quota
 
-
 DEFAULTS_IN_A_FRESH_PROCESS = (
     "from cnnserve.machine import available_cores; from cnnserve.serving.config import Settings; "
     "from cnnserve.training.__main__ import parse_args; from cnnserve.training.card import machine; s = Settings(); "

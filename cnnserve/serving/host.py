@@ -79,21 +79,19 @@ class ModelHost:
         self.threads = settings.session_threads(gpus=gpus)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self.cores = available_cores()
-        self.tokens = (
-            CoreTokens(self.cores, self.threads, worker_index, self.workers,
-                       server_folder(settings.models_dir) / "cores.lock")
-            if settings.borrow_idle_cores and self.threads < self.cores and self.providers[0] == CPU
-            else None
-        )
+        borrows = settings.borrow_idle_cores and self.threads < self.cores and self.providers[0] == CPU
+        shared = settings.shared_batches and self.workers > max(gpus, 1)
+        folder = server_folder(settings.models_dir) if borrows or shared else None  # what the workers share
+        self.tokens = CoreTokens(self.cores, self.threads, worker_index, self.workers, folder / "cores.lock") \
+            if borrows else None
         # shared_batches: the worker that computes this worker's batches (None: each its own), the socket it takes
         # them on (this worker's to listen on when it is that worker, else to forward to) and its busy mark
-        shared = settings.shared_batches and self.workers > max(gpus, 1)
         self.batch_owner = owner_of(worker_index, gpus) if shared else None
-        folder = server_folder(settings.models_dir) if shared else None
         self.device_busy = DeviceBusy(busy_path(folder, self.batch_owner)) if shared else None
         owns = shared and self.batch_owner == worker_index
-        self.owner_socket = socket_path(folder, self.batch_owner) if owns else None
-        self.forwarder = Forwarder(socket_path(folder, self.batch_owner)) if shared and not owns else None
+        owner_socket = socket_path(folder, self.batch_owner) if shared else None
+        self.owner_socket = owner_socket if owns else None
+        self.forwarder = Forwarder(owner_socket) if shared and not owns else None
         self.loaded: dict[str, LoadedModel] = {}
         self.batchers: dict[str, AdaptiveBatcher] = {}
         self.failures: dict[str, str] = {}

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from cnnserve.serving.control import server_folder
 from cnnserve.serving.v2 import inference_pb2 as pb
+from loadtests.predict_bench import metric_total  # noqa: F401  (the serving tests read metrics with it)
 
 
 def png(image: Image.Image) -> bytes:
@@ -30,15 +31,6 @@ def edge_points(box: dict, samples: int = 40) -> list[tuple[int, int]]:
 
 
 GOOD = png(Image.new("RGB", (64, 64), (20, 20, 20)))  # a valid picture for any committed model
-
-
-def metric_total(text: str, name: str, **labels) -> float:
-    """The sum of ``name``'s samples in a /metrics page whose labels include ``labels``."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def samples(registry: CollectorRegistry) -> dict:

@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 from prometheus_client import REGISTRY
 
-from cnnserve.serving import host as host_module
 from cnnserve.machine import available_cores
+from cnnserve.serving import host as host_module
 from cnnserve.serving.config import Settings
 from cnnserve.serving.host import ModelHost
 from cnnserve.serving.repository import discover

@@ -17,6 +17,7 @@ from loadtests.digit_images import digit_files
 from loadtests.local_server import REPO_ROOT, running_server
 from loadtests.triton_tools import TRITON_PYTHON, require
 from tests.committed import VERSIONS
+from tests.serving.helpers import metric_total
 
 MODEL = "lenet5-digits"
 
@@ -109,8 +110,7 @@ def test_a_roll_under_load_loses_no_request(repo_copy, tmp_path, shared_batches)
             output, _ = gate.communicate(timeout=180)
         finally:
             gate.kill()
-        handed = sum(float(line.rsplit(" ", 1)[1]) for line in server.metrics().splitlines()
-                     if line.startswith("cnnserve_forwarded_batches_total{"))
+        handed = metric_total(server.metrics(), "cnnserve_forwarded_batches_total")
         summary = json.loads((out / "summary.json").read_text())
         assert gate.returncode == 0 and summary["passed"], output[-3000:]
         assert summary["total"]["failures"] == 0 and all(r["requests"] > 0 for r in summary["requests"])
