@@ -13,7 +13,9 @@
    batch the server formed; one image per request, and with ``--images-per-request`` also requests that carry
    several (a small model's GPU computes more images a second than Python processes parse requests). The load
    comes from wrk when it is installed, else from the Python load generator, which needs far more of the host's
-   cores per request (each row records the client and its CPU per request). One server for each combination of
+   cores per request (each row records the client and its CPU per request). Each row also records the cores the
+   server's workers used, their event loops apart from their other threads: a busiest loop near one core says
+   the requests' parsing was the limit, one with time to spare that something else was. One server for each combination of
    ``--workers``, ``--gpu-batch-shapes`` and ``--shared-batches`` (by default off and on: with shared batches
    each row also counts the batches workers handed to the GPU's first worker, and those it could not take).
 
@@ -55,6 +57,7 @@ from cnnserve.serving.runtime import (
     tensorrt_version,
 )
 
+from .bench.cpu_budget import WorkerSampler, server_workers
 from .bench.http_load import http_load
 from .bench.machine import describe_machine
 from .bench.raw import time_calls
@@ -275,22 +278,30 @@ def client_for(choice: str) -> str:
 
 def served(server, model: ModelVersion, concurrencies: list[int], seconds: float, images: int = 1,
            client: str = "python") -> list[dict]:
+    """One row per concurrency: the load's figures, the server's batch means, and the cores its workers used
+    (``worker_cores``): whether the event loops were the limit (a busiest loop near 1.0) or had time to spare."""
     load = v2_binary_load(model, images=images)
+    workers, _ = server_workers(server)
     rows = []
     for concurrency in concurrencies:
         before = server_means(server, model.name)
-        if client == "wrk":
-            figures = wrk(server.url, load, concurrency, seconds, threads=WRK_THREADS)
-        else:
-            figures = http_load(server.url, load, concurrency, seconds)
+        with WorkerSampler(workers) as sampler:
+            if client == "wrk":
+                figures = wrk(server.url, load, concurrency, seconds, threads=WRK_THREADS)
+            else:
+                figures = http_load(server.url, load, concurrency, seconds)
+        start, end = figures.pop("window")
+        cores = sampler.cores(start + 0.1 * (end - start), end)  # past the connections' opening
         rows.append({"concurrency": concurrency, "images_per_request": images, "client": client, **figures,
-                     "images_per_s": figures["throughput_rps"] * images, **server_means(server, model.name, before)})
+                     "images_per_s": figures["throughput_rps"] * images, **server_means(server, model.name, before),
+                     **{f"{key}_cores": value for key, value in cores.items()}})
         row = rows[-1]
         log(f"served {model.key} V2 binary, {images} image(s) per request, {concurrency:>3} clients ({client}): "
             f"{figures['throughput_rps']:8.0f} req/s, "
             f"p50 {figures['p50_ms'] or 0:7.2f} ms, mean batch {row['mean_batch'] or 0:5.1f}, compute "
             f"{row['compute_ms'] or 0:.2f} ms and queue {row['queue_ms'] or 0:.2f} ms per batch / request, "
-            f"batches handed over {row['handed_over']:.0f} (not taken {row['not_taken']:.0f}), "
+            f"batches handed over {row['handed_over']:.0f} (not taken {row['not_taken']:.0f}), cores: event loops "
+            f"{cores['loops']:.2f} (busiest {cores['busiest_loop']:.2f}), other threads {cores['others']:.2f}, "
             f"errors {figures['errors']} {figures.get('statuses', '')}")
     return rows
 
@@ -420,13 +431,14 @@ def write_report(results: dict, folder: Path) -> Path:
         lines += [f"| {r['batch']} | {r['images_per_s']:.0f} | {r['p50_ms']:.2f} |" for r in figures["in_process"]]
         lines += ["", ("| workers | GPU batch shapes | shared batches | images per request | served clients (V2 REST binary) | requests/s | "
                        "images/s | p50 ms | p99 ms | mean batch | compute ms per batch | queue ms | batches handed over "
-                       "(not taken) | errors | client (CPU ms per request) |"),
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                       "(not taken) | workers' cores: event loops (busiest) | other threads | errors | "
+                       "client (CPU ms per request) |"),
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['workers']} | {r['gpu_batch_shapes']} | {r.get('shared_batches', 'off')} | {r['images_per_request']} | "
                   f"{r['concurrency']} | {r['throughput_rps']:.0f} | "
                   f"{r['images_per_s']:.0f} | {r['p50_ms'] or 0:.2f} | {r['p99_ms'] or 0:.2f} | "
                   f"{r['mean_batch'] or 0:.1f} | {r['compute_ms'] or 0:.2f} | {r['queue_ms'] or 0:.2f} | "
-                  f"{r.get('handed_over', 0):.0f} ({r.get('not_taken', 0):.0f}) | {r['errors']} | "
+                  f"{r.get('handed_over', 0):.0f} ({r.get('not_taken', 0):.0f}) | {_cores(r)} | {r['errors']} | "
                   f"{r['client']} ({r['client_cpu_ms_per_request'] or 0:.3f}) |"
                   for r in figures["served"]]
     if results["failures"]:
@@ -436,6 +448,12 @@ def write_report(results: dict, folder: Path) -> Path:
     if results.get("throughput"):
         plot(results, folder / "gpu-check.png")
     return report
+
+
+def _cores(row: dict) -> str:
+    if "loops_cores" not in row:  # measured before the check read the workers' threads
+        return "- | -"
+    return f"{row['loops_cores']:.2f} ({row['busiest_loop_cores']:.2f}) | {row['others_cores']:.2f}"
 
 
 def plot(results: dict, path: Path) -> None:

@@ -68,32 +68,82 @@ def clients(server_pids: set[int]) -> list[psutil.Process]:
     return [me, *(p for p in me.children(recursive=True) if p.pid not in server_pids)]
 
 
+def server_workers(server) -> tuple[list[psutil.Process], set[int]]:
+    """A running server's worker processes, and every process id of the server (the arbiter's too)."""
+    children = psutil.Process(server.process.pid).children(recursive=True)
+    workers = [p for p in children if "worker" in " ".join(p.cmdline())]
+    return workers, {server.process.pid, *(p.pid for p in children)}
+
+
+def worker_threads(workers: list[psutil.Process]) -> dict[int, dict[int, float]]:
+    """CPU seconds so far of each worker's threads, by worker and thread id: read it before and after a load."""
+    return {w.pid: thread_seconds(w) for w in workers}
+
+
+def worker_cores(before: dict[int, dict[int, float]], after: dict[int, dict[int, float]], elapsed: float) -> dict:
+    """Cores used between two ``worker_threads`` readings: ``loops``, the workers' main threads (their event
+    loops) together; ``busiest_loop``, the busiest one alone (1.0: that loop had no time to spare); ``others``,
+    the workers' other threads (the batches' runs, ONNX Runtime's and gRPC's own threads). A thread that started
+    between the readings counts whole; one that ended, not at all (its time can no longer be read)."""
+    loops, others = [], 0.0
+    for pid, threads in after.items():
+        prior = before.get(pid, {})
+        spent = {tid: seconds - prior.get(tid, 0.0) for tid, seconds in threads.items()}
+        loops.append(spent.pop(pid, 0.0) / elapsed)
+        others += sum(spent.values()) / elapsed
+    return {"loops": sum(loops), "busiest_loop": max(loops, default=0.0), "others": others}
+
+
+class WorkerSampler:
+    """Reads the workers' threads every ``every`` seconds while a load runs, for the cores over a window learned
+    only afterwards (the Python load generator starts its clients seconds after it is called)."""
+
+    def __init__(self, workers: list[psutil.Process], every: float = 0.2):
+        self.workers, self.every = workers, every
+        self.readings: list[tuple[float, dict[int, dict[int, float]]]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+
+    def sample(self) -> None:
+        while True:
+            self.readings.append((time.time(), worker_threads(self.workers)))
+            if self.stop.wait(self.every):
+                return
+
+    def __enter__(self) -> WorkerSampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def cores(self, start: float, end: float) -> dict:
+        """``worker_cores`` between the first reading at or after ``start`` (wall-clock seconds) and the last at
+        or before ``end``; zeros when no two readings fall inside."""
+        inside = [(at, threads) for at, threads in self.readings if start <= at <= end]
+        if len(inside) < 2:
+            return {"loops": 0.0, "busiest_loop": 0.0, "others": 0.0}
+        (first_at, first), (last_at, last) = inside[0], inside[-1]
+        return worker_cores(first, last, last_at - first_at)
+
+
 def split(workers: list[psutil.Process], server_pids: set[int], window: float) -> dict:
     """CPU seconds per second over ``window``: the workers' event loops, their other threads, and the load."""
-    loops_before = {w.pid: thread_seconds(w) for w in workers}
+    threads_before = worker_threads(workers)
     load = clients(server_pids)
     load_before = {p.pid: process_seconds(p) for p in load}
     began = time.perf_counter()
     time.sleep(window)
     elapsed = time.perf_counter() - began
-    loops = others = 0.0
-    for worker in workers:
-        before, after = loops_before[worker.pid], thread_seconds(worker)
-        for tid, seconds in after.items():
-            spent = seconds - before.get(tid, 0.0)
-            if tid == worker.pid:
-                loops += spent
-            else:
-                others += spent
+    cores = worker_cores(threads_before, worker_threads(workers), elapsed)
     client = sum(process_seconds(p) - load_before[p.pid] for p in load)
-    return {"loops": loops / elapsed, "others": others / elapsed, "client": client / elapsed}
+    return {"loops": cores["loops"], "others": cores["others"], "client": client / elapsed}
 
 
 def budget_row(server, model, protocol: str, concurrency: int, seconds: float) -> dict:
     """One protocol under load; every share in milliseconds of one core per request (one image each)."""
-    children = psutil.Process(server.process.pid).children(recursive=True)
-    workers = [p for p in children if "worker" in " ".join(p.cmdline())]
-    server_pids = {server.process.pid, *(p.pid for p in children)}
+    workers, server_pids = server_workers(server)
     shares: dict = {}
     sampler = threading.Thread(target=lambda: shares.update(split(workers, server_pids, seconds * 0.6)))
     measure(server, model.name, [1, *model.input_shape], protocol, concurrency, 1.0)  # warm this path

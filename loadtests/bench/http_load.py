@@ -44,6 +44,7 @@ def http_load(url: str, load: HttpLoad, concurrency: int, seconds: float, max_pr
         "p99_ms": float(np.percentile(latencies, 99)) * 1000 if len(latencies) else None,
         "errors": errors,
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "window": [start_at, start_at + seconds],  # wall-clock seconds of the load
     }
 
 

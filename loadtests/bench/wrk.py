@@ -9,6 +9,7 @@ import resource
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def wrk(url: str, load: HttpLoad, concurrency: int, seconds: float, threads: int
         script = Path(tmp, "load.lua")
         script.write_text(LUA % {"count": len(load.bodies), "dir": tmp, "content_type": load.content_type,
                                  "headers": headers, "method": load.method, "path": load.path})
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        before, began = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
         command = [require_wrk(), f"-t{threads}", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "30s", "-s", str(script), url]
         result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=seconds + 60)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -91,4 +92,5 @@ def wrk(url: str, load: HttpLoad, concurrency: int, seconds: float, threads: int
         "p50_ms": figures["p50_us"] / 1000,
         "p99_ms": figures["p99_us"] / 1000,
         "errors": figures["errors"],
+        "window": [began, began + figures["seconds"]],  # wall-clock seconds of the load (from wrk's start)
     }

@@ -3,10 +3,11 @@ the server, and this process with its children outside the server as the load.""
 
 import subprocess
 import sys
+import time
 
 import psutil
 
-from loadtests.bench.cpu_budget import report, split
+from loadtests.bench.cpu_budget import WorkerSampler, report, split
 
 # A stand-in worker: its main thread spins for a few seconds while another thread sleeps.
 SPINNING_WORKER = """
@@ -29,6 +30,22 @@ def test_a_workers_main_thread_is_its_loop_and_its_other_threads_the_rest():
     assert shares["loops"] > 0.3  # up to a core (less on a busy machine)
     assert shares["others"] < 0.1
     assert shares["client"] < 0.2  # this process only slept meanwhile
+
+
+def test_the_sampler_gives_the_cores_over_a_window_named_afterwards():
+    worker = subprocess.Popen([sys.executable, "-c", SPINNING_WORKER])
+    try:
+        process = psutil.Process(worker.pid)
+        with WorkerSampler([process], every=0.1) as sampler:
+            began = time.time()
+            time.sleep(1.5)
+    finally:
+        worker.kill()
+        worker.wait()
+    cores = sampler.cores(began + 0.5, began + 1.5)
+    assert 0.3 < cores["loops"] == cores["busiest_loop"] <= 1.05  # the one worker's main thread spun
+    assert cores["others"] < 0.1
+    assert sampler.cores(began - 60, began - 30) == {"loops": 0.0, "busiest_loop": 0.0, "others": 0.0}  # no readings
 
 
 def test_the_report_shows_every_share_per_request():

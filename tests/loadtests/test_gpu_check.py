@@ -42,6 +42,9 @@ def test_the_check_rehearsed_on_the_cpu_writes_its_report(tmp_path):
     assert all(r["throughput_rps"] > 0 and r["errors"] == 0 and r["mean_batch"] >= 1 for r in served)
     assert all(r["images_per_s"] == r["images_per_request"] * r["throughput_rps"] for r in served)
     assert all(r["client"] == "python" and r["client_cpu_ms_per_request"] > 0 for r in served)
+    # the workers' cores, read while the load ran: the loops parsed requests, none more than its one thread can
+    assert all(0.05 < r["busiest_loop_cores"] <= min(1.05, r["loops_cores"]) for r in served)
+    assert all(r["loops_cores"] <= 2 * 1.05 and r["others_cores"] >= 0 for r in served)  # two workers here
     assert served[2]["mean_batch"] >= 3  # a request's images are batched together
     table = (tmp_path / "gpu-check.md").read_text()
     assert "| every model served on the provider asked, none degraded |" in table and "| yes |" in table
