@@ -15,9 +15,11 @@
    comes from wrk when it is installed, else from the Python load generator, which needs far more of the host's
    cores per request (each row records the client and its CPU per request). Each row also records the cores the
    server's workers used, their event loops apart from their other threads: a busiest loop near one core says
-   the requests' parsing was the limit, one with time to spare that something else was. One server for each combination of
-   ``--workers``, ``--gpu-batch-shapes`` and ``--shared-batches`` (by default off and on: with shared batches
-   each row also counts the batches workers handed to the GPU's first worker, and those it could not take).
+   the requests' parsing was the limit, one with time to spare that something else was. One server for each
+   combination of ``--workers``, ``--gpu-batch-shapes``, ``--shared-batches`` (by default off and on: with shared
+   batches each row also counts the batches workers handed to the GPU's first worker, and those it could not take)
+   and ``--cuda-graphs`` (by default off and on: on CUDA each padded batch size replays a captured graph; the
+   in-process figures are then measured with graphs too, and the target's denominator is the best of either).
 
 Writes ``gpu-check.{json,md,png}`` under ``loadtests/results/<date>-gpu/`` (``--out``) and exits 1 on a fallback
 or an accuracy drop. ``--providers CPUExecutionProvider`` rehearses every step on a host without a GPU (the tests
@@ -131,12 +133,12 @@ def provider_list(provider: str) -> list[str]:
 
 
 def session(model: ModelVersion, provider: str, variant: str, cudnn_search: str = "EXHAUSTIVE",
-            max_batch_size: int = 64) -> LoadedModel:
+            max_batch_size: int = 64, cuda_graphs: bool = False) -> LoadedModel:
     """The session the server would build for ``variant`` on ``provider`` (device 0; TensorRT's profile up to
     ``max_batch_size``)."""
     return load_model(model, provider_list(provider), variant, available_cores(),
                       Path(tempfile.gettempdir()) / "cnnserve-gpu-check-tensorrt", cudnn_search=cudnn_search,
-                      max_batch_size=max_batch_size)
+                      max_batch_size=max_batch_size, cuda_graphs=cuda_graphs)
 
 
 def check_accuracy(versions: list[ModelVersion], provider: str, variants: list[str]) -> list[dict]:
@@ -204,16 +206,26 @@ def compare_cudnn_search(model: ModelVersion, provider: str, seconds: float) -> 
     return rows
 
 
-def in_process(model: ModelVersion, provider: str, variant: str, seconds: float, sizes) -> list[dict]:
-    loaded = session(model, provider, variant, max_batch_size=max(sizes))
+def in_process(model: ModelVersion, provider: str, variant: str, seconds: float, sizes,
+               cuda_graphs: bool = False) -> list[dict]:
+    """Images/s at each batch size on one session, or with ``cuda_graphs`` on a session per size replaying a CUDA
+    graph (CUDA only: none elsewhere, nor where the graphs cannot be made)."""
+    loaded = session(model, provider, variant, max_batch_size=max(sizes), cuda_graphs=cuda_graphs)
+    if cuda_graphs:
+        if loaded.open_graphed_session is None:
+            return []
+        loaded.pad_batches(list(sizes))
+        if not loaded.graphed:
+            log(f"in-process {model.key} {variant}: CUDA graphs could not be made (the log above says why)")
+            return []
     rows = []
     for size in sizes:
         images = np.random.default_rng(0).random((size, *model.input_shape), dtype=np.float32)
         durations = time_calls(functools.partial(loaded.run, images), seconds)
-        rows.append({"batch": size, "images_per_s": size * len(durations) / sum(durations),
+        rows.append({"batch": size, "cuda_graphs": cuda_graphs, "images_per_s": size * len(durations) / sum(durations),
                      "p50_ms": float(np.median(durations)) * 1000})
-        log(f"in-process {model.key} {variant} on {loaded.providers[0]}, batch {size:>3}: "
-            f"{rows[-1]['images_per_s']:8.0f} images/s, {rows[-1]['p50_ms']:7.2f} ms per call")
+        log(f"in-process {model.key} {variant} on {loaded.providers[0]}{', CUDA graphs' if cuda_graphs else ''}, "
+            f"batch {size:>3}: {rows[-1]['images_per_s']:8.0f} images/s, {rows[-1]['p50_ms']:7.2f} ms per call")
     return rows
 
 
@@ -331,13 +343,14 @@ def run(args) -> dict:
 
     results["throughput"] = {}
     throughput_models = [v for v in committed if v.name in args.throughput_models] + bench
-    servers = itertools.product(args.workers, args.gpu_batch_shapes, args.shared_batches)
-    for index, (workers, shapes, shared) in enumerate(servers):
+    servers = itertools.product(args.workers, args.gpu_batch_shapes, args.shared_batches, args.cuda_graphs)
+    for index, (workers, shapes, shared, graphs) in enumerate(servers):
         with tempfile.TemporaryDirectory() as tmp:
             models_dir = served_models_dir(args.models_dir, args.bench_dir, Path(tmp))
             settings = {"models_dir": str(models_dir), "providers": ",".join(provider_list(args.providers)),
                         "serve": ",".join([*(m.name for m in committed), *(b.name for b in bench)]),
-                        "gpu_batch_shapes": shapes, "shared_batches": str(shared == "on").lower()}
+                        "gpu_batch_shapes": shapes, "shared_batches": str(shared == "on").lower(),
+                        "cuda_graphs": str(graphs == "on").lower()}
             if workers:
                 settings["workers"] = str(workers)
             with running_server(Path(tmp), **settings) as server:
@@ -347,11 +360,16 @@ def run(args) -> dict:
                     variant = results["served_models"][model.name].get("precision") or "fp32"
                     figures = results["throughput"].setdefault(model.name, {"variant": variant, "served": []})
                     if "in_process" not in figures:
-                        figures["in_process"] = in_process(model, args.providers, variant, args.seconds, args.batch_sizes)
+                        figures["in_process"] = [
+                            *in_process(model, args.providers, variant, args.seconds, args.batch_sizes),
+                            *(in_process(model, args.providers, variant, args.seconds, args.batch_sizes, cuda_graphs=True)
+                              if "on" in args.cuda_graphs else [])]
+                    in_use = listing(server)[model.name].get("batching", {}).get("cuda_graphs", False)
                     for images in args.images_per_request:
                         rows = served(server, model, args.concurrency, args.seconds, images, args.client)
                         figures["served"] += [{"workers": workers or "default", "gpu_batch_shapes": shapes,
-                                               "shared_batches": shared, **row} for row in rows]
+                                               "shared_batches": shared, "cuda_graphs": graphs,
+                                               "cuda_graphs_in_use": in_use, **row} for row in rows]
                         save_so_far(results, args.out)
                 results.setdefault("server_log_tails", []).append(server.log()[-4000:])
     return results
@@ -378,6 +396,11 @@ def summary_rows(results: dict) -> list[tuple[str, str, bool | None]]:
     rows += [] if not results["accuracy"] else [(f"FP32 and FP16 accuracy within {ACCURACY_DROP_POINTS} points of the card's CPU FP32",
                  ", ".join(f"{r['model']} {r['variant']} {r['accuracy_drop_points']:+.2f}" for r in accuracy),
                  all(r.get("passed") for r in results["accuracy"]))]
+    graphed = [r for f in results.get("throughput", {}).values() for r in f["served"] if r.get("cuda_graphs") == "on"]
+    if graphed and results["device"]["provider"] == CUDA:
+        rows.append(("CUDA graphs in use in every server that asked for them",
+                     f"{sum(bool(r['cuda_graphs_in_use']) for r in graphed)} of {len(graphed)} rows",
+                     all(r["cuda_graphs_in_use"] for r in graphed)))
     for name, figures in results.get("throughput", {}).items():
         best = max(r["images_per_s"] for r in figures["in_process"])
         for setting in dict.fromkeys(_served_setting(r) for r in figures["served"]):
@@ -394,13 +417,14 @@ def summary_rows(results: dict) -> list[tuple[str, str, bool | None]]:
 
 
 def _served_setting(row: dict) -> tuple:
-    return row["workers"], row["images_per_request"], row["gpu_batch_shapes"], row.get("shared_batches", "off")
+    return (row["workers"], row["images_per_request"], row["gpu_batch_shapes"], row.get("shared_batches", "off"),
+            row.get("cuda_graphs", "off"))
 
 
-def _setting_label(workers, images: int, shapes: str, shared: str, only: set[int] | None = None) -> str:
+def _setting_label(workers, images: int, shapes: str, shared: str, graphs: str, only: set[int] | None = None) -> str:
     """The setting in words; ``only``: just the parts at these places (those a plot's series differ in)."""
     parts = [f"workers {workers}", f"{images} image{'s' if images > 1 else ''} per request",
-             f"GPU batch shapes {shapes}", f"shared batches {shared}"]
+             f"GPU batch shapes {shapes}", f"shared batches {shared}", f"CUDA graphs {graphs}"]
     return ", ".join(part for place, part in enumerate(parts) if only is None or place in only)
 
 
@@ -427,14 +451,18 @@ def write_report(results: dict, folder: Path) -> Path:
                   f"{r.get('cycling_ms', 0):.1f} | {r['images_per_s'][1]:.0f} | {r['images_per_s'][64]:.0f} |"
                   for r in results["cudnn_search"]]
     for name, figures in results.get("throughput", {}).items():
-        lines += ["", f"## {name} ({figures['variant']})", "", "| in-process batch | images/s | ms per call |", "|---|---|---|"]
-        lines += [f"| {r['batch']} | {r['images_per_s']:.0f} | {r['p50_ms']:.2f} |" for r in figures["in_process"]]
-        lines += ["", ("| workers | GPU batch shapes | shared batches | images per request | served clients (V2 REST binary) | requests/s | "
+        lines += ["", f"## {name} ({figures['variant']})", "", "| in-process batch | CUDA graphs | images/s | ms per call |",
+                  "|---|---|---|---|"]
+        lines += [f"| {r['batch']} | {'on' if r.get('cuda_graphs') else 'off'} | {r['images_per_s']:.0f} | {r['p50_ms']:.2f} |"
+                  for r in figures["in_process"]]
+        lines += ["", ("| workers | GPU batch shapes | shared batches | CUDA graphs (in use) | images per request | "
+                       "served clients (V2 REST binary) | requests/s | "
                        "images/s | p50 ms | p99 ms | mean batch | compute ms per batch | queue ms | batches handed over "
                        "(not taken) | workers' cores: event loops (busiest) | other threads | errors | "
                        "client (CPU ms per request) |"),
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['workers']} | {r['gpu_batch_shapes']} | {r.get('shared_batches', 'off')} | {r['images_per_request']} | "
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['workers']} | {r['gpu_batch_shapes']} | {r.get('shared_batches', 'off')} | "
+                  f"{r.get('cuda_graphs', 'off')} ({'yes' if r.get('cuda_graphs_in_use') else 'no'}) | {r['images_per_request']} | "
                   f"{r['concurrency']} | {r['throughput_rps']:.0f} | "
                   f"{r['images_per_s']:.0f} | {r['p50_ms'] or 0:.2f} | {r['p99_ms'] or 0:.2f} | "
                   f"{r['mean_batch'] or 0:.1f} | {r['compute_ms'] or 0:.2f} | {r['queue_ms'] or 0:.2f} | "
@@ -468,7 +496,7 @@ def plot(results: dict, path: Path) -> None:
                                 squeeze=False)
     for axis, (name, figures) in zip(axes[0], throughput.items()):
         settings = list(dict.fromkeys(_served_setting(r) for r in figures["served"]))
-        differing = {place for place in range(4) if len({setting[place] for setting in settings}) > 1}
+        differing = {place for place in range(len(settings[0])) if len({setting[place] for setting in settings}) > 1}
         for setting in settings:
             rows = [r for r in figures["served"] if _served_setting(r) == setting]
             axis.plot([r["concurrency"] for r in rows], [r["images_per_s"] for r in rows], marker="o",
@@ -477,7 +505,7 @@ def plot(results: dict, path: Path) -> None:
                 axis.annotate(f"batch {r['mean_batch'] or 0:.0f}", (r["concurrency"], r["images_per_s"]), fontsize=7,
                               textcoords="offset points", xytext=(0, 6), ha="center")
         best = max(figures["in_process"], key=lambda r: r["images_per_s"])
-        axis.axhline(best["images_per_s"], color="black", linestyle=":", label=f"in-process, best batch ({best['batch']})")
+        axis.axhline(best["images_per_s"], color="black", linestyle=":", label=f"in-process, best batch ({best['batch']}{', CUDA graphs' if best.get('cuda_graphs') else ''})")
         axis.axhline(best["images_per_s"] / 2, color="grey", linestyle="--", linewidth=1, label="target: half of it")
         axis.set(title=f"{name} ({figures['variant']})", xlabel="concurrent clients", ylabel="images/s", xscale="log",
                  ylim=(0, None))
@@ -520,6 +548,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared-batches", nargs="+", default=["off", "on"], choices=["off", "on"],
                         help="the servers' shared_batches, one server each (with each of the above): on, one batcher "
                              "per GPU takes every worker's batches")
+    parser.add_argument("--cuda-graphs", nargs="+", default=["off", "on"], choices=["off", "on"],
+                        help="the servers' cuda_graphs, one server each (with each of the above): on, each padded "
+                             "batch size replays a CUDA graph (CUDA only); in process measured both ways too")
     parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto",
                         help="the served load's generator (auto: wrk where it is installed)")
     parser.add_argument("--no-cudnn", dest="cudnn", action="store_false", help="skip the cuDNN search comparison")

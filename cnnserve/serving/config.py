@@ -15,6 +15,7 @@ batching lives under ``models:`` in the YAML file::
     cudnn_conv_algo_search: HEURISTIC          # or EXHAUSTIVE, DEFAULT (GPU only)
     gpu_batch_shapes: powers_of_two            # or largest: one session per model, every batch padded to the maximum
     shared_batches: false                      # true: one batcher per GPU, fed by every worker on it
+    cuda_graphs: false                         # true: on CUDA, each padded batch size replays a captured graph
     tensorrt_cache_dir: /var/cache/cnnserve/tensorrt   # engines keyed by file sha256 (default: under the temp dir)
     workers: auto                              # worker processes (each serves every protocol)
     threads: auto                              # ONNX Runtime intra-op threads per worker
@@ -117,6 +118,10 @@ class Settings:
     # (shared_batches.py), so batches are as large as the GPU's whole load; off, each worker batches its own
     # clients. On the CPU (where it only serves tests and measurement) worker 0 computes the batches handed to it.
     shared_batches: bool = False
+    # On CUDA, each padded batch size's session replays a CUDA graph captured at load (runtime.GraphedShape): one
+    # launch per batch instead of one per kernel, where a small model's batch spends its time (ResNet-18: about
+    # 0.9 ms per call from batch 1 to 16 on an H100). Off until a GPU run measures it (make gpu-check: both ways).
+    cuda_graphs: bool = False
     workers: int = 0  # 0: chosen from the core count
     threads: int = 0  # 0: chosen from the core count
     batching: bool = True

@@ -170,7 +170,8 @@ class ModelHost:
             "model %s ready on %s (%s, %d thread(s); warmed batch sizes %s%s: %s; "
             "batches up to %d run on the event loop, up to %d on every core when the others are idle)",
             model.key, loaded.providers[0], loaded.variant, self.threads, ", ".join(map(str, warm_up)),
-            " (each batch padded to the next of them, each on its own session)" if loaded.shapes else "",
+            (" (each batch padded to the next of them, each on its own session"
+             f"{' replaying a CUDA graph' if loaded.graphed else ''})") if loaded.shapes else "",
             ", ".join(f"batch {size} {1000 * seconds:.2f} ms" for size, seconds in warm_up.items() if size in (1, max_batch_size)),
             runner.inline_up_to, SOLO_MAX_BATCH if runner.solo else 0,
         )
@@ -205,7 +206,8 @@ class ModelHost:
                 model, providers, max_batch_size, cache_dir)
             return loaded, warm_up
         loaded = load_model(model, providers, settings.precision, self.threads, cache_dir, device_id=self.device_id,
-                            cudnn_search=settings.cudnn_conv_algo_search, max_batch_size=max_batch_size)
+                            cudnn_search=settings.cudnn_conv_algo_search, max_batch_size=max_batch_size,
+                            cuda_graphs=settings.cuda_graphs)
         if loaded.on_gpu:
             loaded.pad_batches(batch_shapes(max_batch_size, settings.gpu_batch_shapes))
         return loaded, loaded.warm_up(max_batch_size) if settings.warmup else {}
@@ -373,6 +375,7 @@ class ModelHost:
                 "precision_choice": choice.describe() if (choice := self.precision_choices.get(key)) else None,
                 "threads": self.threads,
                 "batch_shapes": list(loaded.shapes) or None,
+                "cuda_graphs": loaded.graphed,
                 "batch_owner": self.batch_owner,  # shared_batches: the worker that computes this worker's batches
                 "pid": os.getpid(),
             }

@@ -205,13 +205,14 @@ class TensorrtPlan:
 
 
 def provider_options(provider: str, device_id: int = 0, cudnn_search: str = "HEURISTIC",
-                     tensorrt: TensorrtPlan | None = None) -> dict:
+                     tensorrt: TensorrtPlan | None = None, cuda_graph: bool = False) -> dict:
     if provider == TENSORRT:
         if tensorrt is None:
             raise ValueError("TensorRT needs the model's TensorrtPlan (its profile and cache)")
         return {"device_id": device_id, **tensorrt.options()}
     if provider == CUDA:
-        return {"device_id": device_id, "cudnn_conv_algo_search": cudnn_search}
+        graph = {"enable_cuda_graph": "1"} if cuda_graph else {}
+        return {"device_id": device_id, "cudnn_conv_algo_search": cudnn_search, **graph}
     return {}
 
 
@@ -239,6 +240,79 @@ class ModelFileInvalid(ModelInvalid):
     """The file itself is at fault (missing, its sha256, its graph against the card): no provider would take it."""
 
 
+NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+class PaddedShape:
+    """One batch size on a session of its own (``LoadedModel.pad_batches``). A smaller batch is copied into the
+    front of ``padded``: the rows after it hold an earlier batch's images, and their answers are dropped."""
+
+    def __init__(self, session: ort.InferenceSession, padded: np.ndarray, output_names: list[str]):
+        self.session, self.padded, self.output_names = session, padded, output_names
+
+    def fill(self, images: np.ndarray) -> np.ndarray:
+        if len(images) < len(self.padded):
+            self.padded[:len(images)] = images
+            return self.padded
+        return images
+
+    def run(self, images: np.ndarray) -> list[np.ndarray]:
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(INPUT_NAME, self.fill(images))
+        for name in self.output_names:
+            binding.bind_output(name)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+
+class GraphedShape(PaddedShape):
+    """A padded batch size whose session replays a CUDA graph (``cuda_graphs``, ONNX Runtime's
+    ``enable_cuda_graph``): one launch for the whole model instead of one per kernel, where a small model's
+    batch spent its time. ResNet-18 at 64 px on an H100 took 0.84 ms per call at batch 1 and 0.92 at 16 in
+    process (loadtests/results/2026-11-27-gpu/1-current-models), launching about 60 kernels.
+
+    A graph reads and writes the addresses it was captured with, so the input and outputs live in buffers on the
+    device, bound once; each batch is copied into the input's (``update_inplace``) and the outputs are copied
+    out, since the next batch overwrites them. ``device`` is where the buffers live: the session's GPU, or the
+    CPU in tests, where the same binding runs without a graph.
+    """
+
+    def __init__(self, session: ort.InferenceSession, padded: np.ndarray, output_names: list[str],
+                 device: tuple[str, int]):
+        super().__init__(session, padded, output_names)
+        declared = {o.name: o for o in session.get_outputs()}
+        self.input = ort.OrtValue.ortvalue_from_shape_and_type(padded.shape, np.float32, *device)
+        self.outputs = []
+        for name in output_names:
+            rows = declared[name].shape[1:]
+            if not all(isinstance(d, int) for d in rows) or declared[name].type not in NUMPY_TYPES:
+                raise ModelInvalid(f"output {name!r} is {declared[name].type} {declared[name].shape}: a CUDA graph "
+                                   "needs a fixed shape and a float type")
+            self.outputs.append(ort.OrtValue.ortvalue_from_shape_and_type(
+                (len(padded), *rows), NUMPY_TYPES[declared[name].type], *device))
+        self.binding = session.io_binding()
+        self.binding.bind_ortvalue_input(INPUT_NAME, self.input)
+        for name, value in zip(output_names, self.outputs):
+            self.binding.bind_ortvalue_output(name, value)
+
+    def capture(self) -> None:
+        """Run twice: ONNX Runtime allocates on the first run and captures the graph on the second."""
+        for _ in range(2):
+            self.run(self.padded)
+
+    def run(self, images: np.ndarray) -> list[np.ndarray]:
+        self.input.update_inplace(np.ascontiguousarray(self.fill(images), np.float32))
+        self.session.run_with_iobinding(self.binding)
+        return [np.array(value.numpy()) for value in self.outputs]
+
+
+def buffers_device(session: ort.InferenceSession) -> tuple[str, int]:
+    """Where a graphed session's input and outputs live: its CUDA device, else the CPU."""
+    if session.get_providers()[0] != CUDA:
+        return "cpu", 0
+    return "cuda", int(session.get_provider_options()[CUDA]["device_id"])
+
+
 @dataclass
 class LoadedModel:
     """A session and how to run it.
@@ -258,17 +332,39 @@ class LoadedModel:
     variant: str
     output_names: list[str]
     open_session: Callable[[], ort.InferenceSession] | None = None  # another session like ``session`` (load_model)
-    # batch size -> its session and its padded input, reused: one run at a time per model (the batcher's)
-    shapes: dict[int, tuple[ort.InferenceSession, np.ndarray]] = field(default_factory=dict)
+    # ... that captures a CUDA graph (``cuda_graphs``, on CUDA only): ``pad_batches`` gives each shape one
+    open_graphed_session: Callable[[], ort.InferenceSession] | None = None
+    # batch size -> its session and padded input (reused: one run at a time per model, the batcher's)
+    shapes: dict[int, PaddedShape] = field(default_factory=dict)
 
     @property
     def on_gpu(self) -> bool:
         return self.providers[0] in GPU_PROVIDERS
 
+    @property
+    def graphed(self) -> bool:
+        return any(isinstance(shape, GraphedShape) for shape in self.shapes.values())
+
     def pad_batches(self, sizes: list[int]) -> None:
         """Pad every run to the smallest of ``sizes`` that holds it, on that size's own session (the largest
         size's is ``session``). If the other sessions cannot be made (out of GPU memory: each holds its own copy
-        of the weights), every run is padded to the largest, on ``session`` alone, and the log says why."""
+        of the weights), every run is padded to the largest, on ``session`` alone, and the log says why.
+
+        With ``open_graphed_session`` every size gets a session that replays a CUDA graph, captured here. A
+        model whose graph cannot be made (ONNX Runtime refuses a graph with nodes off the GPU; capture can fail)
+        runs without, and the log says why."""
+        if self.open_graphed_session is not None:
+            try:
+                graphed = {}
+                for size in sizes:
+                    session = self.open_graphed_session()
+                    graphed[size] = GraphedShape(session, self.zeros(size), self.output_names, buffers_device(session))
+                    graphed[size].capture()
+                self.shapes = dict(sorted(graphed.items()))
+                return
+            except Exception as exc:  # noqa: BLE001  (ONNX Runtime raises its own types)
+                log.error("model %s: CUDA graphs could not be made (%s); its batches run without them",
+                          self.model.key, exc)
         largest = max(sizes)
         try:
             sessions = {size: self.open_session() for size in sizes if size != largest}
@@ -280,33 +376,22 @@ class LoadedModel:
                       "instead (gpu_batch_shapes: largest)", self.model.key, exc, largest)
             sessions = {}
         sessions[largest] = self.session
-        self.shapes = {size: (sessions[size], np.zeros((size, *self.model.input_shape), np.float32))
+        self.shapes = {size: PaddedShape(sessions[size], self.zeros(size), self.output_names)
                        for size in sorted(sessions)}
+
+    def zeros(self, size: int) -> np.ndarray:
+        return np.zeros((size, *self.model.input_shape), np.float32)
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities [N, K] and boxes [N, 4] (None for classification-only models)."""
         rows = len(images)
         size = next((size for size in self.shapes if size >= rows), None)
         if size is None:  # on the CPU (no padding), or more rows than the largest shape
-            return self.run_session(images, self.session)
-        session, padded = self.shapes[size]
-        if rows < size:
-            padded[:rows] = images  # the rows after them hold an earlier batch's images: their answers are dropped
-            images = padded
-        probabilities, boxes = self.run_session(images, session)
-        return probabilities[:rows], None if boxes is None else boxes[:rows]
-
-    def run_session(self, images: np.ndarray, session: ort.InferenceSession) -> tuple[np.ndarray, np.ndarray | None]:
-        if self.on_gpu:
-            binding = session.io_binding()
-            binding.bind_cpu_input(INPUT_NAME, images)
-            for name in self.output_names:
-                binding.bind_output(name)
-            session.run_with_iobinding(binding)
-            outputs = dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
+            outputs = dict(zip(self.output_names, self.session.run(self.output_names, {INPUT_NAME: images})))
         else:
-            outputs = dict(zip(self.output_names, session.run(self.output_names, {INPUT_NAME: images})))
-        return outputs[PROBABILITIES], outputs.get(BOXES)
+            outputs = dict(zip(self.output_names, self.shapes[size].run(images)))
+        boxes = outputs.get(BOXES)
+        return outputs[PROBABILITIES][:rows], None if boxes is None else boxes[:rows]
 
     def warm_sizes(self, max_batch_size: int) -> list[int]:
         """The batch sizes warm-up runs: with padded batches the shapes runs have (the first run of each makes
@@ -362,10 +447,10 @@ def verify_contract(model: ModelVersion, session: ort.InferenceSession) -> list[
 
 def load_model(
     model: ModelVersion, providers: list[str], precision: str, threads: int, cache_dir: Path, spin: bool = False,
-    device_id: int = 0, cudnn_search: str = "HEURISTIC", max_batch_size: int = 64,
+    device_id: int = 0, cudnn_search: str = "HEURISTIC", max_batch_size: int = 64, cuda_graphs: bool = False,
 ) -> LoadedModel:
     """A checked session for the chosen variant; ``cache_dir`` holds TensorRT's engines, ``max_batch_size`` bounds
-    their profile."""
+    their profile; ``cuda_graphs``: on CUDA, ``pad_batches`` gives each batch size a session replaying a graph."""
     variant = choose_variant(precision, providers, model.variants())
     path, expected_sha = model.file_for(variant)
     if not path.exists():
@@ -380,13 +465,16 @@ def load_model(
         cache_dir.mkdir(parents=True, exist_ok=True)  # TensorRT makes one folder level, and fails if a worker won
     # enable_fallback=0: when a provider fails at creation, ONNX Runtime would otherwise retry on its own list
     # with every provider option dropped (device 0, cuDNN's exhaustive search), saying so only on stdout.
-    open_session = functools.partial(
-        ort.InferenceSession, str(path), session_options(threads, spin),
-        providers=[(p, provider_options(p, device_id, cudnn_search, tensorrt)) for p in providers], enable_fallback=0,
-    )
+    def opener(cuda_graph: bool = False) -> Callable[[], ort.InferenceSession]:
+        return functools.partial(
+            ort.InferenceSession, str(path), session_options(threads, spin), enable_fallback=0,
+            providers=[(p, provider_options(p, device_id, cudnn_search, tensorrt, cuda_graph)) for p in providers])
+
+    open_session = opener()
     try:
         session = open_session()
     except Exception as exc:  # noqa: BLE001  (ONNX Runtime raises its own types for corrupt files)
         raise ModelInvalid(f"ONNX Runtime cannot load {path.name} on {providers[0]}: {exc}") from None
     output_names = verify_contract(model, session)
-    return LoadedModel(model, session, session.get_providers(), variant, output_names, open_session)
+    graphed = opener(cuda_graph=True) if cuda_graphs and session.get_providers()[0] == CUDA else None
+    return LoadedModel(model, session, session.get_providers(), variant, output_names, open_session, graphed)

@@ -26,7 +26,7 @@ def gpu_check(tmp_path, *args: str) -> subprocess.CompletedProcess:
 
 def test_the_check_rehearsed_on_the_cpu_writes_its_report(tmp_path):
     result = gpu_check(tmp_path, "--providers", "CPUExecutionProvider", "--images-per-request", "1", "3",
-                       "--client", "python")
+                       "--client", "python", "--cuda-graphs", "off")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "gpu-check.json").read_text())
     assert report["served_models"]["lenet5-digits"]["provider"] == "CPUExecutionProvider"
@@ -53,11 +53,14 @@ def test_the_check_rehearsed_on_the_cpu_writes_its_report(tmp_path):
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (make setup-test installs it)")
 def test_the_served_load_comes_from_wrk_where_it_is_installed(tmp_path):
-    result = gpu_check(tmp_path, "--providers", "CPUExecutionProvider", "--no-accuracy")
+    result = gpu_check(tmp_path, "--providers", "CPUExecutionProvider", "--no-accuracy", "--shared-batches", "off")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "gpu-check.json").read_text())
     served = report["throughput"]["lenet5-digits"]["served"]
     assert report["client"] == "wrk" and all(r["client"] == "wrk" for r in served)
+    # a server each with cuda_graphs off and on; on the CPU neither uses graphs, nor does the in-process run
+    assert [(r["cuda_graphs"], r["cuda_graphs_in_use"]) for r in served] == [("off", False)] * 2 + [("on", False)] * 2
+    assert not any(r["cuda_graphs"] for r in report["throughput"]["lenet5-digits"]["in_process"])
     assert all(r["throughput_rps"] > 0 and r["errors"] == 0 and r["client_cpu_ms_per_request"] > 0 for r in served)
     assert "| wrk (" in (tmp_path / "gpu-check.md").read_text()
 
@@ -76,3 +79,7 @@ def test_on_a_gpu_every_model_runs_on_cuda_as_accurately_as_its_card(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "gpu-check.json").read_text())
     assert report["served_models"]["lenet5-digits"]["provider"] == "CUDAExecutionProvider"
+    served = report["throughput"]["lenet5-digits"]["served"]
+    assert all(r["cuda_graphs_in_use"] == (r["cuda_graphs"] == "on") for r in served)  # captured where asked
+    assert any(r["cuda_graphs"] for r in report["throughput"]["lenet5-digits"]["in_process"])
+    assert all(r["others_cores"] > 0 for r in served)  # on a GPU no batch runs on the event loop

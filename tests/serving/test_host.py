@@ -126,10 +126,10 @@ def test_a_gpu_session_that_fails_its_warm_up_steps_down_to_the_cpu(host_for, a_
             return loaded
         loaded = on_cuda(loaded)
 
-        def out_of_memory(images, session):  # what CUDA raises when the card is full; there is no card here
+        def out_of_memory(images):  # what CUDA raises when the card is full; there is no card here
             raise RuntimeError("CUDA failure 2: out of memory")
 
-        loaded.run_session = out_of_memory
+        loaded.run = out_of_memory
         return loaded
 
     monkeypatch.setattr(host_module, "load_model", load)
@@ -178,6 +178,23 @@ def test_on_a_gpu_every_batch_is_padded_to_one_of_the_configured_shapes(host_for
     assert host.status[key]["status"] == "ready" and host.status[key]["provider"] == CUDA
     assert list(host.loaded[key].shapes) == host.status[key]["batch_shapes"] == shapes
     assert host.batchers[key].inline_up_to == 0  # on a GPU the loop reads requests while a batch computes
+
+
+@pytest.mark.parametrize("cuda_graphs", [True, False])
+def test_cuda_graphs_as_configured_replay_every_padded_size(host_for, a_gpu_that_does_not_work, monkeypatch,
+                                                            cuda_graphs):
+    real_load = host_module.load_model
+    asked = []
+
+    def a_session_on_the_gpu(*args, cuda_graphs=False, **kwargs):  # graphed sessions: CPU ones stand in for CUDA's
+        asked.append(cuda_graphs)
+        loaded = real_load(*args, **kwargs)
+        return replace(on_cuda(loaded), open_graphed_session=loaded.open_session if cuda_graphs else None)
+
+    monkeypatch.setattr(host_module, "load_model", a_session_on_the_gpu)
+    host, key = host_for(max_batch_size=8, cuda_graphs=cuda_graphs)
+    assert asked == [cuda_graphs] and host.status[key]["status"] == "ready"
+    assert host.status[key]["cuda_graphs"] is cuda_graphs and host.status[key]["batch_shapes"] == [1, 2, 4, 8]
 
 
 def test_on_the_cpu_batches_that_compute_in_under_2_ms_run_on_the_event_loop(host_for):

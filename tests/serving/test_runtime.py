@@ -16,6 +16,7 @@ from cnnserve.serving.runtime import (
     CPU,
     CUDA,
     TENSORRT,
+    GraphedShape,
     TENSORRT_LIBRARIES,
     ModelInvalid,
     TensorrtPlan,
@@ -114,10 +115,10 @@ def test_with_padded_batches_each_size_runs_on_its_own_session_and_answers_only_
     padded = on_cuda(loaded)
     padded.pad_batches([4, 12])
     assert list(padded.warm_up(12)) == [4, 12]
-    assert padded.shapes[12][0] is loaded.session and padded.shapes[4][0] is not loaded.session
-    seen = []  # (session, shape) of every run
-    run_session = padded.run_session
-    padded.run_session = lambda images, session: seen.append((session, images.shape)) or run_session(images, session)
+    assert padded.shapes[12].session is loaded.session and padded.shapes[4].session is not loaded.session
+    seen = []  # (batch size, what its session was given) of every run
+    for size, shape in padded.shapes.items():
+        shape.fill = lambda images, fill=shape.fill, size=size: seen.append((size, fill(images).shape)) or fill(images)
     rng = np.random.default_rng(0)
     for rows in (3, 12, 5, 4, 1):
         images = rng.random((rows, *model.input_shape), dtype=np.float32)
@@ -125,10 +126,56 @@ def test_with_padded_batches_each_size_runs_on_its_own_session_and_answers_only_
         expected_probabilities, expected_boxes = loaded.run(images)
         np.testing.assert_allclose(probabilities, expected_probabilities, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(boxes, expected_boxes, rtol=1e-5, atol=1e-6)
-    small, large = padded.shapes[4][0], padded.shapes[12][0]
-    assert seen == [(small, (4, *model.input_shape)), (large, (12, *model.input_shape)),
-                    (large, (12, *model.input_shape)), (small, (4, *model.input_shape)),
-                    (small, (4, *model.input_shape))]  # each session only ever sees its own shape
+    assert seen == [(size, (size, *model.input_shape)) for size in (4, 12, 12, 4, 4)]  # each its own shape only
+
+
+def test_cuda_graphs_are_asked_of_the_cuda_provider_alone():
+    assert provider_options(CUDA, 1, cuda_graph=True)["enable_cuda_graph"] == "1"
+    assert "enable_cuda_graph" not in provider_options(CUDA, 1)
+    assert provider_options(CPU, cuda_graph=True) == {}
+
+
+def test_without_cuda_no_graphed_sessions_are_opened(tmp_path):
+    model = discover(MODELS_DIR, ("lenet5-digits",)).resolve("lenet5-digits")
+    assert load_model(model, [CPU], "fp32", 1, tmp_path, cuda_graphs=True).open_graphed_session is None
+
+
+def test_with_cuda_graphs_every_size_replays_from_buffers_bound_once(tmp_path):
+    """The graphed path's binding, on the CPU (where ONNX Runtime captures no graph): fixed input and output
+    buffers, each batch copied in, its answers copied out before the next batch overwrites the buffers."""
+    model = discover(MODELS_DIR, ("lenet5-digits",)).resolve("lenet5-digits")
+    loaded = load_model(model, [CPU], "fp32", 1, tmp_path)
+    graphed = on_cuda(loaded)
+    graphed.open_graphed_session = loaded.open_session  # a CPU session: the buffers live on the CPU
+    graphed.pad_batches([4, 12])
+    assert graphed.graphed and all(isinstance(shape, GraphedShape) for shape in graphed.shapes.values())
+    assert all(shape.session is not loaded.session for shape in graphed.shapes.values())  # the largest's too
+    addresses = {size: shape.input.data_ptr() for size, shape in graphed.shapes.items()}
+    rng = np.random.default_rng(1)
+    answers = []
+    for rows in (3, 12, 4, 1, 9):
+        images = rng.random((rows, *model.input_shape), dtype=np.float32)
+        answers.append((graphed.run(images), loaded.run(images)))
+    for (probabilities, boxes), (expected_probabilities, expected_boxes) in answers:  # none overwritten since
+        np.testing.assert_allclose(probabilities, expected_probabilities, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(boxes, expected_boxes, rtol=1e-5, atol=1e-6)
+    assert {size: shape.input.data_ptr() for size, shape in graphed.shapes.items()} == addresses
+
+
+def test_a_model_whose_cuda_graph_cannot_be_made_runs_without(tmp_path, caplog):
+    model = discover(MODELS_DIR, ("lenet5-digits",)).resolve("lenet5-digits")
+    loaded = on_cuda(load_model(model, [CPU], "fp32", 1, tmp_path))
+
+    def refused():  # what ONNX Runtime says of a graph with nodes off the GPU; there is no GPU here
+        raise RuntimeError("This session cannot use the graph capture feature as requested by the user as all "
+                           "compute graph nodes have not been partitioned to the CUDAExecutionProvider")
+
+    loaded.open_graphed_session = refused
+    loaded.pad_batches([4, 8])
+    assert list(loaded.shapes) == [4, 8] and not loaded.graphed
+    assert "CUDA graphs could not be made" in caplog.text and "partitioned" in caplog.text
+    probabilities, _ = loaded.run(np.zeros((3, *model.input_shape), np.float32))
+    assert probabilities.shape[0] == 3
 
 
 def test_a_session_per_shape_that_comes_up_on_another_provider_is_not_used(tmp_path, caplog):
@@ -147,7 +194,7 @@ def test_when_the_sessions_per_shape_cannot_be_made_every_batch_is_padded_to_the
 
     loaded.open_session = out_of_gpu_memory
     loaded.pad_batches([1, 2, 4, 8])
-    assert list(loaded.shapes) == [8] and loaded.shapes[8][0] is loaded.session
+    assert list(loaded.shapes) == [8] and loaded.shapes[8].session is loaded.session
     assert "every batch is padded to 8 instead" in caplog.text and "out of memory" in caplog.text
     probabilities, _ = loaded.run(np.zeros((3, *model.input_shape), np.float32))
     assert probabilities.shape[0] == 3
