@@ -58,7 +58,7 @@ LAYERS = (
 )
 OTHER = "other"
 NATIVE = "threads without Python frames (ONNX Runtime's pool)"
-WAITING = ("(threading.py", "(queue.py")  # parked pool threads that py-spy does not always see as idle
+WAITING = ("(threading.py", "(queue.py", "_worker (concurrent/futures/thread.py")  # parked pool threads py-spy may count
 
 
 def layer_of(frames: list[str]) -> str | None:
