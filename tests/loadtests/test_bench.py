@@ -176,6 +176,7 @@ def test_a_profile_sample_belongs_to_its_innermost_known_layer():
     assert layer_of([*outer, "Gauge.inc (prometheus_client/metrics.py:440)"]) == "metrics (prometheus-client)"
     assert layer_of(outer) == "cnnserve"
     assert layer_of(["Thread._bootstrap (threading.py:1002)", "Condition.wait (threading.py:327)"]) is None
+    assert layer_of(["Thread._bootstrap (threading.py:1002)", "_worker (concurrent/futures/thread.py:81)"]) is None
 
 
 def test_a_thread_sampled_without_python_frames_counts_as_native_not_as_a_python_thread(tmp_path):
