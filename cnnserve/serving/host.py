@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -56,6 +58,7 @@ from .shared_batches import (
 )
 
 log = logging.getLogger("cnnserve")
+T = TypeVar("T")
 
 
 class ModelHost:
@@ -209,8 +212,17 @@ class ModelHost:
                             cudnn_search=settings.cudnn_conv_algo_search, max_batch_size=max_batch_size,
                             cuda_graphs=settings.cuda_graphs)
         if loaded.on_gpu:
-            loaded.pad_batches(batch_shapes(max_batch_size, settings.gpu_batch_shapes))
-        return loaded, loaded.warm_up(max_batch_size) if settings.warmup else {}
+            loaded.pad_batches(batch_shapes(max_batch_size, settings.gpu_batch_shapes), self.on_batch_thread)
+        if not settings.warmup:
+            return loaded, {}
+        if loaded.graphed:  # its graphs belong to the batches' thread: a run on another would capture them again
+            return loaded, self.on_batch_thread(functools.partial(loaded.warm_up, max_batch_size))
+        return loaded, loaded.warm_up(max_batch_size)
+
+    def on_batch_thread(self, function: Callable[[], T]) -> T:
+        """``function()`` on the executor thread that runs this worker's batches, between them; never call it from
+        that thread (it would wait for itself)."""
+        return self.executor.submit(function).result()
 
     def load_stepping_down(
         self, model: ModelVersion, max_batch_size: int, cache_dir: Path

@@ -240,6 +240,10 @@ class ModelFileInvalid(ModelInvalid):
     """The file itself is at fault (missing, its sha256, its graph against the card): no provider would take it."""
 
 
+def call(function: Callable[[], None]) -> None:
+    function()
+
+
 NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
@@ -274,7 +278,8 @@ class GraphedShape(PaddedShape):
     A graph reads and writes the addresses it was captured with, so the input and outputs live in buffers on the
     device, bound once; each batch is copied into the input's (``update_inplace``) and the outputs are copied
     out, since the next batch overwrites them. ``device`` is where the buffers live: the session's GPU, or the
-    CPU in tests, where the same binding runs without a graph.
+    CPU in tests, where the same binding runs without a graph. ONNX Runtime keeps a session's graph per thread
+    (the CUDA provider's per-thread context), so it must be captured on the thread that runs the batches.
     """
 
     def __init__(self, session: ort.InferenceSession, padded: np.ndarray, output_names: list[str],
@@ -296,7 +301,8 @@ class GraphedShape(PaddedShape):
             self.binding.bind_ortvalue_output(name, value)
 
     def capture(self) -> None:
-        """Run twice: ONNX Runtime allocates on the first run and captures the graph on the second."""
+        """Within the first run ONNX Runtime runs the model as often as its allocations need, then captures and
+        replays the graph; the second replays it, so a graph that cannot replay fails here, at load."""
         for _ in range(2):
             self.run(self.padded)
 
@@ -306,11 +312,9 @@ class GraphedShape(PaddedShape):
         return [np.array(value.numpy()) for value in self.outputs]
 
 
-def buffers_device(session: ort.InferenceSession) -> tuple[str, int]:
+def buffers_device(session: ort.InferenceSession, device_id: int) -> tuple[str, int]:
     """Where a graphed session's input and outputs live: its CUDA device, else the CPU."""
-    if session.get_providers()[0] != CUDA:
-        return "cpu", 0
-    return "cuda", int(session.get_provider_options()[CUDA]["device_id"])
+    return ("cuda", device_id) if session.get_providers()[0] == CUDA else ("cpu", 0)
 
 
 @dataclass
@@ -334,6 +338,7 @@ class LoadedModel:
     open_session: Callable[[], ort.InferenceSession] | None = None  # another session like ``session`` (load_model)
     # ... that captures a CUDA graph (``cuda_graphs``, on CUDA only): ``pad_batches`` gives each shape one
     open_graphed_session: Callable[[], ort.InferenceSession] | None = None
+    device_id: int = 0  # the GPU its sessions run on
     # batch size -> its session and padded input (reused: one run at a time per model, the batcher's)
     shapes: dict[int, PaddedShape] = field(default_factory=dict)
 
@@ -345,12 +350,13 @@ class LoadedModel:
     def graphed(self) -> bool:
         return any(isinstance(shape, GraphedShape) for shape in self.shapes.values())
 
-    def pad_batches(self, sizes: list[int]) -> None:
+    def pad_batches(self, sizes: list[int], on_batch_thread: Callable[[Callable[[], None]], None] = call) -> None:
         """Pad every run to the smallest of ``sizes`` that holds it, on that size's own session (the largest
         size's is ``session``). If the other sessions cannot be made (out of GPU memory: each holds its own copy
         of the weights), every run is padded to the largest, on ``session`` alone, and the log says why.
 
-        With ``open_graphed_session`` every size gets a session that replays a CUDA graph, captured here. A
+        With ``open_graphed_session`` every size gets a session that replays a CUDA graph, captured here through
+        ``on_batch_thread`` (which runs a function on the thread that will run the batches, and waits for it). A
         model whose graph cannot be made (ONNX Runtime refuses a graph with nodes off the GPU; capture can fail)
         runs without, and the log says why."""
         if self.open_graphed_session is not None:
@@ -358,8 +364,9 @@ class LoadedModel:
                 graphed = {}
                 for size in sizes:
                     session = self.open_graphed_session()
-                    graphed[size] = GraphedShape(session, self.zeros(size), self.output_names, buffers_device(session))
-                    graphed[size].capture()
+                    graphed[size] = GraphedShape(session, self.zeros(size), self.output_names,
+                                                 buffers_device(session, self.device_id))
+                on_batch_thread(lambda: [shape.capture() for shape in graphed.values()])
                 self.shapes = dict(sorted(graphed.items()))
                 return
             except Exception as exc:  # noqa: BLE001  (ONNX Runtime raises its own types)
@@ -477,4 +484,5 @@ def load_model(
         raise ModelInvalid(f"ONNX Runtime cannot load {path.name} on {providers[0]}: {exc}") from None
     output_names = verify_contract(model, session)
     graphed = opener(cuda_graph=True) if cuda_graphs and session.get_providers()[0] == CUDA else None
-    return LoadedModel(model, session, session.get_providers(), variant, output_names, open_session, graphed)
+    return LoadedModel(model, session, session.get_providers(), variant, output_names, open_session, graphed,
+                       device_id)

@@ -3,6 +3,7 @@ the one asked for, the model is loaded again for the CPU and shown as degraded, 
 set explicitly. The GPU is what cannot exist here, so the test makes the host believe in one; the session that
 answers with the CPU provider is ONNX Runtime's own (this CPU build takes a CUDA request that way)."""
 
+import threading
 from dataclasses import replace
 
 import pytest
@@ -13,7 +14,7 @@ from cnnserve.serving import host as host_module
 from cnnserve.serving.config import Settings
 from cnnserve.serving.host import ModelHost
 from cnnserve.serving.repository import discover
-from cnnserve.serving.runtime import CPU, CUDA, TENSORRT, ModelFileInvalid, ModelInvalid
+from cnnserve.serving.runtime import CPU, CUDA, TENSORRT, GraphedShape, ModelFileInvalid, ModelInvalid
 from tests.committed import VERSIONS
 from tests.serving.helpers import on_cuda
 
@@ -191,10 +192,16 @@ def test_cuda_graphs_as_configured_replay_every_padded_size(host_for, a_gpu_that
         loaded = real_load(*args, **kwargs)
         return replace(on_cuda(loaded), open_graphed_session=loaded.open_session if cuda_graphs else None)
 
+    threads = set()  # where the graphed sessions ran at load: ONNX Runtime keeps a graph per thread
+    real_run = GraphedShape.run
+    monkeypatch.setattr(GraphedShape, "run", lambda shape, images: threads.add(threading.current_thread().name)
+                        or real_run(shape, images))
     monkeypatch.setattr(host_module, "load_model", a_session_on_the_gpu)
     host, key = host_for(max_batch_size=8, cuda_graphs=cuda_graphs)
     assert asked == [cuda_graphs] and host.status[key]["status"] == "ready"
     assert host.status[key]["cuda_graphs"] is cuda_graphs and host.status[key]["batch_shapes"] == [1, 2, 4, 8]
+    # captured and warmed on the thread that runs the batches, or not at all
+    assert threads == ({host.executor.submit(lambda: threading.current_thread().name).result()} if cuda_graphs else set())
 
 
 def test_on_the_cpu_batches_that_compute_in_under_2_ms_run_on_the_event_loop(host_for):
