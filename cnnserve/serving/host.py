@@ -215,7 +215,7 @@ class ModelHost:
             loaded.pad_batches(batch_shapes(max_batch_size, settings.gpu_batch_shapes), self.on_batch_thread)
         if not settings.warmup:
             return loaded, {}
-        if loaded.graphed:  # its graphs belong to the batches' thread: a run on another would capture them again
+        if loaded.on_gpu:  # the CUDA provider keeps its cuDNN and cuBLAS handles and its graphs per thread
             return loaded, self.on_batch_thread(functools.partial(loaded.warm_up, max_batch_size))
         return loaded, loaded.warm_up(max_batch_size)
 

@@ -14,7 +14,7 @@ from cnnserve.serving import host as host_module
 from cnnserve.serving.config import Settings
 from cnnserve.serving.host import ModelHost
 from cnnserve.serving.repository import discover
-from cnnserve.serving.runtime import CPU, CUDA, TENSORRT, GraphedShape, ModelFileInvalid, ModelInvalid
+from cnnserve.serving.runtime import CPU, CUDA, TENSORRT, GraphedShape, ModelFileInvalid, ModelInvalid, PaddedShape
 from tests.committed import VERSIONS
 from tests.serving.helpers import on_cuda
 
@@ -174,10 +174,16 @@ def test_on_a_gpu_every_batch_is_padded_to_one_of_the_configured_shapes(host_for
     def a_session_on_the_gpu(*args, **kwargs):  # what a working CUDA session reports; this one runs on the CPU
         return on_cuda(real_load(*args, **kwargs))
 
+    threads = set()
+    real_run = PaddedShape.run
+    monkeypatch.setattr(PaddedShape, "run", lambda shape, images: threads.add(threading.current_thread().name)
+                        or real_run(shape, images))
     monkeypatch.setattr(host_module, "load_model", a_session_on_the_gpu)
     host, key = host_for(max_batch_size=16, gpu_batch_shapes=mode)
     assert host.status[key]["status"] == "ready" and host.status[key]["provider"] == CUDA
     assert list(host.loaded[key].shapes) == host.status[key]["batch_shapes"] == shapes
+    # warmed on the thread that runs the batches: the CUDA provider keeps its cuDNN and cuBLAS handles per thread
+    assert threads == {host.executor.submit(lambda: threading.current_thread().name).result()}
     assert host.batchers[key].inline_up_to == 0  # on a GPU the loop reads requests while a batch computes
 
 
