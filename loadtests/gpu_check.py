@@ -361,8 +361,9 @@ def run(args) -> dict:
                     figures = results["throughput"].setdefault(model.name, {"variant": variant, "served": []})
                     if "in_process" not in figures:
                         figures["in_process"] = [
-                            *in_process(model, args.providers, variant, args.seconds, args.batch_sizes),
-                            *(in_process(model, args.providers, variant, args.seconds, args.batch_sizes, cuda_graphs=True)
+                            *in_process(model, args.providers, variant, args.in_process_seconds, args.batch_sizes),
+                            *(in_process(model, args.providers, variant, args.in_process_seconds, args.batch_sizes,
+                                         cuda_graphs=True)
                               if "on" in args.cuda_graphs else [])]
                     in_use = listing(server)[model.name].get("batching", {}).get("cuda_graphs", False)
                     for images in args.images_per_request:
@@ -539,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64, 256])
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES), help="in-process")
+    parser.add_argument("--in-process-seconds", type=float, default=2.0,
+                        help="per in-process batch size (a GPU's calls vary little: 2 s holds hundreds of them)")
     parser.add_argument("--images-per-request", type=int, nargs="+", default=[1],
                         help="images each served request carries (one series each)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0],
