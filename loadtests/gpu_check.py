@@ -293,28 +293,26 @@ def served(server, model: ModelVersion, concurrencies: list[int], seconds: float
     """One row per concurrency: the load's figures, the server's batch means, and the cores its workers used
     (``worker_cores``): whether the event loops were the limit (a busiest loop near 1.0) or had time to spare."""
     load = v2_binary_load(model, images=images)
-    workers, _ = server_workers(server)
     rows = []
     for concurrency in concurrencies:
-        before = server_means(server, model.name)
+        before, (workers, _) = server_means(server, model.name), server_workers(server)
         with WorkerSampler(workers) as sampler:
             if client == "wrk":
                 figures = wrk(server.url, load, concurrency, seconds, threads=WRK_THREADS)
             else:
                 figures = http_load(server.url, load, concurrency, seconds)
         start, end = figures.pop("window")
-        cores = sampler.cores(start + 0.1 * (end - start), end)  # past the connections' opening
+        cores = sampler.cores(start + 0.1 * (end - start), end) or {}  # past the connections' opening
         rows.append({"concurrency": concurrency, "images_per_request": images, "client": client, **figures,
                      "images_per_s": figures["throughput_rps"] * images, **server_means(server, model.name, before),
-                     **{f"{key}_cores": value for key, value in cores.items()}})
+                     "workers_sampled": len(workers), **{f"{key}_cores": value for key, value in cores.items()}})
         row = rows[-1]
         log(f"served {model.key} V2 binary, {images} image(s) per request, {concurrency:>3} clients ({client}): "
             f"{figures['throughput_rps']:8.0f} req/s, "
             f"p50 {figures['p50_ms'] or 0:7.2f} ms, mean batch {row['mean_batch'] or 0:5.1f}, compute "
             f"{row['compute_ms'] or 0:.2f} ms and queue {row['queue_ms'] or 0:.2f} ms per batch / request, "
-            f"batches handed over {row['handed_over']:.0f} (not taken {row['not_taken']:.0f}), cores: event loops "
-            f"{cores['loops']:.2f} (busiest {cores['busiest_loop']:.2f}), other threads {cores['others']:.2f}, "
-            f"errors {figures['errors']} {figures.get('statuses', '')}")
+            f"batches handed over {row['handed_over']:.0f} (not taken {row['not_taken']:.0f}), cores: "
+            f"{_cores(row)}, errors {figures['errors']} {figures.get('statuses', '')}")
     return rows
 
 
@@ -365,15 +363,27 @@ def run(args) -> dict:
                             *(in_process(model, args.providers, variant, args.in_process_seconds, args.batch_sizes,
                                          cuda_graphs=True)
                               if "on" in args.cuda_graphs else [])]
-                    in_use = listing(server)[model.name].get("batching", {}).get("cuda_graphs", False)
                     for images in args.images_per_request:
                         rows = served(server, model, args.concurrency, args.seconds, images, args.client)
-                        figures["served"] += [{"workers": workers or "default", "gpu_batch_shapes": shapes,
+                        in_use = graphs_in_use(server, model)  # after a load: every worker has logged its models
+                        figures["served"] += [{"model": model.name, "workers": workers or "default", "gpu_batch_shapes": shapes,
                                                "shared_batches": shared, "cuda_graphs": graphs,
                                                "cuda_graphs_in_use": in_use, **row} for row in rows]
                         save_so_far(results, args.out)
                 results.setdefault("server_log_tails", []).append(server.log()[-4000:])
     return results
+
+
+def graphs_in_use(server, model: ModelVersion) -> str:
+    """"graphed/loaded": of the server's workers that logged ``model`` ready, how many replay CUDA graphs (each
+    worker captures its own, and one can fail where another does not; ``GET /models`` answers for one worker)."""
+    ready = [line for line in server.log().splitlines() if f"model {model.key} ready on" in line]
+    return f"{sum('replaying a CUDA graph' in line for line in ready)}/{len(ready)}"
+
+
+def every_worker(in_use: str) -> bool:
+    graphed, loaded = map(int, in_use.split("/"))
+    return graphed == loaded > 0
 
 
 def check_served(server, provider: str, failures: list[str]) -> dict:
@@ -400,8 +410,8 @@ def summary_rows(results: dict) -> list[tuple[str, str, bool | None]]:
     graphed = [r for f in results.get("throughput", {}).values() for r in f["served"] if r.get("cuda_graphs") == "on"]
     if graphed and results["device"]["provider"] == CUDA:
         rows.append(("CUDA graphs in use in every server that asked for them",
-                     f"{sum(bool(r['cuda_graphs_in_use']) for r in graphed)} of {len(graphed)} rows",
-                     all(r["cuda_graphs_in_use"] for r in graphed)))
+                     ", ".join(dict.fromkeys(f"{r['model']} {r['cuda_graphs_in_use']} workers" for r in graphed)),
+                     all(every_worker(r["cuda_graphs_in_use"]) for r in graphed)))
     for name, figures in results.get("throughput", {}).items():
         best = max(r["images_per_s"] for r in figures["in_process"])
         for setting in dict.fromkeys(_served_setting(r) for r in figures["served"]):
@@ -456,14 +466,14 @@ def write_report(results: dict, folder: Path) -> Path:
                   "|---|---|---|---|"]
         lines += [f"| {r['batch']} | {'on' if r.get('cuda_graphs') else 'off'} | {r['images_per_s']:.0f} | {r['p50_ms']:.2f} |"
                   for r in figures["in_process"]]
-        lines += ["", ("| workers | GPU batch shapes | shared batches | CUDA graphs (in use) | images per request | "
+        lines += ["", ("| workers | GPU batch shapes | shared batches | CUDA graphs (workers using them) | images per request | "
                        "served clients (V2 REST binary) | requests/s | "
                        "images/s | p50 ms | p99 ms | mean batch | compute ms per batch | queue ms | batches handed over "
-                       "(not taken) | workers' cores: event loops (busiest) | other threads | errors | "
+                       "(not taken) | workers' cores: event loops (busiest) | their other threads | errors | "
                        "client (CPU ms per request) |"),
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['workers']} | {r['gpu_batch_shapes']} | {r.get('shared_batches', 'off')} | "
-                  f"{r.get('cuda_graphs', 'off')} ({'yes' if r.get('cuda_graphs_in_use') else 'no'}) | {r['images_per_request']} | "
+                  f"{r.get('cuda_graphs', 'off')} ({r.get('cuda_graphs_in_use', '-')}) | {r['images_per_request']} | "
                   f"{r['concurrency']} | {r['throughput_rps']:.0f} | "
                   f"{r['images_per_s']:.0f} | {r['p50_ms'] or 0:.2f} | {r['p99_ms'] or 0:.2f} | "
                   f"{r['mean_batch'] or 0:.1f} | {r['compute_ms'] or 0:.2f} | {r['queue_ms'] or 0:.2f} | "
@@ -480,9 +490,12 @@ def write_report(results: dict, folder: Path) -> Path:
 
 
 def _cores(row: dict) -> str:
-    if "loops_cores" not in row:  # measured before the check read the workers' threads
+    """Event loops (the busiest) | other threads, of the workers sampled; "-" where unread (a load too short for
+    two readings, or a row measured before the check read them)."""
+    if "loops_cores" not in row:
         return "- | -"
-    return f"{row['loops_cores']:.2f} ({row['busiest_loop_cores']:.2f}) | {row['others_cores']:.2f}"
+    return (f"{row['loops_cores']:.2f} ({row['busiest_loop_cores']:.2f}) | {row['others_cores']:.2f} "
+            f"({row['workers_sampled']} workers)")
 
 
 def plot(results: dict, path: Path) -> None:

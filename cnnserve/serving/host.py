@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import time
@@ -216,7 +215,7 @@ class ModelHost:
         if not settings.warmup:
             return loaded, {}
         if loaded.on_gpu:  # the CUDA provider keeps its cuDNN and cuBLAS handles and its graphs per thread
-            return loaded, self.on_batch_thread(functools.partial(loaded.warm_up, max_batch_size))
+            return loaded, loaded.warm_up(max_batch_size, self.on_batch_thread)
         return loaded, loaded.warm_up(max_batch_size)
 
     def on_batch_thread(self, function: Callable[[], T]) -> T:

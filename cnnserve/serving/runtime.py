@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -27,6 +27,7 @@ from ..contract.card import BOXES, INPUT_NAME, PROBABILITIES, file_sha256
 from .repository import ModelVersion
 
 log = logging.getLogger("cnnserve.runtime")
+T = TypeVar("T")
 
 TENSORRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 PREFERENCE = (TENSORRT, CUDA, CPU)
@@ -240,8 +241,18 @@ class ModelFileInvalid(ModelInvalid):
     """The file itself is at fault (missing, its sha256, its graph against the card): no provider would take it."""
 
 
-def call(function: Callable[[], None]) -> None:
-    function()
+def run_here(function: Callable[[], T]) -> T:
+    return function()
+
+
+def run_with_binding(session: ort.InferenceSession, images: np.ndarray, output_names: list[str]) -> list[np.ndarray]:
+    """A GPU session's run: the input copied over and the outputs back within ONNX Runtime's own run."""
+    binding = session.io_binding()
+    binding.bind_cpu_input(INPUT_NAME, images)
+    for name in output_names:
+        binding.bind_output(name)
+    session.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()
 
 
 NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -261,12 +272,7 @@ class PaddedShape:
         return images
 
     def run(self, images: np.ndarray) -> list[np.ndarray]:
-        binding = self.session.io_binding()
-        binding.bind_cpu_input(INPUT_NAME, self.fill(images))
-        for name in self.output_names:
-            binding.bind_output(name)
-        self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()
+        return run_with_binding(self.session, self.fill(images), self.output_names)
 
 
 class GraphedShape(PaddedShape):
@@ -312,11 +318,6 @@ class GraphedShape(PaddedShape):
         return [np.array(value.numpy()) for value in self.outputs]
 
 
-def buffers_device(session: ort.InferenceSession, device_id: int) -> tuple[str, int]:
-    """Where a graphed session's input and outputs live: its CUDA device, else the CPU."""
-    return ("cuda", device_id) if session.get_providers()[0] == CUDA else ("cpu", 0)
-
-
 @dataclass
 class LoadedModel:
     """A session and how to run it.
@@ -339,6 +340,7 @@ class LoadedModel:
     # ... that captures a CUDA graph (``cuda_graphs``, on CUDA only): ``pad_batches`` gives each shape one
     open_graphed_session: Callable[[], ort.InferenceSession] | None = None
     device_id: int = 0  # the GPU its sessions run on
+    graph_buffers_on: str = "cuda"  # where a graphed session's input and outputs live (tests, with no GPU: "cpu")
     # batch size -> its session and padded input (reused: one run at a time per model, the batcher's)
     shapes: dict[int, PaddedShape] = field(default_factory=dict)
 
@@ -350,26 +352,30 @@ class LoadedModel:
     def graphed(self) -> bool:
         return any(isinstance(shape, GraphedShape) for shape in self.shapes.values())
 
-    def pad_batches(self, sizes: list[int], on_batch_thread: Callable[[Callable[[], None]], None] = call) -> None:
+    def pad_batches(self, sizes: list[int], on_batch_thread: Callable[[Callable[[], T]], T] = run_here) -> None:
         """Pad every run to the smallest of ``sizes`` that holds it, on that size's own session (the largest
         size's is ``session``). If the other sessions cannot be made (out of GPU memory: each holds its own copy
         of the weights), every run is padded to the largest, on ``session`` alone, and the log says why.
 
         With ``open_graphed_session`` every size gets a session that replays a CUDA graph, captured here through
-        ``on_batch_thread`` (which runs a function on the thread that will run the batches, and waits for it). A
-        model whose graph cannot be made (ONNX Runtime refuses a graph with nodes off the GPU; capture can fail)
-        runs without, and the log says why."""
+        ``on_batch_thread`` (which runs a function on the thread that will run the batches, and waits for it), one
+        size at a time, so the batches of the worker's other models run in between. A model whose graph cannot be
+        made (ONNX Runtime refuses a graph with nodes off the GPU; capture can fail) runs without, and the log
+        says why."""
         if self.open_graphed_session is not None:
+            graphed: dict[int, GraphedShape] = {}
             try:
-                graphed = {}
-                for size in sizes:
+                for size in sorted(sizes):
                     session = self.open_graphed_session()
+                    if session.get_providers()[0] != self.providers[0]:
+                        raise ModelInvalid(f"a session came up on {session.get_providers()[0]}")
                     graphed[size] = GraphedShape(session, self.zeros(size), self.output_names,
-                                                 buffers_device(session, self.device_id))
-                on_batch_thread(lambda: [shape.capture() for shape in graphed.values()])
-                self.shapes = dict(sorted(graphed.items()))
+                                                 (self.graph_buffers_on, self.device_id))
+                    on_batch_thread(graphed[size].capture)
+                self.shapes = graphed
                 return
             except Exception as exc:  # noqa: BLE001  (ONNX Runtime raises its own types)
+                graphed.clear()  # their sessions and buffers go before the sessions without graphs come
                 log.error("model %s: CUDA graphs could not be made (%s); its batches run without them",
                           self.model.key, exc)
         largest = max(sizes)
@@ -393,10 +399,12 @@ class LoadedModel:
         """Probabilities [N, K] and boxes [N, 4] (None for classification-only models)."""
         rows = len(images)
         size = next((size for size in self.shapes if size >= rows), None)
-        if size is None:  # on the CPU (no padding), or more rows than the largest shape
-            outputs = dict(zip(self.output_names, self.session.run(self.output_names, {INPUT_NAME: images})))
-        else:
+        if size is not None:
             outputs = dict(zip(self.output_names, self.shapes[size].run(images)))
+        elif self.on_gpu:  # not padded (gpu_check's in-process sessions), or more rows than the largest shape
+            outputs = dict(zip(self.output_names, run_with_binding(self.session, images, self.output_names)))
+        else:
+            outputs = dict(zip(self.output_names, self.session.run(self.output_names, {INPUT_NAME: images})))
         boxes = outputs.get(BOXES)
         return outputs[PROBABILITIES][:rows], None if boxes is None else boxes[:rows]
 
@@ -408,23 +416,25 @@ class LoadedModel:
             return list(self.shapes)
         return batch_shapes(max_batch_size, "powers_of_two")
 
-    def warm_up(self, max_batch_size: int) -> dict[int, float]:
+    def warm_up(self, max_batch_size: int, on_batch_thread: Callable[[Callable[[], T]], T] = run_here) -> dict[int, float]:
         """Run each of ``warm_sizes`` and return seconds per size, the model's own cost
         table. A size whose first run (which allocates) took under 50 ms is timed
         twice more and the fastest kept; longer ones are not re-run on the CPU, as only
         short sizes decide anything. On a GPU the first run of a shape also searches
         cuDNN's algorithms, so it never counts: ResNet-18 on an H200 timed 436 ms for
-        batch 64 that way, against 1.6 ms warm (loadtests/results/2026-11-26-gpu)."""
-        seconds = {}
-        for size in self.warm_sizes(max_batch_size):
-            images = np.zeros((size, *self.model.input_shape), np.float32)
-            timings = [self.timed_run(images)]
-            if self.on_gpu:  # the first run searched
-                timings = [self.timed_run(images) for _ in range(2)]
-            elif timings[0] < 0.05:
-                timings += [self.timed_run(images) for _ in range(2)]
-            seconds[size] = min(timings)
-        return seconds
+        batch 64 that way, against 1.6 ms warm (loadtests/results/2026-11-26-gpu).
+        Each size runs through ``on_batch_thread``, one at a time (see ``pad_batches``)."""
+        return {size: on_batch_thread(functools.partial(self.warm_size, size))
+                for size in self.warm_sizes(max_batch_size)}
+
+    def warm_size(self, size: int) -> float:
+        images = self.zeros(size)
+        timings = [self.timed_run(images)]
+        if self.on_gpu:  # the first run searched
+            timings = [self.timed_run(images) for _ in range(2)]
+        elif timings[0] < 0.05:
+            timings += [self.timed_run(images) for _ in range(2)]
+        return min(timings)
 
     def timed_run(self, images: np.ndarray) -> float:
         began = time.perf_counter()

@@ -24,6 +24,7 @@ why ``make bench``'s served ÷ raw stopped at 0.74 and one gRPC channel at 0.47
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import sys
 import tempfile
@@ -71,7 +72,11 @@ def clients(server_pids: set[int]) -> list[psutil.Process]:
 def server_workers(server) -> tuple[list[psutil.Process], set[int]]:
     """A running server's worker processes, and every process id of the server (the arbiter's too)."""
     children = psutil.Process(server.process.pid).children(recursive=True)
-    workers = [p for p in children if "worker" in " ".join(p.cmdline())]
+    workers = []
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):  # one that ended meanwhile (a restarting worker)
+            if "worker" in " ".join(child.cmdline()):
+                workers.append(child)
     return workers, {server.process.pid, *(p.pid for p in children)}
 
 
@@ -100,13 +105,13 @@ class WorkerSampler:
 
     def __init__(self, workers: list[psutil.Process], every: float = 0.2):
         self.workers, self.every = workers, every
-        self.readings: list[tuple[float, dict[int, dict[int, float]]]] = []
+        self.readings: list[tuple[float, float, dict[int, dict[int, float]]]] = []  # wall clock, monotonic, threads
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.sample, daemon=True)
 
     def sample(self) -> None:
         while True:
-            self.readings.append((time.time(), worker_threads(self.workers)))
+            self.readings.append((time.time(), time.monotonic(), worker_threads(self.workers)))
             if self.stop.wait(self.every):
                 return
 
@@ -118,12 +123,12 @@ class WorkerSampler:
         self.stop.set()
         self.thread.join()
 
-    def cores(self, start: float, end: float) -> dict:
+    def cores(self, start: float, end: float) -> dict | None:
         """``worker_cores`` between the first reading at or after ``start`` (wall-clock seconds) and the last at
-        or before ``end``; zeros when no two readings fall inside."""
-        inside = [(at, threads) for at, threads in self.readings if start <= at <= end]
+        or before ``end``; None when no two readings fall inside."""
+        inside = [(since, threads) for at, since, threads in self.readings if start <= at <= end]
         if len(inside) < 2:
-            return {"loops": 0.0, "busiest_loop": 0.0, "others": 0.0}
+            return None
         (first_at, first), (last_at, last) = inside[0], inside[-1]
         return worker_cores(first, last, last_at - first_at)
 

@@ -196,15 +196,20 @@ def test_cuda_graphs_as_configured_replay_every_padded_size(host_for, a_gpu_that
     def a_session_on_the_gpu(*args, cuda_graphs=False, **kwargs):  # graphed sessions: CPU ones stand in for CUDA's
         asked.append(cuda_graphs)
         loaded = real_load(*args, **kwargs)
-        return replace(on_cuda(loaded), open_graphed_session=loaded.open_session if cuda_graphs else None)
+        gpu = on_cuda(loaded)
+        return replace(gpu, open_graphed_session=gpu.open_session if cuda_graphs else None, graph_buffers_on="cpu")
 
     threads = set()  # where the graphed sessions ran at load: ONNX Runtime keeps a graph per thread
     real_run = GraphedShape.run
     monkeypatch.setattr(GraphedShape, "run", lambda shape, images: threads.add(threading.current_thread().name)
                         or real_run(shape, images))
+    jobs = []  # what went to the batches' thread: one size at a time, so other models' batches run in between
+    real_on_batch_thread = ModelHost.on_batch_thread
+    monkeypatch.setattr(ModelHost, "on_batch_thread", lambda host, job: jobs.append(job) or real_on_batch_thread(host, job))
     monkeypatch.setattr(host_module, "load_model", a_session_on_the_gpu)
     host, key = host_for(max_batch_size=8, cuda_graphs=cuda_graphs)
     assert asked == [cuda_graphs] and host.status[key]["status"] == "ready"
+    assert len(jobs) == 4 * (2 if cuda_graphs else 1)  # each of 4 sizes warmed (and captured) in a job of its own
     assert host.status[key]["cuda_graphs"] is cuda_graphs and host.status[key]["batch_shapes"] == [1, 2, 4, 8]
     # captured and warmed on the thread that runs the batches, or not at all
     assert threads == ({host.executor.submit(lambda: threading.current_thread().name).result()} if cuda_graphs else set())

@@ -145,8 +145,8 @@ def test_with_cuda_graphs_every_size_replays_from_buffers_bound_once(tmp_path):
     buffers, each batch copied in, its answers copied out before the next batch overwrites the buffers."""
     model = discover(MODELS_DIR, ("lenet5-digits",)).resolve("lenet5-digits")
     loaded = load_model(model, [CPU], "fp32", 1, tmp_path)
-    graphed = on_cuda(loaded)
-    graphed.open_graphed_session = loaded.open_session  # a CPU session: the buffers live on the CPU
+    graphed = on_cuda(loaded)  # its sessions report CUDA and run on the CPU, where their buffers live too
+    graphed.open_graphed_session, graphed.graph_buffers_on = graphed.open_session, "cpu"
     graphed.pad_batches([4, 12])
     assert graphed.graphed and all(isinstance(shape, GraphedShape) for shape in graphed.shapes.values())
     assert all(shape.session is not loaded.session for shape in graphed.shapes.values())  # the largest's too
@@ -160,6 +160,15 @@ def test_with_cuda_graphs_every_size_replays_from_buffers_bound_once(tmp_path):
         np.testing.assert_allclose(probabilities, expected_probabilities, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(boxes, expected_boxes, rtol=1e-5, atol=1e-6)
     assert {size: shape.input.data_ptr() for size, shape in graphed.shapes.items()} == addresses
+
+
+def test_a_graphed_session_that_comes_up_on_another_provider_is_not_used(tmp_path, caplog):
+    model = discover(MODELS_DIR, ("lenet5-digits",)).resolve("lenet5-digits")
+    loaded = load_model(model, [CPU], "fp32", 1, tmp_path)
+    graphed = replace(on_cuda(loaded), open_graphed_session=loaded.open_session, graph_buffers_on="cpu")
+    graphed.pad_batches([4, 8])
+    assert not graphed.graphed and list(graphed.shapes) == [4, 8]
+    assert "CUDA graphs could not be made (a session came up on CPUExecutionProvider)" in caplog.text
 
 
 def test_a_model_whose_cuda_graph_cannot_be_made_runs_without(tmp_path, caplog):
