@@ -107,8 +107,8 @@ def from_raw(name: str, datatype: str, shape: list[int], raw: bytes | memoryview
             f"which needs {count * dtype.itemsize}"
         )
     array = np.frombuffer(raw, dtype=dtype)
-    if array.ctypes.data % dtype.alignment:  # a view into a body at the JSON header's length: most often odd
-        array = array.copy()  # aligned, as numpy's fast loops and ONNX Runtime's inputs want
+    if not array.flags.aligned:  # a view into a body at the JSON header's length: most often odd (the flag costs
+        array = array.copy()  # 0.06 µs, the address through .ctypes 1 µs); aligned, as numpy's and ONNX Runtime's want
     return Tensor(name, datatype, array.reshape(shape))
 
 
