@@ -423,18 +423,24 @@ class LoadedModel:
         short sizes decide anything. On a GPU the first run of a shape also searches
         cuDNN's algorithms, so it never counts: ResNet-18 on an H200 timed 436 ms for
         batch 64 that way, against 1.6 ms warm (loadtests/results/2026-11-26-gpu).
-        Each size runs through ``on_batch_thread``, one at a time (see ``pad_batches``)."""
-        return {size: on_batch_thread(functools.partial(self.warm_size, size))
-                for size in self.warm_sizes(max_batch_size)}
 
-    def warm_size(self, size: int) -> float:
-        images = self.zeros(size)
-        timings = [self.timed_run(images)]
-        if self.on_gpu:  # the first run searched
-            timings = [self.timed_run(images) for _ in range(2)]
-        elif timings[0] < 0.05:
-            timings += [self.timed_run(images) for _ in range(2)]
-        return min(timings)
+        On a GPU the two timed runs of each size go through ``on_batch_thread``, one size at a time (see
+        ``pad_batches``): they make that thread's cuDNN and cuBLAS handles. The first run, which searches (or
+        builds TensorRT's engine, possibly for a minute), stays on this thread, so the worker's other models'
+        batches do not wait for it; a graphed size's first runs were its capture."""
+        seconds = {}
+        for size in self.warm_sizes(max_batch_size):
+            images = self.zeros(size)
+            if not self.on_gpu:
+                timings = [self.timed_run(images)]
+                if timings[0] < 0.05:
+                    timings += [self.timed_run(images) for _ in range(2)]
+                seconds[size] = min(timings)
+                continue
+            if not self.graphed:  # a graphed session runs on the batches' thread alone (GraphedShape)
+                self.run(images)
+            seconds[size] = on_batch_thread(lambda images=images: min(self.timed_run(images) for _ in range(2)))
+        return seconds
 
     def timed_run(self, images: np.ndarray) -> float:
         began = time.perf_counter()
