@@ -212,11 +212,8 @@ class ModelHost:
                             cuda_graphs=settings.cuda_graphs)
         if loaded.on_gpu:
             loaded.pad_batches(batch_shapes(max_batch_size, settings.gpu_batch_shapes), self.on_batch_thread)
-        if not settings.warmup:
-            return loaded, {}
-        if loaded.on_gpu:  # the CUDA provider keeps its cuDNN and cuBLAS handles and its graphs per thread
-            return loaded, loaded.warm_up(max_batch_size, self.on_batch_thread)
-        return loaded, loaded.warm_up(max_batch_size)
+        # on a GPU the timed runs go to the batches' thread: the CUDA provider keeps its handles and graphs per thread
+        return loaded, loaded.warm_up(max_batch_size, self.on_batch_thread) if settings.warmup else {}
 
     def on_batch_thread(self, function: Callable[[], T]) -> T:
         """``function()`` on the executor thread that runs this worker's batches, between them; never call it from

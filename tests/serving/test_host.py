@@ -224,7 +224,7 @@ def test_on_the_cpu_batches_that_compute_in_under_2_ms_run_on_the_event_loop(hos
 
 
 def test_a_model_whose_warm_up_fails_is_refused_and_the_worker_serves_on(host_for, monkeypatch):
-    def out_of_gpu_memory(self, max_batch_size):  # what a full GPU makes ONNX Runtime raise; there is none here
+    def out_of_gpu_memory(self, max_batch_size, on_batch_thread=None):  # what a full GPU makes ONNX Runtime raise
         raise RuntimeError("CUDA failure 2: out of memory")
 
     monkeypatch.setattr(host_module.LoadedModel, "warm_up", out_of_gpu_memory)
