@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import time
 from collections import deque
 from concurrent.futures import Executor
@@ -64,7 +65,9 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import DeadlineExceeded, Overloaded, TooLarge
+from .errors import DeadlineExceeded, ModelRunFailed, Overloaded, ServiceError, TooLarge
+
+log = logging.getLogger("cnnserve")
 
 RunBatch = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
 INLINE_BELOW_S = 2e-3
@@ -256,6 +259,28 @@ class AdaptiveBatcher:
         self.queued_images -= images
         return jobs
 
+    async def settle_failed(self, jobs: list[Job], exc: Exception) -> None:
+        """A batch that failed runs again in halves, down to single requests, so a request whose values break
+        the model fails alone and the rest of its batch is answered; so is a batch too large for the device's
+        free memory, in smaller ones. A failure that every run meets (a broken device) costs one failing run
+        per request and one per split."""
+        jobs = [job for job in jobs if not job.future.done()]  # callers that left need no answer
+        if len(jobs) > 1:
+            half = len(jobs) // 2
+            await self.run_jobs(jobs[:half])
+            await self.run_jobs(jobs[half:])
+        elif jobs:
+            jobs[0].future.set_exception(self.run_failed(exc, len(jobs[0].images)))
+
+    def run_failed(self, exc: Exception, images: int) -> ServiceError:
+        """What the caller of a run that failed on its images alone gets (500 / INTERNAL), with ONNX Runtime's
+        reason; logged, since it is the model's fault or the device's, not the client's."""
+        if isinstance(exc, ServiceError):
+            return exc
+        reason = str(exc) or type(exc).__name__
+        log.error("model %s failed to run a request of %d images: %s", self.name, images, reason)
+        return ModelRunFailed(f"model {self.name} failed to run this request's images: {reason}")
+
     def timed_run(self, batch: np.ndarray, run: RunBatch | None = None):
         """The model's outputs and how long computing them took (without any thread hand-off)."""
         began = time.perf_counter()
@@ -284,7 +309,10 @@ class AdaptiveBatcher:
         """
         if self.max_queue_delay or time.perf_counter() > deadline:
             return None
-        done = self.run_on_loop(images, borrow=True)
+        try:
+            done = self.run_on_loop(images, borrow=True)
+        except Exception as exc:  # noqa: BLE001  (ONNX Runtime's, for this request alone)
+            raise self.run_failed(exc, len(images)) from exc
         if done is None:
             return None
         (probabilities, boxes), seconds = done
@@ -301,10 +329,8 @@ class AdaptiveBatcher:
             if done is None:
                 done = await asyncio.get_running_loop().run_in_executor(self.executor, self.timed_run, batch)
             (probabilities, boxes), seconds = done
-        except Exception as exc:  # noqa: BLE001  (every waiting caller gets the failure)
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(exc)
+        except Exception as exc:  # noqa: BLE001  (ONNX Runtime's: settled request by request below)
+            await self.settle_failed(jobs, exc)
             return
         self.finished(len(batch), seconds)
         offset = 0

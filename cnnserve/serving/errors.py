@@ -67,6 +67,15 @@ class ModelUnavailable(ServiceError):
     outcome = "server_error"
 
 
+class ModelRunFailed(ServiceError):
+    """ONNX Runtime failed to run a request's images: the model's fault (an operator that refuses these values) or
+    the device's. The batcher answers the rest of the batch first (``AdaptiveBatcher.run_failed``)."""
+
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
+    grpc_code = "INTERNAL"
+    outcome = "server_error"
+
+
 class Overloaded(ServiceError):
     """The batcher refused the request: its queue cannot meet the latency budget."""
 

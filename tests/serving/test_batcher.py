@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cnnserve.serving.batcher import ARRIVES_ONE_PER_PASS, AdaptiveBatcher, inline_up_to
-from cnnserve.serving.errors import DeadlineExceeded, Overloaded, TooLarge
+from cnnserve.serving.errors import DeadlineExceeded, ModelRunFailed, Overloaded, TooLarge
 
 FAR = 3600.0
 pytestmark = pytest.mark.anyio
@@ -171,13 +171,46 @@ async def test_a_request_past_its_deadline_is_dropped_without_running():
     assert model.batches == [1], "the late request never reached the model"
 
 
-async def test_a_failing_model_fails_every_caller_of_the_batch():
+async def test_a_model_that_fails_on_every_run_fails_each_caller_with_its_reason():
     def broken(batch):
-        raise RuntimeError("boom")
+        raise RuntimeError("CUDA failure 700: an illegal memory access was encountered")
 
     b = batcher(broken)
     results = await asyncio.gather(*(b.submit(images(1.0), deadline()) for _ in range(3)), return_exceptions=True)
-    assert all(isinstance(r, RuntimeError) for r in results)
+    assert all(isinstance(r, ModelRunFailed) for r in results)
+    assert results[0].message == "model m/1 failed to run this request's images: CUDA failure 700: an illegal memory " \
+                                 "access was encountered"
+    assert (results[0].status, results[0].grpc_code) == (500, "INTERNAL")
+
+
+class BreaksOnNegatives(SlowModel):
+    """Fails any batch that holds a negative value, as an operator fails on values it refuses."""
+
+    def __call__(self, batch: np.ndarray):
+        if (batch < 0).any():
+            self.batches.append(-len(batch))
+            raise RuntimeError("INVALID_ARGUMENT : indices element out of data bounds")
+        return super().__call__(batch)
+
+
+async def test_a_request_that_breaks_the_model_fails_alone_and_its_batch_is_answered():
+    model = BreaksOnNegatives(seconds=0.05)
+    b = batcher(model)
+    busy = asyncio.create_task(b.submit(images(0.5), deadline()))  # the next eight queue behind it: one batch
+    await asyncio.sleep(0.01)
+    values = [1.0, 2.0, -1.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    results = await asyncio.gather(*(b.submit(images(v), deadline()) for v in values), return_exceptions=True)
+    await busy
+    assert isinstance(results[2], ModelRunFailed) and "out of data bounds" in results[2].message
+    assert [float(r.probabilities[0, 0]) for i, r in enumerate(results) if i != 2] == [2 * v for v in values if v > 0]
+    assert model.batches == [1, -8, -4, 2, -2, -1, 1, 4], "halved down to the breaking request alone"
+
+
+async def test_a_lone_request_that_breaks_the_model_gets_its_reason():
+    b = batcher(BreaksOnNegatives(), inline_up_to=8)
+    with pytest.raises(ModelRunFailed, match="out of data bounds"):
+        await b.submit(images(-1.0), deadline())
+    assert float((await b.submit(images(1.0), deadline())).probabilities[0, 0]) == 2.0
 
 
 async def test_clients_coming_back_after_a_batch_are_regathered_into_one():
