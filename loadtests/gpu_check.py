@@ -8,7 +8,11 @@
    points fails.
 3. **cuDNN's algorithm search** (CUDA only): for ResNet-50 at 224 under each ``cudnn_conv_algo_search`` mode, what
    the first run of a new batch size costs and what a warm run costs: the measurement behind the default.
-4. **Throughput**: resnet18-digits and ResNet-50 at 224, in-process ONNX Runtime on the device (the session the
+4. **Served answers**: in each server, every model's answers to distinct images sent at once in requests of
+   several sizes (so they share batches, padded shapes and, with ``cuda_graphs``, the graphs' fixed buffers) against
+   the same images in process on the same provider and file (``served_answers.py``). A difference over 0.01 in a
+   probability fails.
+5. **Throughput**: resnet18-digits and ResNet-50 at 224, in-process ONNX Runtime on the device (the session the
    server builds, each batch size) against the served V2 REST binary route at each concurrency, with the mean
    batch the server formed; one image per request, and with ``--images-per-request`` also requests that carry
    several (a small model's GPU computes more images a second than Python processes parse requests). The load
@@ -21,8 +25,8 @@
    and ``--cuda-graphs`` (by default off and on: on CUDA each padded batch size replays a captured graph; the
    in-process figures are then measured with graphs too, and the target's denominator is the best of either).
 
-Writes ``gpu-check.{json,md,png}`` under ``loadtests/results/<date>-gpu/`` (``--out``) and exits 1 on a fallback
-or an accuracy drop. ``--providers CPUExecutionProvider`` rehearses every step on a host without a GPU (the tests
+Writes ``gpu-check.{json,md,png}`` under ``loadtests/results/<date>-gpu/`` (``--out``) and exits 1 on a fallback,
+an accuracy drop or a served answer that differs. ``--providers CPUExecutionProvider`` rehearses every step on a host without a GPU (the tests
 do that); the figures then say nothing about a GPU.
 """
 
@@ -67,6 +71,7 @@ from .bench.served import v2_binary_load
 from .bench.wrk import wrk
 from .local_server import running_server
 from .predict_bench import batch_totals, metric_total
+from .served_answers import TOLERANCE, compare, served_probabilities
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "loadtests" / "results"
@@ -229,6 +234,49 @@ def in_process(model: ModelVersion, provider: str, variant: str, seconds: float,
     return rows
 
 
+ANSWER_IMAGES = 192
+
+
+def answer_images(model: ModelVersion) -> np.ndarray:
+    """Distinct images for the served-answers check: a digits model's test split, else seeded noise."""
+    if model.card.get("trained"):
+        from cnnserve.training.data import card_test_split
+
+        return np.ascontiguousarray(card_test_split(model.card)[0][:ANSWER_IMAGES], np.float32)
+    return np.random.default_rng(7).random((ANSWER_IMAGES // 3, *model.input_shape), dtype=np.float32)
+
+
+def reference_probabilities(model: ModelVersion, provider: str, variant: str, images: np.ndarray) -> np.ndarray:
+    """``images`` through one plain session of the file the server runs, in process, in batches of 64."""
+    loaded = session(model, provider, variant)
+    return np.concatenate([loaded.run(np.ascontiguousarray(images[i:i + 64]))[0] for i in range(0, len(images), 64)])
+
+
+def check_answers(server, models: list[ModelVersion], provider: str, served_models: dict, references: dict,
+                  setting: dict, failures: list[str]) -> list[dict]:
+    """Each model's served answers against in process (``served_answers.py``); ``references`` keeps each model's
+    images and reference answers for the next server."""
+    rows = []
+    for model in models:
+        variant = served_models.get(model.name, {}).get("precision") or "fp32"
+        if (model.name, variant) not in references:
+            images = answer_images(model)
+            references[model.name, variant] = images, reference_probabilities(model, provider, variant, images)
+        images, reference = references[model.name, variant]
+        try:
+            row = compare(served_probabilities(server.url, model.name, images), reference)
+        except RuntimeError as exc:  # a request the server refused or failed
+            row = {"images": len(images), "error": str(exc), "passed": False}
+        rows.append({"model": model.name, "variant": variant, **setting, **row})
+        log(f"served answers {model.name} ({variant}, {setting}): "
+            + (row.get("error") or f"largest difference {row['largest_difference']:.2g}, "
+               f"{row['other_label']} of {row['images']} labels differ"))
+        if not row["passed"]:
+            failures.append(f"{model.name} {variant} served with {setting}: answers differ from in process: "
+                            f"{row.get('error') or row['largest_difference']}")
+    return rows
+
+
 def served_models_dir(models_dir: Path, bench_dir: Path, tmp: Path) -> Path:
     """One folder for the server: the committed models beside the untrained ResNet-50 (links, nothing copied)."""
     folder = tmp / "models"
@@ -342,6 +390,7 @@ def run(args) -> dict:
     results["throughput"] = {}
     throughput_models = [v for v in committed if v.name in args.throughput_models] + bench
     servers = itertools.product(args.workers, args.gpu_batch_shapes, args.shared_batches, args.cuda_graphs)
+    references = {}  # per model and file: the served-answers check's images and in-process answers
     for index, (workers, shapes, shared, graphs) in enumerate(servers):
         with tempfile.TemporaryDirectory() as tmp:
             models_dir = served_models_dir(args.models_dir, args.bench_dir, Path(tmp))
@@ -354,6 +403,12 @@ def run(args) -> dict:
             with running_server(Path(tmp), **settings) as server:
                 if index == 0:
                     results["served_models"] = check_served(server, args.providers, failures)
+                setting = {"workers": workers or "default", "gpu_batch_shapes": shapes, "shared_batches": shared,
+                           "cuda_graphs": graphs}
+                results.setdefault("answers", []).extend(check_answers(
+                    server, [*committed, *bench], args.providers, results["served_models"], references, setting,
+                    failures))
+                save_so_far(results, args.out)
                 for model in throughput_models:
                     variant = results["served_models"][model.name].get("precision") or "fp32"
                     figures = results["throughput"].setdefault(model.name, {"variant": variant, "served": []})
@@ -366,9 +421,8 @@ def run(args) -> dict:
                     for images in args.images_per_request:
                         rows = served(server, model, args.concurrency, args.seconds, images, args.client)
                         in_use = graphs_in_use(server, model)  # after a load: every worker has logged its models
-                        figures["served"] += [{"model": model.name, "workers": workers or "default", "gpu_batch_shapes": shapes,
-                                               "shared_batches": shared, "cuda_graphs": graphs,
-                                               "cuda_graphs_in_use": in_use, **row} for row in rows]
+                        figures["served"] += [{"model": model.name, **setting, "cuda_graphs_in_use": in_use, **row}
+                                              for row in rows]
                         save_so_far(results, args.out)
                 results.setdefault("server_log_tails", []).append(server.log()[-4000:])
     return results
@@ -407,6 +461,11 @@ def summary_rows(results: dict) -> list[tuple[str, str, bool | None]]:
     rows += [] if not results["accuracy"] else [(f"FP32 and FP16 accuracy within {ACCURACY_DROP_POINTS} points of the card's CPU FP32",
                  ", ".join(f"{r['model']} {r['variant']} {r['accuracy_drop_points']:+.2f}" for r in accuracy),
                  all(r.get("passed") for r in results["accuracy"]))]
+    if results.get("answers"):
+        rows.append((f"served answers within {TOLERANCE} of in process, every model and server",
+                     ", ".join(f"{r['model']} {r['largest_difference']:.2g}" if "largest_difference" in r
+                               else f"{r['model']} failed" for r in results["answers"]),
+                     all(r["passed"] for r in results["answers"])))
     graphed = [r for f in results.get("throughput", {}).values() for r in f["served"] if r.get("cuda_graphs") == "on"]
     if graphed and results["device"]["provider"] == CUDA:
         rows.append(("CUDA graphs in use in every server that asked for them",
@@ -454,6 +513,13 @@ def write_report(results: dict, folder: Path) -> Path:
     lines += [f"| {r['model']} | {r['variant']} | {r.get('provider', '-')} | {r.get('accuracy', '-')} | "
               f"{r.get('mean_iou', '-')} | {r.get('card_fp32_accuracy', '-')} / {r.get('card_fp32_mean_iou', '-')} | "
               f"{r.get('accuracy_drop_points', r.get('error'))} |" for r in results["accuracy"]]
+    if results.get("answers"):
+        lines += ["", "## Served answers against in process (same provider and file)", "",
+                  "| model | file | workers | GPU batch shapes | shared batches | CUDA graphs | images | largest difference "
+                  "| other label |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['variant']} | {r['workers']} | {r['gpu_batch_shapes']} | {r['shared_batches']} | "
+                  f"{r['cuda_graphs']} | {r['images']} | {r.get('largest_difference', r.get('error'))} | "
+                  f"{r.get('other_label', '-')} |" for r in results["answers"]]
     if results.get("cudnn_search"):
         lines += ["", "## cuDNN algorithm search, ResNet-50 at 224, FP32", "",
                   (f"| mode | session (s) | first run of new sizes {NEW_SIZES} (s) | ms per run cycling through them "

@@ -32,6 +32,9 @@ def test_the_check_rehearsed_on_the_cpu_writes_its_report(tmp_path):
     assert report["served_models"]["lenet5-digits"]["provider"] == "CPUExecutionProvider"
     (accuracy,) = report["accuracy"]
     assert accuracy["passed"] and accuracy["accuracy"] == accuracy["card_fp32_accuracy"]  # the card was measured so
+    # each server answered distinct images in shared batches as ONNX Runtime does them in process
+    assert [(r["model"], r["shared_batches"], r["passed"]) for r in report["answers"]] == \
+        [("lenet5-digits", "off", True), ("lenet5-digits", "on", True)]
     served = report["throughput"]["lenet5-digits"]["served"]
     series = [(1, 1), (1, 8), (3, 1), (3, 8)]  # one server without shared batches, then one with
     assert [(r["shared_batches"], r["images_per_request"], r["concurrency"]) for r in served] == \
@@ -85,4 +88,5 @@ def test_on_a_gpu_every_model_runs_on_cuda_as_accurately_as_its_card(tmp_path):
         graphed, loaded = map(int, row["cuda_graphs_in_use"].split("/"))
         assert loaded > 0 and graphed == (loaded if row["cuda_graphs"] == "on" else 0)
     assert any(r["cuda_graphs"] for r in report["throughput"]["lenet5-digits"]["in_process"])
+    assert all(r["passed"] for r in report["answers"]) and {r["cuda_graphs"] for r in report["answers"]} == {"off", "on"}
     assert all(r["others_cores"] > 0 for r in served)  # on a GPU no batch runs on the event loop
