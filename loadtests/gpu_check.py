@@ -421,23 +421,18 @@ def run(args) -> dict:
                     for images in args.images_per_request:
                         rows = served(server, model, args.concurrency, args.seconds, images, args.client)
                         in_use = graphs_in_use(server, model)  # after a load: every worker has logged its models
-                        figures["served"] += [{"model": model.name, **setting, "cuda_graphs_in_use": in_use, **row}
+                        figures["served"] += [{"model": model.name, **setting, "graphs_in_use": in_use, **row}
                                               for row in rows]
                         save_so_far(results, args.out)
                 results.setdefault("server_log_tails", []).append(server.log()[-4000:])
     return results
 
 
-def graphs_in_use(server, model: ModelVersion) -> str:
-    """"graphed/loaded": of the server's workers that logged ``model`` ready, how many replay CUDA graphs (each
-    worker captures its own, and one can fail where another does not; ``GET /models`` answers for one worker)."""
+def graphs_in_use(server, model: ModelVersion) -> dict[str, int]:
+    """Of the server's workers that logged ``model`` ready (``loaded``), how many replay CUDA graphs (``graphed``):
+    each worker captures its own, and one can fail where another does not; ``GET /models`` answers for one worker."""
     ready = [line for line in server.log().splitlines() if f"model {model.key} ready on" in line]
-    return f"{sum('replaying a CUDA graph' in line for line in ready)}/{len(ready)}"
-
-
-def every_worker(in_use: str) -> bool:
-    graphed, loaded = map(int, in_use.split("/"))
-    return graphed == loaded > 0
+    return {"graphed": sum("replaying a CUDA graph" in line for line in ready), "loaded": len(ready)}
 
 
 def check_served(server, provider: str, failures: list[str]) -> dict:
@@ -469,8 +464,8 @@ def summary_rows(results: dict) -> list[tuple[str, str, bool | None]]:
     graphed = [r for f in results.get("throughput", {}).values() for r in f["served"] if r.get("cuda_graphs") == "on"]
     if graphed and results["device"]["provider"] == CUDA:
         rows.append(("CUDA graphs in use in every server that asked for them",
-                     ", ".join(dict.fromkeys(f"{r['model']} {r['cuda_graphs_in_use']} workers" for r in graphed)),
-                     all(every_worker(r["cuda_graphs_in_use"]) for r in graphed)))
+                     ", ".join(dict.fromkeys(f"{r['model']} {_graphed_of(r)} workers" for r in graphed)),
+                     all(r["graphs_in_use"]["graphed"] == r["graphs_in_use"]["loaded"] > 0 for r in graphed)))
     for name, figures in results.get("throughput", {}).items():
         best = max(r["images_per_s"] for r in figures["in_process"])
         for setting in dict.fromkeys(_served_setting(r) for r in figures["served"]):
@@ -539,7 +534,7 @@ def write_report(results: dict, folder: Path) -> Path:
                        "client (CPU ms per request) |"),
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['workers']} | {r['gpu_batch_shapes']} | {r.get('shared_batches', 'off')} | "
-                  f"{r.get('cuda_graphs', 'off')} ({r.get('cuda_graphs_in_use', '-')}) | {r['images_per_request']} | "
+                  f"{r.get('cuda_graphs', 'off')} ({_graphed_of(r)}) | {r['images_per_request']} | "
                   f"{r['concurrency']} | {r['throughput_rps']:.0f} | "
                   f"{r['images_per_s']:.0f} | {r['p50_ms'] or 0:.2f} | {r['p99_ms'] or 0:.2f} | "
                   f"{r['mean_batch'] or 0:.1f} | {r['compute_ms'] or 0:.2f} | {r['queue_ms'] or 0:.2f} | "
@@ -553,6 +548,11 @@ def write_report(results: dict, folder: Path) -> Path:
     if results.get("throughput"):
         plot(results, folder / "gpu-check.png")
     return report
+
+
+def _graphed_of(row: dict) -> str:
+    """"graphed/loaded" workers, or "-" for a row measured before the check counted them."""
+    return "{graphed}/{loaded}".format(**row["graphs_in_use"]) if "graphs_in_use" in row else "-"
 
 
 def _cores(row: dict) -> str:

@@ -33,6 +33,7 @@ import psutil
 from cnnserve.serving.repository import discover
 
 from ..local_server import running_server
+from .cpu_budget import thread_seconds
 from .machine import describe_machine
 from .noop_routes import NOOP_SERVICE
 from .served import ROUTES, route_loads
@@ -93,7 +94,8 @@ def read_collapsed(paths: list[Path]) -> tuple[collections.Counter, collections.
 
 
 def thread_cpu_seconds(processes: list[psutil.Process]) -> dict[int, float]:
-    return {t.id: t.user_time + t.system_time for p in processes for t in p.threads()}
+    """CPU seconds of every thread of ``processes``, by thread id."""
+    return {tid: seconds for p in processes for tid, seconds in thread_seconds(p).items()}
 
 
 def profile_route(server, workers: list[psutil.Process], load, clients: int, seconds: float, stem: Path,

@@ -63,7 +63,8 @@ def test_the_served_load_comes_from_wrk_where_it_is_installed(tmp_path):
     assert report["client"] == "wrk" and all(r["client"] == "wrk" for r in served)
     # a server each with cuda_graphs off and on; on the CPU neither uses graphs, nor does the in-process run
     # (the server's two workers each logged the model ready, and none replays graphs)
-    assert [(r["cuda_graphs"], r["cuda_graphs_in_use"]) for r in served] == [("off", "0/2")] * 2 + [("on", "0/2")] * 2
+    none_of_two = {"graphed": 0, "loaded": 2}
+    assert [(r["cuda_graphs"], r["graphs_in_use"]) for r in served] == [("off", none_of_two)] * 2 + [("on", none_of_two)] * 2
     assert not any(r["cuda_graphs"] for r in report["throughput"]["lenet5-digits"]["in_process"])
     assert all(r["throughput_rps"] > 0 and r["errors"] == 0 and r["client_cpu_ms_per_request"] > 0 for r in served)
     assert "| wrk (" in (tmp_path / "gpu-check.md").read_text()
@@ -85,7 +86,7 @@ def test_on_a_gpu_every_model_runs_on_cuda_as_accurately_as_its_card(tmp_path):
     assert report["served_models"]["lenet5-digits"]["provider"] == "CUDAExecutionProvider"
     served = report["throughput"]["lenet5-digits"]["served"]
     for row in served:  # captured by every worker where asked, by none elsewhere
-        graphed, loaded = map(int, row["cuda_graphs_in_use"].split("/"))
+        graphed, loaded = row["graphs_in_use"]["graphed"], row["graphs_in_use"]["loaded"]
         assert loaded > 0 and graphed == (loaded if row["cuda_graphs"] == "on" else 0)
     assert any(r["cuda_graphs"] for r in report["throughput"]["lenet5-digits"]["in_process"])
     assert all(r["passed"] for r in report["answers"]) and {r["cuda_graphs"] for r in report["answers"]} == {"off", "on"}
