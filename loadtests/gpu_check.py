@@ -374,7 +374,8 @@ def save_so_far(results: dict, folder: Path) -> None:
 def run(args) -> dict:
     preload_gpu_libraries(ort.get_available_providers())
     args.client = client_for(args.client)
-    results = {"device": device_report(args.providers, args.commit), "client": args.client, "failures": []}
+    results = {"device": device_report(args.providers, args.commit), "client": args.client, "failures": [],
+               "finished": False}
     log(f"device: {json.dumps(results['device'])}")
     committed = latest_versions(args.models_dir, tuple(args.models))
     bench = [v for v in latest_versions(args.bench_dir, BENCH_MODELS) if v.name in args.throughput_models]
@@ -425,6 +426,7 @@ def run(args) -> dict:
                                               for row in rows]
                         save_so_far(results, args.out)
                 results.setdefault("server_log_tails", []).append(server.log()[-4000:])
+    results["finished"] = True
     return results
 
 
@@ -448,12 +450,13 @@ def check_served(server, provider: str, failures: list[str]) -> dict:
 
 def summary_rows(results: dict) -> list[tuple[str, str, bool | None]]:
     """(what, measured, met) for each target of issue 20 (None: not applicable on this provider)."""
+    served_models = results.get("served_models", {})
     rows = [("every model served on the provider asked, none degraded",
-             ", ".join(f"{n}: {e['status']} on {e.get('provider')}" for n, e in results["served_models"].items()),
-             all(e["status"] == "ready" and e.get("provider") == results["device"]["provider"]
-                 for e in results["served_models"].values()))]
-    accuracy = [r for r in results["accuracy"] if "accuracy" in r]
-    rows += [] if not results["accuracy"] else [(f"FP32 and FP16 accuracy within {ACCURACY_DROP_POINTS} points of the card's CPU FP32",
+             ", ".join(f"{n}: {e['status']} on {e.get('provider')}" for n, e in served_models.items()) or "not reached",
+             bool(served_models) and all(e["status"] == "ready" and e.get("provider") == results["device"]["provider"]
+                                         for e in served_models.values()))]
+    accuracy = [r for r in results.get("accuracy", []) if "accuracy" in r]
+    rows += [] if not results.get("accuracy") else [(f"FP32 and FP16 accuracy within {ACCURACY_DROP_POINTS} points of the card's CPU FP32",
                  ", ".join(f"{r['model']} {r['variant']} {r['accuracy_drop_points']:+.2f}" for r in accuracy),
                  all(r.get("passed") for r in results["accuracy"]))]
     if results.get("answers"):
@@ -502,12 +505,15 @@ def write_report(results: dict, folder: Path) -> Path:
               f"({device['onnxruntime_package']}), CUDA runtime {device.get('cuda_runtime')}, cuDNN "
               f"{device.get('cudnn')}; provider asked: {device['provider']}; commit {device['commit']}."), "",
              "| target | measured | met |", "|---|---|---|"]
+    if not results.get("finished", True):
+        lines[-2:-2] = ["**Stopped before the end** (out of time, or failed): the figures below are those measured until "
+                        "then.", ""]
     lines += [f"| {what} | {measured} | {'yes' if met else 'no'} |" for what, measured, met in summary_rows(results)]
     lines += ["", "## Accuracy on the test split", "",
               "| model | file | provider | accuracy | mean IoU | card FP32 (CPU) | drop (points) |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['variant']} | {r.get('provider', '-')} | {r.get('accuracy', '-')} | "
               f"{r.get('mean_iou', '-')} | {r.get('card_fp32_accuracy', '-')} / {r.get('card_fp32_mean_iou', '-')} | "
-              f"{r.get('accuracy_drop_points', r.get('error'))} |" for r in results["accuracy"]]
+              f"{r.get('accuracy_drop_points', r.get('error'))} |" for r in results.get("accuracy", [])]
     if results.get("answers"):
         lines += ["", "## Served answers against in process (same provider and file)", "",
                   "| model | file | workers | GPU batch shapes | shared batches | CUDA graphs | images | largest difference "
@@ -545,7 +551,7 @@ def write_report(results: dict, folder: Path) -> Path:
         lines += ["", "## Failures", "", *(f"- {f}" for f in results["failures"])]
     report = folder / "gpu-check.md"
     report.write_text("\n".join(lines) + "\n")
-    if results.get("throughput"):
+    if any(f["served"] for f in results.get("throughput", {}).values()):
         plot(results, folder / "gpu-check.png")
     return report
 
@@ -570,7 +576,7 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    throughput = results["throughput"]
+    throughput = {name: figures for name, figures in results["throughput"].items() if figures["served"]}
     series = max(len(dict.fromkeys(_served_setting(r) for r in f["served"])) for f in throughput.values())
     figure, axes = plt.subplots(1, len(throughput), figsize=(max(8, 6 * len(throughput)), 4.5 + 0.2 * series),
                                 squeeze=False)
@@ -639,7 +645,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-accuracy", dest="accuracy", action="store_false", help="skip the test-split accuracy")
     parser.add_argument("--commit", default=git_commit())
     parser.add_argument("--out", type=Path, default=RESULTS / f"{datetime.date.today().isoformat()}-gpu")
+    parser.add_argument("--report-from", type=Path, metavar="JSON",
+                        help="only write the table and plot of an earlier run's gpu-check.json, beside it (a run "
+                             "stopped before the end saves what it measured there)")
     args = parser.parse_args(argv)
+    if args.report_from:
+        results = json.loads(args.report_from.read_text())
+        print(write_report(results, args.report_from.parent).read_text())
+        return 0 if results.get("finished", True) and not results["failures"] else 1
     available = ort.get_available_providers()
     if args.providers not in available:
         print(f"FAILED: {args.providers} is not in this ONNX Runtime ({ort.__version__}, providers: "

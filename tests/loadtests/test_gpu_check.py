@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from cnnserve.serving.runtime import cuda_device_count
+from loadtests.gpu_check import device_report, main
 from loadtests.local_server import REPO_ROOT
 
 ON_A_GPU = pytest.mark.skipif(cuda_device_count() == 0, reason="needs an NVIDIA GPU and the gpu extra (make gpu-check)")
@@ -52,6 +53,25 @@ def test_the_check_rehearsed_on_the_cpu_writes_its_report(tmp_path):
     table = (tmp_path / "gpu-check.md").read_text()
     assert "| every model served on the provider asked, none degraded |" in table and "| yes |" in table
     assert (tmp_path / "gpu-check.png").read_bytes().startswith(b"\x89PNG")
+
+    # a run stopped during its second server: the table and plot come from what it saved
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    report["throughput"]["lenet5-digits"]["served"] = served[:5]
+    (stopped / "gpu-check.json").write_text(json.dumps({**report, "finished": False}))
+    assert main(["--report-from", str(stopped / "gpu-check.json")]) == 1
+    assert "**Stopped before the end**" in (stopped / "gpu-check.md").read_text()
+    assert (stopped / "gpu-check.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_run_stopped_before_its_first_server_still_gets_a_report(tmp_path):
+    saved = {"device": device_report("CPUExecutionProvider", "0000000"), "client": "wrk", "failures": [],
+             "finished": False, "accuracy": []}
+    (tmp_path / "gpu-check.json").write_text(json.dumps(saved))
+    assert main(["--report-from", str(tmp_path / "gpu-check.json")]) == 1
+    table = (tmp_path / "gpu-check.md").read_text()
+    assert "**Stopped before the end**" in table
+    assert "| every model served on the provider asked, none degraded | not reached | no |" in table
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (make setup-test installs it)")
