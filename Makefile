@@ -109,9 +109,10 @@ bench: setup-test
 
 # On a host with an NVIDIA GPU (driver 580 or later): the GPU path checked end to end in its own environment
 # (onnxruntime-gpu and the CPU package cannot share one): the provider really in use for every model, FP32 and FP16
-# accuracy on the GPU against the cards, cuDNN's search modes, in-process vs served throughput for ResNet-18 and
-# ResNet-50 at 224 (about 5 minutes on an H200). Writes loadtests/results/<date>-gpu/; exits 1 on a fallback or an
-# accuracy drop over 0.5 points.
+# accuracy on the GPU against the cards, cuDNN's search modes, each server's answers against in process, in-process
+# vs served throughput for ResNet-18 and ResNet-50 at 224 over four servers (shared batches and CUDA graphs, each off
+# and on; about 7-8 minutes on an H100, estimated from one server's 2.5). Writes loadtests/results/<date>-gpu/; exits
+# 1 on a fallback, an accuracy drop over 0.5 points or a served answer that differs.
 GPU_VENV := .venv-gpu
 gpu-check: gpu-setup
 	$(GPU_VENV)/bin/pip install --quiet -e '.[gpu,train]' httpx aiohttp
