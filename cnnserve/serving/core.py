@@ -48,8 +48,9 @@ class Host(Protocol):
     async def infer(self, model: ModelVersion, images: np.ndarray, deadline: float) -> BatchResult:
         """Run ``images`` (no more than one batch) through the model's batcher."""
 
-    def check_room(self, model: ModelVersion, count: int) -> None:
-        """Raise ``errors.Overloaded`` when the model's queue has no room for ``count`` more images."""
+    def check_room(self, model: ModelVersion, count: int, deadline: float | None = None) -> None:
+        """Raise ``errors.Overloaded`` when the model's queue has no room for ``count`` more images, or (with the
+        request's ``deadline``) holds more work than the request has time."""
 
     def sharing_batches(self) -> contextlib.AbstractAsyncContextManager:
         """For as long as the worker serves: take other workers' batches, where this one computes theirs."""
@@ -170,13 +171,14 @@ class InferenceCore:
         record.model = model
         pass_totals().inc(child(self.metrics.inflight, *model.metric_labels))
 
-    def check_images(self, model: ModelVersion, count: int) -> None:
-        """Refuse before any decoding: no image, too many for one request, or no room in the model's queue."""
+    def check_images(self, model: ModelVersion, count: int, deadline: float) -> None:
+        """Refuse before any decoding: no image, too many for one request, or no room or time in the model's
+        queue."""
         if count == 0:
             raise InvalidInput("no image was sent")
         if count > self.settings.max_images_per_request:
             raise TooLarge(f"{count} images in one request; the limit is {self.settings.max_images_per_request}")
-        self.host.check_room(model, count)
+        self.host.check_room(model, count, deadline)
 
     def check_top_k(self, model: ModelVersion, top_k: int | None) -> int:
         top_k = self.settings.default_top_k if top_k is None else top_k
@@ -245,9 +247,9 @@ class InferenceCore:
             payload = read(model)
             if isinstance(payload, np.ndarray):
                 check_tensor(model, payload)
-                self.check_images(model, len(payload))
+                self.check_images(model, len(payload), deadline)
                 return await (compute or self.run)(model, payload, deadline)
-            self.check_images(model, len(payload))
+            self.check_images(model, len(payload), deadline)
             return await self.infer_files(model, payload, deadline, compute)
 
     async def infer_files(

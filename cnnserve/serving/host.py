@@ -167,6 +167,7 @@ class ModelHost:
             inline_up_to=runner.inline_up_to,
             run_now=runner.run_if_cores_free if runner.solo else None,
             alone=lone_http_request,
+            full_batch_seconds=warm_up.get(max_batch_size, 0.0),
         )
         log.info(
             "model %s ready on %s (%s, %d thread(s); warmed batch sizes %s%s: %s; "
@@ -330,8 +331,8 @@ class ModelHost:
         finally:
             self.tokens.request_ended()
 
-    def check_room(self, model: ModelVersion, count: int) -> None:
-        self.batcher(model).check_room(count)
+    def check_room(self, model: ModelVersion, count: int, deadline: float | None = None) -> None:
+        self.batcher(model).check_room(count, deadline)
 
     async def run_forwarded(self, key: str, how: str, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Another worker's batch, queued here beside this worker's own requests (shared_batches.py), if this

@@ -160,6 +160,32 @@ def test_a_request_larger_than_the_whole_queue_is_too_large_not_told_to_retry():
     b.check_room(4)  # fits an empty queue
 
 
+async def test_a_request_whose_deadline_the_work_queued_ahead_would_pass_is_refused_at_once():
+    """Full batches of 4 take 0.1 s. With one batch computing and nine images queued, a request starts after the
+    next two full batches (0.2 s) at the soonest: with 150 ms left it could only wait for its 504."""
+    b = batcher(SlowModel(seconds=0.1), max_batch_size=4, full_batch_seconds=0.1)
+    queued = [asyncio.create_task(b.submit(images(1.0), deadline())) for _ in range(13)]
+    await asyncio.sleep(0.02)  # the first four compute, nine wait
+    began = time.perf_counter()
+    with pytest.raises(Overloaded, match=r"9 images queued, at least 200 ms of work, and this request has 1[45]\d ms"):
+        await b.submit(images(2.0), deadline(0.15))
+    assert time.perf_counter() - began < 0.01, "refused without waiting"
+    served = await b.submit(images(3.0), deadline(1.0))  # time enough: queued, and served
+    assert served.probabilities[0, 0] == 6.0
+    await asyncio.gather(*queued)
+
+
+async def test_what_a_full_batch_costs_is_learnt_from_the_full_batches_that_ran():
+    model = SlowModel(seconds=0.1)
+    b = batcher(model, max_batch_size=4)
+    assert b.full_batch_seconds == 0.0  # unknown (no warm-up): no request is refused for time
+    await asyncio.gather(*(b.submit(images(1.0), deadline()) for _ in range(3)))
+    assert b.full_batch_seconds == 0.0, "batches of fewer than four say nothing of a full one"
+    for _ in range(3):
+        await asyncio.gather(*(b.submit(images(1.0), deadline()) for _ in range(4)))
+    assert model.batches[-3:] == [4, 4, 4] and 0.1 <= b.full_batch_seconds < 0.12
+
+
 async def test_a_request_past_its_deadline_is_dropped_without_running():
     model = SlowModel(seconds=0.2)
     b = batcher(model)
