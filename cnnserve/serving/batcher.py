@@ -92,6 +92,13 @@ def inline_up_to(warm_up_seconds: dict[int, float]) -> int:
     return max((size for size, seconds in warm_up_seconds.items() if seconds < INLINE_BELOW_S), default=0)
 
 
+def full_batch_estimate(warm_up_seconds: dict[int, float], max_batch_size: int) -> float:
+    """What a full batch costs to begin with (0: nothing warmed), at the least the warm-up says: on the CPU it
+    times a size whose first run took 50 ms or more only that once, cold, so each size's cost per image times the
+    maximum bounds it too."""
+    return min((seconds / size * max_batch_size for size, seconds in warm_up_seconds.items()), default=0.0)
+
+
 @dataclass
 class BatchResult:
     """One request's rows of a batch, and what the batch cost."""
@@ -155,7 +162,9 @@ class AdaptiveBatcher:
         """Refuse at once (before any decoding) when ``count`` more images would overflow the queue: for now
         (503, retry), or for good when they would overflow it empty (413: a retry could never succeed). With the
         request's ``deadline``, refuse it for now (503) as well when the full batches queued ahead of it would take
-        longer than it has left, even each at its fastest: it would wait its whole deadline and get a 504."""
+        longer than it has left, at what a full batch has cost lately: it would wait its whole deadline for a
+        504. The core asks once per request, before decoding; ``submit`` does not ask again, or a request sent in
+        several batches would count its own first ones against its last."""
         if count > self.max_queue_images:
             raise TooLarge(f"{count} images in one request; model {self.name} queues at most {self.max_queue_images}"
                            " (max_queue_images)")
@@ -167,7 +176,7 @@ class AdaptiveBatcher:
         if deadline is not None and self.full_batch_seconds:
             wait = self.queued_images // self.max_batch_size * self.full_batch_seconds
             left = deadline - time.perf_counter()
-            if wait > left:
+            if wait and wait > left:  # (with less than a full batch queued, a request past its deadline gets 504)
                 raise Overloaded(f"model {self.name} has {self.queued_images} images queued, at least "
                                  f"{1000 * wait:.0f} ms of work, and this request has {1000 * max(left, 0):.0f} ms "
                                  "left before its deadline; retry shortly")
@@ -183,7 +192,7 @@ class AdaptiveBatcher:
         if len(images) > self.max_batch_size:
             raise ValueError(f"{len(images)} images exceed the batch limit {self.max_batch_size}; split them first")
         if not admitted:
-            self.check_room(len(images), deadline)
+            self.check_room(len(images))
             lone = self.idle and not self.queue and self.alone()
             if lone and (result := self.run_alone(images, deadline)) is not None:
                 return result
@@ -282,14 +291,15 @@ class AdaptiveBatcher:
         """A batch that failed runs again in halves, down to single requests, so a request whose values break
         the model fails alone and the rest of its batch is answered; so is a batch too large for the device's
         free memory, in smaller ones. A failure that every run meets (a broken device) costs one failing run
-        per request and one per split."""
-        jobs = [job for job in jobs if not job.future.done()]  # callers that left need no answer
-        if len(jobs) > 1:
-            half = len(jobs) // 2
-            await self.run_jobs(jobs[:half])
-            await self.run_jobs(jobs[half:])
-        elif jobs:
-            jobs[0].future.set_exception(self.run_failed(exc, len(jobs[0].images)))
+        per request and one per split. Only a run that held one request alone fails it."""
+        if len(jobs) == 1:
+            if not jobs[0].future.done():
+                jobs[0].future.set_exception(self.run_failed(exc, len(jobs[0].images)))
+            return
+        waiting = [job for job in jobs if not job.future.done()]  # callers that left need no answer
+        half = (len(waiting) + 1) // 2
+        for part in (waiting[:half], waiting[half:]):
+            await self.run_jobs(part)
 
     def run_failed(self, exc: Exception, images: int) -> ServiceError:
         """What the caller of a run that failed on its images alone gets (500 / INTERNAL), with ONNX Runtime's

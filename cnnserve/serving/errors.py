@@ -69,7 +69,8 @@ class ModelUnavailable(ServiceError):
 
 class ModelRunFailed(ServiceError):
     """ONNX Runtime failed to run a request's images: the model's fault (an operator that refuses these values) or
-    the device's. The batcher answers the rest of the batch first (``AdaptiveBatcher.run_failed``)."""
+    the device's. Only a run of that request alone fails it: the batcher runs a failed batch again in halves
+    (``AdaptiveBatcher.settle_failed``), so the rest of the batch is answered."""
 
     status = HTTPStatus.INTERNAL_SERVER_ERROR
     grpc_code = "INTERNAL"

@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..machine import available_cores
-from .batcher import AdaptiveBatcher, BatchResult, inline_up_to
+from .batcher import AdaptiveBatcher, BatchResult, full_batch_estimate, inline_up_to
 from .config import Settings
 from .control import server_folder
 from .errors import ModelUnavailable
@@ -167,7 +167,7 @@ class ModelHost:
             inline_up_to=runner.inline_up_to,
             run_now=runner.run_if_cores_free if runner.solo else None,
             alone=lone_http_request,
-            full_batch_seconds=warm_up.get(max_batch_size, 0.0),
+            full_batch_seconds=full_batch_estimate(warm_up, max_batch_size),
         )
         log.info(
             "model %s ready on %s (%s, %d thread(s); warmed batch sizes %s%s: %s; "
