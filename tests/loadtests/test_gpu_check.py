@@ -36,6 +36,7 @@ def test_the_check_rehearsed_on_the_cpu_writes_its_report(tmp_path):
     # each server answered distinct images in shared batches as ONNX Runtime does them in process
     assert [(r["model"], r["shared_batches"], r["passed"]) for r in report["answers"]] == \
         [("lenet5-digits", "off", True), ("lenet5-digits", "on", True)]
+    assert all(r["neighbour_difference"] > 0.01 for r in report["answers"])  # digits, whose answers differ
     served = report["throughput"]["lenet5-digits"]["served"]
     series = [(1, 1), (1, 8), (3, 1), (3, 8)]  # one server without shared batches, then one with
     assert [(r["shared_batches"], r["images_per_request"], r["concurrency"]) for r in served] == \

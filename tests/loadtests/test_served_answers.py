@@ -36,5 +36,6 @@ def test_a_server_answers_each_image_as_its_model_does_alone(server):
     served = served_probabilities(server.url, MODEL, images)
     figures = compare(served, reference)
     assert figures["passed"] and figures["other_label"] == 0 and figures["largest_difference"] < 1e-4
+    assert figures["neighbour_difference"] > 0.01  # a mix-up of rows would show
     shifted = compare(served, np.roll(reference, 1, axis=0))  # each image given its neighbour's answer
     assert not shifted["passed"] and shifted["largest_difference"] > 0.01
