@@ -3,7 +3,7 @@ of `python -m cnnserve.training bench-models --archs resnet50 --out BENCH`, two 
 
     PYTHONPATH=. .venv/bin/python loadtests/results/2026-11-27/deadline-admission/flood.py BENCH 200 3000
 
-Run from the checkout to measure (the rows in README.md alternated 61a3a8d's parent and 99409a2's code).
+Run from the checkout to measure (the rows in README.md alternated 306e099's code, before the change, and 99409a2's).
 """
 import asyncio
 import json
