@@ -134,6 +134,7 @@ class AdaptiveBatcher:
         run_now: Callable[[np.ndarray], tuple | None] | None = None,
         alone: Callable[[], bool] | None = None,
         full_batch_seconds: float = 0.0,
+        device_lost: Callable[[Exception], bool] | None = None,
     ):
         self.name = name
         self.run = run
@@ -157,6 +158,9 @@ class AdaptiveBatcher:
         # What a full batch costs lately (0: unknown): the warm-up's, then a moving average of the full batches
         # that ran, which a queue too long for its requests' deadlines runs in
         self.full_batch_seconds = full_batch_seconds
+        # Whether a run's error says the device is lost, every later run to fail alike (host.py: it then stops the
+        # worker, and the server starts another)
+        self.device_lost = device_lost or (lambda exc: False)
 
     def check_room(self, count: int, deadline: float | None = None) -> None:
         """Refuse at once (before any decoding) when ``count`` more images would overflow the queue: for now
@@ -291,10 +295,13 @@ class AdaptiveBatcher:
         """A batch that failed runs again in halves, down to single requests, so a request whose values break
         the model fails alone and the rest of its batch is answered; so is a batch too large for the device's
         free memory, in smaller ones. A failure that every run meets (a broken device) costs one failing run
-        per request and one per split. Only a run that held one request alone fails it."""
-        if len(jobs) == 1:
-            if not jobs[0].future.done():
-                jobs[0].future.set_exception(self.run_failed(exc, len(jobs[0].images)))
+        per request and one per split. Only a run that held one request alone fails it, or one on a device that
+        is lost: every run would fail the same way."""
+        if len(jobs) == 1 or self.device_lost(exc):
+            failure = self.run_failed(exc, sum(len(job.images) for job in jobs))
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(failure)
             return
         waiting = [job for job in jobs if not job.future.done()]  # callers that left need no answer
         half = (len(waiting) + 1) // 2
@@ -302,12 +309,14 @@ class AdaptiveBatcher:
             await self.run_jobs(part)
 
     def run_failed(self, exc: Exception, images: int) -> ServiceError:
-        """What the caller of a run that failed on its images alone gets (500 / INTERNAL), with ONNX Runtime's
-        reason; logged, since it is the model's fault or the device's, not the client's."""
+        """What the callers of a run that failed get (500 / INTERNAL), with ONNX Runtime's reason; logged, since it
+        is the model's fault or the device's, not the client's."""
         if isinstance(exc, ServiceError):
             return exc
         reason = str(exc) or type(exc).__name__
-        log.error("model %s failed to run a request of %d images: %s", self.name, images, reason)
+        if self.device_lost(exc):
+            reason += "; the device is lost: this worker stops, and the server starts another"
+        log.error("model %s failed to run %d images: %s", self.name, images, reason)
         return ModelRunFailed(f"model {self.name} failed to run this request's images: {reason}")
 
     def timed_run(self, batch: np.ndarray, run: RunBatch | None = None):

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,6 +40,7 @@ from .runtime import (
     ModelInvalid,
     batch_shapes,
     choose_providers,
+    cuda_context_lost,
     cuda_device_count,
     load_model,
     preload_gpu_libraries,
@@ -50,6 +52,7 @@ from .shared_batches import (
     DeviceBusy,
     Forwarder,
     ForwardingRunner,
+    OwnerRunFailed,
     busy_path,
     owner_of,
     runs_as,
@@ -98,6 +101,7 @@ class ModelHost:
         self.batchers: dict[str, AdaptiveBatcher] = {}
         self.failures: dict[str, str] = {}
         self.precision_choices: dict[str, PrecisionChoice] = {}  # per version key, where chosen by measurement
+        self.device_lost_because: str | None = None  # the error that lost this worker's GPU (lose_device)
         self.degraded: dict[str, str] = {}  # per version key: why it serves on another provider than asked
         for model in repository.versions():
             self.load(model)
@@ -168,6 +172,7 @@ class ModelHost:
             run_now=runner.run_if_cores_free if runner.solo else None,
             alone=lone_http_request,
             full_batch_seconds=full_batch_estimate(warm_up, max_batch_size),
+            device_lost=self.lose_device if loaded.on_gpu else None,
         )
         log.info(
             "model %s ready on %s (%s, %d thread(s); warmed batch sizes %s%s: %s; "
@@ -314,6 +319,24 @@ class ModelHost:
             solo.warm_up(SOLO_MAX_BATCH)
             solo_queued.warm_up(SOLO_MAX_BATCH)
         return ModelRunner(loaded, inline, self.tokens, solo, solo_queued, device_busy=busy)
+
+    def lose_device(self, exc: Exception) -> bool:
+        """Whether a GPU run's error says this worker's CUDA context is lost (``runtime.cuda_context_lost``): every
+        later run would fail the same way, while ``/readyz`` said ready. The first such error stops the worker as
+        SIGTERM does (what it accepted is answered, its GPU runs failing with the reason) and the server starts
+        another in its place, with a new context. An error that came back from the worker owning the GPU's
+        batches (``shared_batches``) is that worker's to act on."""
+        if isinstance(exc, OwnerRunFailed) or not cuda_context_lost(exc):
+            return False
+        if self.device_lost_because is None:
+            self.device_lost_because = str(exc)
+            log.critical("worker %d: the GPU's CUDA context is lost (%s); stopping, for the server to start another",
+                         self.worker_index, exc)
+            self.stop_worker()
+        return True
+
+    def stop_worker(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def batcher(self, model: ModelVersion) -> AdaptiveBatcher:
         batcher = self.batchers.get(model.key)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,12 @@ T = TypeVar("T")
 TENSORRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 PREFERENCE = (TENSORRT, CUDA, CPU)
 GPU_PROVIDERS = {TENSORRT, CUDA}
+# CUDA errors that leave a process's context unusable: every later call fails the same way, and only a new process
+# recovers (the CUDA Runtime API's documentation of each): an illegal address (700), a launch timeout (702), a
+# hardware stack error, an illegal instruction, a misaligned address, an invalid address space or program counter,
+# a launch failure (714-719), an uncorrectable ECC error (214).
+CONTEXT_LOST = frozenset({700, 702, 714, 715, 716, 717, 718, 719, 214})
+CUDA_FAILURE = re.compile(r"\bCUDA failure (\d+)")  # ONNX Runtime's words ("CUDA failure 700: an illegal ...")
 # ONNX Runtime 1.18 and later are built against TensorRT 10; its provider library needs the parser too, which
 # NVIDIA's packages ship apart (libnvonnxparsers10): with one missing the provider cannot load.
 TENSORRT_LIBRARIES = ("libnvinfer.so.10", "libnvonnxparser.so.10")
@@ -231,6 +238,11 @@ def batch_shapes(max_batch_size: int, mode: str) -> list[int]:
     if mode == "largest":
         return [max_batch_size]
     return sorted({*(2**i for i in range(max_batch_size.bit_length()) if 2**i < max_batch_size), max_batch_size})
+
+
+def cuda_context_lost(exc: BaseException) -> bool:
+    """Whether ONNX Runtime's error names a CUDA error after which this process's context is unusable."""
+    return any(int(code) in CONTEXT_LOST for code in CUDA_FAILURE.findall(str(exc)))
 
 
 class ModelInvalid(Exception):

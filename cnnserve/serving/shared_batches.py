@@ -189,7 +189,11 @@ class Forwarder:
             return None
         if answer["error"] == ModelUnavailable.__name__:  # not serving that version (yet, or any more), or otherwise
             return None
-        raise RuntimeError(f"the batch failed in the worker that owns the device's batches: {answer['message']}")
+        raise OwnerRunFailed(f"the batch failed in the worker that owns the device's batches: {answer['message']}")
+
+
+class OwnerRunFailed(RuntimeError):
+    """The batch's owner failed to compute it: its reason, which says nothing of this worker's own device."""
 
 
 class ForwardingRunner:

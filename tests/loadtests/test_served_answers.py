@@ -7,8 +7,8 @@ import numpy as np
 import onnxruntime as ort
 
 from loadtests.served_answers import REQUEST_SIZES, compare, served_probabilities, split
-from tests.conftest import MODELS_DIR
 from tests.committed import VERSIONS
+from tests.conftest import MODELS_DIR
 
 MODEL = "resnet18-digits"
 

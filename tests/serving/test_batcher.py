@@ -253,6 +253,22 @@ async def test_a_lone_request_that_breaks_the_model_gets_its_reason():
     assert b.worker is None, "both ran inside submit, alone"
 
 
+async def test_on_a_lost_device_a_failed_batch_fails_every_caller_at_once_saying_the_worker_stops():
+    runs, lost = [], []
+
+    def broken(batch):
+        runs.append(len(batch))
+        raise RuntimeError("CUDA failure 700: an illegal memory access was encountered")
+
+    b = batcher(broken, device_lost=lambda exc: lost.append(exc) or True)
+    results = await asyncio.gather(*(b.submit(images(1.0), deadline()) for _ in range(4)), return_exceptions=True)
+    assert runs == [4], "no halves: every run would fail the same way"
+    assert all(isinstance(r, ModelRunFailed) and r.message.endswith(
+        "illegal memory access was encountered; the device is lost: this worker stops, and the server starts another")
+        for r in results)
+    assert lost
+
+
 async def test_a_request_left_alone_by_a_failing_one_whose_caller_went_is_run_not_failed():
     model = BreaksOnNegatives(seconds=0.1)
     b = batcher(model)

@@ -3,18 +3,23 @@ the one asked for, the model is loaded again for the CPU and shown as degraded, 
 set explicitly. The GPU is what cannot exist here, so the test makes the host believe in one; the session that
 answers with the CPU provider is ONNX Runtime's own (this CPU build takes a CUDA request that way)."""
 
+import asyncio
 import threading
+import time
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
 from cnnserve.machine import available_cores
 from cnnserve.serving import host as host_module
 from cnnserve.serving.config import Settings
+from cnnserve.serving.errors import ModelRunFailed
 from cnnserve.serving.host import ModelHost
 from cnnserve.serving.repository import discover
 from cnnserve.serving.runtime import CPU, CUDA, TENSORRT, GraphedShape, ModelFileInvalid, ModelInvalid, PaddedShape
+from cnnserve.serving.shared_batches import OwnerRunFailed
 from tests.committed import VERSIONS
 from tests.serving.helpers import on_cuda
 
@@ -216,6 +221,50 @@ def test_cuda_graphs_as_configured_replay_every_padded_size(host_for, a_gpu_that
     assert host.status[key]["cuda_graphs"] is cuda_graphs and host.status[key]["batch_shapes"] == [1, 2, 4, 8]
     # captured and warmed on the thread that runs the batches, or not at all
     assert threads == ({host.executor.submit(lambda: threading.current_thread().name).result()} if cuda_graphs else set())
+
+
+LOST = "CUDA failure 700: an illegal memory access was encountered ; GPU=0 ; expr=cudaStreamSynchronize(stream)"
+
+
+def run_twice(host, key: str) -> list:
+    """Two requests of one image, one after the other: their answers, or what they raised."""
+    model = host.loaded[key].model
+
+    async def both():
+        return [await asyncio.gather(host.infer(model, np.zeros((1, *model.input_shape), np.float32),
+                                                time.perf_counter() + 10), return_exceptions=True)
+                for _ in range(2)]
+
+    return [answer for answers in asyncio.run(both()) for answer in answers]
+
+
+def test_a_gpu_whose_cuda_context_is_lost_stops_its_worker_once(host_for, a_gpu_that_does_not_work, monkeypatch):
+    real_load = host_module.load_model
+    monkeypatch.setattr(host_module, "load_model", lambda *args, **kwargs: on_cuda(real_load(*args, **kwargs)))
+    host, key = host_for(max_batch_size=4)
+    stops = []
+    host.stop_worker = lambda: stops.append(True)  # a real worker sends itself SIGTERM (test_resilience.py)
+
+    def lost(shape, images):
+        raise RuntimeError(LOST)
+
+    monkeypatch.setattr(PaddedShape, "run", lost)
+    answers = run_twice(host, key)
+    assert all(isinstance(a, ModelRunFailed) and "this worker stops" in a.message for a in answers)
+    assert stops == [True] and host.device_lost_because == LOST
+
+
+def test_a_lost_context_in_the_worker_owning_the_batches_or_on_the_cpu_stops_nothing(host_for, monkeypatch):
+    host, key = host_for()
+    host.stop_worker = lambda: pytest.fail("stopped")
+    assert not host.lose_device(OwnerRunFailed(f"the batch failed in the worker that owns the device's batches: {LOST}"))
+
+    def lost(self, images):
+        raise RuntimeError(LOST)
+
+    monkeypatch.setattr(host_module.LoadedModel, "run", lost)
+    assert all(isinstance(a, ModelRunFailed) and "this worker stops" not in a.message for a in run_twice(host, key))
+    assert host.device_lost_because is None
 
 
 def test_on_the_cpu_batches_that_compute_in_under_2_ms_run_on_the_event_loop(host_for):

@@ -65,7 +65,7 @@ def test_the_failing_request_gets_a_500_naming_the_model_and_the_reason(fragile)
     assert response.status_code == 500
     assert response.json()["error"].startswith("model fragile/1 failed to run this request's images: ")
     assert REASON in response.json()["error"]
-    assert "model fragile/1 failed to run a request of 1 images" in fragile.log()
+    assert "model fragile/1 failed to run 1 images: " in fragile.log()
     assert infer(fragile, 0.5).status_code == 200, "the worker serves on"
 
 

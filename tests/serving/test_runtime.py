@@ -336,3 +336,14 @@ def test_a_model_that_breaks_the_contract_is_refused_with_the_reason(repo_copy, 
     model = discover(repo_copy.root).resolve("lenet5-digits")
     with pytest.raises(ModelInvalid, match=reason):
         load_model(model, [CPU], "fp32", threads=1, cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("message, lost", [
+    ("[ONNXRuntimeError] : 1 : FAIL : CUDA failure 700: an illegal memory access was encountered ; GPU=0 ; "
+     "hostname=h ; file=cuda_call.cc ; line=129 ; expr=cudaMemcpyAsync(...)", True),
+    ("CUDA failure 719: unspecified launch failure ; GPU=1", True),
+    ("CUDA failure 2: out of memory ; GPU=0", False),  # the next, smaller batch may fit
+    ("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : indices element out of data bounds, idx=700", False),
+])
+def test_only_errors_that_leave_the_cuda_context_unusable_say_it_is_lost(message, lost):
+    assert runtime.cuda_context_lost(RuntimeError(message)) is lost
