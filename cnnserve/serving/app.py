@@ -35,6 +35,7 @@ from .patches.circus_sockets import listen_on_own_socket, spread_connections
 from .patches.uvicorn_writes import coalesce_responses
 from .routes import build_rest_app, route_error, serve_core
 from .runtime import usable_gpus
+from .shutdown import listening_alone
 
 log = logging.getLogger("cnnserve")
 
@@ -95,8 +96,8 @@ def worker_app(app):
     worker's own listening socket (patches/circus_sockets.py), each response in one write
     (patches/uvicorn_writes.py)."""
     app.add_exception_handler(404, route_error)  # JSON naming the path, not BentoML's plain "Not Found"
-    if settings.spread_connections:
-        listen_on_own_socket()
+    if settings.spread_connections and listen_on_own_socket():
+        listening_alone()
     if settings.coalesce_writes:
         coalesce_responses()
     else:

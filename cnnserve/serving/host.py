@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -58,6 +57,7 @@ from .shared_batches import (
     runs_as,
     socket_path,
 )
+from .shutdown import stop_this_worker
 
 log = logging.getLogger("cnnserve")
 T = TypeVar("T")
@@ -336,7 +336,7 @@ class ModelHost:
         return True
 
     def stop_worker(self) -> None:
-        os.kill(os.getpid(), signal.SIGTERM)
+        stop_this_worker()
 
     def batcher(self, model: ModelVersion) -> AdaptiveBatcher:
         batcher = self.batchers.get(model.key)
@@ -365,6 +365,8 @@ class ModelHost:
             raise ModelUnavailable(f"model {key} is not loaded in the worker that owns the batches")
         if (here := runs_as(loaded.variant, loaded.providers[0])) != how:
             raise ModelUnavailable(f"model {key} runs as {here} in the worker that owns the batches, not {how}")
+        if self.device_lost_because:  # stopping: the batch's own worker, whose GPU context is fine, computes it
+            raise ModelUnavailable(f"the worker that owns the batches lost its GPU: {self.device_lost_because}")
         if self.tokens:
             self.tokens.request_began()
         try:

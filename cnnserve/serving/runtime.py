@@ -33,11 +33,12 @@ T = TypeVar("T")
 TENSORRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 PREFERENCE = (TENSORRT, CUDA, CPU)
 GPU_PROVIDERS = {TENSORRT, CUDA}
-# CUDA errors that leave a process's context unusable: every later call fails the same way, and only a new process
-# recovers (the CUDA Runtime API's documentation of each): an illegal address (700), a launch timeout (702), a
-# hardware stack error, an illegal instruction, a misaligned address, an invalid address space or program counter,
-# a launch failure (714-719), an uncorrectable ECC error (214).
-CONTEXT_LOST = frozenset({700, 702, 714, 715, 716, 717, 718, 719, 214})
+# CUDA errors after which "the process must be terminated and relaunched" (CUDA 13.0's driver_types.h says so of
+# each): an error contained by the GPU (226, Hopper's containment), an illegal address (700), a launch timeout
+# (702), a device-side assert (710), a hardware stack error, an illegal instruction, a misaligned address, an
+# invalid address space or program counter, a launch failure (714-719), a tensor memory leak (721), an MPS client
+# terminated (810), an external device's error (911).
+CONTEXT_LOST = frozenset({226, 700, 702, 710, 714, 715, 716, 717, 718, 719, 721, 810, 911})
 CUDA_FAILURE = re.compile(r"\bCUDA failure (\d+)")  # ONNX Runtime's words ("CUDA failure 700: an illegal ...")
 # ONNX Runtime 1.18 and later are built against TensorRT 10; its provider library needs the parser too, which
 # NVIDIA's packages ship apart (libnvonnxparsers10): with one missing the provider cannot load.

@@ -6,6 +6,10 @@ the requests it has, but the arbiter keeps the socket open until it exits, so
 the kernel would go on completing handshakes that no worker reads, and reset
 them when the arbiter finally closes it. Shutting the socket down for reading
 at SIGTERM makes the kernel refuse new connections at once instead.
+
+A worker can also stop alone (``stop_this_worker``: its GPU's CUDA context is lost, host.py), for the server to
+start another. It then shuts the socket down only if it is its own (``listening_alone``): one shared with the other
+workers would refuse their connections too, until the new worker listened again.
 """
 
 from __future__ import annotations
@@ -14,6 +18,10 @@ import os
 import signal
 import socket
 import sys
+from types import SimpleNamespace
+
+# whether this worker listens on a socket of its own (patches/circus_sockets.py), and whether it stops alone
+WORKER = SimpleNamespace(own_socket=False, stopping_alone=False)
 
 
 def listening_descriptor(argv: list[str]) -> int | None:
@@ -32,16 +40,33 @@ def refuse_new_connections(descriptor: int) -> None:
         pass  # already shut down by another worker, or not a socket
 
 
-def stop_listening_on_sigterm() -> None:
-    """Chain a handler in front of the server's own SIGTERM handler (call from the worker's startup)."""
-    descriptor = listening_descriptor(sys.argv)
-    if descriptor is None:
-        return
-    previous = signal.getsignal(signal.SIGTERM)
+def listening_alone() -> None:
+    """This worker listens on a socket of its own: shutting it down touches no other worker's connections."""
+    WORKER.own_socket = True
+
+
+def stop_this_worker() -> None:
+    """Stop this worker alone, as SIGTERM does (it answers what it accepted, then exits), for the server's arbiter
+    to start another in its place."""
+    WORKER.stopping_alone = True
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def sigterm_handler(descriptor: int, previous):
+    """Refuse new connections on ``descriptor`` (unless this worker stops alone on a socket it shares), then
+    ``previous``: the server's own handler."""
 
     def handler(signum, frame):
-        refuse_new_connections(descriptor)
+        if WORKER.own_socket or not WORKER.stopping_alone:
+            refuse_new_connections(descriptor)
         if callable(previous):
             previous(signum, frame)
 
-    signal.signal(signal.SIGTERM, handler)
+    return handler
+
+
+def stop_listening_on_sigterm() -> None:
+    """Chain a handler in front of the server's own SIGTERM handler (call from the worker's startup)."""
+    descriptor = listening_descriptor(sys.argv)
+    if descriptor is not None:
+        signal.signal(signal.SIGTERM, sigterm_handler(descriptor, signal.getsignal(signal.SIGTERM)))

@@ -15,11 +15,11 @@ from prometheus_client import REGISTRY
 from cnnserve.machine import available_cores
 from cnnserve.serving import host as host_module
 from cnnserve.serving.config import Settings
-from cnnserve.serving.errors import ModelRunFailed
+from cnnserve.serving.errors import ModelRunFailed, ModelUnavailable
 from cnnserve.serving.host import ModelHost
 from cnnserve.serving.repository import discover
 from cnnserve.serving.runtime import CPU, CUDA, TENSORRT, GraphedShape, ModelFileInvalid, ModelInvalid, PaddedShape
-from cnnserve.serving.shared_batches import OwnerRunFailed
+from cnnserve.serving.shared_batches import OwnerRunFailed, runs_as
 from tests.committed import VERSIONS
 from tests.serving.helpers import on_cuda
 
@@ -252,6 +252,9 @@ def test_a_gpu_whose_cuda_context_is_lost_stops_its_worker_once(host_for, a_gpu_
     answers = run_twice(host, key)
     assert all(isinstance(a, ModelRunFailed) and "this worker stops" in a.message for a in answers)
     assert stops == [True] and host.device_lost_because == LOST
+    loaded = host.loaded[key]  # while it stops, the other workers' batches are theirs to compute again
+    with pytest.raises(ModelUnavailable, match="lost its GPU"):
+        asyncio.run(host.run_forwarded(key, runs_as(loaded.variant, loaded.providers[0]), np.zeros((1, 1, 32, 32))))
 
 
 def test_a_lost_context_in_the_worker_owning_the_batches_or_on_the_cpu_stops_nothing(host_for, monkeypatch):
