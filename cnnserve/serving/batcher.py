@@ -70,7 +70,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import DeadlineExceeded, ModelRunFailed, Overloaded, ServiceError, TooLarge
+from .errors import DeadlineExceeded, DeviceLost, ModelRunFailed, Overloaded, ServiceError, TooLarge
 
 log = logging.getLogger("cnnserve")
 
@@ -309,14 +309,16 @@ class AdaptiveBatcher:
             await self.run_jobs(part)
 
     def run_failed(self, exc: Exception, images: int) -> ServiceError:
-        """What the callers of a run that failed get (500 / INTERNAL), with ONNX Runtime's reason; logged, since it
-        is the model's fault or the device's, not the client's."""
+        """What the callers of a run that failed get, with ONNX Runtime's reason: 500 / INTERNAL, or on a lost
+        device 503 / UNAVAILABLE with Retry-After, since a retry can succeed elsewhere. Logged: it is the model's
+        fault or the device's, not the client's."""
         if isinstance(exc, ServiceError):
             return exc
         reason = str(exc) or type(exc).__name__
-        if self.device_lost(exc):
-            reason += "; the device is lost: this worker stops, and the server starts another"
         log.error("model %s failed to run %d images: %s", self.name, images, reason)
+        if self.device_lost(exc):
+            return DeviceLost(f"model {self.name}: this worker's GPU is lost ({reason}); it stops and the server "
+                              "starts another: retry")
         return ModelRunFailed(f"model {self.name} failed to run this request's images: {reason}")
 
     def timed_run(self, batch: np.ndarray, run: RunBatch | None = None):

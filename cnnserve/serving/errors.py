@@ -77,6 +77,16 @@ class ModelRunFailed(ServiceError):
     outcome = "server_error"
 
 
+class DeviceLost(ServiceError):
+    """The worker's GPU context is lost (``runtime.cuda_context_lost``): the worker stops and the server starts
+    another, so a retry, on another worker or soon, can succeed."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    grpc_code = "UNAVAILABLE"
+    outcome = "server_error"
+    retry_after = 1
+
+
 class Overloaded(ServiceError):
     """The batcher refused the request: its queue cannot meet the latency budget."""
 

@@ -323,8 +323,8 @@ class ModelHost:
     def lose_device(self, exc: Exception) -> bool:
         """Whether a GPU run's error says this worker's CUDA context is lost (``runtime.cuda_context_lost``): every
         later run would fail the same way, while ``/readyz`` said ready. The first such error stops the worker as
-        SIGTERM does (what it accepted is answered, its GPU runs failing with the reason) and the server starts
-        another in its place, with a new context. An error that came back from the worker owning the GPU's
+        SIGTERM does (what it accepted is answered: 503 with Retry-After, ``errors.DeviceLost``, where its GPU was
+        needed) and the server starts another in its place, with a new context. An error that came back from the worker owning the GPU's
         batches (``shared_batches``) is that worker's to act on."""
         if isinstance(exc, OwnerRunFailed) or not cuda_context_lost(exc):
             return False

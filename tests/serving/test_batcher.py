@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cnnserve.serving.batcher import ARRIVES_ONE_PER_PASS, AdaptiveBatcher, full_batch_estimate, inline_up_to
-from cnnserve.serving.errors import DeadlineExceeded, ModelRunFailed, Overloaded, TooLarge
+from cnnserve.serving.errors import DeadlineExceeded, DeviceLost, ModelRunFailed, Overloaded, TooLarge
 
 FAR = 3600.0
 pytestmark = pytest.mark.anyio
@@ -253,7 +253,7 @@ async def test_a_lone_request_that_breaks_the_model_gets_its_reason():
     assert b.worker is None, "both ran inside submit, alone"
 
 
-async def test_on_a_lost_device_a_failed_batch_fails_every_caller_at_once_saying_the_worker_stops():
+async def test_on_a_lost_device_a_failed_batch_answers_every_caller_at_once_to_retry_elsewhere():
     runs, lost = [], []
 
     def broken(batch):
@@ -263,9 +263,9 @@ async def test_on_a_lost_device_a_failed_batch_fails_every_caller_at_once_saying
     b = batcher(broken, device_lost=lambda exc: lost.append(exc) or True)
     results = await asyncio.gather(*(b.submit(images(1.0), deadline()) for _ in range(4)), return_exceptions=True)
     assert runs == [4], "no halves: every run would fail the same way"
-    assert all(isinstance(r, ModelRunFailed) and r.message.endswith(
-        "illegal memory access was encountered; the device is lost: this worker stops, and the server starts another")
-        for r in results)
+    assert all(isinstance(r, DeviceLost) and r.message == "model m/1: this worker's GPU is lost (CUDA failure 700: an "
+               "illegal memory access was encountered); it stops and the server starts another: retry" for r in results)
+    assert (results[0].status, results[0].grpc_code, results[0].headers()) == (503, "UNAVAILABLE", {"Retry-After": "1"})
     assert lost
 
 
