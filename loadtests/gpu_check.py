@@ -175,9 +175,11 @@ def check_accuracy(versions: list[ModelVersion], provider: str, variants: list[s
     return rows
 
 
-def batched_run(loaded: LoadedModel, images: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def batched_run(loaded: LoadedModel, images: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
+    """``images`` through ``loaded`` in batches of ``batch``: probabilities, and boxes where the model has them."""
     parts = [loaded.run(np.ascontiguousarray(images[i:i + batch])) for i in range(0, len(images), batch)]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    boxes = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
+    return np.concatenate([p[0] for p in parts]), boxes
 
 
 def timed_first_and_warm(loaded: LoadedModel, seconds: float) -> dict:
@@ -248,8 +250,7 @@ def answer_images(model: ModelVersion) -> np.ndarray:
 
 def reference_probabilities(model: ModelVersion, provider: str, variant: str, images: np.ndarray) -> np.ndarray:
     """``images`` through one plain session of the file the server runs, in process, in batches of 64."""
-    loaded = session(model, provider, variant)
-    return np.concatenate([loaded.run(np.ascontiguousarray(images[i:i + 64]))[0] for i in range(0, len(images), 64)])
+    return batched_run(session(model, provider, variant), images)[0]
 
 
 def check_answers(server, models: list[ModelVersion], provider: str, served_models: dict, references: dict,
@@ -472,8 +473,7 @@ def summary_rows(results: dict) -> list[tuple[str, str, bool | None]]:
     if graphed and results["device"]["provider"] == CUDA:
         rows.append(("CUDA graphs in use in every server that asked for them",
                      ", ".join(dict.fromkeys(f"{r['model']} {_graphed_of(r)} workers" for r in graphed)),
-                     all(r.get("graphs_in_use", {}).get("graphed") == r.get("graphs_in_use", {}).get("loaded", 0) > 0
-                         for r in graphed)))
+                     all(_every_worker_graphed(r) for r in graphed)))
     for name, figures in results.get("throughput", {}).items():
         best = max(r["images_per_s"] for r in figures["in_process"])
         for setting in dict.fromkeys(_served_setting(r) for r in figures["served"]):
@@ -567,6 +567,11 @@ def _telling(row: dict) -> str:
     if "neighbour_difference" not in row:
         return "-"
     return f"{row['neighbour_difference']:.2g} ({'yes' if row['neighbour_difference'] > TOLERANCE else 'no: too alike'})"
+
+
+def _every_worker_graphed(row: dict) -> bool:
+    in_use = row.get("graphs_in_use", {"graphed": 0, "loaded": 0})
+    return in_use["graphed"] == in_use["loaded"] > 0
 
 
 def _graphed_of(row: dict) -> str:
