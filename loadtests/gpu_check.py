@@ -51,12 +51,14 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 
+from cnnserve.contract.card import INPUT_NAME, PROBABILITIES
 from cnnserve.machine import available_cores
 from cnnserve.serving.config import CUDNN_SEARCH_MODES, GPU_BATCH_SHAPES
 from cnnserve.serving.repository import ModelVersion, discover
 from cnnserve.serving.runtime import (
     CUDA,
     PREFERENCE,
+    TENSORRT,
     LoadedModel,
     load_model,
     preload_gpu_libraries,
@@ -175,11 +177,9 @@ def check_accuracy(versions: list[ModelVersion], provider: str, variants: list[s
     return rows
 
 
-def batched_run(loaded: LoadedModel, images: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
-    """``images`` through ``loaded`` in batches of ``batch``: probabilities, and boxes where the model has them."""
+def batched_run(loaded: LoadedModel, images: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
     parts = [loaded.run(np.ascontiguousarray(images[i:i + batch])) for i in range(0, len(images), batch)]
-    boxes = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
-    return np.concatenate([p[0] for p in parts]), boxes
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def timed_first_and_warm(loaded: LoadedModel, seconds: float) -> dict:
@@ -249,8 +249,13 @@ def answer_images(model: ModelVersion) -> np.ndarray:
 
 
 def reference_probabilities(model: ModelVersion, provider: str, variant: str, images: np.ndarray) -> np.ndarray:
-    """``images`` through one plain session of the file the server runs, in process, in batches of 64."""
-    return batched_run(session(model, provider, variant), images)[0]
+    """``images`` through a plain ONNX Runtime session of the file the server runs, with none of the server's
+    own loading (padding, graphs, options), in batches of 64. On CUDA where TensorRT was asked: TensorRT would build
+    an engine for each batch shape, and the served FP16 engine differs from the file by its rounding alone."""
+    reference_provider = CUDA if provider == TENSORRT else provider
+    plain = ort.InferenceSession(str(model.file_for(variant)[0]), providers=provider_list(reference_provider))
+    return np.concatenate([plain.run([PROBABILITIES], {INPUT_NAME: np.ascontiguousarray(images[i:i + 64])})[0]
+                           for i in range(0, len(images), 64)])
 
 
 def check_answers(server, models: list[ModelVersion], provider: str, served_models: dict, references: dict,
