@@ -319,7 +319,7 @@ class AdaptiveBatcher:
         if self.device_lost(exc):
             return DeviceLost(f"model {self.name}: this worker's GPU is lost ({reason}); it stops and the server "
                               "starts another: retry")
-        return ModelRunFailed(f"model {self.name} failed to run this request's images: {reason}")
+        return ModelRunFailed(self.name, reason)
 
     def timed_run(self, batch: np.ndarray, run: RunBatch | None = None):
         """The model's outputs and how long computing them took (without any thread hand-off)."""

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelUnavailable, ServiceError
+from .errors import ModelRunFailed, ModelUnavailable, ServiceError
 
 log = logging.getLogger("cnnserve")
 
@@ -189,7 +189,7 @@ class Forwarder:
             return None
         if answer["error"] == ModelUnavailable.__name__:  # not serving that version (yet, or any more), or otherwise
             return None
-        raise OwnerRunFailed(f"the batch failed in the worker that owns the device's batches: {answer['message']}")
+        raise OwnerRunFailed(f"{answer['message']} (in the worker that owns the device's batches)")
 
 
 class OwnerRunFailed(RuntimeError):
@@ -279,7 +279,8 @@ class BatchOwner:
             except concurrent.futures.CancelledError:  # this worker stops with the batch queued
                 return
             except Exception as exc:  # noqa: BLE001  (every failure of the run goes back to the batch's worker)
-                message = exc.message if isinstance(exc, ServiceError) else f"{type(exc).__name__}: {exc}"
+                message = (exc.reason if isinstance(exc, ModelRunFailed)  # the batch's worker names the model
+                           else exc.message if isinstance(exc, ServiceError) else f"{type(exc).__name__}: {exc}")
                 reply = ({"error": type(exc).__name__, "message": message},)
             else:
                 shapes = {"probabilities": list(probabilities.shape),

@@ -260,7 +260,7 @@ def test_a_gpu_whose_cuda_context_is_lost_stops_its_worker_once(host_for, a_gpu_
 def test_a_lost_context_in_the_worker_owning_the_batches_or_on_the_cpu_stops_nothing(host_for, monkeypatch):
     host, key = host_for()
     host.stop_worker = lambda: pytest.fail("stopped")
-    assert not host.lose_device(OwnerRunFailed(f"the batch failed in the worker that owns the device's batches: {LOST}"))
+    assert not host.lose_device(OwnerRunFailed(f"{LOST} (in the worker that owns the device's batches)"))
 
     def lost(self, images):
         raise RuntimeError(LOST)

@@ -15,13 +15,14 @@ import onnxruntime as ort
 import pytest
 
 from cnnserve.serving import shared_batches
-from cnnserve.serving.errors import ModelUnavailable
+from cnnserve.serving.errors import ModelRunFailed, ModelUnavailable
 from cnnserve.serving.runner import ModelRunner
 from cnnserve.serving.shared_batches import (
     BatchOwner,
     DeviceBusy,
     Forwarder,
     ForwardingRunner,
+    OwnerRunFailed,
     busy_path,
     owner_of,
     runs_as,
@@ -68,6 +69,8 @@ async def owner_computes(key: str, how: str, images: np.ndarray):
         raise ModelUnavailable(f"model {key} is not loaded as {how} in the worker that owns the batches")
     if key == "broken/1":
         raise RuntimeError("ONNX Runtime failed: out of memory")
+    if key == "refusing/1":
+        raise ModelRunFailed(key, "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : indices element out of data bounds")
     probabilities = images.reshape(len(images), -1)[:, :10] * 2
     return probabilities, (images[:, 0, 0, :4] if key == "boxed/1" else None)
 
@@ -138,8 +141,13 @@ async def test_a_run_that_fails_at_the_owner_fails_the_batch_with_its_reason(pat
     owner = BatchOwner(path, owner_computes, asyncio.get_running_loop())
     forwarder = Forwarder(path)
     try:
-        with pytest.raises(RuntimeError, match="owns the device's batches: RuntimeError: ONNX Runtime failed"):
+        with pytest.raises(OwnerRunFailed, match=r"^RuntimeError: ONNX Runtime failed: out of memory \(in the worker "
+                                                 "that owns the device's batches\)$"):
             await asyncio.to_thread(forwarder.forward, "broken/1", FP32_ON_CPU, batch())
+        # ONNX Runtime's reason comes back alone: the batch's own worker names the model once, as for its own runs
+        with pytest.raises(OwnerRunFailed, match=r"^\[ONNXRuntimeError\] : 2 : INVALID_ARGUMENT : indices element "
+                                                 r"out of data bounds \(in the worker that owns"):
+            await asyncio.to_thread(forwarder.forward, "refusing/1", FP32_ON_CPU, batch())
     finally:
         forwarder.close()
         owner.close()
