@@ -221,6 +221,21 @@ def _parse(name: str, raw: Any, current: Any) -> Any:
     return type(current)(raw)
 
 
+def per_model_options(models: Any, path: Path) -> dict[str, dict]:
+    """The YAML's ``models:`` section checked: a mapping of model name to its own keys (none: the global values)."""
+    if not isinstance(models or {}, dict):
+        raise ValueError(f"models in {path} must map model names to their settings, not be a {type(models).__name__}")
+    options_of = {str(model): options or {} for model, options in (models or {}).items()}
+    for model, options in options_of.items():
+        if not isinstance(options, dict):
+            raise ValueError(f"models.{model} in {path} must be a mapping of {', '.join(sorted(PER_MODEL_KEYS))}, "
+                             f"not {options!r}")
+        if unknown := set(options) - PER_MODEL_KEYS:
+            raise ValueError(f"unknown key(s) under models.{model} in {path}: {', '.join(sorted(unknown))} "
+                             f"(a model takes {', '.join(sorted(PER_MODEL_KEYS))})")
+    return options_of
+
+
 def load_settings(environ: dict[str, str] | None = None, config_file: Path | None = None) -> Settings:
     environ = dict(os.environ if environ is None else environ)
     settings = Settings()
@@ -228,6 +243,8 @@ def load_settings(environ: dict[str, str] | None = None, config_file: Path | Non
     values: dict[str, Any] = {}
     if path.exists():
         values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path} must be a mapping of setting: value, not a {type(values).__name__}")
     elif f"{ENV_PREFIX}CONFIG" in environ:
         raise FileNotFoundError(f"{ENV_PREFIX}CONFIG names {path}, which does not exist")
     known = {f.name for f in fields(Settings)} - {"per_model", "version_policies"}
@@ -240,19 +257,15 @@ def load_settings(environ: dict[str, str] | None = None, config_file: Path | Non
         if key in environ:
             updates[name] = _parse(name, environ[key], getattr(settings, name))
     settings = replace(settings, **updates)
-    for model, options in (values.get("models") or {}).items():
-        unknown = set(options or {}) - PER_MODEL_KEYS
-        if unknown:
-            raise ValueError(f"unknown key(s) under models.{model} in {path}: {', '.join(sorted(unknown))} "
-                             f"(a model takes {', '.join(sorted(PER_MODEL_KEYS))})")
+    models = per_model_options(values.get("models"), path)
     per_model = {
         model: Batching(
             int(options.get("max_batch_size", settings.max_batch_size)),
             float(options.get("max_queue_delay_ms", settings.max_queue_delay_ms)),
             int(options.get("max_queue_images", settings.max_queue_images)),
         )
-        for model, options in (values.get("models") or {}).items()
+        for model, options in models.items()
     }
     version_policies = {model: VersionPolicy(str(options["version_policy"]).strip())
-                        for model, options in (values.get("models") or {}).items() if "version_policy" in options}
+                        for model, options in models.items() if "version_policy" in options}
     return replace(settings, per_model=per_model, version_policies=version_policies)

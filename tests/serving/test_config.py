@@ -38,6 +38,25 @@ def test_unknown_keys_under_a_model_are_refused_by_name(tmp_path):
         load_settings(environ={}, config_file=path)
 
 
+def test_a_model_named_without_settings_takes_the_global_ones(tmp_path):
+    path = tmp_path / "cnnserve.yaml"
+    path.write_text("max_batch_size: 48\nmodels:\n  lenet5-digits:\n")
+    settings = load_settings(environ={}, config_file=path)
+    assert settings.batching_for("lenet5-digits").max_batch_size == 48
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("- max_batch_size: 3\n", "must be a mapping of setting: value, not a list"),
+    ("models: [lenet5-digits]\n", "models in .* must map model names to their settings, not be a list"),
+    ("models:\n  lenet5-digits: 256\n", "models.lenet5-digits in .* must be a mapping of max_batch_size"),
+])
+def test_a_file_of_the_wrong_shape_is_refused_with_where(tmp_path, text, message):
+    path = tmp_path / "cnnserve.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_settings(environ={}, config_file=path)
+
+
 @pytest.mark.parametrize("seconds", ["0", "-1", "nan"])
 @pytest.mark.parametrize("name", ["repository_poll_seconds", "body_timeout_s"])
 def test_intervals_must_be_positive(name, seconds):
