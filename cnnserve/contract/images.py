@@ -42,6 +42,35 @@ class TooManyPixels(ImageRejected):
 
 Image.MAX_IMAGE_PIXELS = None  # our own limit below applies, with a clear message
 
+DEEP_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}  # one channel of more than 8 bits (16-bit PNG, TIFF)
+ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as Pillow's convert("L")
+
+
+def visible(image: Image.Image) -> Image.Image:
+    """The picture as a viewer shows it, in 8 bits a channel; Pillow's ``convert`` alone got two kinds wrong.
+
+    - Deeper samples are scaled to 8 bits: converted, a 16-bit PNG's values above 255 clipped to a white page.
+    - Transparent pixels are laid on the background that contrasts with what is drawn: an HTML canvas exports
+      black ink on transparent black, which without its alpha is a black page (a "3" was read as "0" at 0.19, with
+      the box over the whole picture). Light ink gets a black background, dark ink a white one.
+    """
+    if image.mode in DEEP_MODES:
+        samples = np.asarray(image, np.float32)
+        peak = float(samples.max())  # 32-bit and float files say nothing of their range: the least that holds it
+        full = 65535.0 if image.mode.startswith("I;16") else next(t for t in (1.0, 255.0, 65535.0, peak) if peak <= t)
+        return Image.fromarray(np.rint(np.clip(samples, 0, full) * (255 / full)).astype(np.uint8), "L")
+    if image.mode not in ALPHA_MODES and "transparency" not in image.info:
+        return image
+    rgba = image.convert("RGBA")
+    sample = np.asarray(rgba.resize((min(rgba.width, 256), min(rgba.height, 256)), Image.Resampling.BOX), np.float32)
+    alpha = sample[..., 3] / 255
+    if alpha.min() == 1:
+        return rgba.convert("RGB")
+    ink = float((sample[..., :3] @ LUMA * alpha).sum() / max(alpha.sum(), 1e-6))
+    paper = 255 if ink < 128 else 0
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (paper, paper, paper, 255)), rgba).convert("RGB")
+
 
 def decode_image(
     data: bytes,
@@ -79,7 +108,7 @@ def decode_image(
             image.draft("L" if channels == 1 else "RGB", (side, side))
         if orientation != 1:
             image = ImageOps.exif_transpose(image)
-        array, where = to_model_input(image, channels, width, height, policy, region)  # decodes now
+        array, where = to_model_input(visible(image), channels, width, height, policy, region)  # decodes now
     except ValueError as exc:
         if str(exc).startswith("conversion from"):  # Pillow cannot convert the mode (LAB, say): a format matter
             raise UnsupportedFormat(f"image mode {image.mode} is not supported: {exc}") from None

@@ -10,6 +10,8 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from ..contract.images import visible
+
 BOX_COLOUR = (255, 0, 96)
 TEXT_COLOUR = (255, 255, 255)
 HEAT_COLOUR = (255, 190, 0)  # amber: apart from the box's magenta and from both ink polarities
@@ -20,7 +22,7 @@ HEAT_FLOOR = 0.1  # a map whose largest drop is smaller stays faint rather than 
 def annotated_png(data: bytes, answer: dict, occlusion: dict | None = None) -> bytes:
     """``data`` (an image file the server has already decoded once) with ``answer``'s box and label drawn on it,
     over ``occlusion``'s map when given."""
-    image = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    image = visible(ImageOps.exif_transpose(Image.open(io.BytesIO(data)))).convert("RGB")
     if occlusion is not None:
         image = blend_heat(image, occlusion)
     draw_answer(image, answer)

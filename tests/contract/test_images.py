@@ -5,7 +5,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from cnnserve.contract.images import ImageRejected, TooManyPixels, UnsupportedFormat, decode_image
 
@@ -39,6 +39,49 @@ def test_any_mode_is_converted(mode):
     fmt = "TIFF" if mode in ("CMYK", "I", "F") else "PNG"
     array, _ = decode_image(encode(gradient().convert(mode), fmt), 3, 8, 8, LIMIT)
     assert array.shape == (3, 8, 8) and np.isfinite(array).all()
+
+
+def strokes(mode: str, paper, ink) -> Image.Image:
+    """A ring and a bar, antialiased, as a pen on an HTML canvas leaves them."""
+    image = Image.new(mode, (60, 40), paper)
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((8, 6, 34, 34), outline=ink, width=5)
+    draw.line((42, 4, 50, 36), fill=ink, width=4)
+    return image
+
+
+@pytest.mark.parametrize(("paper", "ink"), [(0, 255), (255, 0)], ids=["light-ink", "dark-ink"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_ink_on_a_transparent_page_reads_as_on_the_paper_that_shows_it(paper, ink, channels):
+    """A canvas export holds its ink in the alpha channel over transparent black (or white): dropping the alpha
+    left a blank page. Each is read as the same strokes on a page of the opposite shade."""
+    opaque = strokes("L", paper, ink)
+    coverage = strokes("L", 0, 255)
+    transparent = Image.merge("RGBA", [Image.new("L", coverage.size, ink)] * 3 + [coverage])  # ink in alpha alone
+    expected, _ = decode_image(encode(opaque, "PNG"), channels, 40, 60, LIMIT)
+    for fmt, image in [("PNG", transparent), ("PNG", transparent.convert("LA")), ("WEBP", transparent)]:
+        array, _ = decode_image(encode(image, fmt, **({"lossless": True} if fmt == "WEBP" else {})), channels, 40, 60,
+                                LIMIT)
+        assert np.abs(array - expected).max() <= 2 / 255, (fmt, image.mode)
+
+
+def test_a_palette_colour_marked_transparent_is_paper():
+    page = strokes("P", 0, 1)
+    page.putpalette([0, 0, 0, 20, 20, 20] + [0] * 762)
+    page.info["transparency"] = 0  # index 0, black, shows through: the page is clear
+    array, _ = decode_image(encode(page, "GIF", transparency=0), 1, 40, 60, LIMIT)
+    expected, _ = decode_image(encode(strokes("L", 255, 20), "PNG"), 1, 40, 60, LIMIT)
+    assert np.abs(array - expected).max() <= 1 / 255
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_16_bit_samples_are_scaled_to_8_bits_not_clipped_to_white(fmt):
+    eight = np.asarray(gradient().convert("L"))
+    sixteen = Image.fromarray(eight.astype(np.uint16) * 257)  # I;16: 0..65535
+    assert sixteen.mode == "I;16"
+    array, _ = decode_image(encode(sixteen, fmt), 1, 30, 40, LIMIT)
+    expected, _ = decode_image(encode(Image.fromarray(eight), "PNG"), 1, 30, 40, LIMIT)
+    assert np.abs(array - expected).max() <= 1 / 255
 
 
 def test_exif_orientation_is_honoured():

@@ -73,6 +73,32 @@ def test_a_small_digit_in_a_large_photo_gets_a_second_look(server):
     assert box_iou(answer, file) >= 0.8
 
 
+def canvas_export(picture: Image.Image) -> Image.Image:
+    """What an HTML canvas exports of the same drawing: black ink whose darkness is in the alpha channel alone,
+    over transparent black."""
+    darkness = Image.eval(picture.convert("L"), lambda v: 255 - v)
+    return Image.merge("RGBA", [Image.new("L", picture.size, 0)] * 3 + [darkness])
+
+
+def sixteen_bit(picture: Image.Image) -> Image.Image:
+    return Image.fromarray(np.asarray(picture.convert("L")).astype(np.uint16) * 257)
+
+
+@pytest.mark.parametrize("reencode", [canvas_export, sixteen_bit])
+def test_a_canvas_export_and_a_16_bit_scan_read_as_the_picture_they_show(server, reencode):
+    """Dropping the alpha left a canvas's black ink on a black page, and 16-bit samples clipped to a white one:
+    the same digit was read as a blank picture ("0" at 0.19, the box over everything)."""
+    plain = Condition("plain", "", (1.4, 1.4), (240, 240), (0.5, 0.5), "dark-on-light", formats=(("PNG", 0),))
+    for digit_index in range(6):
+        file = picture(plain, digit_index, file_index=0)
+        expected = server.client.post("/predict", files={"image": ("p.png", file.data)},
+                                      data={"model": "resnet18-digits"}).json()
+        answer = server.client.post("/predict", files={"image": ("p.png", png(reencode(Image.open(io.BytesIO(
+            file.data)))))}, data={"model": "resnet18-digits"}).json()
+        assert answer["label"] == expected["label"] == str(file.label)
+        assert box_iou(answer, file) >= 0.8
+
+
 def test_answer_has_the_documented_fields(server):
     answer = server.client.post("/predict", files={"image": ("a.png", GOOD)}, data={"top_k": "3"}).json()
     for key in ("model", "version", "label", "probability", "top_k", "box", "box_normalized", "timings"):
