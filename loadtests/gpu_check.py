@@ -1,8 +1,9 @@
 """``python -m loadtests.gpu_check`` (``make gpu-check``): does the GPU path do what it says, on this host's GPU?
 
 1. **Provider in use**: a real server, with ``providers`` set explicitly to the one asked (so a provider that does
-   not load refuses the model instead of serving it on the CPU: ``host.fall_back``), serves every committed model
-   and the untrained ResNet-50 at 224; ``/models`` must show that provider for each, and none degraded.
+   not load refuses the model instead of serving it on the CPU: ``host.load_stepping_down``), serves every
+   committed model and the untrained ResNet-50 at 224; ``/models`` must show that provider for each, and none
+   degraded.
 2. **Accuracy on the device**: each committed model's FP32 and FP16 files on its test split, through sessions on
    the asked provider, against the FP32 figures on its card (measured on the CPU). A drop of accuracy over 0.5
    points fails.
