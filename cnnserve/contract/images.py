@@ -72,16 +72,9 @@ def visible(image: Image.Image) -> Image.Image:
     return Image.alpha_composite(Image.new("RGBA", rgba.size, (paper, paper, paper, 255)), rgba).convert("RGB")
 
 
-def decode_image(
-    data: bytes,
-    channels: int,
-    height: int,
-    width: int,
-    max_pixels: int,
-    policy: str = LETTERBOX,
-    region: Region = WHOLE,
-) -> tuple[np.ndarray, Placement]:
-    """Return the model input and where the image (or ``region`` of it) landed in it."""
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """The file's image with its header checked (format, pixel count), nothing decoded yet: its ``size`` says what
+    decoding it will cost before anyone pays it."""
     if not data:
         raise ImageRejected("the image is empty (0 bytes)")
     try:
@@ -99,8 +92,25 @@ def decode_image(
         raise TooManyPixels(f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}")
     if w == 0 or h == 0:
         raise ImageRejected(f"image has no pixels ({w}x{h})")
+    return image
+
+
+def orientation_of(image: Image.Image) -> int:
+    """The EXIF orientation, 1 (as stored) when the metadata cannot be read: the pixels are still good."""
     try:
-        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+        return image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001  (a corrupt eXIf chunk raises whatever its TIFF parser meets)
+        return 1
+
+
+def image_to_input(
+    image: Image.Image, channels: int, height: int, width: int, policy: str = LETTERBOX, region: Region = WHOLE
+) -> tuple[np.ndarray, Placement]:
+    """An opened image (``open_image``) decoded: the model input and where the image (or ``region`` of it) landed
+    in it."""
+    w, h = image.size
+    try:
+        orientation = orientation_of(image)
         original = (h, w) if orientation in SWAPS_AXES else (w, h)
         if image.format == "JPEG":
             # Decode at a reduced scale, never below what the input (or the region's share of it) needs.
@@ -116,3 +126,16 @@ def decode_image(
     except (OSError, SyntaxError, EOFError) as exc:
         raise ImageRejected(f"corrupt or truncated image: {exc}") from None
     return array, replace(where, source=original)  # a draft decode is smaller: boxes go to the file's own pixels
+
+
+def decode_image(
+    data: bytes,
+    channels: int,
+    height: int,
+    width: int,
+    max_pixels: int,
+    policy: str = LETTERBOX,
+    region: Region = WHOLE,
+) -> tuple[np.ndarray, Placement]:
+    """Return the model input and where the image (or ``region`` of it) landed in it."""
+    return image_to_input(open_image(data, max_pixels), channels, height, width, policy, region)

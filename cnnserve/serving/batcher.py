@@ -281,10 +281,10 @@ class AdaptiveBatcher:
             if job.future.cancelled() or now > job.deadline:
                 self.queued_images -= len(job.images)
                 if not job.future.done():
-                    waited = (now - job.enqueued) * 1000
-                    job.future.set_exception(
-                        DeadlineExceeded(f"model {self.name}: waited {waited:.0f} ms in the queue, past the deadline")
-                    )
+                    late = ("reached the queue past its deadline (reading and decoding the request took that long)"
+                            if job.enqueued > job.deadline else
+                            f"waited {(now - job.enqueued) * 1000:.0f} ms in the queue, past the deadline")
+                    job.future.set_exception(DeadlineExceeded(f"model {self.name}: {late}"))
                 continue
             jobs.append(job)
             images += len(job.images)

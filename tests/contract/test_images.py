@@ -135,3 +135,13 @@ def test_pixel_bomb_is_refused_from_the_header_alone():
     assert len(bomb) < 200_000
     with pytest.raises(TooManyPixels, match="400000000 pixels"):
         decode_image(bomb, 1, 8, 8, LIMIT)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_unreadable_exif_metadata_leaves_the_picture_as_stored(fmt):
+    """The pixels are good; the orientation cannot be read, so the picture is taken as stored (it was refused as
+    "corrupt or truncated image: not a TIFF file")."""
+    garbage = b"Exif\x00\x00XX\x00*\x00\x00\x00\x08" + bytes(range(40))
+    array, where = decode_image(encode(gradient(), fmt, exif=garbage), 1, 30, 40, LIMIT)
+    expected, _ = decode_image(encode(gradient(), fmt), 1, 30, 40, LIMIT)
+    assert where.source == (40, 30) and np.abs(array - expected).max() <= 2 / 255

@@ -6,6 +6,7 @@ service accepted; a worker that dies or stops is replaced."""
 from __future__ import annotations
 
 import asyncio
+import io
 import contextlib
 import os
 import signal
@@ -19,6 +20,7 @@ import httpx
 import numpy as np
 import psutil
 import pytest
+from PIL import Image
 
 from loadtests.digit_images import digit_files
 from loadtests.local_server import running_server
@@ -288,3 +290,25 @@ def test_a_client_that_stalls_or_trickles_its_body_gets_408_and_the_worker_serve
             for answer, seconds in (stalled.result(), trickled.result(), chunked.result()):
                 assert answer.startswith(b"HTTP/1.1 408") and answer.endswith(b"}"), answer[-300:]
                 assert 2 <= seconds < 4.5
+
+
+def test_a_small_file_declaring_many_pixels_decodes_off_the_event_loop(one_worker):
+    """A flat 4000x4000 WebP is 1 KB and takes a quarter of a second to decode: by its bytes it was small enough to
+    decode on the event loop, where 64 of them held every request of the worker for 30 s. By its header's pixels it
+    goes to a thread, and the worker answers meanwhile."""
+    buffer = io.BytesIO()
+    Image.new("L", (4000, 4000), 250).save(buffer, "WEBP", lossless=True)
+    assert len(buffer.getvalue()) < 4096
+    files = [("images", (f"{i}.webp", buffer.getvalue())) for i in range(12)]
+    with ThreadPoolExecutor(1) as pool:
+        began = time.perf_counter()
+        heavy = pool.submit(one_worker.client.post, "/predict_batch", files=files, data={"model": "lenet5-digits"})
+        pauses = []
+        while not heavy.done():
+            asked = time.perf_counter()
+            assert one_worker.client.get("/livez").status_code == 200
+            pauses.append(time.perf_counter() - asked)
+        assert heavy.result().status_code == 200, heavy.result().text
+    decoding = time.perf_counter() - began
+    assert decoding > 1.0, "not heavy enough to tell"
+    assert max(pauses) < decoding / 3, f"the worker answered after {max(pauses):.2f} s of a {decoding:.2f} s decode"
