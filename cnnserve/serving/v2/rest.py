@@ -17,7 +17,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..errors import InvalidInput, ModelUnavailable, ServiceError
+from ..errors import InvalidInput, ModelUnavailable, ServiceError, whole_number
 from ..http_common import BytesResponse, header, read_body, timeout_ms
 from ..http_common import error_response as error
 from .dataplane import DataPlane
@@ -56,11 +56,9 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview
     tensors twice (here and per input), 49 KB each for a ResNet-18 image."""
     json_length = len(body)
     if header_length is not None:
-        if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
-            raise InvalidInput(
-                f"Inference-Header-Content-Length is {header_length!r} but the body has {len(body)} bytes"
-            )
-        json_length = int(header_length)
+        json_length = whole_number(header_length, "Inference-Header-Content-Length")
+        if json_length > len(body):
+            raise InvalidInput(f"Inference-Header-Content-Length is {json_length} but the body has {len(body)} bytes")
     payload = parsed_json(body[:json_length], "the request")
     if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
         raise InvalidInput('the request must be a JSON object with an "inputs" list')

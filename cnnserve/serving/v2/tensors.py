@@ -64,6 +64,8 @@ def element_count(name: str, datatype: str, shape: list[int], limits: Limits) ->
         raise TooLarge(f"input {name!r}: {count} images in one request; the limit is {limits.files}")
     if count > limits.elements:
         raise TooLarge(f"input {name!r}: {count} elements; the limit is {limits.elements}")
+    if any(d > limits.elements for d in shape):  # only with a zero elsewhere: an empty tensor numpy cannot shape
+        raise TooLarge(f"input {name!r}: shape {shape} has a dimension over the limit of {limits.elements} elements")
     return count
 
 

@@ -193,9 +193,11 @@ SIZE_AS_TEXT = json.dumps({"inputs": [{"name": "images", "datatype": "FP32", "sh
         ({}, b'{"inputs":[],"parameters":{"timeout":1' + b"0" * 400 + b"}}", "got none"),  # a timeout that overflows
         ({"Inference-Header-Content-Length": str(len(SIZE_AS_TEXT))}, SIZE_AS_TEXT + bytes(4096),
          "binary_data_size must be a whole number"),
+        ({"Inference-Header-Content-Length": "9" * 5000}, b'{"inputs": []}',
+         "Inference-Header-Content-Length must be a whole number"),  # past Python's 4,300 digits: it was a 500
     ],
     ids=["header-longer-than-body", "unclaimed-binary", "not-json", "inputs-not-a-list", "nested-deep",
-         "huge-integer", "huge-timeout", "size-as-text"],
+         "huge-integer", "huge-timeout", "size-as-text", "header-length-of-5000-digits"],
 )
 def test_framing_that_lies_is_refused(server, headers, body, phrase):
     before = server.metrics()

@@ -99,6 +99,16 @@ def test_whole_numbers_serve_a_float_datatype_and_booleans_a_bool_one():
     assert from_values("x", "UINT8", [0, 3], [], LIMIT).array.dtype == np.uint8  # no data for no image
 
 
+@pytest.mark.parametrize("shape", [[2**62, 0, 32, 32], [10**30, 0], [0, 2**63]])
+def test_an_empty_shape_with_a_dimension_past_the_limit_is_refused_by_its_shape(shape):
+    """No element, so under the element limit, but numpy cannot shape it: it was a 500 (gRPC: UNKNOWN)."""
+    for make in (lambda: from_values("images", "FP32", shape, [], LIMIT),
+                 lambda: from_raw("images", "FP32", shape, b"", LIMIT),
+                 lambda: from_values("image_bytes", "BYTES", shape, [], LIMIT)):
+        with pytest.raises(TooLarge, match=r"has a dimension over the limit of 1000000 elements"):
+            make()
+
+
 @pytest.mark.parametrize("shape", [[True, 1, 32, 32], [1.0, 1, 32, 32], ["1", 1, 32, 32]])
 def test_a_dimension_must_be_a_whole_number_not_a_boolean_or_a_float(shape):
     with pytest.raises(InvalidInput, match="must be non-negative integers"):
