@@ -185,7 +185,10 @@ class InferenceCore:
         self.host.check_room(model, count, deadline)
 
     def check_top_k(self, model: ModelVersion, top_k: int | None) -> int:
-        top_k = self.settings.default_top_k if top_k is None else top_k
+        """The labels to list: as asked, within the model's; unasked, the default, or every label of a model that
+        has fewer (a cat/dog model got 400 on every request that left top_k out)."""
+        if top_k is None:
+            return min(self.settings.default_top_k, len(model.labels))
         if not 1 <= top_k <= len(model.labels):
             raise InvalidInput(f"top_k must be between 1 and {len(model.labels)} for {model.name}, got {top_k}")
         return top_k

@@ -34,6 +34,8 @@ def test_an_explanation_answers_like_predict_and_maps_every_window(server):
     assert occlusion["target"] == answer["label"]
     other = explain(server, data, "lenet5-digits", target="3", window=16, stride=16)
     assert other["occlusion"]["target"] == "3" and np.array(other["occlusion"]["grid"]).shape == (2, 2)
+    tiles = explain(server, data, "lenet5-digits", window=2)["occlusion"]  # the stride follows the window asked
+    assert (tiles["window"], tiles["stride"]) == (2, 2) and np.array(tiles["grid"]).shape == (16, 16)
     # Hiding parts of the digit costs the answer. This digit fills most of the picture, and LeNet-5 version 4 (trained
     # on tight crops) keeps its answer under any one default square (largest drop 0.002): a quarter of the side,
     # half overlapping, drops it by 0.52.

@@ -6,7 +6,6 @@ const BOX_COLOUR = "rgb(255, 0, 96)";
 const HEAT_COLOUR = [255, 190, 0];
 const HEAT_OPACITY = 0.65; // of the hottest cell
 const HEAT_FLOOR = 0.1; // a map whose largest drop is smaller stays faint
-const TOP_K = 5;
 
 const $ = (id) => document.getElementById(id);
 const state = { file: null, listing: null, imageUrl: null, asked: 0 };
@@ -82,7 +81,7 @@ async function predict() {
   $("explain").disabled = true;
   say("asking the model…");
   try {
-    const answer = await call(`/predict?${query()}&top_k=${TOP_K}`, { method: "POST", body: form() });
+    const answer = await call(`/predict?${query()}`, { method: "POST", body: form() });
     if (asked !== state.asked) return;
     show(answer);
     $("explain").disabled = false;
