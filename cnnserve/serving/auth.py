@@ -115,6 +115,10 @@ class ApiKeyMiddleware:
         if scope["type"] != "http" or not self.check.enabled or scope["path"] in self.open_paths:
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
+        if scope["method"] == "OPTIONS" and b"origin" in headers and b"access-control-request-method" in headers:
+            # A browser's CORS preflight never carries credentials (Fetch standard), so it cannot carry a key: the
+            # CORS middleware answers it (or, unconfigured, the route's 405), and no handler runs.
+            return await self.app(scope, receive, send)
         authorization = headers.get(b"authorization", b"").decode("latin-1")
         if not self.check.allows(authorization):
             return await unauthorized()(scope, receive, send)

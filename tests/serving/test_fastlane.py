@@ -92,17 +92,24 @@ services:
 """
 
 
-def test_cors_configured_in_bentoml_applies_to_the_fast_lane_routes(tmp_path, monkeypatch):
+@pytest.mark.parametrize("key", [None, "a-key"], ids=["open", "with-api-keys"])
+def test_cors_configured_in_bentoml_applies_to_the_fast_lane_routes(tmp_path, monkeypatch, key):
+    """With API keys too: a browser's preflight carries no key (the Fetch standard leaves credentials out of it), so
+    it must pass the key check; refused with 401, no browser on another origin could call the API at all."""
     config = tmp_path / "bentoml.yaml"
     config.write_text(CORS_CONFIG)
     monkeypatch.setenv("BENTOML_CONFIG", str(config))
     (file,) = digit_files(channels=1, size=32, count=1)
-    with running_server(tmp_path, serve="lenet5-digits", workers="1") as server, \
-            httpx.Client(base_url=server.url, timeout=30) as client:
+    keys = {"api_keys": key} if key else {}
+    with running_server(tmp_path, serve="lenet5-digits", workers="1", **keys) as server, \
+            httpx.Client(base_url=server.url, timeout=30,
+                         headers={"Authorization": f"Bearer {key}"} if key else {}) as client:
         def calls(origin: str) -> dict[str, httpx.Response]:
+            preflight = {"Origin": origin, "Access-Control-Request-Method": "POST",
+                         "Access-Control-Request-Headers": "authorization"}
             return {
-                "preflight": client.options("/predict", headers={
-                    "Origin": origin, "Access-Control-Request-Method": "POST"}),
+                "preflight": httpx.options(f"{server.url}/predict", headers=preflight),  # no key, as a browser's
+                "preflight of a repository route": httpx.options(f"{server.url}/models", headers=preflight),
                 "predict": client.post("/predict", files={"image": ("d.png", file.data)},
                                        data={"model": "lenet5-digits"}, headers={"Origin": origin}),
                 "v2 infer": client.post("/v2/models/lenet5-digits/infer", json=v2_grey([1, 1, 32, 32]),
