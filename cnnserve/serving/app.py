@@ -24,7 +24,7 @@ from .auth import key_check as make_key_check
 from .body_limit import BodyLimit
 from .config import load_settings
 from .control import remove_when_the_server_stops
-from .core import InferenceCore
+from .core import InferenceCore, ready
 from .fastlane import FastLane
 from .host import ModelHost
 from .lifecycle import initial_repository
@@ -82,8 +82,7 @@ class CnnServe:
         gc.freeze()
 
     def __is_ready__(self) -> bool:
-        """Ready once every model version has been loaded and warmed up, or refused with a reason."""
-        return all(model.key in self.host.status for model in repository.versions())
+        return ready(self.host.status, repository)
 
 
 key_check = make_key_check(settings)

@@ -43,6 +43,16 @@ Payload = list[bytes] | np.ndarray  # image files, or the model's input tensor [
 SERVING = ("ready", "degraded")  # degraded: served, on another execution provider than asked (host.load_stepping_down)
 
 
+def ready(status: dict, repository: Repository) -> bool:
+    """A worker's readiness (``/readyz``, V2's server ready): every model version loaded and warmed up, or refused
+    with a reason, and at least one serving, unless none was asked for (an empty repository, explicit mode before
+    any load). A pod whose every model was refused took traffic, answering only 503."""
+    versions = repository.versions()
+    if not all(model.key in status for model in versions):
+        return False
+    return any(status[model.key]["status"] in SERVING for model in versions) or not (versions or repository.failures)
+
+
 class Host(Protocol):
     """What the core needs of the models it serves (host.ModelHost in a worker)."""
 

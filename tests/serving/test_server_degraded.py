@@ -2,6 +2,9 @@
 model is broken and why, and serves the rest; readiness means warmed up; and
 with batching switched off it still answers."""
 
+import contextlib
+
+import httpx
 import pytest
 
 from loadtests.local_server import running_server, wait_ready
@@ -52,3 +55,33 @@ def test_ready_only_once_every_model_has_loaded_and_warmed_up(tmp_path):
         listing = server.client.get("/models").json()
         assert all(v["status"] == "ready" for m in listing["models"] for v in m["versions"])
         assert server.client.get("/livez").status_code == 200
+
+
+@pytest.mark.parametrize("case", ["every-model-refused", "the-named-model-absent"])
+def test_not_ready_while_no_model_serves(tmp_path, case):
+    """A pod whose every model was refused took traffic, answering only 503: its readiness now says so, while
+    its liveness stays (a restart would not mend a bad file)."""
+    import shutil
+    import time
+
+    from tests.conftest import MODELS_DIR
+
+    root = tmp_path / "repo"
+    shutil.copytree(MODELS_DIR / "lenet5-digits", root / "tampered")
+    with (root / "tampered" / str(VERSIONS["lenet5-digits"]) / "model.onnx").open("r+b") as f:
+        f.seek(1000)
+        f.write(b"tampered")
+    settings = {"serve": "nope"} if case == "the-named-model-absent" else {}
+    with running_server(tmp_path, wait=False, models_dir=root, **settings) as server:
+        deadline, listing = time.monotonic() + 60, None
+        while listing is None and time.monotonic() < deadline:
+            with contextlib.suppress(httpx.TransportError):
+                listing = server.client.get("/models").json()
+            time.sleep(0.2)
+        assert listing["failed"] or any(v["status"] == "failed" for m in listing["models"] for v in m["versions"])
+        time.sleep(2)  # every worker has settled its models by now; none serves
+        for _ in range(6):  # on fresh connections, which the workers share
+            with httpx.Client(base_url=server.url, timeout=10) as client:
+                assert client.get("/readyz").status_code == 503
+                assert client.get("/v2/health/ready").status_code != 200  # V2's readiness agrees
+                assert client.get("/livez").status_code == 200

@@ -23,7 +23,7 @@ import numpy as np
 from ... import __version__
 from ...contract.card import BOXES, INPUT_NAME, PROBABILITIES
 from ..control import ControlFile
-from ..core import SERVING, InferenceCore, TensorResult
+from ..core import SERVING, InferenceCore, TensorResult, ready
 from ..errors import InvalidInput, ModelNotFound, ModelUnavailable, whole_number
 from ..repository import ModelVersion
 from .statistics import model_statistics
@@ -60,8 +60,7 @@ class DataPlane:
         return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
 
     async def server_ready(self) -> bool:
-        """Ready: a worker answers only once every model version has been loaded and warmed, or refused."""
-        return True
+        return ready(self.core.host.status, self.repository)
 
     def repository_index(self, ready_only: bool = False) -> list[dict]:
         """Triton's repository index: every version this worker serves or refused, and in explicit mode every
