@@ -42,6 +42,14 @@ def parameters_of(item: dict, where: str) -> dict:
     return value
 
 
+def boolean_parameter(parameters: dict, name: str, where: str) -> bool:
+    """A true/false parameter, which must be a JSON boolean: "no" and "false" were taken as true."""
+    value = parameters.get(name, False)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{where}: {name} must be true or false, got {value!r}"[:200])
+    return value
+
+
 def parsed_json(data: bytes, what: str):
     """A client's JSON; what Python's parser refuses beyond syntax is the client's error too: nesting past the
     recursion limit (RecursionError) and integers past 4,300 digits (a ValueError), each a 500 before."""
@@ -94,7 +102,7 @@ def parse_inputs(payload: dict, binary: memoryview, limits: Limits) -> list[Tens
 
 def requested_outputs(payload: dict) -> tuple[list[str] | None, set[str]]:
     """Names asked for (None: all) and which of them to send binary."""
-    all_binary = bool(parameters_of(payload, "the request").get("binary_data_output", False))
+    all_binary = boolean_parameter(parameters_of(payload, "the request"), "binary_data_output", "the request")
     outputs = payload.get("outputs")
     if not outputs:
         return None, {"*"} if all_binary else set()
@@ -105,7 +113,8 @@ def requested_outputs(payload: dict) -> tuple[list[str] | None, set[str]]:
         if not isinstance(item, dict) or "name" not in item:
             raise InvalidInput('every requested output needs a "name"')
         names.append(str(item["name"]))
-        if all_binary or parameters_of(item, f"output {names[-1]!r}").get("binary_data", False):
+        where = f"output {names[-1]!r}"
+        if boolean_parameter(parameters_of(item, where), "binary_data", where) or all_binary:
             binary.add(names[-1])
     return names, binary
 
@@ -143,7 +152,7 @@ def request_timeout_ms(payload: dict, request: Request) -> float | None:
     timeout_us = parameters_of(payload, "the request").get("timeout")
     if timeout_us is None:
         return timeout_ms(request.scope)
-    if not isinstance(timeout_us, (int, float)) or isinstance(timeout_us, bool):
+    if not isinstance(timeout_us, (int, float)) or isinstance(timeout_us, bool) or timeout_us != timeout_us:  # NaN
         raise InvalidInput(f"parameters.timeout must be a number of microseconds, got {timeout_us!r}")
     return max(-1e18, min(timeout_us, 1e18)) / 1000  # an integer of 400 digits would overflow the division
 
@@ -221,7 +230,8 @@ async def statistics(request: Request) -> Response:
 async def repository_index(request: Request) -> Response:
     try:
         body = await read_body(request)
-        ready = bool(parsed_json(body, "the index request").get("ready", False)) if body.strip() else False
+        ready = boolean_parameter(parsed_json(body, "the index request"), "ready", "the index request") \
+            if body.strip() else False
     except AttributeError:
         return error(InvalidInput("the index request's body must be a JSON object such as {\"ready\": true}"))
     except ServiceError as exc:

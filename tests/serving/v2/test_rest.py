@@ -166,6 +166,9 @@ BAD_REQUESTS = [
     ("bytes-not-images", lambda: binary_request([("image_bytes", "BYTES", [1], struct.pack("<I", 4) + b"junk")]),
      415, "not a recognised image"),
     ("too-many-elements", lambda: binary_request([("images", "FP32", [100000, 1, 32, 32], b"")]), 413, "limit"),
+    ("binary-data-as-text", lambda: binary_request([("images", "FP32", [1, 1, 32, 32], bytes(4096))],
+                                                   outputs=[{"name": "boxes", "parameters": {"binary_data": "no"}}]),
+     400, "binary_data must be true or false, got 'no'"),  # it was taken as true
 ]
 
 
@@ -191,13 +194,16 @@ SIZE_AS_TEXT = json.dumps({"inputs": [{"name": "images", "datatype": "FP32", "sh
         ({}, b'{"inputs":' + b"[" * 10_000 + b"]" * 10_000 + b"}", "not valid JSON"),  # past the recursion limit
         ({}, b'{"id":' + b"1" * 5000 + b',"inputs":[]}', "not valid JSON"),  # past Python's 4,300 digits
         ({}, b'{"inputs":[],"parameters":{"timeout":1' + b"0" * 400 + b"}}", "got none"),  # a timeout that overflows
+        ({}, b'{"inputs":[],"parameters":{"timeout":NaN}}', "got nan"),  # it said "got -1000000000000000.0"
+        ({}, b'{"inputs":[],"parameters":{"binary_data_output":"false"}}', "binary_data_output must be true or false"),
         ({"Inference-Header-Content-Length": str(len(SIZE_AS_TEXT))}, SIZE_AS_TEXT + bytes(4096),
          "binary_data_size must be a whole number"),
         ({"Inference-Header-Content-Length": "9" * 5000}, b'{"inputs": []}',
          "Inference-Header-Content-Length must be a whole number"),  # past Python's 4,300 digits: it was a 500
     ],
     ids=["header-longer-than-body", "unclaimed-binary", "not-json", "inputs-not-a-list", "nested-deep",
-         "huge-integer", "huge-timeout", "size-as-text", "header-length-of-5000-digits"],
+         "huge-integer", "huge-timeout", "nan-timeout", "all-binary-as-text", "size-as-text",
+         "header-length-of-5000-digits"],
 )
 def test_framing_that_lies_is_refused(server, headers, body, phrase):
     before = server.metrics()
