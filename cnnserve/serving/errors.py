@@ -11,6 +11,9 @@ from http import HTTPStatus
 from ..contract.images import ImageRejected, TooManyPixels, UnsupportedFormat
 
 
+MESSAGE_LIMIT = 1000  # characters of an error message; gRPC sends it percent-encoded in a header
+
+
 class ServiceError(Exception):
     status: HTTPStatus = HTTPStatus.BAD_REQUEST
     grpc_code: str = "INVALID_ARGUMENT"
@@ -20,6 +23,8 @@ class ServiceError(Exception):
     retry_after: int | None = None  # seconds, sent as Retry-After when set
 
     def __init__(self, message: str):
+        if len(message) > MESSAGE_LIMIT:  # a client's 10 KB model name, echoed, passed gRPC's 8 KiB metadata limit
+            message = message[: MESSAGE_LIMIT - 1] + "…"
         super().__init__(message)
         self.message = message
 

@@ -114,8 +114,12 @@ def test_image_bytes(stub, digits):
         (lambda: infer_raw_request(np.full((1, 3, 64, 64), np.inf, np.float32)),
          grpc.StatusCode.INVALID_ARGUMENT, "NaN or infinite"),
         (lambda: both_contents(np.zeros((1, 3, 64, 64), np.float32)), grpc.StatusCode.INVALID_ARGUMENT, "not both"),
+        # echoed whole, a 10 KB name passed gRPC's 8 KiB metadata limit: the client saw RESOURCE_EXHAUSTED
+        (lambda: infer_raw_request(np.zeros((1, 3, 64, 64), np.float32), model="n" * 10_000),
+         grpc.StatusCode.NOT_FOUND, "unknown model 'nnnn"),
     ],
-    ids=["wrong-shape", "wrong-datatype", "unknown-model", "unknown-input", "infinite", "raw-and-typed"],
+    ids=["wrong-shape", "wrong-datatype", "unknown-model", "unknown-input", "infinite", "raw-and-typed",
+         "unknown-model-of-a-long-name"],
 )
 def test_client_mistakes_map_to_status_codes(stub, request_, code, phrase):
     with pytest.raises(grpc.RpcError) as caught:
