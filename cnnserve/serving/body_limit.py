@@ -4,7 +4,9 @@ A declared ``Content-Length`` over the limit is refused before any byte is
 read; a body of undeclared length (chunked) is read up to the limit and
 refused as soon as it passes it.
 Either way the client gets 413 with a JSON error, and no worker holds more
-than the limit in memory.
+than the limit in memory. A compressed body (``Content-Encoding`` other than
+identity) gets 415 before it is read: read as it was, it failed as a malformed
+form or JSON.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Callable
 
 from starlette.requests import ClientDisconnect
 
-from .errors import InvalidInput, ServiceError, TooLarge
+from .errors import InvalidInput, ServiceError, TooLarge, UnsupportedEncoding
 from .http_common import BodyClock, error_response, receive_body
 
 
@@ -29,6 +31,10 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
+        if headers.get(b"content-encoding", b"identity").strip().lower() != b"identity":
+            encoding = headers[b"content-encoding"].decode("latin-1")[:40]
+            refusal = UnsupportedEncoding(f"Content-Encoding {encoding} is not supported: send the body uncompressed")
+            return await error_response(refusal)(scope, receive, send)
         declared = headers.get(b"content-length")
         if declared is not None:
             if not declared.isdigit():

@@ -43,6 +43,12 @@ class UnsupportedImage(InvalidInput):
     status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
 
 
+class UnsupportedEncoding(ServiceError):
+    """A compressed request body (``Content-Encoding``): read as it was, it failed as a malformed form or JSON."""
+
+    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+
+
 class TooLarge(ServiceError):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     grpc_code = "INVALID_ARGUMENT"

@@ -38,7 +38,7 @@ from .v2.rest import infer, server_live
 
 log = logging.getLogger("cnnserve")
 
-REFUSALS = {401: "unauthorised", 413: "too_large"}  # what a refusal made in front of a handler is counted as
+REFUSALS = {401: "unauthorised", 413: "too_large", 415: "client_error"}  # what a refusal made in front of a handler is counted as
 
 
 @dataclass
@@ -134,6 +134,9 @@ class FastLane:
             self.rest_app.state.core.count_refusal(protocol, REFUSALS[status[0]])
 
     def declared_within_limit(self, scope) -> bool:
+        """A body of declared length within the limit, not compressed (else the body limit answers)."""
+        if header(scope, b"content-encoding") is not None:
+            return False
         length = header(scope, b"content-length")
         if length is None:
             return scope["method"] == "GET"

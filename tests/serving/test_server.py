@@ -4,6 +4,7 @@ input, after which the server still answers."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import re
@@ -256,6 +257,16 @@ def test_bad_requests_get_a_clear_4xx_and_the_server_carries_on(server, files, d
     assert phrase.lower() in response.json()["error"].lower()
     good = server.client.post("/predict", files={"image": ("a.png", GOOD)})
     assert good.status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/predict", "/v2/models/lenet5-digits/infer", "/explain"])
+def test_a_compressed_body_is_refused_as_such(server, path):
+    """Read as it was, a gzipped form said "Expected boundary character 45, got 31" and gzipped JSON a UTF-8 error."""
+    body = gzip.compress(b'{"inputs": []}')
+    response = server.client.post(path, content=body, headers={"Content-Encoding": "gzip",
+                                                               "Content-Type": "application/json"})
+    assert response.status_code == 415
+    assert "Content-Encoding gzip is not supported" in response.json()["error"]
 
 
 def test_a_multipart_body_without_a_boundary_is_refused_by_name(server):
