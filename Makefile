@@ -72,7 +72,7 @@ LATEST_COMMITTED = $(foreach m,$(COMMITTED_MODELS),$(lastword $(sort $(wildcard 
 # robustness suite and write the results on their cards (about 2.5 hours on 2 cores; the cards say each one's).
 models: setup-test
 	for recipe in $(COMMITTED_MODELS); do \
-		$(BIN)/python -m cnnserve.training train --recipe $$recipe || exit 1; \
+		$(BIN)/python -m cnnserve.training train --recipe $$recipe --overwrite || exit 1; \
 	done
 	$(BIN)/python -m loadtests.accuracy --write-cards
 
@@ -81,7 +81,7 @@ models: setup-test
 SEED_MODELS := alexnet-digits googlenet-digits
 seed-models: setup-test
 	for recipe in $(SEED_MODELS); do \
-		$(BIN)/python -m cnnserve.training train --recipe $$recipe --out models-seed || exit 1; \
+		$(BIN)/python -m cnnserve.training train --recipe $$recipe --out models-seed --overwrite || exit 1; \
 	done
 	$(BIN)/python -m loadtests.accuracy --models-dir models-seed --write-cards --out loadtests/results/$$(date +%F)-seed
 

@@ -32,6 +32,7 @@ from .page import PAGE_PATHS
 from .patches import allowed
 from .patches.bentoml_asgi import promised_middlewares, wrap_service_app
 from .patches.circus_sockets import listen_on_own_socket, spread_connections
+from .patches.uvicorn_headers import bound_header_time
 from .patches.uvicorn_writes import coalesce_responses
 from .routes import build_rest_app, route_error, serve_core
 from .runtime import usable_gpus
@@ -93,13 +94,14 @@ CnnServe.add_asgi_middleware(ApiKeyMiddleware, check=key_check, open_paths=setti
 def worker_app(app):
     """What each worker's uvicorn serves: BentoML's app with the fast lane in front (fastlane.py), on the
     worker's own listening socket (patches/circus_sockets.py), each response in one write
-    (patches/uvicorn_writes.py)."""
+    (patches/uvicorn_writes.py), each request's headers within header_timeout_s (patches/uvicorn_headers.py)."""
     app.add_exception_handler(404, route_error)  # JSON naming the path, not BentoML's plain "Not Found"
     if settings.spread_connections and listen_on_own_socket():
         listening_alone()
     if settings.coalesce_writes:
-        coalesce_responses()
+        coalesce_responses(settings.header_timeout_s)
     else:
+        bound_header_time(settings.header_timeout_s)
         log.info("coalesce_writes is off: lone requests queue like the rest (lone_request.py reads uvicorn's request "
                  "tasks through the coalescing protocol)")
     if not settings.fast_lane:

@@ -2,7 +2,8 @@
 
 Settings come from defaults, then an optional YAML file (``CNNSERVE_CONFIG``,
 default ``cnnserve.yaml`` in the working directory if present), then
-``CNNSERVE_*`` environment variables, each overriding the one before. Per-model
+``CNNSERVE_*`` environment variables, each overriding the one before. A value that does not parse or is out of
+range, a YAML key or a ``CNNSERVE_*`` variable that is no setting, is refused by name. Per-model
 batching lives under ``models:`` in the YAML file::
 
     models_dir: models
@@ -31,6 +32,7 @@ Every key is documented in ``docs/configuration.md``.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tempfile
 from dataclasses import dataclass, field, fields, replace
@@ -49,6 +51,20 @@ CONTROL_MODES = ("none", "poll", "explicit")  # Triton's names
 CUDNN_SEARCH_MODES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")  # ONNX Runtime's cudnn_conv_algo_search values
 GPU_BATCH_SHAPES = ("powers_of_two", "largest")
 PER_MODEL_KEYS = {"max_batch_size", "max_queue_delay_ms", "max_queue_images", "version_policy"}
+AUTO_ZERO = ("workers", "threads")  # the settings whose 0 means "chosen from the core count", also spelt auto
+COUNTS = ("max_batch_size", "max_queue_images", "max_images_per_request", "max_explain_windows", "default_top_k",
+          "max_image_pixels", "max_body_bytes", "max_tensor_elements", "grpc_max_message_bytes")  # each at least 1
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+# CNNSERVE_* variables that are not settings, read elsewhere: anything else under the prefix is refused by name
+OTHER_VARIABLES = (
+    f"{ENV_PREFIX}CONFIG",  # the YAML file (load_settings)
+    f"{ENV_PREFIX}WORKER_LISTEN",  # set by the arbiter for its workers (serving/patches/circus_sockets.py)
+    f"{ENV_PREFIX}CLIENT_API_KEY",  # the load generators' key (loadtests/scenarios/options.py); not API_KEY, which a
+    # server would take without a word for its own API_KEYS and run open
+    f"{ENV_PREFIX}BASELINE_MODEL", f"{ENV_PREFIX}BASELINE_THREADS",  # loadtests/bench/baseline_fastapi.py
+    f"{ENV_PREFIX}COMMIT",  # loadtests/gpu_check.py
+    f"{ENV_PREFIX}PAGE_SCREENSHOT",  # tests/serving/test_page.py
+)
 
 
 # One Python worker parses too few requests to keep a GPU busy: on an H100 (16 cores, 2026-11-26), ResNet-50 at
@@ -137,6 +153,9 @@ class Settings:
     max_image_pixels: int = 40_000_000
     max_body_bytes: int = 32 * 1024 * 1024
     body_timeout_s: float = 60.0  # a request body still arriving after this gets 408 (BentoML's own routes: 60 s)
+    # A request's headers still arriving after this, from the connection's opening or the previous response's end,
+    # get 408 and the connection closed (cnnserve/serving/patches/uvicorn_headers.py; nginx's CIS benchmark: 10 s)
+    header_timeout_s: float = 10.0
     max_tensor_elements: int = 16 * 1024 * 1024
     grpc_enabled: bool = True
     grpc_host: str = "0.0.0.0"
@@ -181,12 +200,22 @@ class Settings:
 
 
 def _check(name: str, raw: Any) -> None:
-    """Refuse a value outside a setting's range or choices, naming the setting."""
+    """Refuse a value (once coerced) outside a setting's range or choices, naming the setting."""
+    if name in COUNTS and raw < 1:
+        raise ValueError(f"{name} must be at least 1, not {raw!r}")
+    if name in AUTO_ZERO and raw < 0:
+        raise ValueError(f"{name} must be 0 (auto: chosen from the core count) or more, not {raw!r}")
+    if name == "max_queue_delay_ms" and not raw >= 0:  # NaN too
+        raise ValueError(f"max_queue_delay_ms must be 0 or more (0: run when idle), not {raw!r}")
+    if name == "grpc_port" and not 0 < raw < 65536:
+        raise ValueError(f"grpc_port must be a port, 1 to 65535, not {raw!r}")
     if name == "zoom_in_below" and not 0.0 <= float(raw) <= 1.0:
         raise ValueError(f"zoom_in_below is a share of the input's side, from 0 (never zoom) to 1, not {raw!r}")
     if name == "grpc_max_connection_age_s" and float(raw) < 0:
         raise ValueError(f"grpc_max_connection_age_s is seconds (0: connections never age), not {raw!r}")
-    if name in ("repository_poll_seconds", "body_timeout_s") and not float(raw) > 0:  # NaN too
+    if name == "header_timeout_s" and not 0 < float(raw) < float("inf"):  # NaN too
+        raise ValueError(f"header_timeout_s must be a positive number of seconds, not {raw!r}")
+    if name in ("repository_poll_seconds", "body_timeout_s", "request_timeout_ms") and not float(raw) > 0:  # NaN too
         raise ValueError(f"{name} must be positive, not {raw!r}")
     choices = {"model_control_mode": CONTROL_MODES, "gpu_batch_shapes": GPU_BATCH_SHAPES, "precision": PRECISIONS,
                "cudnn_conv_algo_search": CUDNN_SEARCH_MODES}.get(name)
@@ -194,13 +223,27 @@ def _check(name: str, raw: Any) -> None:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, not {raw!r}")
 
 
-def _parse(name: str, raw: Any, current: Any) -> Any:
-    """Coerce a YAML or environment value to the type of the field's default, once ``_check`` accepts it."""
-    _check(name, raw)
+def _parse(name: str, raw: Any, current: Any, source: str) -> Any:
+    """A YAML or environment value coerced to the type of the field's default and checked by ``_check``; any
+    failure names the setting, where the value came from (``source``: a variable or the YAML file) and the value."""
+    try:
+        value = _coerce(name, raw, current)
+        _check(name, value)
+        return value
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name} = {raw!r} from {source}: {error}") from None
+
+
+def _coerce(name: str, raw: Any, current: Any) -> Any:
+    word = str(raw).strip().lower()
     if isinstance(current, bool):
-        return raw if isinstance(raw, bool) else str(raw).strip().lower() in ("1", "true", "yes", "on")
+        if not isinstance(raw, bool) and word not in TRUE_WORDS + FALSE_WORDS:
+            raise ValueError(f"{name} is true or false (1/0, true/false, yes/no, on/off)")
+        return raw if isinstance(raw, bool) else word in TRUE_WORDS
     if isinstance(current, int):
-        return 0 if raw == "auto" else int(raw)
+        if word == "auto" and name not in AUTO_ZERO:
+            raise ValueError(f"{name} is a whole number (only {' and '.join(AUTO_ZERO)} take auto)")
+        return 0 if word == "auto" else int(raw)
     if isinstance(current, VersionPolicy):
         return VersionPolicy(str(raw).strip())
     if isinstance(current, Tolerance):  # YAML {accuracy: 0.005, mean_iou: 0.01} or "accuracy=0.005,mean_iou=0.01"
@@ -251,21 +294,23 @@ def load_settings(environ: dict[str, str] | None = None, config_file: Path | Non
     unknown = set(values) - known - {"models"}
     if unknown:
         raise ValueError(f"unknown configuration key(s) in {path}: {', '.join(sorted(unknown))}")
-    updates = {k: _parse(k, v, getattr(settings, k)) for k, v in values.items() if k in known}
-    for name in known:
-        key = ENV_PREFIX + name.upper()
+    variables = {ENV_PREFIX + name.upper(): name for name in known}
+    if strays := sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in variables
+                        and k not in OTHER_VARIABLES):
+        close = {k: difflib.get_close_matches(k, [*variables, *OTHER_VARIABLES], n=1) for k in strays}
+        raise ValueError("unknown setting variable(s): " + ", ".join(
+            k + (f" (did you mean {close[k][0]}?)" if close[k] else "") for k in strays)
+            + "; the settings are in docs/configuration.md")
+    updates = {k: _parse(k, v, getattr(settings, k), str(path)) for k, v in values.items() if k in known}
+    for key, name in variables.items():
         if key in environ:
-            updates[name] = _parse(name, environ[key], getattr(settings, name))
+            updates[name] = _parse(name, environ[key], getattr(settings, name), key)
     settings = replace(settings, **updates)
-    models = per_model_options(values.get("models"), path)
-    per_model = {
-        model: Batching(
-            int(options.get("max_batch_size", settings.max_batch_size)),
-            float(options.get("max_queue_delay_ms", settings.max_queue_delay_ms)),
-            int(options.get("max_queue_images", settings.max_queue_images)),
-        )
-        for model, options in models.items()
-    }
-    version_policies = {model: VersionPolicy(str(options["version_policy"]).strip())
-                        for model, options in models.items() if "version_policy" in options}
+    models = {model: {k: _parse(k, v, getattr(settings, k), f"models.{model} in {path}") for k, v in options.items()}
+              for model, options in per_model_options(values.get("models"), path).items()}
+    batching = Batching(settings.max_batch_size, settings.max_queue_delay_ms, settings.max_queue_images)
+    per_model = {model: replace(batching, **{k: v for k, v in options.items() if k != "version_policy"})
+                 for model, options in models.items()}
+    version_policies = {model: options["version_policy"] for model, options in models.items()
+                        if "version_policy" in options}
     return replace(settings, per_model=per_model, version_policies=version_policies)

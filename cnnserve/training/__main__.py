@@ -1,8 +1,8 @@
 """cnnserve training: train, export and card models for the model repository.
 
 Usage:
-    python -m cnnserve.training train --recipe resnet18-digits           # one committed model
-    python -m cnnserve.training train --recipe lenet5-digits --dry-run   # tiny smoke run
+    python -m cnnserve.training train --recipe resnet18-digits --overwrite   # retrain a committed model in place
+    python -m cnnserve.training train --recipe lenet5-digits --dry-run   # tiny smoke run, into a temporary folder
     python -m cnnserve.training train --arch vgg11_bn --name my-vgg --channels 3 --input-size 64 \\
         --epochs 10 --data-dir path/to/folder                   # your own data
     python -m cnnserve.training derive models/resnet18-digits/2          # its INT8 and FP16 files (not committed)
@@ -16,13 +16,17 @@ import argparse
 import json
 import shlex
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from cnnserve.contract.card import CARD_FILE, MODEL_FILE
+
 from ..machine import available_cores
 from .architectures import list_models
+from .card import write_card
 from .data import digits_task, folder_task
 from .pipeline import build_untrained, build_version, rederive_variants
 from .recipes import RECIPES
@@ -52,7 +56,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     tr.add_argument("--option", action="append", default=[], metavar="KEY=JSON", help="architecture option")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--data-dir", type=Path, help="a folder with images and labels.csv/json (default: digits)")
-    tr.add_argument("--out", type=Path, default=Path("models"), help="model repository root")
+    tr.add_argument("--out", type=Path, help="model repository root (default: models; a dry run's: a new temporary "
+                    "folder)")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="replace the version folder if it already holds a model.onnx (otherwise an error)")
     tr.add_argument("--threads", type=int, default=available_cores(),
                     help="torch threads (default: the cores this process may use, its CPU limit included)")
     tr.add_argument("--device", default="cpu", help="torch device to train on: cpu, or cuda on a GPU host with a "
@@ -137,6 +144,13 @@ def main(argv: list[str]) -> None:
         return
 
     config = resolve_config(args)
+    out = args.out or (Path(tempfile.mkdtemp(prefix="cnnserve-dry-run-")) if args.dry_run else Path("models"))
+    folder = out / config.name / str(config.version)
+    if (folder / MODEL_FILE).exists() and not args.overwrite:
+        sys.exit(f"error: {folder} already holds a {MODEL_FILE}; give --overwrite to replace it (or another "
+                 "--version or --out)")
+    if args.dry_run and not args.out:
+        print(f"dry run: writing under {out} (give --out to choose where)")
     torch.set_num_threads(args.threads)
     if args.data_dir:
         task = folder_task(args.data_dir, config.channels, config.input_size, config.seed)
@@ -146,7 +160,11 @@ def main(argv: list[str]) -> None:
                            config.train_pages)
     command = "python -m cnnserve.training " + shlex.join(argv)
     print(f"training {config.name} ({config.arch}) on {task.description}")
-    build_version(config, task, args.out, config.version, command, device=args.device)
+    build_version(config, task, out, config.version, command, device=args.device)
+    if args.dry_run:  # a smoke test of the pipeline: its card must not pass for a trained model
+        card = json.loads((folder / CARD_FILE).read_text())
+        write_card(folder, {**card, "trained": False, "dry_run": True,
+                            "description": f"DRY RUN, a smoke test: one short epoch on {task.description}"})
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ def add_options(parser) -> None:
     parser.add_argument("--model", default="resnet18-digits", help="model to load (input shape read from GET /models)")
     parser.add_argument("--grpc-host", default="127.0.0.1:3001", help="gRPC address (host:port) for GrpcUser")
     parser.add_argument(
-        "--api-key", default="", env_var="CNNSERVE_API_KEY", is_secret=True,
+        "--api-key", default="", env_var="CNNSERVE_CLIENT_API_KEY", is_secret=True,
         help="bearer key when the server has CNNSERVE_API_KEYS set (prefer the environment variable)",
     )
     parser.add_argument(

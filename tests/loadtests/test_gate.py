@@ -94,7 +94,7 @@ def test_wrong_answers_count_as_failures_in_every_scenario(mislabelled, tmp_path
     """Every answer names the wrong digit; the key from the environment gets every request through."""
     began = time.monotonic()
     code, summary = gate(mislabelled, tmp_path, "--model", "lenet5-digits", "--users", "5", "--run-time", "90s",
-                         "--max-requests", "100", env={"CNNSERVE_API_KEY": API_KEY})
+                         "--max-requests", "100", env={"CNNSERVE_CLIENT_API_KEY": API_KEY})
     assert code == 1 and time.monotonic() - began < 45, "--max-requests ended the run long before --run-time"
     assert 100 <= summary["total"]["requests"] < 200, "a few more may finish while the users stop"
     by_name = rows(summary)

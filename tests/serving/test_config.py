@@ -121,3 +121,75 @@ def test_version_policies_come_from_the_environment_and_per_model_from_yaml(tmp_
     settings = load_settings({"CNNSERVE_VERSION_POLICY": "latest:1"}, config)
     assert settings.version_policy_for("resnet18-digits") == VersionPolicy("latest:1")
     assert settings.version_policy_for("lenet5-digits") == VersionPolicy("specific:3")
+
+
+NO_FILE = {"CNNSERVE_CONFIG": "/dev/null"}
+
+
+def test_auto_is_taken_only_by_the_settings_that_document_it():
+    settings = load_settings(environ={"CNNSERVE_WORKERS": "auto", "CNNSERVE_THREADS": "Auto", **NO_FILE})
+    assert settings.workers == 0 and settings.threads == 0
+    with pytest.raises(ValueError, match="max_batch_size = 'auto' from CNNSERVE_MAX_BATCH_SIZE"):
+        load_settings(environ={"CNNSERVE_MAX_BATCH_SIZE": "auto", **NO_FILE})
+
+
+@pytest.mark.parametrize("name", ["max_batch_size", "max_queue_images", "max_images_per_request", "default_top_k",
+                                  "max_explain_windows", "max_image_pixels", "max_body_bytes", "max_tensor_elements",
+                                  "grpc_max_message_bytes"])
+def test_counts_and_sizes_must_be_at_least_one(name):
+    with pytest.raises(ValueError, match=f"{name} = '0' from CNNSERVE_{name.upper()}: {name} must be at least 1"):
+        load_settings(environ={f"CNNSERVE_{name.upper()}": "0", **NO_FILE})
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("workers", "-1", "workers must be 0"),
+    ("threads", "-2", "threads must be 0"),
+    ("max_queue_delay_ms", "-1", "max_queue_delay_ms must be 0 or more"),
+    ("max_queue_delay_ms", "nan", "max_queue_delay_ms must be 0 or more"),
+    ("request_timeout_ms", "0", "request_timeout_ms must be positive"),
+    ("grpc_port", "70000", "grpc_port must be a port"),
+])
+def test_other_numbers_out_of_range_are_refused_by_name(name, value, message):
+    with pytest.raises(ValueError, match=message):
+        load_settings(environ={f"CNNSERVE_{name.upper()}": value, **NO_FILE})
+
+
+@pytest.mark.parametrize("text", ["max_batch_size: 0", "max_queue_images: auto", "max_queue_delay_ms: -1",
+                                  "max_batch_size: abc"])
+def test_per_model_values_are_checked_naming_the_model_and_file(tmp_path, text):
+    path = tmp_path / "cnnserve.yaml"
+    path.write_text(f"models:\n  lenet5-digits: {{{text}}}\n")
+    name = text.split(":")[0]
+    with pytest.raises(ValueError, match=f"{name} = .* from models.lenet5-digits in {path}"):
+        load_settings(environ={}, config_file=path)
+
+
+def test_an_unparsable_value_names_the_setting_where_it_came_from_and_the_value(tmp_path):
+    with pytest.raises(ValueError, match="max_batch_size = 'abc' from CNNSERVE_MAX_BATCH_SIZE: invalid literal"):
+        load_settings(environ={"CNNSERVE_MAX_BATCH_SIZE": "abc", **NO_FILE})
+    path = tmp_path / "cnnserve.yaml"
+    path.write_text("body_timeout_s: soon\n")
+    with pytest.raises(ValueError, match=f"body_timeout_s = 'soon' from {path}"):
+        load_settings(environ={}, config_file=path)
+
+
+@pytest.mark.parametrize("word", ["ture", "", "2", "enabled"])
+def test_a_boolean_takes_only_the_usual_words_and_refuses_any_other_by_name(word):
+    for usual, value in [("1", True), ("TRUE", True), ("yes", True), ("On", True),
+                         ("0", False), ("false", False), ("No", False), ("off", False)]:
+        assert load_settings(environ={"CNNSERVE_BATCHING": usual, **NO_FILE}).batching is value
+    with pytest.raises(ValueError, match="batching = .* from CNNSERVE_BATCHING: batching is true or false"):
+        load_settings(environ={"CNNSERVE_BATCHING": word, **NO_FILE})
+
+
+def test_a_misspelt_variable_is_refused_with_the_closest_setting():
+    with pytest.raises(ValueError, match="CNNSERVE_MAX_BATCH_SISE.*did you mean CNNSERVE_MAX_BATCH_SIZE"):
+        load_settings(environ={"CNNSERVE_MAX_BATCH_SISE": "8", **NO_FILE})
+    with pytest.raises(ValueError, match="CNNSERVE_API_KEY .*did you mean CNNSERVE_API_KEYS"):  # ran with no keys
+        load_settings(environ={"CNNSERVE_API_KEY": "secret", **NO_FILE})
+    with pytest.raises(ValueError, match="CNNSERVE_PER_MODEL"):  # a field, but not one the environment sets
+        load_settings(environ={"CNNSERVE_PER_MODEL": "x", **NO_FILE})
+    # the CNNSERVE_* variables that the server's arbiter, the load generators and the tests read are let through
+    others = ["CNNSERVE_WORKER_LISTEN", "CNNSERVE_CLIENT_API_KEY", "CNNSERVE_BASELINE_MODEL",
+              "CNNSERVE_BASELINE_THREADS", "CNNSERVE_COMMIT", "CNNSERVE_PAGE_SCREENSHOT"]
+    assert load_settings(environ={**dict.fromkeys(others, "x"), **NO_FILE}) == Settings()

@@ -3,6 +3,8 @@ weights stored compactly keep the outputs; the dry-run pipeline produces a
 complete, servable version folder; derived variants are reproducible."""
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import pytest
 import torch
 
 from cnnserve.contract.card import CARD_FILE, MODEL_FILE, VARIANT_FILES, file_sha256
+from cnnserve.training.__main__ import main as training_main
 from cnnserve.training.architectures import create_model, list_models
 from cnnserve.training.export import PARITY_TOLERANCE, check_parity, cpu_session, export_onnx, store_weights_fp16
 from cnnserve.training.recipes import RECIPES
@@ -67,19 +70,41 @@ def test_classification_only_model_exports_probabilities_alone(tmp_path):
     assert [o.name for o in onnx.load(str(path)).graph.output] == ["probabilities"]
 
 
-def test_dry_run_writes_a_complete_version_folder(tmp_path):
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    """The module docstring's smoke run, ``train --recipe lenet5-digits --dry-run`` with no --out, in a working
+    directory whose models/ holds the recipe's version (temporary folders under its own tmp/)."""
+    cwd = tmp_path_factory.mktemp("cwd")
+    committed = cwd / "models" / "lenet5-digits" / str(RECIPES["lenet5-digits"].version)
+    committed.mkdir(parents=True)
+    (committed / MODEL_FILE).write_bytes(b"the committed model")
+    (committed / CARD_FILE).write_text('{"trained": true}')
+    (cwd / "tmp").mkdir()
     result = subprocess.run(
-        [sys.executable, "-m", "cnnserve.training", "train", "--recipe", "lenet5-digits", "--dry-run", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
+        [sys.executable, "-m", "cnnserve.training", "train", "--recipe", "lenet5-digits", "--dry-run"],
+        cwd=cwd, env={**os.environ, "TMPDIR": str(cwd / "tmp")}, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "parity ONNX Runtime vs torch" in result.stdout
+    return cwd, result.stdout
+
+
+def test_a_dry_run_without_out_leaves_the_models_folder_alone_and_says_where_it_wrote(dry_run):
+    cwd, stdout = dry_run
+    assert {p.relative_to(cwd).as_posix(): p.read_bytes() for p in (cwd / "models").rglob("*") if p.is_file()} == {
+        f"models/lenet5-digits/{RECIPES['lenet5-digits'].version}/{MODEL_FILE}": b"the committed model",
+        f"models/lenet5-digits/{RECIPES['lenet5-digits'].version}/{CARD_FILE}": b'{"trained": true}'}
+    written = re.search(r"dry run: writing under (\S+)", stdout)
+    assert written and Path(written[1]).parent == cwd / "tmp"
+
+
+def test_dry_run_writes_a_complete_version_folder_whose_card_says_so(dry_run):
+    cwd, stdout = dry_run
+    assert "parity ONNX Runtime vs torch" in stdout
     version = RECIPES["lenet5-digits"].version
-    folder = tmp_path / "lenet5-digits" / str(version)
+    (folder,) = (cwd / "tmp").glob(f"cnnserve-dry-run-*/lenet5-digits/{version}")
     card = json.loads((folder / CARD_FILE).read_text())
-    assert card["name"] == "lenet5-digits" and card["version"] == version and card["trained"]
+    assert card["name"] == "lenet5-digits" and card["version"] == version
+    assert card["trained"] is False and card["dry_run"] is True and "DRY RUN" in card["description"]
     assert card["input"]["shape"] == [-1, 1, 32, 32] and card["input"]["resize"] == "letterbox"
     assert card["training"]["seed"] == 0 and "--dry-run" in card["training"]["command"]
     assert set(card["files"]) == set(VARIANT_FILES)
@@ -91,6 +116,15 @@ def test_dry_run_writes_a_complete_version_folder(tmp_path):
     assert card["onnx"]["weights"]["compute"] == "float32"
     assert sorted(p.name for p in folder.glob("*.onnx")) == sorted(VARIANT_FILES.values()), "no stray exports"
     assert (folder / "training.png").stat().st_size > 0
+
+
+def test_training_into_a_version_folder_that_holds_a_model_needs_overwrite(tmp_path, capsys):
+    folder = tmp_path / "lenet5-digits" / "7"
+    folder.mkdir(parents=True)
+    (folder / MODEL_FILE).write_bytes(b"a model")
+    with pytest.raises(SystemExit, match=f"{folder} already holds a model.onnx; give --overwrite"):
+        training_main(["train", "--recipe", "lenet5-digits", "--version", "7", "--out", str(tmp_path)])
+    assert (folder / MODEL_FILE).read_bytes() == b"a model" and "training" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("recipe", ["alexnet-digits", "googlenet-digits"])
@@ -134,7 +168,8 @@ def test_fp16_alone_is_derived_without_calibration_for_a_gpu_image(tmp_path, cap
     """What deploy/Dockerfile.cuda runs: the FP16 file, byte for byte as the card says, and no INT8 file (whose
     bytes depend on the ONNX Runtime release); run again with --missing, it finds nothing to do."""
     folder = tmp_path / "lenet5-digits"
-    shutil.copytree(MODELS / "lenet5-digits" / str(VERSIONS["lenet5-digits"]), folder)
+    shutil.copytree(MODELS / "lenet5-digits" / str(VERSIONS["lenet5-digits"]), folder,
+                    ignore=shutil.ignore_patterns("model.*.onnx"))  # derived files a checkout may hold
     card = json.loads((folder / CARD_FILE).read_text())
     assert variants_main(["--only", "fp16", "--missing", str(folder)]) == 0
     assert file_sha256(folder / VARIANT_FILES["fp16"]) == card["files"]["fp16"]["sha256"]

@@ -8,9 +8,10 @@ needs (docs/architecture.md says why, with the measurements):
   read from BentoML's configuration container;
 - circus (``circus_sockets.py``): ``CircusSocket.__init__`` is wrapped so each
   worker listens on its own ``SO_REUSEPORT`` socket;
-- uvicorn (``uvicorn_writes.py``): ``HTTP_PROTOCOLS["auto"]`` is replaced by a
-  protocol that writes each response once and hands uvicorn's request-task set
-  to lone_request.py;
+- uvicorn (``uvicorn_writes.py``, ``uvicorn_headers.py``): ``HTTP_PROTOCOLS["auto"]``
+  is replaced by a protocol that writes each response once, hands uvicorn's
+  request-task set to lone_request.py, and gives a client ``header_timeout_s``
+  to send each request's headers (408 beyond);
 - prometheus_client (``prometheus_histograms.py``): a histogram's ``_sum`` and
   ``_buckets`` take many observations in one write.
 
@@ -36,7 +37,8 @@ WITHOUT = {
     "bentoml": "no fast lane (every route through BentoML's middlewares), so no own listening socket per worker "
                "and no single-write responses either",
     "circus": "workers share one listening socket (a burst of connections can land on one worker)",
-    "uvicorn": "responses leave in two writes, and lone requests queue like the rest",
+    "uvicorn": "responses leave in two writes, lone requests queue like the rest, and a client's request headers "
+               "have no time limit (header_timeout_s: a connection that sends nothing stays open)",
     "prometheus_client": "histograms take observations one at a time",
 }
 

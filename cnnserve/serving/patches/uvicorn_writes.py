@@ -30,11 +30,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from uvicorn.protocols.http.auto import AutoHTTPProtocol
-
 from .. import lone_request
 from ..metrics import flush_pass_totals
-from . import allowed
+from .uvicorn_headers import HeaderClockProtocol, bound_header_time
 
 log = logging.getLogger("cnnserve")
 
@@ -89,8 +87,9 @@ class CoalescingTransport:
         return getattr(self.transport, name)
 
 
-class CoalescingHttpProtocol(AutoHTTPProtocol):
-    """uvicorn's default HTTP protocol (httptools, else h11), over a ``CoalescingTransport``.
+class CoalescingHttpProtocol(HeaderClockProtocol):
+    """uvicorn's default HTTP protocol (httptools, else h11), over a ``CoalescingTransport``, its clients held to
+    ``header_timeout_s`` for their headers (uvicorn_headers.py).
 
     It also shows ``cnnserve/serving/lone_request.py`` the worker's set of request tasks, and
     sends a lone request's response as soon as it is complete.
@@ -107,9 +106,10 @@ class CoalescingHttpProtocol(AutoHTTPProtocol):
             self.transport.flush()
 
 
-def coalesce_responses() -> None:
-    """In a worker, before uvicorn starts: serve HTTP with ``CoalescingHttpProtocol``."""
-    if not allowed("uvicorn"):
+def coalesce_responses(header_timeout_s: float) -> None:
+    """In a worker, before uvicorn starts: serve HTTP with ``CoalescingHttpProtocol``, whose clients have
+    ``header_timeout_s`` for each request's headers."""
+    if not bound_header_time(header_timeout_s):
         return
     try:
         from uvicorn.config import HTTP_PROTOCOLS

@@ -3,7 +3,8 @@
 Whether each one still takes effect is tested beside what it does: the fast lane
 and its CORS (test_fastlane.py), one socket per worker (test_circus_sockets.py),
 single-write responses and the lone-request signal (test_uvicorn_writes.py,
-test_lone_request.py), many observations in one write (test_metrics.py).
+test_lone_request.py), the clock on a request's headers (test_uvicorn_headers.py),
+many observations in one write (test_metrics.py).
 """
 
 import logging

@@ -19,6 +19,7 @@ from starlette.routing import Route
 from uvicorn import config as uvicorn_config
 
 from cnnserve.serving.metrics import pass_totals
+from cnnserve.serving.patches.uvicorn_headers import HeaderClock
 from cnnserve.serving.patches.uvicorn_writes import (
     FLUSH_AT_BYTES,
     CoalescingHttpProtocol,
@@ -100,7 +101,8 @@ def test_everything_but_writing_is_the_real_transports():
 
 def test_once_installed_uvicorn_serves_http_with_the_coalescing_protocol(monkeypatch):
     monkeypatch.setitem(uvicorn_config.HTTP_PROTOCOLS, "auto", uvicorn_config.HTTP_PROTOCOLS["auto"])
-    coalesce_responses()
+    monkeypatch.setattr(HeaderClock, "header_timeout_s", HeaderClock.header_timeout_s)  # set by the install
+    coalesce_responses(10.0)
     config = uvicorn.Config(Starlette())
     config.load()
     assert config.http_protocol_class is CoalescingHttpProtocol
