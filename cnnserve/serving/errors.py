@@ -10,7 +10,6 @@ from http import HTTPStatus
 
 from ..contract.images import ImageRejected, TooManyPixels, UnsupportedFormat
 
-
 MESSAGE_LIMIT = 1000  # characters of an error message; gRPC sends it percent-encoded in a header
 
 

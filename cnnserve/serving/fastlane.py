@@ -8,8 +8,13 @@ through it, 3,365 for a hand-written FastAPI server; docs/architecture.md).
 ``FastLane`` sits in front of BentoML's app and sends the hot routes (``POST
 /predict``, ``POST /predict_batch``, ``POST /v2/models/.../infer`` and the V2
 liveness probe) straight to their handlers, behind our own body limit and API
-key check; every other path, and every route when ``fast_lane`` is off, goes
-through BentoML's stack unchanged. What BentoML promises for every route
+key check, and so the V2 routes whose path holds a model's name (metadata,
+readiness, configuration, statistics, repository load and unload): BentoML's
+HTTP metrics label each request by its raw path, so every made-up name added
+series to ``/metrics`` for good. For the same reason a path no route has, or a
+fast-lane path asked with another method, is answered here (404, 405). Every
+other path, and every route when ``fast_lane`` is off, goes through BentoML's
+stack unchanged. What BentoML promises for every route
 when it is configured applies to fast-lane routes too, through BentoML's own
 middlewares with BentoML's own options (patches/bentoml_asgi.py): an
 OpenTelemetry span per request that honours W3C ``traceparent`` when a tracing
@@ -25,16 +30,27 @@ import logging
 import re
 from dataclasses import dataclass, field
 
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
+from starlette.routing import Match, Mount
 
 from .auth import ApiKeyMiddleware, KeyCheck
 from .body_limit import BodyLimit
 from .http_common import header
 from .routes import PROTOCOL as REST_PROTOCOL
-from .routes import predict, predict_batch
+from .routes import predict, predict_batch, route_error
 from .v2.rest import PROTOCOL as V2_REST_PROTOCOL
-from .v2.rest import infer, server_live
+from .v2.rest import (
+    infer,
+    model_config,
+    model_metadata,
+    model_ready,
+    repository_load,
+    repository_unload,
+    server_live,
+    statistics,
+)
 
 log = logging.getLogger("cnnserve")
 
@@ -71,13 +87,28 @@ class FastRoutes:
                 return handler, {key: value for key, value in match.groupdict().items() if value is not None}
         return None, None
 
+    def methods_for(self, path: str) -> list[str]:
+        """The methods the fast lane answers on ``path``: a request with another gets 405 naming them."""
+        return sorted({method for method, exact in self.exact if exact == path}
+                      | {method for method, pattern, _ in self.patterns if pattern.match(path)})
 
-V2_INFER_PATH = r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$"
+
+V2_MODEL_PATH = r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"
+V2_INFER_PATH = V2_MODEL_PATH.removeprefix("^") + "/infer$"
 ROUTES = FastRoutes()
 ROUTES.add("POST", predict, path="/predict", protocol=REST_PROTOCOL)
 ROUTES.add("POST", predict_batch, path="/predict_batch", protocol=REST_PROTOCOL)
 ROUTES.add("GET", server_live, path="/v2/health/live")
 ROUTES.add("POST", infer, pattern="^" + V2_INFER_PATH, protocol=V2_REST_PROTOCOL)
+# The routes whose path holds a name the client chooses, here rather than through BentoML's stack, whose HTTP
+# metrics label each request by its raw path: 50 requests for made-up models' readiness added 2.2 MB of series to
+# /metrics, for good. (/v2/models/stats first: the model routes' pattern would take it for a model.)
+ROUTES.add("GET", statistics, path="/v2/models/stats")
+for suffix, handler in (("", model_metadata), ("/ready", model_ready), ("/config", model_config),
+                        ("/stats", statistics)):
+    ROUTES.add("GET", handler, pattern=f"{V2_MODEL_PATH}{suffix}$")
+ROUTES.add("POST", repository_load, pattern=r"^/v2/repository/models/(?P<name>[^/]+)/load$")
+ROUTES.add("POST", repository_unload, pattern=r"^/v2/repository/models/(?P<name>[^/]+)/unload$")
 
 
 class FastLane:
@@ -102,9 +133,12 @@ class FastLane:
         self.keys_needed = key_check.enabled
         self.guarded = BodyLimit(ApiKeyMiddleware(self.handle, key_check, open_paths), max_body_bytes,
                                  clock=lambda: rest_app.state.body_clock)
-        self.enter = self.checked
+        self.enter, self.refuse = self.checked, self.no_route
         for middleware, options in reversed(around):
-            self.enter = middleware(self.enter, **options)
+            self.enter, self.refuse = middleware(self.enter, **options), middleware(self.refuse, **options)
+        # Every route a request may reach past the fast lane: the service's, and BentoML's own (not the mount of
+        # the service's app at "/", which takes any path)
+        self.other_routes = [*rest_app.routes, *(r for r in getattr(app, "routes", ()) if not isinstance(r, Mount))]
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
@@ -112,7 +146,18 @@ class FastLane:
             if handler is not None:
                 scope["app"], scope["path_params"], scope["cnnserve.handler"] = self.rest_app, path_params, handler
                 return await self.enter(scope, receive, send)
+            # A path no route has, or a fast-lane one with another method, is answered here (after CORS, which
+            # answers a preflight): BentoML's HTTP metrics would keep a series for each path anyone makes up
+            if self.routes.methods_for(scope["path"]) or not any(
+                    route.matches(scope)[0] != Match.NONE for route in self.other_routes):
+                return await self.refuse(scope, receive, send)
         return await self.app(scope, receive, send)
+
+    async def no_route(self, scope, receive, send):
+        """405 naming the fast lane's methods for the path, or 404, as JSON."""
+        allowed = self.routes.methods_for(scope["path"])
+        refusal = HTTPException(405, headers={"Allow": ", ".join(allowed)}) if allowed else HTTPException(404)
+        await (await route_error(Request(scope, receive), refusal))(scope, receive, send)
 
     async def checked(self, scope, receive, send):
         if self.keys_needed or not self.declared_within_limit(scope):

@@ -298,9 +298,9 @@ async def route_error(request: Request, exc: HTTPException) -> JSONResponse:
     """A route with another method (405, with ``Allow``) or a path no route has (404): JSON like every other error,
     not Starlette's plain text. A path none of these routes matches never reaches this app (BentoML mounts it
     passively), so the worker hands BentoML's app this handler for its 404s too (app.py)."""
-    message = exc.detail
+    message, path, method = exc.detail, request.url.path[:200], request.method[:20]  # a client's, echoed: cut short
     if exc.status_code == 405:
-        message = f"{request.method} is not allowed on {request.url.path}; allowed: {exc.headers.get('Allow')}"
+        message = f"{method} is not allowed on {path}; allowed: {exc.headers.get('Allow')}"
     elif exc.status_code == 404 and message == "Not Found":  # the router's, not a handler's own 404
-        message = f"no route {request.method} {request.url.path} on this server; GET /openapi.json lists them"
+        message = f"no route {method} {path} on this server; GET /openapi.json lists them"
     return JSONResponse({"error": message, "code": exc.status_code}, status_code=exc.status_code, headers=exc.headers)

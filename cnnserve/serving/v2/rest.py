@@ -83,6 +83,8 @@ def parse_inputs(payload: dict, binary: memoryview, limits: Limits) -> list[Tens
             raise InvalidInput(f"input {name!r}: shape must be a list")
         size = parameters_of(item, f"input {name!r}").get("binary_data_size")
         if size is not None:
+            if "data" in item:  # which would it be? (gRPC refuses raw and typed contents together alike)
+                raise InvalidInput(f"input {name!r} has both data and binary_data_size: send one, not both")
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise InvalidInput(f"input {name!r}: binary_data_size must be a whole number of bytes, got {size!r}")
             if offset + size > len(binary):

@@ -149,6 +149,13 @@ def nan_images():
     return images
 
 
+def both_data_and_binary():
+    header = {"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 1, 32, 32], "data": [0.5] * 1024,
+                          "parameters": {"binary_data_size": 4096}}]}
+    text = json.dumps(header).encode()
+    return text + bytes(4096), {"Inference-Header-Content-Length": str(len(text))}
+
+
 BAD_REQUESTS = [
     ("wrong-shape", lambda: binary_request([("images", "FP32", [1, 3, 32, 32], bytes(4 * 3 * 32 * 32))]), 400,
      "shape [N, 1, 32, 32]"),
@@ -166,6 +173,7 @@ BAD_REQUESTS = [
     ("bytes-not-images", lambda: binary_request([("image_bytes", "BYTES", [1], struct.pack("<I", 4) + b"junk")]),
      415, "not a recognised image"),
     ("too-many-elements", lambda: binary_request([("images", "FP32", [100000, 1, 32, 32], b"")]), 413, "limit"),
+    ("data-and-binary", lambda: both_data_and_binary(), 400, "both data and binary_data_size"),  # data was ignored
     ("binary-data-as-text", lambda: binary_request([("images", "FP32", [1, 1, 32, 32], bytes(4096))],
                                                    outputs=[{"name": "boxes", "parameters": {"binary_data": "no"}}]),
      400, "binary_data must be true or false, got 'no'"),  # it was taken as true
