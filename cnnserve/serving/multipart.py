@@ -71,19 +71,25 @@ def parse_form(body: bytes, content_type: str, file_field: str, text_fields: set
             raise InvalidInput(f"field {part!r} must be an uploaded file, not text")
         if is_file:
             file_count += 1
+            if file_count > max_files == 1:  # a route of one image: the form is wrong, not too large
+                raise InvalidInput(f"field {part!r} takes one image; send several to POST /predict_batch")
             if file_count > max_files:
                 raise TooLarge(f"too many images in one request: the limit is {max_files}")
             form.files.setdefault(part, []).append(content)
         else:
             form.texts[part] = content.decode("utf-8", "replace")
 
+    ended = []
     parser = MultipartParser(boundary, {
         "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
         "on_header_end": on_header_end, "on_part_data": on_part_data, "on_part_end": on_part_end,
+        "on_end": lambda: ended.append(True),
     })
     try:
         parser.write(body)
         parser.finalize()
     except MultipartParseError as exc:
         raise InvalidInput(f"malformed multipart body: {exc}") from None
+    if body and not ended:  # cut short: the fields it did not reach would be reported missing
+        raise InvalidInput("malformed multipart body: it ends before its closing boundary (was it cut short?)")
     return form

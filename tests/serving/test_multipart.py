@@ -52,6 +52,12 @@ def test_more_files_than_allowed_is_too_large():
         parse_form(three, CONTENT_TYPE, FILES, TEXTS, max_files=2)
 
 
+def test_a_second_file_where_one_goes_is_a_wrong_form_not_a_large_one():
+    two = body(*(part("image", b"x", f"{i}.png") for i in range(2)))
+    with pytest.raises(InvalidInput, match="field 'image' takes one image; send several to POST /predict_batch"):
+        parse_form(two, CONTENT_TYPE, "image", TEXTS, max_files=1)
+
+
 @pytest.mark.parametrize(
     ("payload", "content_type", "phrase"),
     [
@@ -61,8 +67,11 @@ def test_more_files_than_allowed_is_too_large():
         (b"--xyz\r\nContent-Type: image/png\r\n\r\nx\r\n--xyz--\r\n", CONTENT_TYPE, 'has no "name"'),
         (b"--xyz\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(50)) + b"\r\nx\r\n--xyz--\r\n", CONTENT_TYPE,
          "header count"),
+        # it said the image field was missing
+        (body(part("model", b"lenet5-digits"), part("images", bytes(500), "a.png"))[:-60], CONTENT_TYPE,
+         "ends before its closing boundary"),
     ],
-    ids=["no-boundary", "garbage", "bad-header-line", "no-name", "too-many-headers"],
+    ids=["no-boundary", "garbage", "bad-header-line", "no-name", "too-many-headers", "cut-short"],
 )
 def test_a_malformed_body_is_invalid_input_naming_the_problem(payload, content_type, phrase):
     with pytest.raises(InvalidInput, match=phrase):
