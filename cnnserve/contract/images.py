@@ -43,7 +43,7 @@ class TooManyPixels(ImageRejected):
 Image.MAX_IMAGE_PIXELS = None  # our own limit below applies, with a clear message
 
 DEEP_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}  # one channel of more than 8 bits (16-bit PNG, TIFF)
-ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa"}
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as Pillow's convert("L")
 
 
@@ -56,10 +56,15 @@ def visible(image: Image.Image) -> Image.Image:
       the box over the whole picture). Light ink gets a black background, dark ink a white one.
     """
     if image.mode in DEEP_MODES:
-        samples = np.asarray(image, np.float32)
-        peak = float(samples.max())  # 32-bit and float files say nothing of their range: the least that holds it
-        full = 65535.0 if image.mode.startswith("I;16") else next(t for t in (1.0, 255.0, 65535.0, peak) if peak <= t)
-        return Image.fromarray(np.rint(np.clip(samples, 0, full) * (255 / full)).astype(np.uint8), "L")
+        samples = np.nan_to_num(np.asarray(image, np.float32), nan=0.0, posinf=0.0, neginf=0.0)  # one copy, in place
+        if image.mode.startswith("I;16"):
+            full = 65535.0
+        else:  # 32-bit and float files say nothing of their range: the least of these that holds it
+            peak = float(samples.max())
+            full = next((top for top in (1.0, 255.0, 65535.0) if peak <= top), peak)
+        np.clip(samples, 0, full, out=samples)
+        samples *= 255 / full
+        return Image.fromarray(np.rint(samples, out=samples).astype(np.uint8), "L")
     if image.mode not in ALPHA_MODES and "transparency" not in image.info:
         return image
     rgba = image.convert("RGBA")
@@ -68,8 +73,9 @@ def visible(image: Image.Image) -> Image.Image:
     if alpha.min() == 1:
         return rgba.convert("RGB")
     ink = float((sample[..., :3] @ LUMA * alpha).sum() / max(alpha.sum(), 1e-6))
-    paper = 255 if ink < 128 else 0
-    return Image.alpha_composite(Image.new("RGBA", rgba.size, (paper, paper, paper, 255)), rgba).convert("RGB")
+    paper = Image.new("RGB", rgba.size, (255, 255, 255) if ink < 128 else (0, 0, 0))
+    paper.paste(rgba, mask=rgba)  # over the paper by its alpha, with no RGBA copy of the page: 40 MP took 600 MB
+    return paper
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -103,6 +109,11 @@ def orientation_of(image: Image.Image) -> int:
         return 1
 
 
+def upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says, or as stored when that cannot be read."""
+    return image if orientation_of(image) == 1 else ImageOps.exif_transpose(image)
+
+
 def image_to_input(
     image: Image.Image, channels: int, height: int, width: int, policy: str = LETTERBOX, region: Region = WHOLE
 ) -> tuple[np.ndarray, Placement]:
@@ -116,8 +127,7 @@ def image_to_input(
             # Decode at a reduced scale, never below what the input (or the region's share of it) needs.
             side = int(max(height, width) / min(region[2], region[3]))
             image.draft("L" if channels == 1 else "RGB", (side, side))
-        if orientation != 1:
-            image = ImageOps.exif_transpose(image)
+        image = upright(image)
         array, where = to_model_input(visible(image), channels, width, height, policy, region)  # decodes now
     except ValueError as exc:
         if str(exc).startswith("conversion from"):  # Pillow cannot convert the mode (LAB, say): a format matter

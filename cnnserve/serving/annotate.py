@@ -8,9 +8,9 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont
 
-from ..contract.images import visible
+from ..contract.images import upright, visible
 
 BOX_COLOUR = (255, 0, 96)
 TEXT_COLOUR = (255, 255, 255)
@@ -26,11 +26,10 @@ def annotated_png(data: bytes, answer: dict, occlusion: dict | None = None) -> b
     image = Image.open(io.BytesIO(data))
     if image.format == "JPEG":
         image.draft("RGB", (DRAWN_MAX_SIDE, DRAWN_MAX_SIDE))  # a large photo decodes at a fraction of its scale
-    image = ImageOps.exif_transpose(image)
-    original = answer["image_size"]["width"]
+    image = upright(image)
     image.thumbnail((DRAWN_MAX_SIDE, DRAWN_MAX_SIDE))
     image = visible(image).convert("RGB")
-    scale = image.width / original
+    scale = (image.width / answer["image_size"]["width"], image.height / answer["image_size"]["height"])
     if occlusion is not None:
         image = blend_heat(image, occlusion, scale)
     draw_answer(image, answer, scale)
@@ -39,9 +38,9 @@ def annotated_png(data: bytes, answer: dict, occlusion: dict | None = None) -> b
     return out.getvalue()
 
 
-def blend_heat(image: Image.Image, occlusion: dict, scale: float = 1.0) -> Image.Image:
+def blend_heat(image: Image.Image, occlusion: dict, scale: tuple[float, float] = (1.0, 1.0)) -> Image.Image:
     """The map's cells (probability drops) as amber of growing opacity, placed by its geometry in the image's
-    pixels (times ``scale``, the drawing's share of them); cells over the letterbox's padding fall outside the
+    pixels (times ``scale``, the drawing's share of them across and down); cells over the letterbox's padding fall outside the
     image and are cut off before any pixel of them is made (a 40,000,000 x 1 picture's map, drawn whole over its
     padding, took 5.6 GB)."""
     grid = np.clip(np.asarray(occlusion["grid"], np.float64), 0, None)
@@ -50,8 +49,8 @@ def blend_heat(image: Image.Image, occlusion: dict, scale: float = 1.0) -> Image
     cells = np.zeros((rows, columns, 4), np.uint8)
     cells[..., :3] = HEAT_COLOUR
     cells[..., 3] = np.round(heat * HEAT_OPACITY * 255).astype(np.uint8)
-    x1, y1, _, _ = (v * scale for v in occlusion["first_cell"])
-    dx, dy = (v * scale for v in occlusion["step"])
+    x1, y1 = occlusion["first_cell"][0] * scale[0], occlusion["first_cell"][1] * scale[1]
+    dx, dy = occlusion["step"][0] * scale[0], occlusion["step"][1] * scale[1]
     # the image's own rectangle in cell units, within the grid
     seen = (max(0.0, -x1 / dx), max(0.0, -y1 / dy), min(columns, (image.width - x1) / dx),
             min(rows, (image.height - y1) / dy))
@@ -64,16 +63,16 @@ def blend_heat(image: Image.Image, occlusion: dict, scale: float = 1.0) -> Image
     return Image.alpha_composite(image.convert("RGBA"), layer).convert("RGB")
 
 
-def draw_answer(image: Image.Image, answer: dict, scale: float = 1.0) -> None:
-    """The box (the answer's pixels times ``scale``, rounded, not truncated) and a label tag above it, or inside
-    the top edge."""
+def draw_answer(image: Image.Image, answer: dict, scale: tuple[float, float] = (1.0, 1.0)) -> None:
+    """The box (the answer's pixels times ``scale`` across and down, rounded, not truncated) and a label tag above
+    it, or inside the top edge."""
     draw = ImageDraw.Draw(image)
     line = max(2, round(min(image.size) / 100))
     font = ImageFont.load_default(size=max(12, min(image.size) // 14))
     text = f"{answer['label']} {answer['probability']:.0%}"
     box = answer.get("box")
     if box:
-        corners = [round(box[k] * scale) for k in ("x1", "y1", "x2", "y2")]
+        corners = [round(box[k] * scale[i % 2]) for i, k in enumerate(("x1", "y1", "x2", "y2"))]
         draw.rectangle(corners, outline=BOX_COLOUR, width=line)
         anchor = (corners[0], corners[1])
     else:

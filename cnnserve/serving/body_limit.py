@@ -31,7 +31,8 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
-        if headers.get(b"content-encoding", b"identity").strip().lower() != b"identity":
+        if scope["method"] not in ("GET", "HEAD") and \
+                headers.get(b"content-encoding", b"identity").strip().lower() != b"identity":
             encoding = headers[b"content-encoding"].decode("latin-1")[:40]
             refusal = UnsupportedEncoding(f"Content-Encoding {encoding} is not supported: send the body uncompressed")
             return await error_response(refusal)(scope, receive, send)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -55,6 +56,9 @@ AUTO_ZERO = ("workers", "threads")  # the settings whose 0 means "chosen from th
 COUNTS = ("max_batch_size", "max_queue_images", "max_images_per_request", "max_explain_windows", "default_top_k",
           "max_image_pixels", "max_body_bytes", "max_tensor_elements", "grpc_max_message_bytes")  # each at least 1
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+# What Kubernetes (and Docker's links) put in every pod for each Service, here the one named cnnserve (or
+# cnnserve-<x>): CNNSERVE_SERVICE_HOST, CNNSERVE_PORT_3000_TCP_ADDR and the like. Refused, they stopped every pod.
+SERVICE_LINK = re.compile(rf"^{ENV_PREFIX}(\w+_)?(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_\w+)?)?)$")
 # CNNSERVE_* variables that are not settings, read elsewhere: anything else under the prefix is refused by name
 OTHER_VARIABLES = (
     f"{ENV_PREFIX}CONFIG",  # the YAML file (load_settings)
@@ -296,7 +300,7 @@ def load_settings(environ: dict[str, str] | None = None, config_file: Path | Non
         raise ValueError(f"unknown configuration key(s) in {path}: {', '.join(sorted(unknown))}")
     variables = {ENV_PREFIX + name.upper(): name for name in known}
     if strays := sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in variables
-                        and k not in OTHER_VARIABLES):
+                        and k not in OTHER_VARIABLES and not SERVICE_LINK.match(k)):
         close = {k: difflib.get_close_matches(k, [*variables, *OTHER_VARIABLES], n=1) for k in strays}
         raise ValueError("unknown setting variable(s): " + ", ".join(
             k + (f" (did you mean {close[k][0]}?)" if close[k] else "") for k in strays)

@@ -31,10 +31,12 @@ from .postprocess import ordered_corners
 from .refine import needs_zoom, zoom_region
 from .repository import ModelVersion, Repository
 
-# Images of more pixels in all, as their headers declare, decode on a thread: PNG and WebP cost 10-18 ms a
-# megapixel here, so a request under this holds the event loop about a millisecond. By bytes (256 KB, before) a
-# 1.6 KB flat WebP of 40 megapixels decoded on the loop, and 64 of them held every request of the worker for 30 s.
+# A request decodes on the event loop only when its images are few pixels in all, as their headers declare, and
+# few bytes: PNG and WebP cost 10-18 ms a megapixel here, so that holds the loop about a millisecond. By bytes
+# alone a 1.6 KB flat WebP of 40 megapixels decoded on the loop (64 of them held every request of the worker for
+# 30 s); by pixels alone, a small progressive JPEG of many scans could.
 INLINE_DECODE_PIXELS = 256 * 256
+INLINE_DECODE_BYTES = 256 * 1024
 
 Compute = Callable[[ModelVersion, np.ndarray, float], Awaitable["TensorResult"]]
 Payload = list[bytes] | np.ndarray  # image files, or the model's input tensor [N, C, H, W]
@@ -231,10 +233,12 @@ class InferenceCore:
     async def decode(
         self, model: ModelVersion, files: list[bytes], regions: list[Region] | None = None
     ) -> tuple[np.ndarray, list[Placement]]:
-        """Decode on the event loop when the headers declare few pixels, else in a worker thread; timed."""
+        """Decode on the event loop when the images are small (``INLINE_DECODE_PIXELS``), else in a worker thread;
+        timed."""
         began = time.perf_counter()
         images = self.opened(files)
-        if sum(image.width * image.height for image in images) > INLINE_DECODE_PIXELS:
+        if (sum(image.width * image.height for image in images) > INLINE_DECODE_PIXELS
+                or sum(map(len, files)) > INLINE_DECODE_BYTES):
             decoded = await asyncio.to_thread(self.decode_all, model, images, regions)
         else:
             decoded = self.decode_all(model, images, regions)

@@ -10,7 +10,7 @@ from http import HTTPStatus
 
 from ..contract.images import ImageRejected, TooManyPixels, UnsupportedFormat
 
-MESSAGE_LIMIT = 1000  # characters of an error message; gRPC sends it percent-encoded in a header
+MESSAGE_LIMIT = 1000  # UTF-8 bytes of an error message; gRPC sends it percent-encoded in a header (8 KiB at most)
 
 
 class ServiceError(Exception):
@@ -22,8 +22,8 @@ class ServiceError(Exception):
     retry_after: int | None = None  # seconds, sent as Retry-After when set
 
     def __init__(self, message: str):
-        if len(message) > MESSAGE_LIMIT:  # a client's 10 KB model name, echoed, passed gRPC's 8 KiB metadata limit
-            message = message[: MESSAGE_LIMIT - 1] + "…"
+        if len(encoded := message.encode()) > MESSAGE_LIMIT:  # a client's 10 KB model name, echoed, passed gRPC's
+            message = encoded[: MESSAGE_LIMIT - 3].decode(errors="ignore") + "…"  # 8 KiB metadata limit
         super().__init__(message)
         self.message = message
 

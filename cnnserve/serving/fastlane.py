@@ -18,8 +18,9 @@ stack unchanged. What BentoML promises for every route
 when it is configured applies to fast-lane routes too, through BentoML's own
 middlewares with BentoML's own options (patches/bentoml_asgi.py): an
 OpenTelemetry span per request that honours W3C ``traceparent`` when a tracing
-exporter is set, the access log when it is on, and CORS (preflight requests
-are OPTIONS and go to BentoML). cnnserve's own metrics (``cnnserve_*``) count
+exporter is set, the access log when it is on, and CORS (a preflight, an
+OPTIONS request, is answered by the CORS middleware in front of a fast-lane
+path, by BentoML's elsewhere). cnnserve's own metrics (``cnnserve_*``) count
 every request either way; BentoML's ``bentoml_service_*`` HTTP metrics do not
 see fast-lane requests.
 """
@@ -78,7 +79,9 @@ class FastRoutes:
             self.protocols[handler] = protocol
 
     def find(self, method: str, path: str):
-        """The handler and path parameters of a fast-lane route, or (None, None)."""
+        """The handler and path parameters of a fast-lane route, or (None, None). HEAD is served as GET (uvicorn
+        sends no body), as Starlette's routes do."""
+        method = "GET" if method == "HEAD" else method
         handler = self.exact.get((method, path))
         if handler is not None:
             return handler, {}
@@ -89,8 +92,9 @@ class FastRoutes:
 
     def methods_for(self, path: str) -> list[str]:
         """The methods the fast lane answers on ``path``: a request with another gets 405 naming them."""
-        return sorted({method for method, exact in self.exact if exact == path}
-                      | {method for method, pattern, _ in self.patterns if pattern.match(path)})
+        methods = {method for method, exact in self.exact if exact == path} | {
+            method for method, pattern, _ in self.patterns if pattern.match(path)}
+        return sorted(methods | ({"HEAD"} if "GET" in methods else set()))
 
 
 V2_MODEL_PATH = r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"
@@ -133,7 +137,8 @@ class FastLane:
         self.keys_needed = key_check.enabled
         self.guarded = BodyLimit(ApiKeyMiddleware(self.handle, key_check, open_paths), max_body_bytes,
                                  clock=lambda: rest_app.state.body_clock)
-        self.enter, self.refuse = self.checked, self.no_route
+        # with keys, a path no route has is answered 401 without one, as before: unknown callers learn no paths
+        self.enter, self.refuse = self.checked, ApiKeyMiddleware(self.no_route, key_check, open_paths)
         for middleware, options in reversed(around):
             self.enter, self.refuse = middleware(self.enter, **options), middleware(self.refuse, **options)
         # Every route a request may reach past the fast lane: the service's, and BentoML's own (not the mount of

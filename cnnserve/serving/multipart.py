@@ -72,7 +72,7 @@ def parse_form(body: bytes, content_type: str, file_field: str, text_fields: set
         if is_file:
             file_count += 1
             if file_count > max_files == 1:  # a route of one image: the form is wrong, not too large
-                raise InvalidInput(f"field {part!r} takes one image; send several to POST /predict_batch")
+                raise InvalidInput(f"field {part!r} takes one image")
             if file_count > max_files:
                 raise TooLarge(f"too many images in one request: the limit is {max_files}")
             form.files.setdefault(part, []).append(content)

@@ -186,9 +186,8 @@ async def explain_route(request: Request) -> tuple[dict, bytes]:
 
     def read(model: ModelVersion) -> list[bytes]:
         _, height, width = model.input_shape
-        window, stride = default_window(min(height, width))
         asked_window, asked_stride = integer_field(merged, "window"), integer_field(merged, "stride")
-        window = window if asked_window is None else asked_window
+        window = default_window(min(height, width)) if asked_window is None else asked_window
         stride = window if asked_stride is None else asked_stride  # by default the window's own: tiles
         if not 1 <= window <= min(height, width) or not 1 <= stride <= window:  # wider strides leave pixels unseen
             raise InvalidInput(f"window must be 1 to {min(height, width)} pixels of {model.name}'s input and stride 1 "

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import torch
 
-from cnnserve.contract.card import CARD_FILE, MODEL_FILE
-
+from ..contract.card import CARD_FILE, MODEL_FILE
 from ..machine import available_cores
 from .architectures import list_models
 from .card import write_card

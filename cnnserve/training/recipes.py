@@ -1,7 +1,7 @@
 """The settings that produce each committed model, as data.
 
-``python -m cnnserve.training train --recipe NAME`` trains, exports and writes the card
-for one of them; ``make models`` runs all three. Any flag given on the command
+``python -m cnnserve.training train --recipe NAME --overwrite`` trains, exports and writes
+the card for one of them, over the committed version; ``make models`` runs all three. Any flag given on the command
 line overrides the recipe's value, and the card records the resolved settings.
 """
 

@@ -145,3 +145,12 @@ def test_unreadable_exif_metadata_leaves_the_picture_as_stored(fmt):
     array, where = decode_image(encode(gradient(), fmt, exif=garbage), 1, 30, 40, LIMIT)
     expected, _ = decode_image(encode(gradient(), fmt), 1, 30, 40, LIMIT)
     assert where.source == (40, 30) and np.abs(array - expected).max() <= 2 / 255
+
+
+def test_a_float_picture_holding_nan_or_infinity_reads_as_its_finite_pixels():
+    """NaN made the range search raise StopIteration: a 500, or off the event loop a request that never ended."""
+    samples = np.asarray(gradient().convert("L"), np.float32) / 255
+    samples[3:6, 4:9] = np.nan
+    samples[10, 10] = np.inf
+    array, _ = decode_image(encode(Image.fromarray(samples, "F"), "TIFF"), 1, 30, 40, LIMIT)
+    assert np.isfinite(array).all() and array.max() > 0.9

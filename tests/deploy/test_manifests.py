@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cnnserve.serving.config import Settings
+from cnnserve.serving.config import Settings, load_settings
 from loadtests.local_server import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy"
@@ -68,9 +68,35 @@ def test_pods_are_probed_secured_and_sized(overlay):
     assert workers * threads <= int(cpus), f"{workers} workers x {threads} threads oversubscribe {cpus} CPUs"
     ports = {p["name"] for p in documents["Service"]["spec"]["ports"]}
     assert ports == {"http", "grpc"}
+    assert container["startupProbe"]["httpGet"]["path"] == "/livez"  # unready, not restarted, when no model serves
+
     if overlay.name == "gpu":
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
         mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
         volumes = {v["name"]: v for v in pod["volumes"]}
         cache = volumes[mounts[env["CNNSERVE_TENSORRT_CACHE_DIR"]]]  # TensorRT's engines outlive the pod
         assert cache["persistentVolumeClaim"]["claimName"] == documents["PersistentVolumeClaim"]["metadata"]["name"]
+
+
+def service_links(service: dict) -> dict[str, str]:
+    """The variables Kubernetes puts in every pod of the namespace for ``service`` (enableServiceLinks)."""
+    name, host = service["metadata"]["name"].upper().replace("-", "_"), "10.0.0.7"
+    ports = service["spec"]["ports"]
+    links = {f"{name}_SERVICE_HOST": host, f"{name}_SERVICE_PORT": str(ports[0]["port"]),
+             f"{name}_PORT": f"tcp://{host}:{ports[0]['port']}"}
+    for port in ports:
+        number, prefix = port["port"], f"{name}_PORT_{port['port']}_TCP"
+        links |= {f"{name}_SERVICE_PORT_{port['name'].upper()}": str(number), prefix: f"tcp://{host}:{number}",
+                  f"{prefix}_PROTO": "tcp", f"{prefix}_PORT": str(number), f"{prefix}_ADDR": host}
+    return links
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_the_server_takes_the_environment_its_pod_gets(overlay):
+    """The pod's own variables and those Kubernetes adds for the cnnserve Service (CNNSERVE_SERVICE_HOST, ...):
+    the server refuses a CNNSERVE_* variable that is no setting, and so once refused to start in every pod."""
+    documents = {doc["kind"]: doc for doc in render(overlay)}
+    container = documents["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    environment = {e["name"]: e["value"] for e in container["env"]} | service_links(documents["Service"])
+    assert "CNNSERVE_SERVICE_HOST" in environment
+    load_settings(environ={**environment, "CNNSERVE_CONFIG": "/dev/null"})

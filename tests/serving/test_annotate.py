@@ -105,3 +105,24 @@ def test_a_picture_larger_than_the_drawing_has_its_box_drawn_where_the_answer_sa
     on_edge = [tuple(pixels[min(y, pixels.shape[0] - 1), min(x, pixels.shape[1] - 1)]) == BOX_COLOUR
                for x, y in edge_points(scaled)]
     assert np.mean(on_edge) >= 0.95
+
+
+def test_a_tall_picture_and_one_with_unreadable_exif_are_drawn_where_the_answer_says(server):
+    """A picture scaled down its long side keeps its box on the digit (each axis by its own ratio: a picture one
+    pixel wide keeps its width, so one ratio for both put the box elsewhere); and a PNG whose EXIF cannot be read,
+    which the answer reads as stored, is drawn as stored (turning it by its EXIF unguarded was a 500)."""
+    file = condition_files(CONDITIONS_BY_NAME["square"], count=1)[0]
+    square = Image.open(io.BytesIO(file.data)).convert("RGB")
+    tall = Image.new("RGB", (square.width, square.width * 12), tuple(square.getpixel((0, 0))))
+    tall.paste(square, (0, 0))
+    tall = tall.resize((400, 4800))  # 1:12, drawn 2048 down and 171 across
+    assert tall.height > DRAWN_MAX_SIDE
+    for image, exif in [(tall, None), (square, b"Exif\x00\x00XX\x00*\x00\x00\x00\x08" + bytes(40))]:
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG", **({"exif": exif} if exif else {}))
+        answer, pixels = drawn(server, "/predict", {"image": ("p.png", buffer.getvalue())})
+        scale = (pixels.shape[1] / image.width, pixels.shape[0] / image.height)
+        scaled = {k: v * scale[i % 2] for i, (k, v) in enumerate(answer["box"].items())}
+        on_edge = [tuple(pixels[min(y, pixels.shape[0] - 1), min(x, pixels.shape[1] - 1)]) == BOX_COLOUR
+                   for x, y in edge_points(scaled)]
+        assert np.mean(on_edge) >= 0.9, (image.size, np.mean(on_edge))

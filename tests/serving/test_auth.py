@@ -60,6 +60,9 @@ def test_rest_and_v2_refuse_without_a_valid_key(secured, headers):
     infer = secured.client.post("/v2/models/lenet5-digits/infer", json={"inputs": []}, headers=headers)
     assert infer.status_code == 401
     assert secured.client.get("/models", headers=headers).status_code == 401
+    for method, path in [("GET", "/v2/models/lenet5-digits/ready"), ("GET", "/no-such-path"),
+                         ("DELETE", "/v2/models/lenet5-digits/stats")]:  # a caller without a key learns no path
+        assert secured.client.request(method, path, headers=headers).status_code == 401, (method, path)
     after = secured.metrics()
 
     def requests(**labels) -> float:

@@ -193,3 +193,14 @@ def test_a_misspelt_variable_is_refused_with_the_closest_setting():
     others = ["CNNSERVE_WORKER_LISTEN", "CNNSERVE_CLIENT_API_KEY", "CNNSERVE_BASELINE_MODEL",
               "CNNSERVE_BASELINE_THREADS", "CNNSERVE_COMMIT", "CNNSERVE_PAGE_SCREENSHOT"]
     assert load_settings(environ={**dict.fromkeys(others, "x"), **NO_FILE}) == Settings()
+
+
+def test_the_variables_kubernetes_puts_in_a_pod_for_a_service_named_cnnserve_are_let_through():
+    """Every pod of a namespace with a Service named cnnserve gets these (enableServiceLinks, on by default)."""
+    links = {"CNNSERVE_SERVICE_HOST": "10.0.0.7", "CNNSERVE_SERVICE_PORT": "3000", "CNNSERVE_SERVICE_PORT_HTTP": "3000",
+             "CNNSERVE_PORT": "tcp://10.0.0.7:3000", "CNNSERVE_PORT_3000_TCP": "tcp://10.0.0.7:3000",
+             "CNNSERVE_PORT_3000_TCP_PROTO": "tcp", "CNNSERVE_PORT_3000_TCP_PORT": "3000",
+             "CNNSERVE_PORT_3000_TCP_ADDR": "10.0.0.7", "CNNSERVE_GPU_SERVICE_HOST": "10.0.0.8",
+             "CNNSERVE_GPU_PORT_3001_TCP": "tcp://10.0.0.8:3001"}
+    assert load_settings(environ={**links, **NO_FILE}) == Settings()
+    assert load_settings(environ={"CNNSERVE_GRPC_PORT": "4001", **NO_FILE}).grpc_port == 4001  # a setting still

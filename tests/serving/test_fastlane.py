@@ -73,6 +73,8 @@ def test_paths_a_client_makes_up_add_no_metric_series(server):
     metrics = server.metrics()
     assert "made-up-" not in metrics and len(metrics) < before + 5000
     assert httpx.get(f"{server.url}/v2/models/lenet5-digits/ready", timeout=30).status_code == 200
+    for path in ("/v2/health/live", "/v2/models/lenet5-digits/ready"):  # HEAD as GET, as Starlette's routes
+        assert httpx.head(f"{server.url}{path}", timeout=30).status_code == 200, path
 
 
 def test_fast_lane_predictions_skip_bentoml_middlewares_but_not_our_limits(server, digit_png):

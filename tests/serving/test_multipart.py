@@ -54,7 +54,7 @@ def test_more_files_than_allowed_is_too_large():
 
 def test_a_second_file_where_one_goes_is_a_wrong_form_not_a_large_one():
     two = body(*(part("image", b"x", f"{i}.png") for i in range(2)))
-    with pytest.raises(InvalidInput, match="field 'image' takes one image; send several to POST /predict_batch"):
+    with pytest.raises(InvalidInput, match="field 'image' takes one image"):
         parse_form(two, CONTENT_TYPE, "image", TEXTS, max_files=1)
 
 

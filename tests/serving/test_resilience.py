@@ -6,8 +6,8 @@ service accepted; a worker that dies or stops is replaced."""
 from __future__ import annotations
 
 import asyncio
-import io
 import contextlib
+import io
 import os
 import signal
 import socket

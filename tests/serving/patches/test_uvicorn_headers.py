@@ -156,8 +156,8 @@ def test_a_kept_alive_client_that_idles_less_than_the_timeout_is_served_and_then
     assert TIMEOUT - 0.05 <= seconds < TIMEOUT + 1.0
 
 
-# The clock over each of uvicorn's HTTP/1.1 protocols (without httptools, as in the container built from
-# deploy/requirements.txt, uvicorn's default is h11's), and the protocol the workers serve with.
+# The clock over each of uvicorn's HTTP/1.1 protocols (without httptools installed, uvicorn's default is h11's),
+# and the protocol the workers serve with.
 H11Clock = type("H11Clock", (HeaderClock, H11Protocol), {})
 HttptoolsClock = type("HttptoolsClock", (HeaderClock, HttpToolsProtocol), {})
 PROTOCOLS = [H11Clock, HttptoolsClock, CoalescingHttpProtocol]
