@@ -1,13 +1,18 @@
 """What the serving tests share: a PNG encoder, a reader of Prometheus' text format, V2 request builders
-(JSON for REST, protobuf for gRPC), where an answer's box edges lie, and the folder a server's workers share."""
+(JSON for REST, protobuf for gRPC), where an answer's box edges lie, the folder a server's workers share, and
+LeNet-5s rewired to misbehave."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import psutil
 from PIL import Image
 from prometheus_client import CollectorRegistry
@@ -15,6 +20,8 @@ from prometheus_client import CollectorRegistry
 from cnnserve.serving.control import server_folder
 from cnnserve.serving.v2 import inference_pb2 as pb
 from loadtests.predict_bench import metric_total  # noqa: F401  (the serving tests read metrics with it)
+from tests.committed import VERSIONS
+from tests.conftest import MODELS_DIR
 
 
 def png(image: Image.Image) -> bytes:
@@ -83,3 +90,24 @@ def shared_folder_holding(server, models_dir: Path, names: set[str], seconds: fl
         assert time.monotonic() < deadline, f"{folder} does not hold {sorted(names)} after {seconds} s"
         time.sleep(0.1)
     return folder
+
+
+def lenet5_rewired(root: Path, name: str, rewire, **card) -> Path:
+    """A repository under ``root`` holding ``name``/1: the committed LeNet-5 whose ONNX graph ``rewire`` edits in
+    place (its ``probabilities`` output renamed ``unchecked`` for the edit to build on), with a card of its own
+    (``card``: fields that change) whose sha256 matches; ``root``, to serve."""
+    source = MODELS_DIR / "lenet5-digits" / str(VERSIONS["lenet5-digits"])
+    folder = root / name / "1"
+    folder.mkdir(parents=True)
+    model = onnx.load(source / "model.onnx")
+    for node in model.graph.node:
+        node.output[:] = ["unchecked" if output == "probabilities" else output for output in node.output]
+    rewire(model.graph)
+    onnx.save(model, folder / "model.onnx")
+    committed = json.loads((source / "card.json").read_text())
+    data = (folder / "model.onnx").read_bytes()
+    fp32 = {**committed["files"]["fp32"], "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (folder / "card.json").write_text(json.dumps({**committed, "name": name, "version": 1, "files": {"fp32": fp32},
+                                                  **card}))
+    shutil.copy(source / "training.png", folder)
+    return root

@@ -2,37 +2,24 @@
 on gets a 500 (gRPC: INTERNAL) naming the model and ONNX Runtime's reason, the requests batched with it are
 answered, and the worker serves on."""
 
-import hashlib
-import json
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from cnnserve.serving.v2 import inference_pb2_grpc as pb_grpc
 from loadtests.local_server import running_server
-from tests.committed import VERSIONS
-from tests.conftest import MODELS_DIR
-from tests.serving.helpers import grpc_request, v2_json
+from tests.serving.helpers import grpc_request, lenet5_rewired, v2_json
 
 REFUSED_ABOVE = 1.0  # the model fails on any image whose brightest pixel is 2 or more
 REASON = "indices element out of data bounds"  # what ONNX Runtime's Gather says then
 
 
-def lenet5_that_fails_on_bright_pixels(root):
-    """The committed LeNet-5 with a Gather that indexes a two-element table by the image's brightest pixel: zero,
-    added to the probabilities, for pixels in [0, 2); ONNX Runtime refuses the index for brighter ones."""
-    source = MODELS_DIR / "lenet5-digits" / str(VERSIONS["lenet5-digits"])
-    folder = root / "fragile" / "1"
-    folder.mkdir(parents=True)
-    model = onnx.load(source / "model.onnx")
-    graph = model.graph
-    for node in graph.node:
-        node.output[:] = ["unchecked" if name == "probabilities" else name for name in node.output]
+def fails_on_bright_pixels(graph) -> None:
+    """A Gather that indexes a two-element table by the image's brightest pixel: zero, added to the probabilities,
+    for pixels in [0, 2); ONNX Runtime refuses the index for brighter ones."""
     graph.initializer.append(numpy_helper.from_array(np.zeros(2, np.float32), "table"))
     graph.node.extend([
         helper.make_node("ReduceMax", ["images"], ["brightest"], keepdims=0),
@@ -40,18 +27,11 @@ def lenet5_that_fails_on_bright_pixels(root):
         helper.make_node("Gather", ["table", "index"], ["nothing"]),
         helper.make_node("Add", ["unchecked", "nothing"], ["probabilities"]),
     ])
-    onnx.save(model, folder / "model.onnx")
-    card = json.loads((source / "card.json").read_text())
-    data = (folder / "model.onnx").read_bytes()
-    fp32 = {**card["files"]["fp32"], "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    (folder / "card.json").write_text(json.dumps({**card, "name": "fragile", "version": 1, "files": {"fp32": fp32}}))
-    shutil.copy(source / "training.png", folder)
-    return root
 
 
 @pytest.fixture(scope="module")
 def fragile(tmp_path_factory):
-    models = lenet5_that_fails_on_bright_pixels(tmp_path_factory.mktemp("repo"))
+    models = lenet5_rewired(tmp_path_factory.mktemp("repo"), "fragile", fails_on_bright_pixels)
     with running_server(tmp_path_factory.mktemp("server"), models_dir=models, workers=1, precision="fp32") as server:
         yield server
 

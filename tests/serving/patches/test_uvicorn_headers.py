@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -31,8 +30,9 @@ from cnnserve.serving.patches.uvicorn_headers import (
     bound_header_time,
 )
 from cnnserve.serving.patches.uvicorn_writes import CoalescingHttpProtocol, coalesce_responses
-from loadtests.local_server import free_port, running_server
+from loadtests.local_server import running_server
 from tests.serving.helpers import GOOD
+from tests.serving.patches.uvicorn_server import serving
 
 TIMEOUT = 1.0  # the real server's header_timeout_s
 LIVE = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -167,24 +167,6 @@ PROTOCOLS = [H11Clock, HttptoolsClock, CoalescingHttpProtocol]
 def short_clock(monkeypatch):
     monkeypatch.setattr(HeaderClock, "header_timeout_s", 0.5)
     return 0.5
-
-
-@contextlib.contextmanager
-def serving(app, protocol=CoalescingHttpProtocol):
-    """A real uvicorn on 127.0.0.1 over ``protocol``, in a thread; yields its port."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=protocol, log_level="warning",
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

@@ -4,10 +4,8 @@ and a lone request's response, which leaves as soon as it is complete; a real
 uvicorn server over the coalescing protocol answers intact."""
 
 import asyncio
-import contextlib
 import socket
 import threading
-import time
 
 import httpx
 import pytest
@@ -26,7 +24,7 @@ from cnnserve.serving.patches.uvicorn_writes import (
     CoalescingTransport,
     coalesce_responses,
 )
-from loadtests.local_server import free_port
+from tests.serving.patches.uvicorn_server import serving
 
 
 class SocketStandIn:
@@ -106,24 +104,6 @@ def test_once_installed_uvicorn_serves_http_with_the_coalescing_protocol(monkeyp
     config = uvicorn.Config(Starlette())
     config.load()
     assert config.http_protocol_class is CoalescingHttpProtocol
-
-
-@contextlib.contextmanager
-def serving(app):
-    """A real uvicorn on 127.0.0.1 over the coalescing protocol, in a thread; yields its port."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=CoalescingHttpProtocol,
-                                           log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture
