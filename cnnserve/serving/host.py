@@ -155,6 +155,7 @@ class ModelHost:
                 totals.inc(child(self.metrics.forwarded_batches, *labels, runner.handed))
                 if runner.handed == "owner":  # its batch metrics are the owner's, who computed it
                     return
+            child(self.metrics.last_inference, *labels).set(time.time())
             totals.observe(child(self.metrics.batch_size, *labels), images)
             totals.observe(child(self.metrics.compute_duration, *labels), seconds)
             totals.inc(child(self.metrics.batches_by_size, *labels, str(images)))

@@ -166,6 +166,10 @@ class ModelMetrics:
         # device's batches ("owner"), or this worker because the owner could not take them ("this_worker").
         self.forwarded_batches = Counter("cnnserve_forwarded_batches", "Batches handed to the worker that owns the "
                                          "device's batches, by who computed them", [*MODEL_LABELS, "computed_by"])
+        # Triton's statistics give each model version's last inference; the latest of any worker, live or not.
+        self.last_inference = Gauge("cnnserve_last_inference_timestamp_seconds",
+                                    "When the model version last computed a batch (Unix time)", MODEL_LABELS,
+                                    multiprocess_mode="max")
         self.model_precision = Gauge(
             "cnnserve_model_precision",
             "1 for the precision variant each live inference worker serves the model version with",

@@ -60,7 +60,7 @@ def version_statistics(totals: dict, name: str, version: str) -> dict:
     return {
         "name": name,
         "version": version,
-        "last_inference": 0,
+        "last_inference": int(total("cnnserve_last_inference_timestamp_seconds") * 1000),  # ms since the epoch
         "inference_count": int(total("cnnserve_batch_size_images_sum")),
         "execution_count": int(total("cnnserve_batch_size_images_count")),
         "inference_stats": {

@@ -4,6 +4,7 @@ image bytes, selected outputs, and a 4xx naming the problem for bad requests."""
 
 import json
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from cnnserve.contract.images import decode_image
 from loadtests.digit_images import digit_files
 from tests.committed import VERSIONS
-from tests.serving.helpers import metric_total, v2_json
+from tests.serving.helpers import metric_total, v2_grey, v2_json
 
 MODEL = "lenet5-digits"
 VERSION = VERSIONS[MODEL]
@@ -58,6 +59,10 @@ def test_server_metadata_advertises_the_extensions(server):
 
 
 def test_statistics_are_kept_per_model_version_and_unknown_models_are_named(server):
+    before = time.time() * 1000
+    assert server.client.post(f"/v2/models/{MODEL}/infer", json=v2_grey([1, 1, 32, 32])).status_code == 200
+    (latest,) = server.client.get(f"/v2/models/{MODEL}/versions/{VERSION}/stats").json()["model_stats"]
+    assert before - 1 <= latest["last_inference"] <= time.time() * 1000 + 1  # Triton's: ms since the epoch (was 0)
     everything = server.client.get("/v2/models/stats").json()["model_stats"]
     assert {(m["name"], m["version"]) for m in everything} >= {(MODEL, str(VERSION))}
     (one,) = server.client.get(f"/v2/models/{MODEL}/versions/{VERSION}/stats").json()["model_stats"]
