@@ -112,19 +112,24 @@ class ApiKeyMiddleware:
         self.open_paths = set(open_paths)
 
     async def __call__(self, scope, receive, send):
+        refusal = self.refusal(scope)
+        return await (refusal or self.app)(scope, receive, send)
+
+    def refusal(self, scope) -> JSONResponse | None:
+        """The 401 or 403 this request gets, or None when it may pass."""
         if scope["type"] != "http" or not self.check.enabled or scope["path"] in self.open_paths:
-            return await self.app(scope, receive, send)
+            return None
         headers = dict(scope["headers"])
         if scope["method"] == "OPTIONS" and b"origin" in headers and b"access-control-request-method" in headers:
             # A browser's CORS preflight never carries credentials (Fetch standard), so it cannot carry a key: the
             # CORS middleware answers it (or, unconfigured, the route's 405), and no handler runs.
-            return await self.app(scope, receive, send)
+            return None
         authorization = headers.get(b"authorization", b"").decode("latin-1")
         if not self.check.allows(authorization):
-            return await unauthorized()(scope, receive, send)
+            return unauthorized()
         if ADMIN_PATH.match(scope["path"]) and not self.check.admitted(authorization, f"POST {scope['path']}"):
-            return await JSONResponse({"error": ADMIN_ONLY, "code": 403}, status_code=403)(scope, receive, send)
-        return await self.app(scope, receive, send)
+            return JSONResponse({"error": ADMIN_ONLY, "code": 403}, status_code=403)
+        return None
 
 
 class GrpcKeyInterceptor(grpc.aio.ServerInterceptor):

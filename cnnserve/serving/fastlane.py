@@ -137,8 +137,11 @@ class FastLane:
         self.keys_needed = key_check.enabled
         self.guarded = BodyLimit(ApiKeyMiddleware(self.handle, key_check, open_paths), max_body_bytes,
                                  clock=lambda: rest_app.state.body_clock)
-        # with keys, a path no route has is answered 401 without one, as before: unknown callers learn no paths
-        self.enter, self.refuse = self.checked, ApiKeyMiddleware(self.no_route, key_check, open_paths)
+        # With keys, a request without one is refused here too when it would go to BentoML's stack, so the promised
+        # middlewares (CORS) see the 401: BentoML's own runs inside the key check, and a browser could not read it.
+        # A path no route has is answered 401 without a key, as before: unknown callers learn no paths.
+        self.keys = ApiKeyMiddleware(self.no_route, key_check, open_paths)
+        self.enter, self.refuse = self.checked, self.keys
         for middleware, options in reversed(around):
             self.enter, self.refuse = middleware(self.enter, **options), middleware(self.refuse, **options)
         # Every route a request may reach past the fast lane: the service's, and BentoML's own (not the mount of
@@ -153,7 +156,7 @@ class FastLane:
                 return await self.enter(scope, receive, send)
             # A path no route has, or a fast-lane one with another method, is answered here (after CORS, which
             # answers a preflight): BentoML's HTTP metrics would keep a series for each path anyone makes up
-            if self.routes.methods_for(scope["path"]) or not any(
+            if self.routes.methods_for(scope["path"]) or self.keys.refusal(scope) or not any(
                     route.matches(scope)[0] != Match.NONE for route in self.other_routes):
                 return await self.refuse(scope, receive, send)
         return await self.app(scope, receive, send)

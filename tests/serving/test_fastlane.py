@@ -146,6 +146,11 @@ def test_cors_configured_in_bentoml_applies_to_the_fast_lane_routes(tmp_path, mo
             assert "access-control-allow-origin" not in answer.headers, name
         assert client.post("/predict", files={"image": ("d.png", file.data)},
                            data={"model": "lenet5-digits"}).status_code == 200  # no Origin: not a CORS request
+        if key:  # a refusal a browser can read: it carries CORS headers too, on either side of the fast lane
+            for path in ("/models", "/v2/models/lenet5-digits/ready"):
+                refused = httpx.get(f"{server.url}{path}", headers={"Origin": ALLOWED_ORIGIN})
+                assert refused.status_code == 401, path
+                assert refused.headers.get("access-control-allow-origin") == ALLOWED_ORIGIN, path
 
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
