@@ -88,7 +88,8 @@ class CnnServe:
 
 key_check = make_key_check(settings)
 CnnServe.add_asgi_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-CnnServe.add_asgi_middleware(ApiKeyMiddleware, check=key_check, open_paths=settings.auth_open_paths + PAGE_PATHS)
+open_paths = settings.auth_open_paths + PAGE_PATHS  # the page's files hold no secret and ask for the key
+CnnServe.add_asgi_middleware(ApiKeyMiddleware, check=key_check, open_paths=open_paths)
 
 
 def worker_app(app):
@@ -106,7 +107,7 @@ def worker_app(app):
                  "tasks through the coalescing protocol)")
     if not settings.fast_lane:
         return app
-    return FastLane(app, rest_app, settings.max_body_bytes, key_check, settings.auth_open_paths,
+    return FastLane(app, rest_app, settings.max_body_bytes, key_check, open_paths,
                     around=promised_middlewares())
 
 
