@@ -15,7 +15,8 @@ ERROR = {
 MODEL_FIELDS = {
     "model": {"type": "string", "description": "model name; default: the first served model"},
     "version": {"type": "integer", "minimum": 1, "description": "model version; default: the highest"},
-    "top_k": {"type": "integer", "minimum": 1, "description": "labels in top_k; default 5"},
+    "top_k": {"type": "integer", "minimum": 1,
+              "description": "labels in top_k; default 5, or every label of a model that has fewer"},
 }
 NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}

@@ -179,7 +179,8 @@ async def explain_route(request: Request) -> tuple[dict, bytes]:
     core = request.app.state.core
     with core.refusals(EXPLAIN):
         files, options = await read_files(request, "image", 1, EXPLAIN_OPTIONS)
-        merged = {**options, **{k: v for k, v in request.query_params.items() if k in {"version", *EXPLAIN_OPTIONS}}}
+        merged = {**options, **{k: v for k, v in request.query_params.items()
+                                if k in {"version", "top_k", *EXPLAIN_OPTIONS}}}
         name = request.query_params.get("model") or options.get("model") or None
         version, timeout = integer_field(merged, "version"), timeout_ms(request.scope)
     plan: dict = {}
@@ -205,7 +206,8 @@ async def explain_route(request: Request) -> tuple[dict, bytes]:
         target = merged.get("target")
         if target is not None and target not in model.labels:
             raise InvalidInput(f"target must be one of {model.name}'s labels ({', '.join(model.labels)}), got {target!r}")
-        plan.update(window=window, stride=stride, corners=corners, target=target)
+        top_k = core.check_top_k(model, integer_field(merged, "top_k"))  # as /predict's (it was ignored)
+        plan.update(window=window, stride=stride, corners=corners, target=target, top_k=top_k)
         return files
 
     async def compute(model: ModelVersion, images, deadline: float) -> TensorResult:
@@ -221,7 +223,7 @@ async def explain_route(request: Request) -> tuple[dict, bytes]:
     result = await core.infer(EXPLAIN, name, version, timeout, read, compute)
     model, placement = result.model, result.placements[0]
     answer = describe(result.probabilities[0], None if result.boxes is None else result.boxes[0], model.labels,
-                      core.settings.default_top_k, placement.source)
+                      plan["top_k"], placement.source)
     target = model.labels.index(plan["target"]) if plan["target"] is not None else answer["class_index"]
     _, height, width = model.input_shape
     occlusion = {

@@ -36,6 +36,7 @@ def test_an_explanation_answers_like_predict_and_maps_every_window(server):
     assert other["occlusion"]["target"] == "3" and np.array(other["occlusion"]["grid"]).shape == (2, 2)
     tiles = explain(server, data, "lenet5-digits", window=2)["occlusion"]  # the stride follows the window asked
     assert (tiles["window"], tiles["stride"]) == (2, 2) and np.array(tiles["grid"]).shape == (16, 16)
+    assert len(answer["top_k"]) == 5 and len(explain(server, data, "lenet5-digits", top_k=2)["top_k"]) == 2
     # Hiding parts of the digit costs the answer. This digit fills most of the picture, and LeNet-5 version 4 (trained
     # on tight crops) keeps its answer under any one default square (largest drop 0.002): a quarter of the side,
     # half overlapping, drops it by 0.52.
@@ -48,6 +49,7 @@ def test_an_explanation_answers_like_predict_and_maps_every_window(server):
     ({"window": 1, "stride": 1}, "max_explain_windows"),  # 1,024 copies
     ({"window": 4, "stride": 1000}, "stride 1 to the window, got window 4 and stride 1000"),  # pixels no square covers
     ({"target": "eleven"}, "target must be one of"),
+    ({"top_k": 11}, "top_k must be between 1 and 10"),
 ])
 def test_impossible_explanations_are_refused_with_the_reason(server, options, phrase):
     response = server.client.post("/explain?model=lenet5-digits", files={"image": ("d.png", digit_files(1, 32, count=1)[0].data)},

@@ -38,12 +38,12 @@ def pets(tmp_path_factory):
         yield server
 
 
-@pytest.mark.parametrize("route", ["/predict", "/predict_batch"])
+@pytest.mark.parametrize("route", ["/predict", "/predict_batch", "/explain"])
 def test_a_request_without_top_k_lists_every_label_of_a_model_with_fewer_than_the_default(pets, route):
-    field = "image" if route == "/predict" else "images"
+    field = "images" if route == "/predict_batch" else "image"
     response = pets.client.post(route, files={field: ("d.png", GOOD)})
     assert response.status_code == 200, response.text
-    answer = response.json() if route == "/predict" else response.json()["predictions"][0]
+    answer = response.json()["predictions"][0] if route == "/predict_batch" else response.json()
     assert sorted(entry["label"] for entry in answer["top_k"]) == sorted(LABELS)
 
 
