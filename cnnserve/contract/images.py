@@ -127,7 +127,8 @@ def image_to_input(
             # Decode at a reduced scale, never below what the input (or the region's share of it) needs.
             side = int(max(height, width) / min(region[2], region[3]))
             image.draft("L" if channels == 1 else "RGB", (side, side))
-        image = upright(image)
+        if orientation != 1:  # read once above: turned as upright() would
+            image = ImageOps.exif_transpose(image)
         array, where = to_model_input(visible(image), channels, width, height, policy, region)  # decodes now
     except ValueError as exc:
         if str(exc).startswith("conversion from"):  # Pillow cannot convert the mode (LAB, say): a format matter

@@ -38,11 +38,11 @@ def annotated_png(data: bytes, answer: dict, occlusion: dict | None = None) -> b
     return out.getvalue()
 
 
-def blend_heat(image: Image.Image, occlusion: dict, scale: tuple[float, float] = (1.0, 1.0)) -> Image.Image:
+def blend_heat(image: Image.Image, occlusion: dict, scale: tuple[float, float]) -> Image.Image:
     """The map's cells (probability drops) as amber of growing opacity, placed by its geometry in the image's
-    pixels (times ``scale``, the drawing's share of them across and down); cells over the letterbox's padding fall outside the
-    image and are cut off before any pixel of them is made (a 40,000,000 x 1 picture's map, drawn whole over its
-    padding, took 5.6 GB)."""
+    pixels (times ``scale``, the drawing's share of them across and down); cells over the letterbox's padding fall
+    outside the image and are cut off before any pixel of them is made (a 40,000,000 x 1 picture's map, drawn whole
+    over its padding, took 5.6 GB)."""
     grid = np.clip(np.asarray(occlusion["grid"], np.float64), 0, None)
     heat = grid / max(float(grid.max()), HEAT_FLOOR)
     rows, columns = heat.shape
@@ -63,7 +63,7 @@ def blend_heat(image: Image.Image, occlusion: dict, scale: tuple[float, float] =
     return Image.alpha_composite(image.convert("RGBA"), layer).convert("RGB")
 
 
-def draw_answer(image: Image.Image, answer: dict, scale: tuple[float, float] = (1.0, 1.0)) -> None:
+def draw_answer(image: Image.Image, answer: dict, scale: tuple[float, float]) -> None:
     """The box (the answer's pixels times ``scale`` across and down, rounded, not truncated) and a label tag above
     it, or inside the top edge."""
     draw = ImageDraw.Draw(image)

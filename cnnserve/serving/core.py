@@ -55,6 +55,11 @@ def ready(status: dict, repository: Repository) -> bool:
     return any(status[model.key]["status"] in SERVING for model in versions) or not (versions or repository.failures)
 
 
+def which_image(index: int, count: int) -> str:
+    """How a refusal names the image it is about: by its index when the request holds several."""
+    return f"image {index}: " if count > 1 else ""
+
+
 class Host(Protocol):
     """What the core needs of the models it serves (host.ModelHost in a worker)."""
 
@@ -212,7 +217,7 @@ class InferenceCore:
             try:
                 images.append(open_image(data, self.settings.max_image_pixels))
             except ImageRejected as exc:
-                raise rejected_image(exc, f"image {index}: " if len(files) > 1 else "") from None
+                raise rejected_image(exc, which_image(index, len(files))) from None
         return images
 
     def decode_all(
@@ -225,7 +230,7 @@ class InferenceCore:
                 array, where = image_to_input(image, channels, height, width, model.resize_policy,
                                               regions[index] if regions else WHOLE)
             except ImageRejected as exc:
-                raise rejected_image(exc, f"image {index}: " if len(images) > 1 else "") from None
+                raise rejected_image(exc, which_image(index, len(images))) from None
             arrays.append(array)
             placements.append(where)
         return np.stack(arrays), placements

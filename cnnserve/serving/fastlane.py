@@ -55,7 +55,8 @@ from .v2.rest import (
 
 log = logging.getLogger("cnnserve")
 
-REFUSALS = {401: "unauthorised", 413: "too_large", 415: "client_error"}  # what a refusal made in front of a handler is counted as
+# What a refusal made in front of a handler is counted as
+REFUSALS = {401: "unauthorised", 413: "too_large", 415: "client_error"}
 
 
 @dataclass

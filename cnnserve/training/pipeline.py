@@ -52,7 +52,8 @@ def rederive_variants(folder: Path, log=print) -> None:
 
 
 def build_version(config: TrainConfig, task: TaskData, out_root: Path, version: int, command: str, log=print,
-                  device: str = "cpu") -> Path:
+                  device: str = "cpu", dry_run: bool = False) -> Path:
+    """Train, export, measure and card one version; a ``dry_run``'s card says it is a smoke test, not a model."""
     started = time.perf_counter()
     model, history = train(config, task, log=log, device=device)
     train_seconds = time.perf_counter() - started
@@ -99,6 +100,9 @@ def build_version(config: TrainConfig, task: TaskData, out_root: Path, version: 
                  "compute": "float32",
                  "test_metrics_with_float32_weights": full_metrics},
     )
+    if dry_run:
+        card |= {"trained": False, "dry_run": True,
+                 "description": f"DRY RUN, a smoke test: one short epoch on {task.description}"}
     write_card(folder, card)
     plot_history(history, folder / "training.png", config.name)
     log(f"wrote {folder} in {time.perf_counter() - started:.0f} s")
