@@ -16,7 +16,7 @@ batching lives under ``models:`` in the YAML file::
     cudnn_conv_algo_search: HEURISTIC          # or EXHAUSTIVE, DEFAULT (GPU only)
     gpu_batch_shapes: powers_of_two            # or largest: one session per model, every batch padded to the maximum
     shared_batches: false                      # true: one batcher per GPU, fed by every worker on it
-    cuda_graphs: false                         # true: on CUDA, each padded batch size replays a captured graph
+    cuda_graphs: true                          # on CUDA, each padded batch size replays a captured graph
     tensorrt_cache_dir: /var/cache/cnnserve/tensorrt   # engines keyed by file sha256 (default: under the temp dir)
     workers: auto                              # worker processes (each serves every protocol)
     threads: auto                              # ONNX Runtime intra-op threads per worker
@@ -71,11 +71,14 @@ OTHER_VARIABLES = (
 )
 
 
-# One Python worker parses too few requests to keep a GPU busy: on an H100 (16 cores, 2026-11-26), ResNet-50 at
-# 224 served 628 requests/s at 256 clients with one worker, 2,603 with four, 1,599 with eight; ResNet-18 at 64
-# clients 2,400, 6,255 and 4,625 (loadtests/results/2026-11-26-gpu/5-padded-batches-h100). Four per GPU: the best
-# or near it everywhere, at the cost of smaller batches (mean 8 at 64 clients instead of 30).
-WORKERS_PER_GPU = 4
+# One Python worker parses too few requests to keep a GPU busy, and each worker batches only its own clients.
+# Measured side by side on an H100 (16 cores, CUDA graphs on, wrk's load, 2026-11-28,
+# loadtests/results/2026-11-28-gpu/4-four-and-eight-workers): at 256 clients eight workers served ResNet-18
+# 21,873 requests/s against four's 12,166 and ResNet-50 at 224 3,926 against 2,742 (0.91 of in process against
+# 0.64); at 64 clients ResNet-50 3,087 against 2,547, ResNet-18 the same. Sixteen were worse than eight (their
+# batch threads spin in CUDA's synchronization: 11 of 16 cores at 256 clients, 2-sixteen-workers), two far worse
+# (6,247 and 1,516). The cost: each worker holds a CUDA context and its own sessions.
+WORKERS_PER_GPU = 8
 
 
 @dataclass(frozen=True)
@@ -139,9 +142,11 @@ class Settings:
     # clients. On the CPU (where it only serves tests and measurement) worker 0 computes the batches handed to it.
     shared_batches: bool = False
     # On CUDA, each padded batch size's session replays a CUDA graph captured at load (runtime.GraphedShape): one
-    # launch per batch instead of one per kernel, where a small model's batch spends its time (ResNet-18: about
-    # 0.9 ms per call from batch 1 to 16 on an H100). Off until a GPU run measures it (make gpu-check: both ways).
-    cuda_graphs: bool = False
+    # launch per batch instead of one per kernel. On an H100 (2026-11-28, 1-shared-batches-and-graphs), four
+    # workers: ResNet-18 at one client 452 -> 745 requests/s, at 64 clients 8,177 -> 10,633; ResNet-50 at 224 at
+    # one client 302 -> 416 (p99 13.2 -> 7.6 ms); at 256 clients both within what a 3 s window resolves. The CPU
+    # provider has no graphs: there it does nothing.
+    cuda_graphs: bool = True
     workers: int = 0  # 0: chosen from the core count
     threads: int = 0  # 0: chosen from the core count
     batching: bool = True

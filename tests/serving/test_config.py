@@ -97,9 +97,10 @@ def test_explicit_threads_shrink_the_worker_count():
     assert settings.inference_workers(8) == 4 and settings.session_threads(8) == 2
 
 
-def test_on_gpus_there_are_four_workers_per_gpu_within_the_cores_unless_workers_are_set():
-    assert Settings().inference_workers(16, gpus=2) == 8 and Settings().session_threads(16, gpus=2) == 2
-    assert Settings().inference_workers(16, gpus=1) == 4 and Settings().session_threads(16, gpus=1) == 4
+def test_on_gpus_there_are_eight_workers_per_gpu_within_the_cores_unless_workers_are_set():
+    assert Settings().inference_workers(32, gpus=2) == 16 and Settings().session_threads(32, gpus=2) == 2
+    assert Settings().inference_workers(16, gpus=1) == 8 and Settings().session_threads(16, gpus=1) == 2
+    assert Settings().inference_workers(16, gpus=2) == 16  # the cores bound them
     assert Settings().inference_workers(2, gpus=1) == 2  # no more workers than cores
     assert Settings().inference_workers(2, gpus=4) == 4  # but at least one per GPU
     assert Settings(workers=3).inference_workers(16, gpus=2) == 3
