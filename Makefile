@@ -110,8 +110,8 @@ bench: setup-test
 # On a host with an NVIDIA GPU (driver 580 or later): the GPU path checked end to end in its own environment
 # (onnxruntime-gpu and the CPU package cannot share one): the provider really in use for every model, FP32 and FP16
 # accuracy on the GPU against the cards, cuDNN's search modes, each server's answers against in process, in-process
-# vs served throughput for ResNet-18 and ResNet-50 at 224 over four servers (shared batches and CUDA graphs, each off
-# and on; about 7-8 minutes on an H100, estimated from one server's 2.5). Writes loadtests/results/<date>-gpu/; exits
+# vs served throughput for ResNet-18 and ResNet-50 at 224 on a server with the shipping settings (GPU_CHECK_ARGS
+# compares others: docs/operations.md, GPU status). Writes loadtests/results/<date>-gpu/; exits
 # 1 on a fallback, an accuracy drop over 0.5 points or a served answer that differs.
 GPU_VENV := .venv-gpu
 gpu-check: gpu-setup
@@ -125,7 +125,7 @@ gpu-check: gpu-setup
 
 # make serve on a host with an NVIDIA GPU (driver 580 or later): its own environment with onnxruntime-gpu and
 # NVIDIA's CUDA 13 and cuDNN 9 wheels (the CPU package cannot share one), the committed models' FP16 files
-# derived (what precision: auto serves on a GPU), four workers per GPU (docs/operations.md, serving on a GPU).
+# derived (what precision: auto serves on a GPU), eight workers per GPU (docs/operations.md, serving on a GPU).
 serve-gpu: gpu-setup
 	CNNSERVE_GRPC_HOST=127.0.0.1 CNNSERVE_GRPC_PORT=$(GRPC_PORT) \
 		$(GPU_VENV)/bin/bentoml serve cnnserve.serving.app:CnnServe --host 127.0.0.1 --port $(PORT)

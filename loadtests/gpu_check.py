@@ -21,10 +21,9 @@
    cores per request (each row records the client and its CPU per request). Each row also records the cores the
    server's workers used, their event loops apart from their other threads: a busiest loop near one core says
    the requests' parsing was the limit, one with time to spare that something else was. One server for each
-   combination of ``--workers``, ``--gpu-batch-shapes``, ``--shared-batches`` (by default off and on: with shared
-   batches each row also counts the batches workers handed to the GPU's first worker, and those it could not take)
-   and ``--cuda-graphs`` (by default off and on: on CUDA each padded batch size replays a captured graph; the
-   in-process figures are then measured with graphs too, and the target's denominator is the best of either).
+   combination of ``--workers``, ``--gpu-batch-shapes`` and ``--cuda-graphs`` (by default the shipping settings;
+   ``--cuda-graphs off on`` compares: on CUDA each padded batch size replays a captured graph; the in-process
+   figures are then measured with graphs too, and the target's denominator is the best of either).
 
 Writes ``gpu-check.{json,md,png}`` under ``loadtests/results/<date>-gpu/`` (``--out``) and exits 1 on a fallback,
 an accuracy drop or a served answer that differs. ``--providers CPUExecutionProvider`` rehearses every step on a host without a GPU (the tests
@@ -73,7 +72,7 @@ from .bench.raw import time_calls
 from .bench.served import v2_binary_load
 from .bench.wrk import wrk
 from .local_server import running_server
-from .predict_bench import batch_totals, metric_total
+from .predict_bench import batch_totals
 from .served_answers import TOLERANCE, compare, served_probabilities
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -311,28 +310,17 @@ SERVER_HISTOGRAMS = {"mean_batch": "cnnserve_batch_size_images", "compute_ms": "
                      "queue_ms": "cnnserve_queue_duration_seconds"}
 
 
-HANDED_OVER = {"handed_over": "owner", "not_taken": "this_worker"}  # row key: computed_by label
-
-
-def handed_over(page: str, model: str) -> dict[str, float]:
-    """``shared_batches``: the batches handed to the GPU's first worker, by who computed them (the owner, or their own
-    worker when the owner could not take them)."""
-    return {key: metric_total(page, "cnnserve_forwarded_batches_total", model=model, computed_by=computed_by)
-            for key, computed_by in HANDED_OVER.items()}
-
-
 def server_means(server, model: str, before: dict | None = None) -> dict:
-    """Sum and count of the server's batch, compute and queue histograms and the batches handed over; with
-    ``before``, the means and the batches handed over since then."""
+    """Sum and count of the server's batch, compute and queue histograms; with ``before``, the means since then."""
     page = httpx.get(f"{server.url}/metrics", timeout=30).text
     totals = {key: batch_totals(page, model, family) for key, family in SERVER_HISTOGRAMS.items()}
     if before is None:
-        return {**totals, "handed": handed_over(page, model)}
+        return totals
     means = {}
     for key, (total, count) in totals.items():
         count -= before[key][1]
         means[key] = (total - before[key][0]) / count * (1000 if key.endswith("_ms") else 1) if count else None
-    return {**means, **{key: count - before["handed"][key] for key, count in handed_over(page, model).items()}}
+    return means
 
 
 WRK_THREADS = 4  # wrk's threads on a GPU host: about 0.02 ms of a core per request (measured on 2 cores)
@@ -369,8 +357,7 @@ def served(server, model: ModelVersion, concurrencies: list[int], seconds: float
         log(f"served {model.key} V2 binary, {images} image(s) per request, {concurrency:>3} clients ({client}): "
             f"{figures['throughput_rps']:8.0f} req/s, "
             f"p50 {figures['p50_ms'] or 0:7.2f} ms, mean batch {row['mean_batch'] or 0:5.1f}, compute "
-            f"{row['compute_ms'] or 0:.2f} ms and queue {row['queue_ms'] or 0:.2f} ms per batch / request, "
-            f"batches handed over {row['handed_over']:.0f} (not taken {row['not_taken']:.0f}), cores: "
+            f"{row['compute_ms'] or 0:.2f} ms and queue {row['queue_ms'] or 0:.2f} ms per batch / request, cores: "
             f"{_cores(row)}, errors {figures['errors']} {figures.get('statuses', '')}")
     return rows
 
@@ -401,22 +388,20 @@ def run(args) -> dict:
 
     results["throughput"] = {}
     throughput_models = [v for v in committed if v.name in args.throughput_models] + bench
-    servers = itertools.product(args.workers, args.gpu_batch_shapes, args.shared_batches, args.cuda_graphs)
+    servers = itertools.product(args.workers, args.gpu_batch_shapes, args.cuda_graphs)
     references = {}  # per model and file: the served-answers check's images and in-process answers
-    for index, (workers, shapes, shared, graphs) in enumerate(servers):
+    for index, (workers, shapes, graphs) in enumerate(servers):
         with tempfile.TemporaryDirectory() as tmp:
             models_dir = served_models_dir(args.models_dir, args.bench_dir, Path(tmp))
             settings = {"models_dir": str(models_dir), "providers": ",".join(provider_list(args.providers)),
                         "serve": ",".join([*(m.name for m in committed), *(b.name for b in bench)]),
-                        "gpu_batch_shapes": shapes, "shared_batches": str(shared == "on").lower(),
-                        "cuda_graphs": str(graphs == "on").lower()}
+                        "gpu_batch_shapes": shapes, "cuda_graphs": str(graphs == "on").lower()}
             if workers:
                 settings["workers"] = str(workers)
             with running_server(Path(tmp), **settings) as server:
                 if index == 0:
                     results["served_models"] = check_served(server, args.providers, failures)
-                setting = {"workers": workers or "default", "gpu_batch_shapes": shapes, "shared_batches": shared,
-                           "cuda_graphs": graphs}
+                setting = {"workers": workers or "default", "gpu_batch_shapes": shapes, "cuda_graphs": graphs}
                 results.setdefault("answers", []).extend(check_answers(
                     server, [*committed, *bench], args.providers, results["served_models"], references, setting,
                     failures))
@@ -496,19 +481,35 @@ def summary_rows(results: dict) -> list[tuple[str, str, bool | None]]:
 
 
 def _served_setting(row: dict) -> tuple:
-    return (row["workers"], row["images_per_request"], row["gpu_batch_shapes"], row.get("shared_batches", "off"),
-            row.get("cuda_graphs", "off"))
+    return row["workers"], row["images_per_request"], row["gpu_batch_shapes"], row.get("cuda_graphs", "off")
 
 
-def _setting_label(workers, images: int, shapes: str, shared: str, graphs: str, only: set[int] | None = None) -> str:
+def _setting_label(workers, images: int, shapes: str, graphs: str, only: set[int] | None = None) -> str:
     """The setting in words; ``only``: just the parts at these places (those a plot's series differ in)."""
     parts = [f"workers {workers}", f"{images} image{'s' if images > 1 else ''} per request",
-             f"GPU batch shapes {shapes}", f"shared batches {shared}", f"CUDA graphs {graphs}"]
+             f"GPU batch shapes {shapes}", f"CUDA graphs {graphs}"]
     return ", ".join(part for place, part in enumerate(parts) if only is None or place in only)
+
+
+REMOVED_SETTINGS = {"shared_batches": "off"}  # a setting the servers no longer have: its value they now always run
+
+
+def without_removed_settings(results: dict) -> tuple[dict, int]:
+    """An earlier run's results (``--report-from``) less the rows of servers whose setting no longer exists (one
+    batcher per GPU, removed after the H100 run of 2026-11-28): tabled beside today's settings they would read as
+    a second measurement of the same server. Returns the copy and how many rows it left out."""
+    def kept(row: dict) -> bool:
+        return all(row.get(name, value) == value for name, value in REMOVED_SETTINGS.items())
+    out = {**results, "answers": [r for r in results.get("answers", []) if kept(r)],
+           "throughput": {name: {**figures, "served": [r for r in figures["served"] if kept(r)]}
+                          for name, figures in results.get("throughput", {}).items()}}
+    rows = len(results.get("answers", [])) + sum(len(f["served"]) for f in results.get("throughput", {}).values())
+    return out, rows - len(out["answers"]) - sum(len(f["served"]) for f in out["throughput"].values())
 
 
 def write_report(results: dict, folder: Path) -> Path:
     save_so_far(results, folder)
+    results, left_out = without_removed_settings(results)
     device = results["device"]
     lines = [f"# GPU check, {device['date']}", "",
              (f"{device.get('gpu') or 'no GPU'} (driver {device.get('driver')}, compute capability "
@@ -516,6 +517,10 @@ def write_report(results: dict, folder: Path) -> Path:
               f"({device['onnxruntime_package']}), CUDA runtime {device.get('cuda_runtime')}, cuDNN "
               f"{device.get('cudnn')}; provider asked: {device['provider']}; commit {device['commit']}."), "",
              "| target | measured | met |", "|---|---|---|"]
+    if left_out:
+        lines[-2:-2] = [f"{left_out} rows of servers with a setting since removed ("
+                        + ", ".join(f"{n} other than {v}" for n, v in REMOVED_SETTINGS.items())
+                        + ") are left out; `gpu-check.json` keeps them.", ""]
     if not results.get("finished", True):
         lines[-2:-2] = ["**Stopped before the end** (out of time, or failed): the figures below are those measured until "
                         "then.", ""]
@@ -527,9 +532,9 @@ def write_report(results: dict, folder: Path) -> Path:
               f"{r.get('accuracy_drop_points', r.get('error'))} |" for r in results.get("accuracy", [])]
     if results.get("answers"):
         lines += ["", "## Served answers against in process (same provider and file)", "",
-                  "| model | file | workers | GPU batch shapes | shared batches | CUDA graphs | images | largest difference "
-                  "| other label | to the next image's answers (would a mix-up show?) |", "|---|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['model']} | {r['variant']} | {r['workers']} | {r['gpu_batch_shapes']} | {r['shared_batches']} | "
+                  "| model | file | workers | GPU batch shapes | CUDA graphs | images | largest difference "
+                  "| other label | to the next image's answers (would a mix-up show?) |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['variant']} | {r['workers']} | {r['gpu_batch_shapes']} | "
                   f"{r['cuda_graphs']} | {r.get('images', '-')} | {r.get('largest_difference', r.get('error'))} | "
                   f"{r.get('other_label', '-')} | {_telling(r)} |" for r in results["answers"]]
     if results.get("cudnn_search"):
@@ -544,18 +549,18 @@ def write_report(results: dict, folder: Path) -> Path:
                   "|---|---|---|---|"]
         lines += [f"| {r['batch']} | {'on' if r.get('cuda_graphs') else 'off'} | {r['images_per_s']:.0f} | {r['p50_ms']:.2f} |"
                   for r in figures["in_process"]]
-        lines += ["", ("| workers | GPU batch shapes | shared batches | CUDA graphs (workers using them) | images per request | "
+        lines += ["", ("| workers | GPU batch shapes | CUDA graphs (workers using them) | images per request | "
                        "served clients (V2 REST binary) | requests/s | "
-                       "images/s | p50 ms | p99 ms | mean batch | compute ms per batch | queue ms | batches handed over "
-                       "(not taken) | workers' cores: event loops (busiest) | their other threads | errors | "
+                       "images/s | p50 ms | p99 ms | mean batch | compute ms per batch | queue ms | "
+                       "workers' cores: event loops (busiest) | their other threads | errors | "
                        "client (CPU ms per request) |"),
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['workers']} | {r['gpu_batch_shapes']} | {r.get('shared_batches', 'off')} | "
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['workers']} | {r['gpu_batch_shapes']} | "
                   f"{r.get('cuda_graphs', 'off')} ({_graphed_of(r)}) | {r['images_per_request']} | "
                   f"{r['concurrency']} | {r['throughput_rps']:.0f} | "
                   f"{r['images_per_s']:.0f} | {r['p50_ms'] or 0:.2f} | {r['p99_ms'] or 0:.2f} | "
                   f"{r['mean_batch'] or 0:.1f} | {r['compute_ms'] or 0:.2f} | {r['queue_ms'] or 0:.2f} | "
-                  f"{r.get('handed_over', 0):.0f} ({r.get('not_taken', 0):.0f}) | {_cores(r)} | {r['errors']} | "
+                  f"{_cores(r)} | {r['errors']} | "
                   f"{r['client']} ({r['client_cpu_ms_per_request'] or 0:.3f}) |"
                   for r in figures["served"]]
     if results["failures"]:
@@ -654,15 +659,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images-per-request", type=int, nargs="+", default=[1],
                         help="images each served request carries (one series each)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0],
-                        help="server workers, one server each (0: the server's default, four per GPU)")
+                        help="server workers, one server each (0: the server's default, eight per GPU)")
     parser.add_argument("--gpu-batch-shapes", nargs="+", default=["powers_of_two"], choices=GPU_BATCH_SHAPES,
                         help="the servers' gpu_batch_shapes, one server each (with each --workers)")
-    parser.add_argument("--shared-batches", nargs="+", default=["off", "on"], choices=["off", "on"],
-                        help="the servers' shared_batches, one server each (with each of the above): on, one batcher "
-                             "per GPU takes every worker's batches")
-    parser.add_argument("--cuda-graphs", nargs="+", default=["off", "on"], choices=["off", "on"],
-                        help="the servers' cuda_graphs, one server each (with each of the above): on, each padded "
-                             "batch size replays a CUDA graph (CUDA only); in process measured both ways too")
+    parser.add_argument("--cuda-graphs", nargs="+", default=["on"], choices=["off", "on"],
+                        help="the servers' cuda_graphs, one server each (with each of the above; default: on, the "
+                             "server's default; `off on` compares): on, each padded batch size replays a CUDA graph "
+                             "(CUDA only), and in process is measured both ways")
     parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto",
                         help="the served load's generator (auto: wrk where it is installed)")
     parser.add_argument("--no-cudnn", dest="cudnn", action="store_false", help="skip the cuDNN search comparison")

@@ -115,7 +115,6 @@ class Job:
     images: np.ndarray
     future: asyncio.Future
     deadline: float  # time.perf_counter() by which the batch must start
-    admitted_elsewhere: bool = False  # another worker's batch (shared_batches.py), outside this queue's bound
     enqueued: float = field(default_factory=time.perf_counter)
     arrives_one_per_pass: bool = field(default_factory=ARRIVES_ONE_PER_PASS.get)
 
@@ -145,7 +144,6 @@ class AdaptiveBatcher:
         self.on_batch = on_batch or (lambda images, seconds: None)
         self.queue: deque[Job] = deque()
         self.queued_images = 0
-        self.queued_from_elsewhere = 0  # of those, the images of other workers' batches (not bounded here)
         self.arrived = asyncio.Event()
         self.worker: asyncio.Task | None = None
         self.idle = True  # no batch is being formed or computed
@@ -172,10 +170,10 @@ class AdaptiveBatcher:
         if count > self.max_queue_images:
             raise TooLarge(f"{count} images in one request; model {self.name} queues at most {self.max_queue_images}"
                            " (max_queue_images)")
-        bounded = self.queued_images - self.queued_from_elsewhere
-        if bounded + count > self.max_queue_images:
+        if self.queued_images + count > self.max_queue_images:
             raise Overloaded(
-                f"model {self.name} has {bounded} images queued (limit {self.max_queue_images}); retry shortly"
+                f"model {self.name} has {self.queued_images} images queued (limit {self.max_queue_images}); "
+                "retry shortly"
             )
         if deadline is not None and self.full_batch_seconds:
             wait = self.queued_images // self.max_batch_size * self.full_batch_seconds
@@ -185,25 +183,20 @@ class AdaptiveBatcher:
                                  f"{1000 * wait:.0f} ms of work, and this request has {1000 * max(left, 0):.0f} ms "
                                  "left before its deadline; retry shortly")
 
-    async def submit(self, images: np.ndarray, deadline: float, admitted: bool = False) -> BatchResult:
+    async def submit(self, images: np.ndarray, deadline: float) -> BatchResult:
         """Queue ``images`` (at most ``max_batch_size``) and wait for their rows.
 
         ``deadline`` is a ``time.perf_counter()`` value: a job not started by
-        then is dropped with ``DeadlineExceeded``. ``admitted``: another
-        worker's batch, already admitted by its own queue's bound
-        (shared_batches.py), which this queue takes without a check.
+        then is dropped with ``DeadlineExceeded``.
         """
         if len(images) > self.max_batch_size:
             raise ValueError(f"{len(images)} images exceed the batch limit {self.max_batch_size}; split them first")
-        if not admitted:
-            self.check_room(len(images))
-            lone = self.idle and not self.queue and self.alone()
-            if lone and (result := self.run_alone(images, deadline)) is not None:
-                return result
-        job = Job(images, asyncio.get_running_loop().create_future(), deadline, admitted_elsewhere=admitted)
+        self.check_room(len(images))
+        if self.idle and not self.queue and self.alone() and (result := self.run_alone(images, deadline)) is not None:
+            return result
+        job = Job(images, asyncio.get_running_loop().create_future(), deadline)
         self.queue.append(job)
         self.queued_images += len(images)
-        self.queued_from_elsewhere += len(images) if admitted else 0
         self.arrived.set()
         if self.worker is None or self.worker.done():
             self.worker = asyncio.create_task(self.serve(), name=f"batcher {self.name}")
@@ -277,7 +270,6 @@ class AdaptiveBatcher:
         now = time.perf_counter()
         while self.queue and images + len(self.queue[0].images) <= self.max_batch_size:
             job = self.queue.popleft()
-            self.queued_from_elsewhere -= len(job.images) if job.admitted_elsewhere else 0
             if job.future.cancelled() or now > job.deadline:
                 self.queued_images -= len(job.images)
                 if not job.future.done():
@@ -319,7 +311,7 @@ class AdaptiveBatcher:
         if self.device_lost(exc):
             return DeviceLost(f"model {self.name}: this worker's GPU is lost ({reason}); it stops and the server "
                               "starts another: retry")
-        return ModelRunFailed(self.name, reason)
+        return ModelRunFailed(f"model {self.name} failed to run this request's images: {reason}")
 
     def timed_run(self, batch: np.ndarray, run: RunBatch | None = None):
         """The model's outputs and how long computing them took (without any thread hand-off)."""

@@ -15,7 +15,6 @@ batching lives under ``models:`` in the YAML file::
     precision_tolerance: {accuracy: 0.005, mean_iou: 0.01}
     cudnn_conv_algo_search: HEURISTIC          # or EXHAUSTIVE, DEFAULT (GPU only)
     gpu_batch_shapes: powers_of_two            # or largest: one session per model, every batch padded to the maximum
-    shared_batches: false                      # true: one batcher per GPU, fed by every worker on it
     cuda_graphs: true                          # on CUDA, each padded batch size replays a captured graph
     tensorrt_cache_dir: /var/cache/cnnserve/tensorrt   # engines keyed by file sha256 (default: under the temp dir)
     workers: auto                              # worker processes (each serves every protocol)
@@ -137,10 +136,6 @@ class Settings:
     # TensorRT's engines and timing cache, keyed by each file's sha256 (runtime.TensorrtPlan); keep it across
     # restarts (the Kubernetes GPU overlay mounts a volume here) or every start builds the engines again.
     tensorrt_cache_dir: Path = Path(tempfile.gettempdir()) / "cnnserve-tensorrt"
-    # With several workers per GPU, the first worker on each GPU computes the batches of every worker on it
-    # (shared_batches.py), so batches are as large as the GPU's whole load; off, each worker batches its own
-    # clients. On the CPU (where it only serves tests and measurement) worker 0 computes the batches handed to it.
-    shared_batches: bool = False
     # On CUDA, each padded batch size's session replays a CUDA graph captured at load (runtime.GraphedShape): one
     # launch per batch instead of one per kernel. On an H100 (2026-11-28, 1-shared-batches-and-graphs), four
     # workers: ResNet-18 at one client 452 -> 745 requests/s, at 64 clients 8,177 -> 10,633; ResNet-50 at 224 at

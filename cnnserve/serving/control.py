@@ -28,7 +28,7 @@ WANTED, LOCK = "wanted.json", "wanted.lock"
 
 
 def server_folder(models_dir: Path, arbiter: psutil.Process | None = None, make: bool = True) -> Path:
-    """The folder the workers of one server share (the control file here, shared_batches.py's sockets): named
+    """The folder the workers of one server share (the control file here, the core tokens' lock): named
     after its arbiter's process id and start time (in a container the arbiter is always process 1, and /tmp may
     outlive a restart, which then served the previous run's models instead of ``serve``), and its repository (two
     servers never share). ``arbiter``: by default the calling worker's parent."""

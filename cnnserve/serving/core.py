@@ -12,7 +12,6 @@ counted the same way.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -72,9 +71,6 @@ class Host(Protocol):
     def check_room(self, model: ModelVersion, count: int, deadline: float | None = None) -> None:
         """Raise ``errors.Overloaded`` when the model's queue has no room for ``count`` more images, or (with the
         request's ``deadline``) holds more work than the request has time."""
-
-    def sharing_batches(self) -> contextlib.AbstractAsyncContextManager:
-        """For as long as the worker serves: take other workers' batches, where this one computes theirs."""
 
 
 def check_tensor(model: ModelVersion, images: np.ndarray) -> None:

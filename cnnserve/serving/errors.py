@@ -86,10 +86,6 @@ class ModelRunFailed(ServiceError):
     grpc_code = "INTERNAL"
     outcome = "server_error"
 
-    def __init__(self, model: str, reason: str):
-        super().__init__(f"model {model} failed to run this request's images: {reason}")
-        self.reason = reason  # ONNX Runtime's own words, which a batch's owner hands back to the batch's worker
-
 
 class DeviceLost(ServiceError):
     """The worker's GPU context is lost (``runtime.cuda_context_lost``): the worker stops and the server starts

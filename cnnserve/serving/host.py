@@ -3,13 +3,12 @@
 Built from the settings and the repository alone, so the service (app.py) and
 the benchmark's in-process mode (loadtests/bench/inproc.py) build the same
 thing. The inference core reaches it only through ``core.Host``: ``infer``,
-``check_room``, ``status`` and ``workers``; the routes' lifespan enters its ``sharing_batches``.
+``check_room``, ``status`` and ``workers``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -45,18 +44,6 @@ from .runtime import (
     preload_gpu_libraries,
     tensorrt_loads,
 )
-from .shared_batches import (
-    NEVER,
-    BatchOwner,
-    DeviceBusy,
-    Forwarder,
-    ForwardingRunner,
-    OwnerRunFailed,
-    busy_path,
-    owner_of,
-    runs_as,
-    socket_path,
-)
 from .shutdown import stop_this_worker
 
 log = logging.getLogger("cnnserve")
@@ -84,19 +71,12 @@ class ModelHost:
         self.threads = settings.session_threads(gpus=gpus)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self.cores = available_cores()
-        borrows = settings.borrow_idle_cores and self.threads < self.cores and self.providers[0] == CPU
-        shared = settings.shared_batches and self.workers > max(gpus, 1)
-        folder = server_folder(settings.models_dir) if borrows or shared else None  # what the workers share
-        self.tokens = CoreTokens(self.cores, self.threads, worker_index, self.workers, folder / "cores.lock") \
-            if borrows else None
-        # shared_batches: the worker that computes this worker's batches (None: each its own), the socket it takes
-        # them on (this worker's to listen on when it is that worker, else to forward to) and its busy mark
-        self.batch_owner = owner_of(worker_index, gpus) if shared else None
-        self.device_busy = DeviceBusy(busy_path(folder, self.batch_owner)) if shared else None
-        owns = shared and self.batch_owner == worker_index
-        owner_socket = socket_path(folder, self.batch_owner) if shared else None
-        self.owner_socket = owner_socket if owns else None
-        self.forwarder = Forwarder(owner_socket) if shared and not owns else None
+        self.tokens = (
+            CoreTokens(self.cores, self.threads, worker_index, self.workers,
+                       server_folder(settings.models_dir) / "cores.lock")
+            if settings.borrow_idle_cores and self.threads < self.cores and self.providers[0] == CPU
+            else None
+        )
         self.loaded: dict[str, LoadedModel] = {}
         self.batchers: dict[str, AdaptiveBatcher] = {}
         self.failures: dict[str, str] = {}
@@ -140,9 +120,6 @@ class ModelHost:
             self.status = self.describe()
             return False
         loaded, warm_up, runner = prepared
-        if self.forwarder:
-            runner = ForwardingRunner(model.key, runs_as(loaded.variant, loaded.providers[0]), runner, self.forwarder,
-                                      self.device_busy)
         self.failures.pop(model.key, None)
         self.loaded[model.key] = loaded
         self.metrics.model_ready.labels(*labels).set(1)
@@ -151,10 +128,6 @@ class ModelHost:
 
         def observe(images: int, seconds: float) -> None:
             totals = pass_totals()
-            if runner.handed:
-                totals.inc(child(self.metrics.forwarded_batches, *labels, runner.handed))
-                if runner.handed == "owner":  # its batch metrics are the owner's, who computed it
-                    return
             child(self.metrics.last_inference, *labels).set(time.time())
             totals.observe(child(self.metrics.batch_size, *labels), images)
             totals.observe(child(self.metrics.compute_duration, *labels), seconds)
@@ -311,23 +284,21 @@ class ModelHost:
         blocks the next."""
         settings = self.settings
         inline = 0 if loaded.on_gpu else inline_up_to(warm_up)
-        busy = self.device_busy if self.owner_socket else None
         if self.tokens is None or inline >= SOLO_MAX_BATCH:
-            return ModelRunner(loaded, inline, device_busy=busy)
+            return ModelRunner(loaded, inline)
         solo, solo_queued = (load_model(loaded.model, loaded.providers, loaded.variant, self.cores, cache_dir, spin=spin)
                              for spin in (True, False))
         if settings.warmup:
             solo.warm_up(SOLO_MAX_BATCH)
             solo_queued.warm_up(SOLO_MAX_BATCH)
-        return ModelRunner(loaded, inline, self.tokens, solo, solo_queued, device_busy=busy)
+        return ModelRunner(loaded, inline, self.tokens, solo, solo_queued)
 
     def lose_device(self, exc: Exception) -> bool:
         """Whether a GPU run's error says this worker's CUDA context is lost (``runtime.cuda_context_lost``): every
         later run would fail the same way, while ``/readyz`` said ready. The first such error stops the worker as
         SIGTERM does (what it accepted is answered: 503 with Retry-After, ``errors.DeviceLost``, where its GPU was
-        needed) and the server starts another in its place, with a new context. An error that came back from the worker owning the GPU's
-        batches (``shared_batches``) is that worker's to act on."""
-        if isinstance(exc, OwnerRunFailed) or not cuda_context_lost(exc):
+        needed) and the server starts another in its place, with a new context."""
+        if not cuda_context_lost(exc):
             return False
         if self.device_lost_because is None:
             self.device_lost_because = str(exc)
@@ -358,41 +329,6 @@ class ModelHost:
     def check_room(self, model: ModelVersion, count: int, deadline: float | None = None) -> None:
         self.batcher(model).check_room(count, deadline)
 
-    async def run_forwarded(self, key: str, how: str, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Another worker's batch, queued here beside this worker's own requests (shared_batches.py), if this
-        worker runs the model as that one does (``how``: variant and provider)."""
-        batcher, loaded = self.batchers.get(key), self.loaded.get(key)
-        if batcher is None or loaded is None:
-            raise ModelUnavailable(f"model {key} is not loaded in the worker that owns the batches")
-        if (here := runs_as(loaded.variant, loaded.providers[0])) != how:
-            raise ModelUnavailable(f"model {key} runs as {here} in the worker that owns the batches, not {how}")
-        if self.device_lost_because:  # stopping: the batch's own worker, whose GPU context is fine, computes it
-            raise ModelUnavailable(f"the worker that owns the batches lost its GPU: {self.device_lost_because}")
-        if self.tokens:
-            self.tokens.request_began()
-        try:
-            result = await batcher.submit(images, NEVER, admitted=True)
-        finally:
-            if self.tokens:
-                self.tokens.request_ended()
-        return result.probabilities, result.boxes
-
-    @contextlib.asynccontextmanager
-    async def sharing_batches(self):
-        """For as long as the worker serves: take the other workers' batches, when this worker owns them."""
-        owner = None
-        if self.owner_socket:
-            try:
-                owner = BatchOwner(self.owner_socket, self.run_forwarded, asyncio.get_running_loop())
-            except OSError as exc:  # e.g. a temp dir whose path is too long for a Unix socket
-                log.error("cannot take the other workers' batches at %s (%s): each worker computes its own",
-                          self.owner_socket, exc)
-        try:
-            yield
-        finally:
-            if owner:
-                owner.close()
-
     def describe(self) -> dict:
         """Per model version: ready or failed (with the reason), provider and precision.
 
@@ -411,7 +347,6 @@ class ModelHost:
                 "threads": self.threads,
                 "batch_shapes": list(loaded.shapes) or None,
                 "cuda_graphs": loaded.graphed,
-                "batch_owner": self.batch_owner,  # shared_batches: the worker that computes this worker's batches
                 "pid": os.getpid(),
             }
         return statuses

@@ -162,10 +162,6 @@ class ModelMetrics:
                                        [*MODEL_LABELS, "batch_size"])
         self.compute_by_size = Counter("cnnserve_batch_compute_by_size_seconds", "ONNX Runtime time, by batch size",
                                        [*MODEL_LABELS, "batch_size"])
-        # shared_batches: the batches a worker formed and handed on, by who computed them: the worker that owns the
-        # device's batches ("owner"), or this worker because the owner could not take them ("this_worker").
-        self.forwarded_batches = Counter("cnnserve_forwarded_batches", "Batches handed to the worker that owns the "
-                                         "device's batches, by who computed them", [*MODEL_LABELS, "computed_by"])
         # Triton's statistics give each model version's last inference; the latest of any worker, live or not.
         self.last_inference = Gauge("cnnserve_last_inference_timestamp_seconds",
                                     "When the model version last computed a batch (Unix time)", MODEL_LABELS,

@@ -63,8 +63,6 @@ def describe_version(model: ModelVersion, status: dict, settings: Settings) -> d
             "max_queue_images": batching.max_queue_images,
             "padded_to": status.get("batch_shapes"),  # on a GPU: the batch sizes ONNX Runtime runs (gpu_batch_shapes)
             "cuda_graphs": status.get("cuda_graphs", False),  # each padded size replays a CUDA graph (cuda_graphs)
-            # shared_batches: the worker (counted from 0) that computes the answering worker's batches
-            "computed_by_worker": status.get("batch_owner"),
         },
     }
 
@@ -261,8 +259,7 @@ async def lifespan(app: Starlette):
     if server:
         await server.start()
     try:
-        async with app.state.core.host.sharing_batches():
-            yield
+        yield
     finally:
         if server:
             await server.stop()

@@ -103,22 +103,14 @@ class ModelRunner:
     executor thread), or, while every core is free, right away on the event loop
     with a session that has a thread per core (``run_if_cores_free``)."""
 
-    handed = None  # its batches are always computed here (shared_batches.ForwardingRunner's may be handed over)
-
-    def __init__(self, loaded, inline_up_to: int, tokens: CoreTokens | None = None, solo=None, solo_queued=None,
-                 device_busy=None):
+    def __init__(self, loaded, inline_up_to: int, tokens: CoreTokens | None = None, solo=None, solo_queued=None):
         self.loaded = loaded
         self.inline_up_to = inline_up_to  # batches this small run on the loop (batcher.py)
         self.tokens = tokens
         self.solo = solo  # the same model with a thread per core, spinning: a lone request's
         self.solo_queued = solo_queued  # ... and not spinning: a queued batch's, off the loop (both or neither)
-        self.device_busy = device_busy  # held while a batch computes, when this worker owns its device's batches
 
     def __call__(self, images: np.ndarray):
-        with self.device_busy.computing() if self.device_busy else contextlib.nullcontext():
-            return self.compute(images)
-
-    def compute(self, images: np.ndarray):
         """A batch small enough for the event loop needs no tokens: it runs on the loop's own thread. A larger
         one (on the executor thread) runs on every core while the other workers have nothing in flight, else
         on this worker's own."""

@@ -27,29 +27,30 @@ def gpu_check(tmp_path, *args: str) -> subprocess.CompletedProcess:
 
 def test_the_check_rehearsed_on_the_cpu_writes_its_report(tmp_path):
     result = gpu_check(tmp_path, "--providers", "CPUExecutionProvider", "--images-per-request", "1", "3",
-                       "--client", "python", "--cuda-graphs", "off")
+                       "--client", "python", "--workers", "1", "2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "gpu-check.json").read_text())
     assert report["served_models"]["lenet5-digits"]["provider"] == "CPUExecutionProvider"
     (accuracy,) = report["accuracy"]
     assert accuracy["passed"] and accuracy["accuracy"] == accuracy["card_fp32_accuracy"]  # the card was measured so
     # each server answered distinct images in shared batches as ONNX Runtime does them in process
-    assert [(r["model"], r["shared_batches"], r["passed"]) for r in report["answers"]] == \
-        [("lenet5-digits", "off", True), ("lenet5-digits", "on", True)]
+    assert [(r["model"], r["workers"], r["passed"]) for r in report["answers"]] == \
+        [("lenet5-digits", 1, True), ("lenet5-digits", 2, True)]
     assert all(r["neighbour_difference"] > 0.01 for r in report["answers"])  # digits, whose answers differ
     served = report["throughput"]["lenet5-digits"]["served"]
-    series = [(1, 1), (1, 8), (3, 1), (3, 8)]  # one server without shared batches, then one with
-    assert [(r["shared_batches"], r["images_per_request"], r["concurrency"]) for r in served] == \
-        [("off", *row) for row in series] + [("on", *row) for row in series]
-    assert {r["gpu_batch_shapes"] for r in served} == {"powers_of_two"}
-    assert all(r["handed_over"] == r["not_taken"] == 0 for r in served[:4])  # counted only where batches are shared
-    assert sum(r["handed_over"] + r["not_taken"] for r in served[4:]) > 0  # worker 1 handed batches to worker 0
+    series = [(1, 1), (1, 8), (3, 1), (3, 8)]  # one server of one worker, then one of two
+    assert [(r["workers"], r["images_per_request"], r["concurrency"]) for r in served] == \
+        [(1, *row) for row in series] + [(2, *row) for row in series]
+    assert [r["workers_sampled"] for r in served] == [1] * 4 + [2] * 4  # the cores read are those of its workers
+    # the shipping settings unless asked otherwise (cuda_graphs on, which does nothing on the CPU)
+    assert {(r["gpu_batch_shapes"], r["cuda_graphs"]) for r in served} == {("powers_of_two", "on")}
+    assert not report["throughput"]["lenet5-digits"]["in_process"][0]["cuda_graphs"]  # measured without graphs too
     assert all(r["throughput_rps"] > 0 and r["errors"] == 0 and r["mean_batch"] >= 1 for r in served)
     assert all(r["images_per_s"] == r["images_per_request"] * r["throughput_rps"] for r in served)
     assert all(r["client"] == "python" and r["client_cpu_ms_per_request"] > 0 for r in served)
     # the workers' cores, read while the load ran: the loops parsed requests, none more than its one thread can
     assert all(0.05 < r["busiest_loop_cores"] <= min(1.05, r["loops_cores"]) for r in served)
-    assert all(r["loops_cores"] <= 2 * 1.05 and r["others_cores"] >= 0 for r in served)  # two workers here
+    assert all(r["loops_cores"] <= r["workers_sampled"] * 1.05 and r["others_cores"] >= 0 for r in served)
     assert served[2]["mean_batch"] >= 3  # a request's images are batched together
     table = (tmp_path / "gpu-check.md").read_text()
     assert "| every model served on the provider asked, none degraded |" in table and "| yes |" in table
@@ -75,9 +76,23 @@ def test_a_run_stopped_before_its_first_server_still_gets_a_report(tmp_path):
     assert "| every model served on the provider asked, none degraded | not reached | no |" in table
 
 
+def test_an_earlier_runs_results_still_make_their_report(tmp_path):
+    """A run committed while the servers had a setting they no longer have (its rows carry it, with counts the check
+    no longer reads): the table and plot are written again from its JSON, what it no longer knows left out."""
+    earlier = REPO_ROOT / "loadtests/results/2026-11-28-gpu/1-shared-batches-and-graphs/gpu-check.json"
+    shutil.copy(earlier, tmp_path / "gpu-check.json")
+    assert main(["--report-from", str(tmp_path / "gpu-check.json")]) == 0
+    table = (tmp_path / "gpu-check.md").read_text()
+    assert "| default | powers_of_two | on (4/4) | 1 | 1 | 745 | 745 |" in table  # ResNet-18, graphs, one client
+    assert "| default | powers_of_two | on (4/4) | 1 | 256 | 10051 |" not in table  # the same with shared batches
+    assert "18 rows of servers with a setting since removed (shared_batches other than off) are left out" in table
+    assert "handed" not in table and "shared batches on" not in table
+    assert (tmp_path / "gpu-check.png").read_bytes().startswith(b"\x89PNG")
+
+
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (make setup-test installs it)")
 def test_the_served_load_comes_from_wrk_where_it_is_installed(tmp_path):
-    result = gpu_check(tmp_path, "--providers", "CPUExecutionProvider", "--no-accuracy", "--shared-batches", "off")
+    result = gpu_check(tmp_path, "--providers", "CPUExecutionProvider", "--no-accuracy", "--cuda-graphs", "off", "on")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "gpu-check.json").read_text())
     served = report["throughput"]["lenet5-digits"]["served"]
@@ -101,7 +116,8 @@ def test_a_gpu_provider_this_onnx_runtime_lacks_fails_the_check_at_once(tmp_path
 
 @ON_A_GPU
 def test_on_a_gpu_every_model_runs_on_cuda_as_accurately_as_its_card(tmp_path):
-    result = gpu_check(tmp_path, "--providers", "CUDAExecutionProvider", "--variants", "fp32", "fp16")
+    result = gpu_check(tmp_path, "--providers", "CUDAExecutionProvider", "--variants", "fp32", "fp16",
+                       "--cuda-graphs", "off", "on")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "gpu-check.json").read_text())
     assert report["served_models"]["lenet5-digits"]["provider"] == "CUDAExecutionProvider"

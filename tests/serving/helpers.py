@@ -82,8 +82,8 @@ def on_cuda(loaded):
 
 
 def shared_folder_holding(server, models_dir: Path, names: set[str], seconds: float = 20.0) -> Path:
-    """The folder ``server``'s workers share, once it holds ``names``: worker 0 listens for shared batches once its
-    lifespan starts, which can follow the server's first ready answer (from another worker)."""
+    """The folder ``server``'s workers share, once it holds ``names``: each worker writes there as it starts, and the
+    server's first ready answer can come from one while another is still starting."""
     folder = server_folder(models_dir, psutil.Process(server.process.pid), make=False)
     deadline = time.monotonic() + seconds
     while not (folder.exists() and {path.name for path in folder.iterdir()} >= names):

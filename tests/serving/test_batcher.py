@@ -132,26 +132,6 @@ async def test_a_full_queue_refuses_at_once():
     await asyncio.gather(first, *queued)
 
 
-async def test_another_workers_batch_is_outside_this_queues_bound_either_way():
-    """shared_batches.py: the forwarding worker's own queue bound admitted it; refusing it here would lose it, and
-    counting it here would refuse this worker's own clients for another's load."""
-    model = SlowModel(seconds=0.2)
-    b = batcher(model, max_queue_images=4)
-    first = asyncio.create_task(b.submit(images(1.0, 4), deadline()))
-    await asyncio.sleep(0.05)
-    forwarded = asyncio.create_task(b.submit(images(3.0, 4), deadline(), admitted=True))
-    await asyncio.sleep(0)
-    own = asyncio.create_task(b.submit(images(1.0, 4), deadline()))  # room, the forwarded 4 notwithstanding
-    await asyncio.sleep(0)
-    with pytest.raises(Overloaded):
-        await b.submit(images(1.0), deadline())
-    late = await b.submit(images(5.0, 2), deadline(), admitted=True)  # the queue is full, and takes it
-    assert late.probabilities.tolist() == [[10.0], [10.0]]
-    assert (await forwarded).probabilities.tolist() == [[6.0]] * 4
-    await asyncio.gather(first, own)
-    assert b.queued_images == b.queued_from_elsewhere == 0
-
-
 def test_a_request_larger_than_the_whole_queue_is_too_large_not_told_to_retry():
     b = batcher(SlowModel(seconds=0.2), max_queue_images=4)
     with pytest.raises(TooLarge, match="queues at most 4") as caught:

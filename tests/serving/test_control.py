@@ -1,5 +1,5 @@
-"""The folder a server's workers share (explicit mode's control file, shared batches' sockets): one per server, never
-inherited from an earlier one, gone when the server stops."""
+"""The folder a server's workers share (explicit mode's control file, the core tokens' lock file): one per server,
+never inherited from an earlier one, gone when the server stops."""
 
 import hashlib
 import json
@@ -41,10 +41,10 @@ def test_the_workers_of_one_server_share_one_folder_and_the_first_start_wins(tmp
 
 
 def test_a_stopped_server_leaves_no_folder_behind(repo_copy, tmp_path):
-    """Every start made one in the temp dir (explicit mode's control file, shared batches' sockets, the core tokens'
-    lock file), and none went."""
+    """Every start made one in the temp dir (explicit mode's control file, the core tokens' lock file), and none
+    went."""
     repo_copy("lenet5-digits")
     with running_server(tmp_path, models_dir=str(repo_copy.root), workers="2", threads="1", model_control_mode="explicit",
-                        serve="lenet5-digits", shared_batches="true") as server:
-        folder = shared_folder_holding(server, repo_copy.root, {WANTED, "batches-0.sock", "batches-0.busy", "cores.lock"})
+                        serve="lenet5-digits") as server:
+        folder = shared_folder_holding(server, repo_copy.root, {WANTED, "cores.lock"})
     assert not folder.exists()

@@ -15,11 +15,10 @@ from prometheus_client import REGISTRY
 from cnnserve.machine import available_cores
 from cnnserve.serving import host as host_module
 from cnnserve.serving.config import Settings
-from cnnserve.serving.errors import DeviceLost, ModelRunFailed, ModelUnavailable
+from cnnserve.serving.errors import DeviceLost, ModelRunFailed
 from cnnserve.serving.host import ModelHost
 from cnnserve.serving.repository import discover
 from cnnserve.serving.runtime import CPU, CUDA, TENSORRT, GraphedShape, ModelFileInvalid, ModelInvalid, PaddedShape
-from cnnserve.serving.shared_batches import OwnerRunFailed, runs_as
 from tests.committed import VERSIONS
 from tests.serving.helpers import on_cuda
 
@@ -152,18 +151,6 @@ def test_each_worker_takes_its_own_gpu(host_for, a_gpu_that_does_not_work, monke
     assert host.status[key]["device_id"] is None  # its session fell back to the CPU: no GPU to name
 
 
-def test_with_shared_batches_each_worker_hands_its_batches_to_its_gpus_first_worker(host_for, a_gpu_that_does_not_work,
-                                                                                   monkeypatch):
-    monkeypatch.setattr(host_module, "cuda_device_count", lambda: 2)
-    owner, key = host_for(worker_index=1, workers=8, shared_batches=True)
-    forwarding, _ = host_for(worker_index=5, workers=8, shared_batches=True)
-    assert owner.owner_socket.name == forwarding.forwarder.path.name == "batches-1.sock"  # GPU 1's first worker
-    assert owner.forwarder is None and forwarding.owner_socket is None
-    assert owner.status[key]["batch_owner"] == forwarding.status[key]["batch_owner"] == 1
-    alone, _ = host_for(worker_index=1, workers=2, shared_batches=True)  # a worker per GPU: nothing to share
-    assert alone.batch_owner is None and alone.owner_socket is None and alone.forwarder is None
-
-
 def test_without_a_gpu_nothing_is_degraded(host_for):
     host, key = host_for()
     assert host.status[key]["status"] == "ready" and host.status[key]["reason"] is None
@@ -252,15 +239,11 @@ def test_a_gpu_whose_cuda_context_is_lost_stops_its_worker_once(host_for, a_gpu_
     answers = run_twice(host, key)
     assert all(isinstance(a, DeviceLost) and "this worker's GPU is lost" in a.message for a in answers)
     assert stops == [True] and host.device_lost_because == LOST
-    loaded = host.loaded[key]  # while it stops, the other workers' batches are theirs to compute again
-    with pytest.raises(ModelUnavailable, match="lost its GPU"):
-        asyncio.run(host.run_forwarded(key, runs_as(loaded.variant, loaded.providers[0]), np.zeros((1, 1, 32, 32))))
 
 
-def test_a_lost_context_in_the_worker_owning_the_batches_or_on_the_cpu_stops_nothing(host_for, monkeypatch):
+def test_a_lost_context_on_the_cpu_stops_nothing(host_for, monkeypatch):
     host, key = host_for()
     host.stop_worker = lambda: pytest.fail("stopped")
-    assert not host.lose_device(OwnerRunFailed(f"{LOST} (in the worker that owns the device's batches)"))
 
     def lost(self, images):
         raise RuntimeError(LOST)
