@@ -64,6 +64,11 @@ def test_the_check_rehearsed_on_the_cpu_writes_its_report(tmp_path):
     assert main(["--report-from", str(stopped / "gpu-check.json")]) == 1
     assert "**Stopped before the end**" in (stopped / "gpu-check.md").read_text()
     assert (stopped / "gpu-check.png").read_bytes().startswith(b"\x89PNG")
+    # ... or while its first server was still up: in process is measured once a server has stopped
+    del report["throughput"]["lenet5-digits"]["in_process"]
+    (stopped / "gpu-check.json").write_text(json.dumps({**report, "finished": False}))
+    assert main(["--report-from", str(stopped / "gpu-check.json")]) == 1
+    assert "/ not measured (stopped first) | no |" in (stopped / "gpu-check.md").read_text()
 
 
 def test_a_run_stopped_before_its_first_server_still_gets_a_report(tmp_path):

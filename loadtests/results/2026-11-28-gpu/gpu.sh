@@ -38,4 +38,11 @@ timeout -s INT -k 15 ${C_SECONDS:-220} python3 -m loadtests.gpu_check --commit $
 pkill -9 -f "bentoml"; pkill -9 wrk
 test -f $OUT/c/gpu-check.md || python3 -m loadtests.gpu_check --report-from $OUT/c/gpu-check.json > /dev/null
 fi
+if [[ ${PHASES:-AB} == *D* ]]; then
+el phase D
+timeout -s INT -k 10 ${D_SECONDS:-150} python3 -m loadtests.gpu_check --commit $COMMIT --models lenet5-digits resnet18-digits \
+  --no-cudnn --seconds 3 --batch-sizes 1 8 64 256 --in-process-seconds 1 --out $OUT/d; echo "phase D rc=$?"
+pkill -9 -f "bentoml"; pkill -9 wrk
+test -f $OUT/d/gpu-check.md || python3 -m loadtests.gpu_check --report-from $OUT/d/gpu-check.json > /dev/null
+fi
 el done; ls -la $OUT $OUT/a $OUT/b
