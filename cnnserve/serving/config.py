@@ -73,10 +73,11 @@ OTHER_VARIABLES = (
 # One Python worker parses too few requests to keep a GPU busy, and each worker batches only its own clients.
 # Measured side by side on an H100 (16 cores, CUDA graphs on, wrk's load, 2026-11-28,
 # loadtests/results/2026-11-28-gpu/4-four-and-eight-workers): at 256 clients eight workers served ResNet-18
-# 21,873 requests/s against four's 12,166 and ResNet-50 at 224 3,926 against 2,742 (0.91 of in process against
-# 0.64); at 64 clients ResNet-50 3,087 against 2,547, ResNet-18 the same. Sixteen were worse than eight (their
-# batch threads spin in CUDA's synchronization: 11 of 16 cores at 256 clients, 2-sixteen-workers), two far worse
-# (6,247 and 1,516). The cost: each worker holds a CUDA context and its own sessions.
+# 21,873 requests/s against four's 12,166 and ResNet-50 at 224 3,926 against 2,742 (0.91 of that call's in-process
+# best against 0.64; 0.74 against the day's highest); at 64 clients ResNet-50 3,087 against 2,547, ResNet-18 the
+# same in that call (but 3,593 and 7,275 in two others: 64 connections spread unevenly over eight workers). Sixteen
+# with graphs off did worse than eight with them (their batch threads spun in CUDA's synchronization: 11 of 16 cores
+# at 256 clients, 2-sixteen-workers), two far worse (6,247 and 1,516). The cost: each worker holds a CUDA context and its own sessions.
 WORKERS_PER_GPU = 8
 
 
@@ -283,6 +284,13 @@ def per_model_options(models: Any, path: Path) -> dict[str, dict]:
     return options_of
 
 
+# Settings that existed and were taken out, with why: a deployment that still sets one learns what became of it.
+REMOVED = {
+    "shared_batches": "was removed: on an H100 one batcher per GPU lost a third to a half of the requests/s against "
+                      "each worker batching its own (loadtests/results/2026-11-28-gpu); delete the setting",
+}
+
+
 def load_settings(environ: dict[str, str] | None = None, config_file: Path | None = None) -> Settings:
     environ = dict(os.environ if environ is None else environ)
     settings = Settings()
@@ -295,6 +303,9 @@ def load_settings(environ: dict[str, str] | None = None, config_file: Path | Non
     elif f"{ENV_PREFIX}CONFIG" in environ:
         raise FileNotFoundError(f"{ENV_PREFIX}CONFIG names {path}, which does not exist")
     known = {f.name for f in fields(Settings)} - {"per_model", "version_policies"}
+    if gone := sorted({*values, *(k[len(ENV_PREFIX):].lower() for k in environ if k.startswith(ENV_PREFIX))}
+                      & set(REMOVED)):
+        raise ValueError("; ".join(f"{name} ({path} or {ENV_PREFIX}{name.upper()}) {REMOVED[name]}" for name in gone))
     unknown = set(values) - known - {"models"}
     if unknown:
         raise ValueError(f"unknown configuration key(s) in {path}: {', '.join(sorted(unknown))}")

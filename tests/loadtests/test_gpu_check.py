@@ -33,7 +33,7 @@ def test_the_check_rehearsed_on_the_cpu_writes_its_report(tmp_path):
     assert report["served_models"]["lenet5-digits"]["provider"] == "CPUExecutionProvider"
     (accuracy,) = report["accuracy"]
     assert accuracy["passed"] and accuracy["accuracy"] == accuracy["card_fp32_accuracy"]  # the card was measured so
-    # each server answered distinct images in shared batches as ONNX Runtime does them in process
+    # each server answered distinct images batched together as ONNX Runtime does them in process
     assert [(r["model"], r["workers"], r["passed"]) for r in report["answers"]] == \
         [("lenet5-digits", 1, True), ("lenet5-digits", 2, True)]
     assert all(r["neighbour_difference"] > 0.01 for r in report["answers"])  # digits, whose answers differ

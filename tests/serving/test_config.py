@@ -31,6 +31,15 @@ def test_unknown_keys_are_refused_by_name(tmp_path):
         load_settings(environ={}, config_file=path)
 
 
+def test_a_removed_setting_is_refused_with_what_became_of_it(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("shared_batches: true\n")
+    with pytest.raises(ValueError, match="shared_batches .* was removed: on an H100"):
+        load_settings({}, config)
+    with pytest.raises(ValueError, match="CNNSERVE_SHARED_BATCHES\\) was removed"):
+        load_settings({"CNNSERVE_SHARED_BATCHES": "false"}, tmp_path / "none.yaml")
+
+
 def test_unknown_keys_under_a_model_are_refused_by_name(tmp_path):
     path = tmp_path / "cnnserve.yaml"
     path.write_text("models:\n  lenet5-digits: {max_batch_size: 256, max_bach_size: 3}\n")
@@ -100,7 +109,7 @@ def test_explicit_threads_shrink_the_worker_count():
 def test_on_gpus_there_are_eight_workers_per_gpu_within_the_cores_unless_workers_are_set():
     assert Settings().inference_workers(32, gpus=2) == 16 and Settings().session_threads(32, gpus=2) == 2
     assert Settings().inference_workers(16, gpus=1) == 8 and Settings().session_threads(16, gpus=1) == 2
-    assert Settings().inference_workers(16, gpus=2) == 16  # the cores bound them
+    assert Settings().inference_workers(12, gpus=2) == 12  # the cores bound them
     assert Settings().inference_workers(2, gpus=1) == 2  # no more workers than cores
     assert Settings().inference_workers(2, gpus=4) == 4  # but at least one per GPU
     assert Settings(workers=3).inference_workers(16, gpus=2) == 3

@@ -138,7 +138,7 @@ def test_model_listing_shows_provider_metrics_and_status(server):
     assert version["batching"]["max_batch_size"] > 1
 
 
-def test_a_concurrent_burst_rides_in_shared_batches(server):
+def test_a_concurrent_burst_rides_in_common_batches(server):
     before = server.metrics()
     files = [f.data for f in digit_files(3, 64, count=16, seed=3)]
 
