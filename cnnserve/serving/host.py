@@ -168,7 +168,8 @@ class ModelHost:
         while batcher and (batcher.queue or not batcher.idle) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         self.batchers.pop(model.key, None)
-        self.loaded.pop(model.key, None)
+        if loaded := self.loaded.pop(model.key, None):  # the variant it served is served no more
+            self.metrics.model_precision.labels(model.name, str(model.version), loaded.variant).set(0)
         self.failures.pop(model.key, None)
         self.precision_choices.pop(model.key, None)
         self.degraded.pop(model.key, None)

@@ -16,6 +16,7 @@ from loadtests.digit_images import digit_files
 from loadtests.local_server import REPO_ROOT, running_server
 from loadtests.triton_tools import TRITON_PYTHON, require
 from tests.committed import VERSIONS
+from tests.serving.helpers import metric_total
 
 MODEL = "lenet5-digits"
 
@@ -121,11 +122,14 @@ def test_explicit_mode_loads_and_unloads_in_every_worker_through_the_repository_
         states = {e["name"]: e["state"] for e in httpx.post(f"{server.url}/v2/repository/index", timeout=30).json()}
         assert states == {MODEL: "READY", "resnet18-digits": "UNAVAILABLE"}  # in the folder, not asked for
 
+        assert metric_total(server.metrics(), "cnnserve_model_precision", model=MODEL) == 1  # one variant served
         assert httpx.post(f"{server.url}/v2/repository/models/{MODEL}/unload", timeout=60).status_code == 200
         for _ in range(8):
             assert predict_status(server) == 404
+        assert metric_total(server.metrics(), "cnnserve_model_precision", model=MODEL) == 0  # none, once unloaded
         assert httpx.post(f"{server.url}/v2/repository/models/{MODEL}/load", timeout=300).status_code == 200
         assert answered_versions(server) == {VERSIONS[MODEL]}
+        assert metric_total(server.metrics(), "cnnserve_model_precision", model=MODEL) == 1
 
         missing = httpx.post(f"{server.url}/v2/repository/models/nope/load", timeout=30)
         assert missing.status_code == 404 and "nope" in missing.json()["error"]
