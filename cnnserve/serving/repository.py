@@ -120,6 +120,12 @@ class Repository:
         return next(iter(self.models), None)
 
 
+# Requests name a version by at most 18 digits (errors.whole_number), and version 0 means "the default".
+MAX_VERSION = 10**18
+VERSION_RULE = ("a version folder is named by a whole number from 1 to 18 digits, without leading zeros, "
+                "as requests name versions")
+
+
 def is_version(folder_name: str) -> bool:
     """A version folder's name: ASCII digits ("²" passes ``isdigit`` but not ``int``)."""
     return folder_name.isascii() and folder_name.isdigit()
@@ -190,6 +196,10 @@ def discover(root: Path, serve: tuple[str, ...] = (), policy: Callable[[str], Ve
         readable = {}
         for folder in sorted(version_dirs, key=lambda p: int(p.name)):
             version = int(folder.name)
+            if folder.name != str(version) or not 0 < version < MAX_VERSION:  # "0", "007": no request could name it
+                repository.failures[f"{name}/{folder.name}"] = VERSION_RULE
+                log.error("model %s version folder %s refused: %s", name, folder.name, VERSION_RULE)
+                continue
             try:
                 readable[version] = ModelVersion(name, version, folder, read_card(folder, name, version))
             except ValueError as exc:

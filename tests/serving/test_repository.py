@@ -72,6 +72,15 @@ def test_only_folders_named_with_ascii_digits_are_versions(repo_copy):
     assert list(repository.models["lenet5-digits"]) == [VERSIONS["lenet5-digits"]] and not repository.failures
 
 
+@pytest.mark.parametrize("folder", ["0", "007", "1" * 19])
+def test_a_version_folder_no_request_could_name_is_refused_with_the_rule(repo_copy, folder):
+    repo_copy("lenet5-digits")
+    repo_copy("lenet5-digits", as_version=folder)
+    repository = discover(repo_copy.root)
+    assert list(repository.models["lenet5-digits"]) == [VERSIONS["lenet5-digits"]]
+    assert "without leading zeros" in repository.failures[f"lenet5-digits/{folder}"]
+
+
 def test_a_name_the_file_system_cannot_hold_is_no_model_folder(repo_copy):
     repo_copy("lenet5-digits")
     repository = discover(repo_copy.root)
