@@ -67,7 +67,7 @@ from cnnserve.serving.runtime import (
 
 from .bench.cpu_budget import WorkerSampler, server_workers
 from .bench.http_load import http_load
-from .bench.machine import describe_machine
+from .bench.machine import describe_machine, gpu_memory_held
 from .bench.raw import time_calls
 from .bench.served import v2_binary_load
 from .bench.wrk import wrk
@@ -415,6 +415,7 @@ def run(args) -> dict:
                         figures["served"] += [{"model": model.name, **setting, "graphs_in_use": in_use, **row}
                                               for row in rows]
                         save_so_far(results, args.out)
+                results.setdefault("gpu_memory", []).append({**setting, **server_memory(server)})
                 results.setdefault("server_log_tails", []).append(server.log()[-4000:])
             # In process once the server has stopped: the GPU memory the server's workers hold (eight, each a session
             # per batch shape and model) left a ResNet-50 batch of 256 beside them no room (H100, 2026-11-28).
@@ -430,6 +431,16 @@ def run(args) -> dict:
                     save_so_far(results, args.out)
     results["finished"] = True
     return results
+
+
+def server_memory(server) -> dict:
+    """The GPU memory the server's workers hold after its loads (their sessions, arenas and graphs): what decides
+    how many workers and batch shapes a smaller GPU can take (none without nvidia-smi)."""
+    workers, _ = server_workers(server)
+    held = gpu_memory_held({w.pid for w in workers})
+    log(f"GPU memory held by the server's {len(workers)} workers: "
+        + (f"{held:.0f} MiB, {held / len(workers):.0f} per worker" if held is not None and workers else "not known"))
+    return {"workers_running": len(workers), "mib": held}
 
 
 def graphs_in_use(server, model: ModelVersion) -> dict[str, int]:
@@ -544,6 +555,12 @@ def write_report(results: dict, folder: Path) -> Path:
         lines += [f"| {r['model']} | {r['variant']} | {r['workers']} | {r['gpu_batch_shapes']} | "
                   f"{r['cuda_graphs']} | {r.get('images', '-')} | {r.get('largest_difference', r.get('error'))} | "
                   f"{r.get('other_label', '-')} | {_telling(r)} |" for r in results["answers"]]
+    if results.get("gpu_memory"):
+        lines += ["", "## GPU memory the servers' workers held after their loads (nvidia-smi)", "",
+                  "| workers | GPU batch shapes | CUDA graphs | workers running | MiB | MiB per worker |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['workers']} | {r['gpu_batch_shapes']} | {r['cuda_graphs']} | {r['workers_running']} | "
+                  + (f"{r['mib']:.0f} | {r['mib'] / r['workers_running']:.0f} |" if r["mib"] is not None
+                     and r["workers_running"] else "not known | - |") for r in results["gpu_memory"]]
     if results.get("cudnn_search"):
         lines += ["", "## cuDNN algorithm search, ResNet-50 at 224, FP32", "",
                   (f"| mode | session (s) | first run of new sizes {NEW_SIZES} (s) | ms per run cycling through them "

@@ -34,6 +34,30 @@ def describe_gpu() -> dict:
     return dict(zip(("gpu", "driver", "gpu_memory", "compute_capability"), (s.strip() for s in line.split(","))))
 
 
+def gpu_memory_held(pids: set[int]) -> float | None:
+    """MiB of GPU memory the processes ``pids`` hold together, by nvidia-smi's list of compute processes; None
+    without nvidia-smi, or where it cannot say (``[N/A]``)."""
+    try:
+        listing = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                                 check=True, capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return memory_of(listing, pids)
+
+
+def memory_of(listing: str, pids: set[int]) -> float | None:
+    """The sum of ``used_memory`` over the lines of ``pids`` in nvidia-smi's ``pid,used_memory`` CSV."""
+    total = 0.0
+    for line in listing.splitlines():
+        pid, _, used = (part.strip() for part in line.partition(","))
+        if pid.isdigit() and int(pid) in pids:
+            try:
+                total += float(used)
+            except ValueError:  # "[N/A]": the driver does not tell (some virtualized GPUs)
+                return None
+    return total
+
+
 def describe_machine(provider: str = "CPUExecutionProvider") -> dict:
     """The machine, and the provider the figures were asked of (with the GPU's description when it is one)."""
     return {

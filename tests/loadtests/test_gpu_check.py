@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from cnnserve.serving.runtime import cuda_device_count
+from loadtests.bench.machine import memory_of
 from loadtests.gpu_check import device_report, main
 from loadtests.local_server import REPO_ROOT
 
@@ -52,6 +53,9 @@ def test_the_check_rehearsed_on_the_cpu_writes_its_report(tmp_path):
     assert all(0.05 < r["busiest_loop_cores"] <= min(1.05, r["loops_cores"]) for r in served)
     assert all(r["loops_cores"] <= r["workers_sampled"] * 1.05 and r["others_cores"] >= 0 for r in served)
     assert served[2]["mean_batch"] >= 3  # a request's images are batched together
+    # each server's GPU memory, read after its loads: servers on the CPU provider hold none
+    assert [(r["workers"], r["workers_running"]) for r in report["gpu_memory"]] == [(1, 1), (2, 2)]
+    assert all(r["mib"] in (None, 0.0) for r in report["gpu_memory"])  # None: no nvidia-smi here
     table = (tmp_path / "gpu-check.md").read_text()
     assert "| every model served on the provider asked, none degraded |" in table and "| yes |" in table
     assert (tmp_path / "gpu-check.png").read_bytes().startswith(b"\x89PNG")
@@ -69,6 +73,13 @@ def test_the_check_rehearsed_on_the_cpu_writes_its_report(tmp_path):
     (stopped / "gpu-check.json").write_text(json.dumps({**report, "finished": False}))
     assert main(["--report-from", str(stopped / "gpu-check.json")]) == 1
     assert "/ not measured (stopped first) | no |" in (stopped / "gpu-check.md").read_text()
+
+
+def test_a_servers_gpu_memory_is_its_workers_sum_in_nvidia_smis_list():
+    listing = "4101, 5120\n4102, 4990\n999, 70000\n"  # --query-compute-apps=pid,used_memory, another process last
+    assert memory_of(listing, {4101, 4102}) == 10110.0
+    assert memory_of(listing, {1}) == 0.0  # a server on the CPU
+    assert memory_of("4101, [N/A]\n", {4101}) is None  # a driver that cannot say is not read as none
 
 
 def test_a_run_stopped_before_its_first_server_still_gets_a_report(tmp_path):
