@@ -82,7 +82,9 @@ class CnnServe:
         # passes, 64 clients, 2026-11-27).
         gc.freeze()
 
-    def __is_ready__(self) -> bool:
+    async def __is_ready__(self) -> bool:
+        """Async, so BentoML asks it on the event loop, where the lifecycle changes the repository and the status
+        (a plain method ran on a worker thread while the loop could change the dicts it walks)."""
         return ready(self.host.status, repository)
 
 
