@@ -77,7 +77,8 @@ OTHER_VARIABLES = (
 # best against 0.64; 0.74 against the day's highest); at 64 clients ResNet-50 3,087 against 2,547, ResNet-18 the
 # same in that call (but 3,593 and 7,275 in two others: 64 connections spread unevenly over eight workers). Sixteen
 # with graphs off did worse than eight with them (their batch threads spun in CUDA's synchronization: 11 of 16 cores
-# at 256 clients, 2-sixteen-workers), two far worse (6,247 and 1,516). The cost: each worker holds a CUDA context and its own sessions.
+# at 256 clients, 2-sixteen-workers), two far worse (6,247 and 1,516). The cost: each worker holds a CUDA context
+# and its own sessions.
 WORKERS_PER_GPU = 8
 
 

@@ -125,9 +125,12 @@ def rejected_image(exc: ImageRejected, prefix: str = "") -> ServiceError:
     return answer(f"{prefix}{exc}")
 
 
+WHOLE_NUMBER_DIGITS = 18  # the most a client's count or version may have: any such number fits 64 bits
+
+
 def whole_number(value: str, what: str) -> int:
     """A client's count or version: ASCII digits only (``int`` alone would take "+4", " 4", "4_0" and
-    non-ASCII digits), and at most 18 of them (past 4,300, ``int`` itself refuses)."""
-    if not (value.isascii() and value.isdigit() and len(value) <= 18):
+    non-ASCII digits), and at most ``WHOLE_NUMBER_DIGITS`` of them (past 4,300, ``int`` itself refuses)."""
+    if not (value.isascii() and value.isdigit() and len(value) <= WHOLE_NUMBER_DIGITS):
         raise InvalidInput(f"{what} must be a whole number, got {value[:40]!r}")
     return int(value)

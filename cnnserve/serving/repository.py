@@ -19,7 +19,7 @@ from pathlib import Path
 from ..contract.card import BOXES, CARD_FILE, INPUT_NAME, MODEL_FILE, PROBABILITIES
 from ..contract.letterbox import POLICIES, STRETCH
 from .config import VersionPolicy
-from .errors import ModelNotFound, ModelUnavailable
+from .errors import WHOLE_NUMBER_DIGITS, ModelNotFound, ModelUnavailable
 
 log = logging.getLogger("cnnserve.repository")
 
@@ -120,10 +120,10 @@ class Repository:
         return next(iter(self.models), None)
 
 
-# Requests name a version by at most 18 digits (errors.whole_number), and version 0 means "the default".
-MAX_VERSION = 10**18
-VERSION_RULE = ("a version folder is named by a whole number from 1 to 18 digits, without leading zeros, "
-                "as requests name versions")
+# Requests name a version as errors.whole_number reads it, and version 0 means "the default".
+MAX_VERSION = 10**WHOLE_NUMBER_DIGITS
+VERSION_RULE = (f"a version folder is named by a whole number from 1 to {WHOLE_NUMBER_DIGITS} digits, without "
+                "leading zeros, as requests name versions")
 
 
 def is_version(folder_name: str) -> bool:
