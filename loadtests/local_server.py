@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -24,10 +25,28 @@ START_TIMEOUT = 180
 MAX_BODY_BYTES = 2 * 1024 * 1024  # the shared test server's limit: small, so cheap to test
 
 
-def free_port() -> int:
-    with socket.socket() as s:
+def free_port(avoid: frozenset[int] = frozenset()) -> int:
+    """A port free now, below the kernel's ephemeral range: a port the kernel hands out (bind to 0) can be taken
+    by any outgoing connection before the server binds it seconds later, which failed a server's start with
+    "Address already in use" once in about five full test runs."""
+    lowest = ephemeral_ports()[0]
+    for port in random.sample(range(10_000, lowest), min(200, lowest - 10_000)):
+        if port in avoid:  # one chosen already for the same server
+            continue
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind(("127.0.0.1", port))
+            return port
+    with socket.socket() as s:  # every one tried is taken: the kernel's choice, as before
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel picks outgoing connections' ports from (Linux's default where it cannot be read)."""
+    with contextlib.suppress(OSError, ValueError):
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    return 32768, 60999
 
 
 class Server:
@@ -73,7 +92,8 @@ def running_server(tmp_dir: Path, wait: bool = True, target: str = "cnnserve.ser
     batches of None or of the other server's batches in the benchmark's targets,
     which keep two servers up).
     """
-    port, grpc_port = free_port(), free_port()
+    port = free_port()
+    grpc_port = free_port(avoid=frozenset({port}))
     env = {
         **os.environ,
         "BENTOML_HOME": str(bentoml_home or tmp_dir / f"bentoml-{port}"),
